@@ -1,0 +1,59 @@
+"""steplog: experiment tracking that is free for the hot loop.
+
+``log()`` copies and enqueues; a background worker writes batches to the backends.
+"""
+
+from __future__ import annotations
+
+from ._buffer import OverflowPolicy as OverflowPolicy
+from .backends import Backend as Backend
+from .backends import ConsoleBackend as ConsoleBackend
+from .backends import JsonlBackend as JsonlBackend
+from .backends import MemoryBackend as MemoryBackend
+from .backends import NullBackend as NullBackend
+from .errors import BackendOpenError as BackendOpenError
+from .errors import FlushTimeoutError as FlushTimeoutError
+from .errors import InactiveRunError as InactiveRunError
+from .errors import TrackerError as TrackerError
+from .errors import TrackerWarning as TrackerWarning
+from .errors import WorkerError as WorkerError
+from .events import BackendStats as BackendStats
+from .events import Event as Event
+from .events import RunEnd as RunEnd
+from .events import RunInfo as RunInfo
+from .events import RunStats as RunStats
+from .events import RunStatus as RunStatus
+from .reader import Run as Run
+from .reader import RunFileError as RunFileError
+from .reader import read_run as read_run
+from .tracker import AsyncTracker as AsyncTracker
+from .tracker import Tracker as Tracker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncTracker",
+    "Backend",
+    "BackendOpenError",
+    "BackendStats",
+    "ConsoleBackend",
+    "Event",
+    "FlushTimeoutError",
+    "InactiveRunError",
+    "JsonlBackend",
+    "MemoryBackend",
+    "NullBackend",
+    "OverflowPolicy",
+    "Run",
+    "RunEnd",
+    "RunFileError",
+    "RunInfo",
+    "RunStats",
+    "RunStatus",
+    "Tracker",
+    "TrackerError",
+    "TrackerWarning",
+    "WorkerError",
+    "__version__",
+    "read_run",
+]

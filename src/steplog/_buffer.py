@@ -1,0 +1,163 @@
+"""The bounded buffer between ``log()`` and the worker, with its overflow policies."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Literal
+
+from .events import Event
+
+__all__ = ["OVERFLOW_POLICIES", "EventBuffer", "OverflowPolicy"]
+
+OverflowPolicy = Literal["block", "drop_oldest", "drop_newest"]
+OVERFLOW_POLICIES: tuple[OverflowPolicy, ...] = ("block", "drop_oldest", "drop_newest")
+
+# How long a blocked producer sleeps between checks that the worker is still alive.
+_BLOCK_POLL_SECONDS = 0.05
+
+
+class EventBuffer:
+    """A deque of events bounded by ``capacity``, shared by producers and the worker.
+
+    The hot path (``Tracker.log``) appends to :attr:`events` directly and calls
+    :meth:`make_room` only when ``len(events) >= limit``. That single comparison
+    covers both rare cases:
+
+    * waking the worker: while the wake-up is *armed*, ``limit`` is ``wake_at`` (the
+      batch size); the first producer past it disarms it (``limit = capacity``) and
+      wakes the worker once. The worker re-arms it when it starts draining. So the
+      worker is woken at most once per batch, not once per event;
+    * overflow: once ``len(events) >= capacity`` the policy applies.
+
+    Appends and pops of a deque are atomic, so producers take no lock on the hot path;
+    the lock below guards only the drop counter and blocking.
+
+    Attributes:
+        events: The queued events, oldest first.
+        limit: Length at which a producer must call :meth:`make_room`.
+        capacity: Maximum number of queued events.
+        dropped: Events dropped by the overflow policy so far.
+        max_depth: Deepest the buffer was seen (by :meth:`take` or at an overflow).
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        *,
+        wake_at: int,
+        policy: OverflowPolicy,
+    ) -> None:
+        self.events: deque[Event] = deque()
+        self.capacity = capacity
+        self.wake_at = min(wake_at, capacity)
+        self.policy = policy
+        self.limit = self.wake_at
+        self.dropped = 0
+        self.max_depth = 0
+        self.closed = False
+        self._armed = True
+        self._wake: Callable[[], None] = _nothing
+        self._alive: Callable[[], bool] = _always
+        self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
+        self._blocked = 0
+
+    def connect(self, wake: Callable[[], None], alive: Callable[[], bool]) -> None:
+        """Set how to wake the worker and how to tell whether it still runs."""
+        self._wake = wake
+        self._alive = alive
+
+    # -- producer side ----------------------------------------------------------
+
+    def make_room(self) -> bool:
+        """Wake the worker if armed, then apply the overflow policy if full.
+
+        Returns:
+            ``True`` if the new event must be dropped (``drop_newest`` on a full buffer).
+        """
+        if self._armed:
+            self._armed = False
+            self.limit = self.capacity
+            self._wake()
+        events = self.events
+        if len(events) < self.capacity:
+            return False
+        policy = self.policy
+        with self._lock:
+            self.max_depth = max(self.max_depth, len(events))
+            if policy == "drop_newest":
+                self.dropped += 1
+                return True
+            if policy == "drop_oldest":
+                try:
+                    events.popleft()
+                except IndexError:  # the worker emptied it meanwhile
+                    return False
+                self.dropped += 1
+                return False
+            # block: wait until the worker has taken events out, or has stopped.
+            self._blocked += 1
+            try:
+                while len(events) >= self.capacity and not self.closed:
+                    self._wake()
+                    self._room.wait(_BLOCK_POLL_SECONDS)
+                    if not self._alive():
+                        # Never block forever on a dead worker: count the event as
+                        # dropped so the accounting stays exact.
+                        self.dropped += 1
+                        return True
+            finally:
+                self._blocked -= 1
+            return False
+
+    # -- worker side ------------------------------------------------------------
+
+    def rearm(self) -> None:
+        """Re-enable the wake-up (the worker is about to drain)."""
+        self._armed = True
+        self.limit = self.wake_at
+
+    def take(self, count: int) -> list[Event]:
+        """Remove and return up to ``count`` of the oldest events."""
+        events = self.events
+        depth = len(events)
+        if depth > self.max_depth:
+            self.max_depth = depth
+        n = min(count, depth)
+        if self.policy == "drop_oldest":
+            # Producers may pop concurrently under this policy: tolerate an early end.
+            batch: list[Event] = []
+            pop = events.popleft
+            try:
+                for _ in range(n):
+                    batch.append(pop())
+            except IndexError:
+                pass
+        else:
+            pop = events.popleft
+            batch = [pop() for _ in range(n)]
+        if self._blocked:
+            with self._lock:
+                self._room.notify_all()
+        return batch
+
+    def close(self) -> None:
+        """Release every blocked producer; later overflows no longer wait."""
+        with self._lock:
+            self.closed = True
+            self._room.notify_all()
+
+    def drop_count(self) -> int:
+        """Return the number of dropped events (consistent with producers)."""
+        with self._lock:
+            return self.dropped
+
+
+def _nothing() -> None:
+    pass
+
+
+def _always() -> bool:
+    return True

@@ -1,0 +1,204 @@
+"""Turning logged values into JSON and back.
+
+The fast path hands each record to :func:`orjson.dumps` unchanged. Everything that
+path cannot represent faithfully is handled per record, and only when needed:
+
+* NaN and ±infinity: orjson writes them as ``null``, which would silently erase a
+  diverged loss. The encoded batch is scanned once for ``null``; only the lines that
+  contain it are re-encoded with non-finite floats tagged as ``{"$float": "NaN"}``,
+  ``{"$float": "Infinity"}`` or ``{"$float": "-Infinity"}``.
+* Integers outside orjson's 64-bit range are tagged as ``{"$int": "<decimal digits>"}``.
+* Non-string mapping keys are converted with ``str()`` (reported once per key type).
+* ``set``/``frozenset`` become lists; numpy scalars and arrays become numbers and
+  (nested) lists.
+* Any other value orjson does not know is recorded as its ``repr()`` and reported once
+  per type through :mod:`logging`.
+
+:func:`decode` reverses the tags when a run is read back.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from .events import Event
+
+__all__ = ["MAX_DEPTH", "ValueEncoder", "decode"]
+
+logger = logging.getLogger("steplog")
+
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
+#: Nesting deeper than this is recorded as a marker string (orjson stops at 255).
+MAX_DEPTH = 200
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1
+_NAN = {"$float": "NaN"}
+_POS_INF = {"$float": "Infinity"}
+_NEG_INF = {"$float": "-Infinity"}
+_FLOAT_TAGS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+class ValueEncoder:
+    """Encodes records to JSON lines, remembering which fallbacks it has reported.
+
+    One encoder serves one backend for one run; it is used from the worker thread only.
+
+    Attributes:
+        fallbacks: Values that could not be stored as themselves (recorded as ``repr``,
+            or a key converted with ``str``).
+    """
+
+    def __init__(self) -> None:
+        self.fallbacks = 0
+        self._reported: set[tuple[str, type]] = set()
+
+    # -- encoding ---------------------------------------------------------------
+
+    def encode_events(self, events: Sequence[Event]) -> bytearray:
+        """Encode events as JSON lines ``{"step": …, "time": …, "data": {…}}``.
+
+        Returns:
+            One buffer holding every line, each terminated by ``\\n``.
+        """
+        out = bytearray()
+        dumps = orjson.dumps
+        default = self._default
+        for step, time, data in events:
+            record = {"step": step, "time": time, "data": data}
+            try:
+                out += dumps(record, default=default, option=_OPTIONS)
+            except (orjson.JSONEncodeError, TypeError):
+                out += self._encode_slow(record)
+        # One scan of the whole batch is far cheaper than checking every value: the
+        # lines that hold a ``null`` are rare and are re-encoded one by one.
+        if b"null" in out:
+            return self._fix_null_lines(out, events)
+        return out
+
+    def encode(self, record: Mapping[str, Any]) -> bytes:
+        """Encode one record (a run-start or run-end record) as a JSON line."""
+        try:
+            line = orjson.dumps(record, default=self._default, option=_OPTIONS)
+        except (orjson.JSONEncodeError, TypeError):
+            return self._encode_slow(record)
+        if b"null" in line:
+            return self._encode_slow(record)
+        return line
+
+    def sanitize(self, value: Any) -> Any:
+        """Return ``value`` rewritten into plain JSON types, with the documented tags."""
+        return self._sanitize(value, 0, set())
+
+    def _fix_null_lines(self, out: bytearray, events: Sequence[Event]) -> bytearray:
+        fixed = bytearray()
+        for line, (step, time, data) in zip(out.split(b"\n"), events):
+            if b"null" in line:
+                fixed += self._encode_slow({"step": step, "time": time, "data": data})
+            else:
+                fixed += line
+                fixed += b"\n"
+        return fixed
+
+    def _encode_slow(self, record: Any) -> bytes:
+        try:
+            return orjson.dumps(self.sanitize(record), option=_OPTIONS)
+        except (orjson.JSONEncodeError, TypeError) as exc:  # pragma: no cover - defensive
+            self._report("unencodable", type(record), exc)
+            return orjson.dumps({"$repr": repr(record)[:10_000]}, option=_OPTIONS)
+
+    def _default(self, obj: Any) -> Any:
+        if isinstance(obj, (set, frozenset)):
+            return list(obj)
+        tolist = getattr(obj, "tolist", None)
+        if tolist is not None and type(obj).__module__.partition(".")[0] == "numpy":
+            return tolist()
+        self._report("repr", type(obj))
+        return repr(obj)
+
+    def _sanitize(self, obj: Any, depth: int, active: set[int]) -> Any:
+        tp = type(obj)
+        if tp is str or tp is bool or obj is None:
+            return obj
+        if tp is float:
+            return obj if math.isfinite(obj) else _tag_float(obj)
+        if tp is int:
+            return obj if _INT_MIN <= obj <= _INT_MAX else {"$int": str(obj)}
+        if depth >= MAX_DEPTH:
+            self._report("depth", tp)
+            return f"<nesting deeper than {MAX_DEPTH} levels>"
+        if isinstance(obj, (Mapping, list, tuple, set, frozenset)):
+            if id(obj) in active:
+                self._report("circular", tp)
+                return "<circular reference>"
+            active.add(id(obj))
+            try:
+                if isinstance(obj, Mapping):
+                    return {
+                        self._key(k): self._sanitize(v, depth + 1, active) for k, v in obj.items()
+                    }
+                return [self._sanitize(v, depth + 1, active) for v in obj]
+            finally:
+                active.discard(id(obj))
+        if isinstance(obj, float):  # float subclasses, numpy.float64 among them
+            return self._sanitize(float(obj), depth, active)
+        if type(obj).__module__.partition(".")[0] == "numpy" and hasattr(obj, "tolist"):
+            return self._sanitize(obj.tolist(), depth, active)
+        try:  # types orjson serialises natively: datetime, UUID, enum, dataclass, …
+            orjson.dumps(obj)
+        except (orjson.JSONEncodeError, TypeError):
+            return self._default(obj)
+        if isinstance(obj, int):  # int subclasses (IntEnum) may still be huge
+            return self._sanitize(int(obj), depth, active)
+        return obj
+
+    def _key(self, key: Any) -> str:
+        if type(key) is str:
+            return key
+        self._report("key", type(key))
+        return str(key)
+
+    def _report(self, kind: str, tp: type, exc: BaseException | None = None) -> None:
+        self.fallbacks += 1
+        if (kind, tp) in self._reported:
+            return
+        self._reported.add((kind, tp))
+        name = f"{tp.__module__}.{tp.__qualname__}"
+        if kind == "repr":
+            msg = "steplog: values of type %s cannot be serialised; recording repr() instead"
+        elif kind == "key":
+            msg = "steplog: mapping keys of type %s are not strings; recording str(key) instead"
+        elif kind == "circular":
+            msg = "steplog: a %s contains itself; recording '<circular reference>' there"
+        elif kind == "depth":
+            msg = "steplog: a %s is nested too deeply; recording a marker string instead"
+        else:
+            msg = "steplog: a %s record could not be encoded; recording its repr()"
+        logger.warning(msg + " (reported once per type)", name, exc_info=exc)
+
+
+def _tag_float(value: float) -> dict[str, str]:
+    if value != value:
+        return _NAN
+    return _POS_INF if value > 0 else _NEG_INF
+
+
+def decode(value: Any) -> Any:
+    """Reverse the encoding tags (``$float``, ``$int``) in a decoded JSON value."""
+    if type(value) is dict:
+        if len(value) == 1:
+            if "$float" in value and value["$float"] in _FLOAT_TAGS:
+                return _FLOAT_TAGS[value["$float"]]
+            if "$int" in value and isinstance(value["$int"], str):
+                try:
+                    return int(value["$int"])
+                except ValueError:
+                    pass
+        return {k: decode(v) for k, v in value.items()}
+    if type(value) is list:
+        return [decode(v) for v in value]
+    return value

@@ -1,0 +1,434 @@
+"""The background worker: drains the buffer in batches and fans out to the backends.
+
+One worker serves one run. It runs an anyio event loop (asyncio backend) in its own
+daemon thread, for synchronous and asynchronous callers alike: a worker task on the
+caller's own loop would deadlock under the ``"block"`` policy, and a daemon thread never
+keeps the interpreter alive. Callers talk to it through ``concurrent.futures.Future``
+objects, which a sync caller waits on and an async caller awaits via
+``asyncio.wrap_future``.
+
+Each backend gets its own :class:`BackendRunner` task fed by its own stream of
+batches, so a slow or failing backend never holds up the others: it only lets its own
+backlog grow, up to ``backlog_limit`` events, where the overflow policy applies to it
+alone (``"block"``: the dispatcher waits, keeping every backend lossless;
+``"drop_*"``: that backend skips the batch and counts it as dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import math
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._buffer import EventBuffer
+from .backends.base import Backend
+from .errors import BackendOpenError, WorkerError
+from .events import BackendStats, Event, RunEnd, RunInfo, RunStats, RunStatus
+
+__all__ = ["BackendRunner", "Worker"]
+
+logger = logging.getLogger("steplog")
+
+
+class _Marker:
+    """Travels through a backend's stream behind the batches a flush waits for."""
+
+    __slots__ = ("reached",)
+
+    def __init__(self) -> None:
+        self.reached = anyio.Event()
+
+
+class BackendRunner:
+    """Feeds one backend its batches, in order, and counts what happened to them."""
+
+    def __init__(self, backend: Backend, name: str, *, backlog_limit: int, policy: str) -> None:
+        self.backend = backend
+        self.name = name
+        self.backlog_limit = backlog_limit
+        self.policy = policy
+        self.delivered = 0
+        self.failed = 0
+        self.dropped = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self.backlog = 0
+        self.finished = anyio.Event()
+        self._progress = anyio.Event()
+        send, receive = anyio.create_memory_object_stream[Any](math.inf)
+        self._send: MemoryObjectSendStream[Any] = send
+        self._receive: MemoryObjectReceiveStream[Any] = receive
+
+    async def run(self) -> None:
+        """Write batches until the stream is closed."""
+        try:
+            async with self._receive:
+                async for item in self._receive:
+                    if type(item) is _Marker:
+                        item.reached.set()
+                        continue
+                    try:
+                        await self.backend.write(item)
+                    except Exception as exc:
+                        self.failed += len(item)
+                        self.record_error("write", exc)
+                    else:
+                        self.delivered += len(item)
+                    self.backlog -= len(item)
+                    self._progress.set()
+                    self._progress = anyio.Event()
+        finally:
+            self.finished.set()
+
+    async def submit(self, batch: list[Event]) -> None:
+        """Queue a batch, applying the overflow policy if the backlog is full."""
+        if self.backlog >= self.backlog_limit:
+            if self.policy != "block":
+                self.dropped += len(batch)
+                return
+            while self.backlog >= self.backlog_limit and not self.finished.is_set():
+                await self._progress.wait()
+        self.backlog += len(batch)
+        self._send.send_nowait(batch)
+
+    def mark(self) -> _Marker:
+        """Queue a marker that is reached once every batch queued so far is written."""
+        marker = _Marker()
+        self._send.send_nowait(marker)
+        return marker
+
+    def close_stream(self) -> None:
+        """Let :meth:`run` end after the queued batches."""
+        self._send.close()
+
+    def abandon(self, reason: str) -> None:
+        """Count the events still queued as failed (the backend did not finish in time)."""
+        if self.backlog:
+            self.failed += self.backlog
+            self.errors += 1
+            self.last_error = reason
+            logger.error("steplog: backend %r: %s (%d events)", self.name, reason, self.backlog)
+            self.backlog = 0
+
+    def record_error(self, what: str, exc: BaseException) -> None:
+        """Count a failed backend call and log it (at 1, 10, 100, … failures)."""
+        self.errors += 1
+        self.last_error = f"{what}: {exc!r}"
+        if _is_power_of_ten(self.errors):
+            logger.warning(
+                "steplog: backend %r failed to %s (%d failure%s so far); "
+                "the other backends and the run go on",
+                self.name,
+                what,
+                self.errors,
+                "" if self.errors == 1 else "s",
+                exc_info=exc if self.errors == 1 else None,
+            )
+
+    def stats(self, shared_drops: int) -> BackendStats:
+        """Return this backend's counts; ``shared_drops`` are the buffer's drops."""
+        return BackendStats(
+            delivered=self.delivered,
+            failed=self.failed,
+            dropped=self.dropped + shared_drops,
+            errors=self.errors,
+            last_error=self.last_error,
+        )
+
+
+class _StopRequest:
+    def __init__(
+        self,
+        status: RunStatus,
+        summary: Mapping[str, Any],
+        timeout: float | None,
+    ) -> None:
+        self.status = status
+        self.summary = summary
+        self.timeout = timeout
+        self.future: concurrent.futures.Future[RunStats] = concurrent.futures.Future()
+        self.received = time.perf_counter()
+
+
+class Worker:
+    """Runs one run's event loop thread: opens, feeds and closes the backends."""
+
+    def __init__(
+        self,
+        buffer: EventBuffer,
+        backends: Sequence[tuple[str, Backend]],
+        *,
+        batch_size: int,
+        flush_interval: float,
+    ) -> None:
+        self.buffer = buffer
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.backends = list(backends)
+        # Built on the loop thread: anyio primitives need a running event loop.
+        self.runners: list[BackendRunner] = []
+        self.taken = 0
+        self.batches = 0
+        self._info: RunInfo | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._started: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._wake_event: anyio.Event | None = None
+        self._flushes: list[concurrent.futures.Future[None]] = []
+        self._pending_flushes: set[concurrent.futures.Future[None]] = set()
+        self._stop: _StopRequest | None = None
+        self._dead = False
+
+    # -- called from other threads ----------------------------------------------
+
+    def start(self, info: RunInfo) -> concurrent.futures.Future[None]:
+        """Start the thread and open the backends; the future fails if one cannot open."""
+        self._info = info
+        self._thread = threading.Thread(
+            target=self._thread_main, name=f"steplog-worker-{info.run_id}", daemon=True
+        )
+        self._thread.start()
+        return self._started
+
+    def alive(self) -> bool:
+        """Return whether the worker thread still runs its loop."""
+        return not self._dead and self._thread is not None and self._thread.is_alive()
+
+    def wake(self) -> None:
+        """Ask the worker to drain now (cheap enough to call once per batch)."""
+        loop = self._loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._on_wake)
+            except RuntimeError:  # loop closed: the worker has ended
+                pass
+
+    def flush(self) -> concurrent.futures.Future[None]:
+        """Return a future that resolves once every event logged so far is written."""
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._call(self._on_flush, future, future)
+        return future
+
+    def stop(
+        self, status: RunStatus, summary: Mapping[str, Any], timeout: float | None
+    ) -> concurrent.futures.Future[RunStats]:
+        """Drain everything, close the backends; the future gives the run's statistics."""
+        request = _StopRequest(status, summary, timeout)
+        self._call(self._on_stop, request, request.future)
+        return request.future
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the worker thread to end."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _call(self, callback: Any, arg: Any, future: concurrent.futures.Future[Any]) -> None:
+        loop = self._loop
+        if loop is None or not self.alive():
+            future.set_exception(WorkerError("the steplog worker is not running"))
+            return
+        try:
+            loop.call_soon_threadsafe(callback, arg)
+        except RuntimeError:
+            future.set_exception(WorkerError("the steplog worker has stopped"))
+
+    # -- loop thread ------------------------------------------------------------
+
+    def _on_wake(self) -> None:
+        if self._wake_event is not None:
+            self._wake_event.set()
+
+    def _on_flush(self, future: concurrent.futures.Future[None]) -> None:
+        self._flushes.append(future)
+        self._on_wake()
+
+    def _on_stop(self, request: _StopRequest) -> None:
+        if self._stop is None:
+            self._stop = request
+        else:  # a second stop (e.g. the exit hook racing finish()) shares the first's result
+            self._stop.future.add_done_callback(lambda f: _copy_future(f, request.future))
+        self._on_wake()
+
+    def _thread_main(self) -> None:
+        try:
+            anyio.run(self._main, backend="asyncio")
+        except BaseException as exc:  # the worker must never die silently
+            self._dead = True
+            logger.error("steplog: the worker thread died", exc_info=exc)
+            error = WorkerError(f"the steplog worker died: {exc!r}")
+            error.__cause__ = exc
+            futures: list[concurrent.futures.Future[Any]] = [self._started, *self._flushes]
+            futures += self._pending_flushes
+            if self._stop is not None:
+                futures.append(self._stop.future)
+            for future in futures:
+                if not future.done():
+                    future.set_exception(error)
+        finally:
+            self._dead = True
+            self.buffer.close()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake_event = anyio.Event()
+        assert self._info is not None
+        self.runners = [
+            BackendRunner(b, name, backlog_limit=self.buffer.capacity, policy=self.buffer.policy)
+            for name, b in self.backends
+        ]
+        if not await self._open_backends(self._info):
+            return
+        self.buffer.connect(self.wake, self.alive)
+        self._started.set_result(None)
+        async with anyio.create_task_group() as group:
+            for runner in self.runners:
+                group.start_soon(runner.run)
+            request = await self._dispatch(group)
+            with anyio.move_on_after(request.timeout) as scope:
+                for runner in self.runners:
+                    await runner.finished.wait()
+            if scope.cancelled_caught:
+                for runner in self.runners:
+                    if not runner.finished.is_set():
+                        runner.abandon(f"abandoned after the {request.timeout} s shutdown timeout")
+                group.cancel_scope.cancel()
+        stats = self._stats(drain_seconds=time.perf_counter() - request.received)
+        end = RunEnd(
+            run_id=self._info.run_id,
+            end_time=time.time(),
+            status=request.status,
+            summary=request.summary,
+            stats=stats,
+        )
+        for runner in self.runners:
+            with anyio.move_on_after(request.timeout) as scope:
+                try:
+                    await runner.backend.close(end)
+                except Exception as exc:
+                    runner.record_error("close", exc)
+            if scope.cancelled_caught:
+                runner.record_error("close", TimeoutError("close() did not finish in time"))
+        for future in [*self._pending_flushes, *self._flushes]:
+            if not future.done():
+                future.set_exception(WorkerError("the run ended before the flush completed"))
+        request.future.set_result(self._stats(drain_seconds=stats.drain_seconds))
+
+    async def _open_backends(self, info: RunInfo) -> bool:
+        opened: list[BackendRunner] = []
+        for runner in self.runners:
+            try:
+                await runner.backend.open(info)
+            except Exception as exc:
+                error = BackendOpenError(
+                    f"backend {runner.name!r} ({runner.backend!r}) could not open run "
+                    f"{info.run_id!r}: {exc}"
+                )
+                error.__cause__ = exc
+                await self._close_quietly(opened, info)
+                self._started.set_exception(error)
+                return False
+            opened.append(runner)
+        return True
+
+    async def _close_quietly(self, runners: list[BackendRunner], info: RunInfo) -> None:
+        end = RunEnd(info.run_id, time.time(), "failed", {}, RunStats())
+        for runner in runners:
+            with anyio.move_on_after(5):
+                try:
+                    await runner.backend.close(end)
+                except Exception as exc:
+                    logger.warning("steplog: closing backend %r failed: %r", runner.name, exc)
+
+    async def _dispatch(self, group: anyio.abc.TaskGroup) -> _StopRequest:
+        buffer = self.buffer
+        while True:
+            assert self._wake_event is not None
+            with anyio.move_on_after(self.flush_interval):
+                await self._wake_event.wait()
+            if self._wake_event.is_set():
+                self._wake_event = anyio.Event()
+            buffer.rearm()
+            stop = self._stop
+            if stop is not None:
+                # The tracker no longer accepts events: drain every one of them.
+                while buffer.events:
+                    await self._drain(len(buffer.events))
+                self._start_flushes(group)
+                for runner in self.runners:
+                    runner.close_stream()
+                return stop
+            # Drain what is there now; what arrives meanwhile waits for the next round,
+            # so flush requests and stops are never starved by a busy producer.
+            await self._drain(len(buffer.events))
+            self._start_flushes(group)
+
+    def _start_flushes(self, group: anyio.abc.TaskGroup) -> None:
+        flushes, self._flushes = self._flushes, []
+        for future in flushes:
+            # Markers go in now, right behind the batches this flush waits for.
+            markers = [runner.mark() for runner in self.runners]
+            self._pending_flushes.add(future)
+            group.start_soon(self._complete_flush, future, markers)
+
+    async def _complete_flush(
+        self, future: concurrent.futures.Future[None], markers: list[_Marker]
+    ) -> None:
+        for marker in markers:
+            await marker.reached.wait()
+        self._pending_flushes.discard(future)
+        if not future.done():
+            future.set_result(None)
+
+    async def _drain(self, count: int) -> None:
+        buffer = self.buffer
+        runners = self.runners
+        while count > 0:
+            batch = buffer.take(min(count, self.batch_size))
+            if not batch:
+                return
+            count -= len(batch)
+            self.taken += len(batch)
+            self.batches += 1
+            for runner in runners:
+                await runner.submit(batch)
+            # Let the backends write while a large backlog is being dispatched.
+            await anyio.lowlevel.checkpoint()
+
+    def _stats(self, *, drain_seconds: float) -> RunStats:
+        dropped = self.buffer.drop_count()
+        return RunStats(
+            logged=self.taken + dropped + len(self.buffer.events),
+            written=self.taken,
+            dropped=dropped,
+            batches=self.batches,
+            backend_errors=sum(r.errors for r in self.runners),
+            max_buffer_depth=self.buffer.max_depth,
+            drain_seconds=drain_seconds,
+            backends={r.name: r.stats(dropped) for r in self.runners},
+        )
+
+
+def _is_power_of_ten(n: int) -> bool:
+    while n >= 10 and n % 10 == 0:
+        n //= 10
+    return n == 1
+
+
+def _copy_future(source: concurrent.futures.Future[Any], target: concurrent.futures.Future[Any]) -> None:
+    if target.done():
+        return
+    exc = source.exception()
+    if exc is not None:
+        target.set_exception(exc)
+    else:
+        target.set_result(source.result())

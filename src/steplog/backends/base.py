@@ -1,0 +1,57 @@
+"""The interface every backend implements."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+from ..events import Event, RunEnd, RunInfo
+
+__all__ = ["Backend"]
+
+
+class Backend(abc.ABC):
+    """A destination for the events of a run.
+
+    The worker calls the three methods in order, from its own thread and event loop
+    (asyncio, driven by anyio): ``open`` once when the run starts, ``write`` once per
+    batch with events in the order they were logged, and ``close`` once at the end.
+    A backend never sees two calls at once. It may be reused for several runs: each
+    run calls ``open`` again after the previous ``close``.
+
+    Errors raised by ``open`` make ``init()`` fail with :class:`steplog.BackendOpenError`.
+    Errors raised by ``write`` or ``close`` are logged and counted in the run
+    statistics; they never reach the code calling ``log()``.
+
+    Backends must not block the event loop for long (it is shared by all backends of
+    the run): do file or network I/O asynchronously, or in a worker thread.
+    """
+
+    #: Name used in statistics and messages; defaults to the class name, lower-cased,
+    #: without a ``Backend`` suffix.
+    name: str = ""
+
+    @abc.abstractmethod
+    async def open(self, run: RunInfo) -> None:
+        """Start a run: create files, connections, remote run objects."""
+
+    @abc.abstractmethod
+    async def write(self, events: Sequence[Event]) -> None:
+        """Store one batch of events, in order."""
+
+    @abc.abstractmethod
+    async def close(self, end: RunEnd) -> None:
+        """Store the summary, status and statistics, and release resources."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def backend_name(backend: Backend) -> str:
+    """Return the display name of ``backend``."""
+    if backend.name:
+        return backend.name
+    name = type(backend).__name__
+    if name.endswith("Backend") and name != "Backend":
+        name = name[: -len("Backend")]
+    return name.lower()

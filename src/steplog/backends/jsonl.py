@@ -1,0 +1,108 @@
+"""The default backend: one JSON-lines file per run."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+import aiofiles.os
+import anyio.to_thread
+
+from .._names import check_name
+from .._values import ValueEncoder
+from ..events import Event, RunEnd, RunInfo
+from .base import Backend
+
+__all__ = ["SCHEMA_VERSION", "JsonlBackend"]
+
+#: Version of the record schema written by :class:`JsonlBackend` (see docs/schema.md).
+SCHEMA_VERSION = 1
+
+
+class JsonlBackend(Backend):
+    """Writes each run to ``<root>/<experiment>/<run_id>.jsonl``.
+
+    The first line is the run-start record, then one line per ``log()`` call, then the
+    run-end record (see ``docs/schema.md``). Each batch is encoded into one buffer and
+    handed to the operating system in one ``write`` (the file is unbuffered), so a
+    process that is killed leaves every earlier batch intact and at most the last line
+    torn, which :func:`steplog.read_run` tolerates.
+
+    Args:
+        root: Directory holding one sub-directory per experiment.
+        fsync: Also ``fsync`` after every batch, so batches survive a power loss or
+            kernel crash, not just a killed process. Costs a disk flush per batch.
+
+    Attributes:
+        path: The file of the current (or last) run; ``None`` before the first run.
+    """
+
+    def __init__(self, root: str | os.PathLike[str] = "runs", *, fsync: bool = False) -> None:
+        self.root = Path(root)
+        self.fsync = fsync
+        self.path: Path | None = None
+        self._file: Any = None
+        self._encoder = ValueEncoder()
+
+    def __repr__(self) -> str:
+        return f"JsonlBackend({str(self.root)!r}, fsync={self.fsync})"
+
+    async def open(self, run: RunInfo) -> None:
+        """Create the run file (exclusively) and write the run-start record."""
+        directory = self.root / check_name(run.experiment, what="experiment name")
+        await aiofiles.os.makedirs(directory, exist_ok=True)
+        path = directory / f"{check_name(run.run_id, what='run id')}.jsonl"
+        self._encoder = ValueEncoder()
+        self._file = await aiofiles.open(path, "xb", buffering=0)
+        self.path = path
+        await self._write(
+            self._encoder.encode(
+                {
+                    "type": "run_start",
+                    "schema": SCHEMA_VERSION,
+                    "run_id": run.run_id,
+                    "experiment": run.experiment,
+                    "start_time": run.start_time,
+                    "pid": run.pid,
+                    "host": run.host,
+                    "config": run.config,
+                }
+            )
+        )
+
+    async def write(self, events: Sequence[Event]) -> None:
+        """Append one line per event, in one system call."""
+        await self._write(self._encoder.encode_events(events))
+
+    async def close(self, end: RunEnd) -> None:
+        """Append the run-end record and close the file."""
+        if self._file is None:
+            return
+        try:
+            await self._write(
+                self._encoder.encode(
+                    {
+                        "type": "run_end",
+                        "run_id": end.run_id,
+                        "end_time": end.end_time,
+                        "status": end.status,
+                        "summary": end.summary,
+                        "stats": end.stats.to_dict(),
+                    }
+                )
+            )
+        finally:
+            file, self._file = self._file, None
+            await file.close()
+
+    async def _write(self, data: bytes | bytearray) -> None:
+        view = memoryview(data)
+        # An unbuffered write may be partial (signals, full pipes); finish it.
+        while view:
+            written = await self._file.write(view)
+            view = view[written:]
+        if self.fsync:
+            await anyio.to_thread.run_sync(os.fsync, self._file.fileno())

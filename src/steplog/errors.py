@@ -1,0 +1,52 @@
+"""Exceptions raised by steplog.
+
+The exception tree::
+
+    TrackerError                 base class of every steplog error
+    ├── InactiveRunError         log()/flush() with no active run
+    ├── BackendOpenError         a backend failed to open in init()
+    ├── FlushTimeoutError        flush()/finish() did not complete in time (also a TimeoutError)
+    └── WorkerError              the background worker died; the run cannot continue
+
+    TrackerWarning (UserWarning) recoverable misuse: init() on an active run, finish()
+                                 on an inactive one, a run left unfinished at exit
+
+Errors that happen inside the worker (a backend whose ``write`` raises, a value that
+cannot be serialised) never reach ``log()``: they go to :mod:`logging` and to the run
+statistics (:class:`steplog.RunStats`).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendOpenError",
+    "FlushTimeoutError",
+    "InactiveRunError",
+    "TrackerError",
+    "TrackerWarning",
+    "WorkerError",
+]
+
+
+class TrackerError(Exception):
+    """Raised when a tracker is used in a way its lifecycle does not allow."""
+
+
+class InactiveRunError(TrackerError):
+    """Raised when ``log()`` or ``flush()`` is called while no run is active."""
+
+
+class BackendOpenError(TrackerError):
+    """Raised by ``init()`` when a backend's ``open()`` fails; the cause is chained."""
+
+
+class FlushTimeoutError(TrackerError, TimeoutError):
+    """Raised when ``flush()`` or ``finish()`` does not complete within its timeout."""
+
+
+class WorkerError(TrackerError):
+    """Raised when the background worker has died and can no longer accept work."""
+
+
+class TrackerWarning(UserWarning):
+    """Warned when a tracker is used in a way that steplog can recover from."""

@@ -1,0 +1,157 @@
+"""The records that flow from the tracker to the backends."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, Literal, NamedTuple
+
+__all__ = [
+    "RUN_STATUSES",
+    "BackendStats",
+    "Event",
+    "RunEnd",
+    "RunInfo",
+    "RunStats",
+    "RunStatus",
+]
+
+RunStatus = Literal["finished", "failed", "interrupted", "terminated", "unfinished"]
+
+#: Every status a run can end with.
+RUN_STATUSES: tuple[RunStatus, ...] = (
+    "finished",
+    "failed",
+    "interrupted",
+    "terminated",
+    "unfinished",
+)
+
+
+class Event(NamedTuple):
+    """One ``log()`` call: the step, the wall-clock time and a copy of the data.
+
+    ``Event`` is a named tuple rather than a dataclass on purpose: the hot path builds
+    one per ``log()`` call, and a tuple is the cheapest immutable record CPython can
+    make (a frozen dataclass costs several times more per instance).
+
+    Attributes:
+        step: The step number: auto-incremented, or the explicit ``step=`` argument.
+        time: Wall-clock time of the ``log()`` call, seconds since the epoch.
+        data: A shallow copy of the mapping passed to ``log()``, owned by steplog.
+    """
+
+    step: int
+    time: float
+    data: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunInfo:
+    """What a backend learns about a run when it is opened.
+
+    Attributes:
+        run_id: Unique id of the run (sortable by start time).
+        experiment: Experiment name the run belongs to.
+        config: ``experiment_config`` merged with the ``init(config)`` argument.
+        start_time: Wall-clock start time, seconds since the epoch.
+        pid: Process id of the logging process.
+        host: Host name of the logging machine.
+    """
+
+    run_id: str
+    experiment: str
+    config: Mapping[str, Any]
+    start_time: float
+    pid: int
+    host: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BackendStats:
+    """Delivery counts of one backend for one run.
+
+    For every backend, ``delivered + failed + dropped`` equals the run's ``logged``
+    once the run is finished.
+
+    Attributes:
+        delivered: Events the backend's ``write`` accepted.
+        failed: Events in batches whose ``write`` raised.
+        dropped: Events dropped by the overflow policy (the shared buffer's drops plus
+            those dropped because this backend fell too far behind).
+        errors: Number of failed calls to the backend.
+        last_error: ``repr`` of the last error, or ``None``.
+    """
+
+    delivered: int = 0
+    failed: int = 0
+    dropped: int = 0
+    errors: int = 0
+    last_error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the counts as a plain dict (as stored in the run-end record)."""
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunStats:
+    """What happened to the events of one run.
+
+    Attributes:
+        logged: Every accepted ``log()`` call, dropped ones included.
+        written: Events handed to the backends (``logged - dropped`` once drained).
+        dropped: Events dropped by the overflow policy of the shared buffer.
+        batches: Batches handed to the backends.
+        backend_errors: Failed backend calls, all backends together.
+        max_buffer_depth: The deepest the buffer was seen (by the worker at each drain,
+            or at an overflow).
+        drain_seconds: Time ``finish()`` spent draining and closing the backends.
+        backends: Per-backend delivery counts, keyed by backend name.
+    """
+
+    logged: int = 0
+    written: int = 0
+    dropped: int = 0
+    batches: int = 0
+    backend_errors: int = 0
+    max_buffer_depth: int = 0
+    drain_seconds: float = 0.0
+    backends: Mapping[str, BackendStats] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the statistics as a plain dict (as stored in the run-end record)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["backends"] = {name: b.to_dict() for name, b in self.backends.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> RunStats:
+        """Rebuild statistics from :meth:`to_dict` output (unknown keys are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"backends"}
+        kwargs: dict[str, Any] = {k: raw[k] for k in names if k in raw}
+        backend_names = {f.name for f in dataclasses.fields(BackendStats)}
+        kwargs["backends"] = {
+            name: BackendStats(**{k: v for k, v in b.items() if k in backend_names})
+            for name, b in (raw.get("backends") or {}).items()
+        }
+        return cls(**kwargs)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunEnd:
+    """What a backend learns about a run when it is closed.
+
+    Attributes:
+        run_id: Id of the run being closed.
+        end_time: Wall-clock end time, seconds since the epoch.
+        status: One of :data:`RUN_STATUSES`.
+        summary: The summary passed to ``finish()`` merged over ``tracker.summary``.
+        stats: The run's statistics.
+    """
+
+    run_id: str
+    end_time: float
+    status: RunStatus
+    summary: Mapping[str, Any]
+    stats: RunStats

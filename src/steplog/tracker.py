@@ -1,0 +1,552 @@
+"""``Tracker`` and ``AsyncTracker``: the lifecycle around the buffer and the worker."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import itertools
+import logging
+import math
+import operator
+import os
+import socket
+import sys
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import AsyncIterator, Iterator, Mapping
+from types import TracebackType
+from typing import Any
+
+from ._buffer import OVERFLOW_POLICIES, EventBuffer, OverflowPolicy
+from ._names import check_name, new_run_id
+from ._worker import Worker
+from .backends.base import Backend, backend_name
+from .backends.jsonl import JsonlBackend
+from .errors import FlushTimeoutError, InactiveRunError, TrackerWarning
+from .events import RUN_STATUSES, Event, RunInfo, RunStats, RunStatus
+
+__all__ = ["DEFAULT_EXPERIMENT_NAME", "AsyncTracker", "Tracker"]
+
+logger = logging.getLogger("steplog")
+
+DEFAULT_EXPERIMENT_NAME = "default"
+
+_new_event = tuple.__new__
+_now = time.time
+
+
+class _Run:
+    """The state of the active run: what ``finish()`` needs to end it."""
+
+    __slots__ = ("buffer", "info", "worker")
+
+    def __init__(self, info: RunInfo, buffer: EventBuffer, worker: Worker) -> None:
+        self.info = info
+        self.buffer = buffer
+        self.worker = worker
+
+
+class _TrackerBase:
+    """What ``Tracker`` and ``AsyncTracker`` share: configuration, ``log()``, state."""
+
+    def __init__(
+        self,
+        *backends: Backend,
+        experiment_name: str = DEFAULT_EXPERIMENT_NAME,
+        experiment_config: Mapping[str, Any] | None = None,
+        buffer_size: int = 65_536,
+        batch_size: int = 1_024,
+        flush_interval: float = 0.1,
+        overflow: OverflowPolicy = "block",
+        shutdown_timeout: float = 10.0,
+    ) -> None:
+        for backend in backends:
+            if not isinstance(backend, Backend):
+                raise TypeError(
+                    f"backends must be steplog.Backend instances, got {type(backend).__name__}"
+                    " (options such as experiment_name are keyword-only)"
+                )
+        if experiment_config is not None and not isinstance(experiment_config, Mapping):
+            raise TypeError(
+                f"experiment_config must be a mapping, not {type(experiment_config).__name__}"
+            )
+        _check_positive_int("buffer_size", buffer_size)
+        _check_positive_int("batch_size", batch_size)
+        if not (isinstance(flush_interval, (int, float)) and 0 < flush_interval < math.inf):
+            raise ValueError(f"flush_interval must be a positive number of seconds, got {flush_interval!r}")
+        if overflow not in OVERFLOW_POLICIES:
+            raise ValueError(
+                f"overflow must be one of {', '.join(map(repr, OVERFLOW_POLICIES))}, "
+                f"got {overflow!r}"
+            )
+        if not (isinstance(shutdown_timeout, (int, float)) and shutdown_timeout > 0):
+            raise ValueError(f"shutdown_timeout must be a positive number, got {shutdown_timeout!r}")
+        self.backends: list[Backend] = list(backends) or [JsonlBackend()]
+        self.experiment_name = check_name(experiment_name, what="experiment_name")
+        self.experiment_config: dict[str, Any] = dict(experiment_config or {})
+        self.buffer_size = buffer_size
+        self.batch_size = batch_size
+        self.flush_interval = float(flush_interval)
+        self.overflow: OverflowPolicy = overflow
+        self.shutdown_timeout = float(shutdown_timeout)
+        #: Summary values gathered during the run; ``finish(summary)`` is merged over it.
+        self.summary: dict[str, Any] = {}
+        self._names = _unique_names(self.backends)
+        self._run: _Run | None = None
+        # The hot path reads only these two attributes.
+        self._buffer: EventBuffer | None = None
+        self._steps: Iterator[int] = itertools.count()
+        self._lifecycle = threading.RLock()
+        self._last_stats: RunStats | None = None
+        _live_trackers.add(self)
+
+    def __repr__(self) -> str:
+        state = f"active run {self._run.info.run_id!r}" if self._run else "inactive"
+        return f"{type(self).__name__}({self.experiment_name!r}, {state})"
+
+    # -- the hot path -----------------------------------------------------------
+
+    def log(self, data: Mapping[str, Any], *, step: int | None = None) -> None:
+        """Record one step's values; returns at once, without I/O.
+
+        The top-level mapping is copied (later changes to it are not recorded), stamped
+        with the step and the wall-clock time, and put on the buffer. Values are
+        converted and written by the worker.
+
+        Args:
+            data: Metric names mapped to values (numbers, strings, nested lists and
+                dicts, numpy values; anything else is recorded as its ``repr()``).
+            step: Explicit step number. Without it the step counts up from 0, or from
+                one past the last explicit step.
+
+        Raises:
+            InactiveRunError: No run is active (``init()`` was not called, or the run
+                was finished).
+            TypeError: ``data`` is not a mapping, or ``step`` is not an integer.
+            ValueError: ``step`` is negative.
+        """
+        buffer = self._buffer
+        if buffer is None:
+            raise self._inactive("log")
+        if type(data) is dict:
+            data = data.copy()
+        else:
+            data = _copy_mapping(data)
+        if step is None:
+            step = next(self._steps)
+        else:
+            step = self._explicit_step(step)
+        event = _new_event(Event, (step, _now(), data))
+        events = buffer.events
+        if len(events) >= buffer.limit and buffer.make_room():
+            return
+        events.append(event)
+
+    def _explicit_step(self, step: Any) -> int:
+        if isinstance(step, bool):
+            raise TypeError("step must be an integer, not bool")
+        try:
+            value = operator.index(step)
+        except TypeError:
+            raise TypeError(f"step must be an integer, not {type(step).__name__}") from None
+        if value < 0:
+            raise ValueError(f"step must be >= 0, got {value}")
+        self._steps = itertools.count(value + 1)
+        return value
+
+    # -- state ------------------------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        """Whether a run is active (between ``init()`` and ``finish()``)."""
+        return self._run is not None
+
+    @property
+    def run_info(self) -> RunInfo | None:
+        """The active run, or ``None``."""
+        run = self._run
+        return run.info if run is not None else None
+
+    @property
+    def last_stats(self) -> RunStats | None:
+        """Statistics of the last finished run, or ``None``."""
+        return self._last_stats
+
+    def _inactive(self, method: str) -> InactiveRunError:
+        if self._last_stats is None:
+            hint = "call init() (or use 'with tracker.run(config):') first"
+        else:
+            hint = "the run was finished; call init() to start a new run"
+        return InactiveRunError(f"{method}() called with no active run: {hint}")
+
+    # -- lifecycle helpers shared by both flavours ------------------------------
+
+    def _merged_config(self, config: Mapping[str, Any] | None) -> dict[str, Any]:
+        if config is not None and not isinstance(config, Mapping):
+            raise TypeError(f"config must be a mapping or None, not {type(config).__name__}")
+        return {**self.experiment_config, **(config or {})}
+
+    def _start(self, config: Mapping[str, Any] | None) -> tuple[_Run, Any]:
+        info = RunInfo(
+            run_id=new_run_id(),
+            experiment=self.experiment_name,
+            config=self._merged_config(config),
+            start_time=time.time(),
+            pid=os.getpid(),
+            host=socket.gethostname(),
+        )
+        buffer = EventBuffer(self.buffer_size, wake_at=self.batch_size, policy=self.overflow)
+        worker = Worker(
+            buffer,
+            list(zip(self._names, self.backends)),
+            batch_size=self.batch_size,
+            flush_interval=self.flush_interval,
+        )
+        return _Run(info, buffer, worker), worker.start(info)
+
+    def _activate(self, run: _Run) -> None:
+        self.summary = {}
+        self._steps = itertools.count()
+        self._run = run
+        self._buffer = run.buffer
+        _install_exit_hook()
+
+    def _deactivate(
+        self, summary: Mapping[str, Any] | None, status: RunStatus, timeout: float | None
+    ) -> Any:
+        """Stop accepting events and ask the worker to end the run; None if inactive."""
+        if summary is not None and not isinstance(summary, Mapping):
+            raise TypeError(f"summary must be a mapping or None, not {type(summary).__name__}")
+        if status not in RUN_STATUSES:
+            raise ValueError(f"status must be one of {RUN_STATUSES}, got {status!r}")
+        with self._lifecycle:
+            run = self._run
+            if run is None:
+                return None
+            self._buffer = None
+            self._run = None
+        merged = {**self.summary, **(summary or {})}
+        return run, run.worker.stop(status, merged, timeout)
+
+    def _warn_reinit(self) -> None:
+        warnings.warn(
+            "init() called on an active tracker (previous run not finished); "
+            "finishing the previous run first",
+            TrackerWarning,
+            stacklevel=3,
+        )
+
+    def _warn_inactive_finish(self) -> None:
+        warnings.warn("finish() called on an inactive tracker; ignoring", TrackerWarning, stacklevel=3)
+
+    def _finish_at_exit(self) -> None:
+        """Finish an active run with status "unfinished" during interpreter shutdown."""
+        run = self._run
+        if run is None:
+            return
+        print(
+            f"steplog: run {run.info.run_id!r} ({self.experiment_name}) was not finished; "
+            "writing what was logged and closing it as 'unfinished'",
+            file=sys.stderr,
+        )
+        pending = self._deactivate(None, "unfinished", self.shutdown_timeout)
+        if pending is None:
+            return
+        _, future = pending
+        try:
+            # The worker bounds its own shutdown; the margin covers closing the backends.
+            self._last_stats = future.result(timeout=2 * self.shutdown_timeout + 1)
+        except Exception as exc:
+            print(f"steplog: run {run.info.run_id!r} could not be closed: {exc!r}", file=sys.stderr)
+            return
+        stats = self._last_stats
+        lost = [f"{n}: {b.failed} failed" for n, b in stats.backends.items() if b.failed]
+        if lost:
+            print(f"steplog: undelivered events ({', '.join(lost)})", file=sys.stderr)
+
+
+class Tracker(_TrackerBase):
+    """An experiment tracker whose ``log()`` never waits on I/O.
+
+    Lifecycle: ``init(config)`` opens a run, ``log(data)`` per step, ``finish(summary)``
+    closes it; the tracker can then start another run. A background worker thread
+    writes the logged events, in batches, to every backend.
+
+    Args:
+        *backends: Where the events go; a :class:`steplog.JsonlBackend` writing under
+            ``runs/`` when none is given.
+        experiment_name: Groups runs (the JSONL backend's sub-directory).
+        experiment_config: Config recorded with every run, under the ``init`` config.
+        buffer_size: Events held in memory at most.
+        batch_size: Events handed to a backend at once, at most.
+        flush_interval: Seconds an event may wait in memory before it is handed to the
+            backends; also how much a killed process can lose.
+        overflow: What ``log()`` does when the buffer is full: ``"block"`` (wait for
+            the worker; nothing is lost), ``"drop_oldest"`` or ``"drop_newest"``
+            (never wait; drops are counted).
+        shutdown_timeout: Seconds the interpreter-exit hook waits for an unfinished
+            run to be written before abandoning it.
+    """
+
+    def init(self, config: Mapping[str, Any] | None = None) -> RunInfo:
+        """Open a new run on every backend.
+
+        ``experiment_config`` is merged with ``config`` (``config`` wins). If a run is
+        still active it is finished first, with a :class:`steplog.TrackerWarning`.
+
+        Raises:
+            BackendOpenError: A backend could not open the run (nothing is started).
+            TypeError: ``config`` is not a mapping.
+        """
+        with self._lifecycle:
+            if self._run is not None:
+                self._warn_reinit()
+                self.finish()
+            run, started = self._start(config)
+            try:
+                started.result()
+            finally:
+                if started.exception() is not None:
+                    run.worker.join()
+            self._activate(run)
+            return run.info
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until every event logged before this call is written by every backend.
+
+        Raises:
+            InactiveRunError: No run is active.
+            FlushTimeoutError: ``timeout`` seconds passed first.
+        """
+        run = self._run
+        if run is None:
+            raise self._inactive("flush")
+        future = run.worker.flush()
+        try:
+            future.result(timeout)
+        except concurrent.futures.TimeoutError as exc:
+            raise FlushTimeoutError(f"flush() did not complete within {timeout} s") from exc
+
+    def finish(
+        self,
+        summary: Mapping[str, Any] | None = None,
+        *,
+        status: RunStatus = "finished",
+        timeout: float | None = None,
+    ) -> RunStats | None:
+        """Drain the buffer, write the summary, close the backends.
+
+        Args:
+            summary: Final values, merged over :attr:`summary`.
+            status: The run's end status.
+            timeout: Seconds to wait for the backends; events a backend has not
+                written by then are counted as failed. ``None`` waits for them all.
+
+        Returns:
+            The run's statistics, or ``None`` (with a warning) if no run was active.
+        """
+        pending = self._deactivate(summary, status, timeout)
+        if pending is None:
+            self._warn_inactive_finish()
+            return None
+        run, future = pending
+        stats: RunStats = future.result()
+        run.worker.join()
+        self._last_stats = stats
+        return stats
+
+    @contextlib.contextmanager
+    def run(self, config: Mapping[str, Any] | None = None) -> Iterator[RunInfo]:
+        """Run the block as one run: ``init(config)`` on entry, ``finish()`` on exit.
+
+        The status is ``"finished"``, ``"failed"`` if the block raised, or
+        ``"interrupted"`` on ``KeyboardInterrupt``; the exception propagates. Calling
+        ``finish(summary)`` inside the block is allowed.
+        """
+        info = self.init(config)
+        try:
+            yield info
+        except BaseException as exc:
+            self._finish_run(info, _status_for(exc))
+            raise
+        self._finish_run(info, "finished")
+
+    def _finish_run(self, info: RunInfo, status: RunStatus) -> None:
+        if self._run is not None and self._run.info is info:
+            self.finish(status=status)
+
+    def __enter__(self) -> Tracker:
+        self.init()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._run is not None:
+            self.finish(status="finished" if exc is None else _status_for(exc))
+
+
+class AsyncTracker(_TrackerBase):
+    """The asyncio flavour of :class:`Tracker`: same arguments, awaitable lifecycle.
+
+    ``log()`` is the same plain, non-blocking call; ``init``, ``flush`` and ``finish``
+    are coroutines that never block the caller's event loop (the worker runs in its
+    own thread). Use ``async with AsyncTracker(...) as tracker:`` or
+    ``async with tracker.run(config):``.
+    """
+
+    async def init(self, config: Mapping[str, Any] | None = None) -> RunInfo:
+        """Open a new run on every backend (see :meth:`Tracker.init`)."""
+        if self._run is not None:
+            self._warn_reinit()
+            await self.finish()
+        run, started = self._start(config)
+        try:
+            await asyncio.wrap_future(started)
+        except BaseException:
+            await asyncio.to_thread(run.worker.join)
+            raise
+        self._activate(run)
+        return run.info
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until every event logged before this call is written (see :meth:`Tracker.flush`)."""
+        run = self._run
+        if run is None:
+            raise self._inactive("flush")
+        future = run.worker.flush()
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except asyncio.TimeoutError as exc:
+            raise FlushTimeoutError(f"flush() did not complete within {timeout} s") from exc
+
+    async def finish(
+        self,
+        summary: Mapping[str, Any] | None = None,
+        *,
+        status: RunStatus = "finished",
+        timeout: float | None = None,
+    ) -> RunStats | None:
+        """Drain, write the summary, close the backends (see :meth:`Tracker.finish`)."""
+        pending = self._deactivate(summary, status, timeout)
+        if pending is None:
+            self._warn_inactive_finish()
+            return None
+        run, future = pending
+        stats: RunStats = await asyncio.wrap_future(future)
+        await asyncio.to_thread(run.worker.join)
+        self._last_stats = stats
+        return stats
+
+    @contextlib.asynccontextmanager
+    async def run(self, config: Mapping[str, Any] | None = None) -> AsyncIterator[RunInfo]:
+        """Run the block as one run (see :meth:`Tracker.run`)."""
+        info = await self.init(config)
+        try:
+            yield info
+        except BaseException as exc:
+            await self._finish_run(info, _status_for(exc))
+            raise
+        await self._finish_run(info, "finished")
+
+    async def _finish_run(self, info: RunInfo, status: RunStatus) -> None:
+        if self._run is not None and self._run.info is info:
+            await self.finish(status=status)
+
+    async def __aenter__(self) -> AsyncTracker:
+        await self.init()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._run is not None:
+            await self.finish(status="finished" if exc is None else _status_for(exc))
+
+
+# -- helpers --------------------------------------------------------------------
+
+
+def _status_for(exc: BaseException) -> RunStatus:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(exc, SystemExit) and exc.code in (None, 0):
+        return "finished"
+    return "failed"
+
+
+def _copy_mapping(data: Any) -> dict[str, Any]:
+    if isinstance(data, Mapping):
+        return dict(data)
+    raise TypeError(
+        f"log() takes a mapping of names to values (e.g. {{'loss': 0.5}}), "
+        f"not {type(data).__name__}"
+    )
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _unique_names(backends: list[Backend]) -> list[str]:
+    names: list[str] = []
+    for backend in backends:
+        base = backend_name(backend)
+        name, n = base, 1
+        while name in names:
+            n += 1
+            name = f"{base}-{n}"
+        names.append(name)
+    return names
+
+
+# -- interpreter exit -------------------------------------------------------------
+
+_live_trackers: weakref.WeakSet[_TrackerBase] = weakref.WeakSet()
+_exit_hook_lock = threading.Lock()
+_exit_hook_installed = False
+
+
+def _install_exit_hook() -> None:
+    """Finish active runs when the interpreter exits, before thread pools shut down.
+
+    ``atexit`` is too late: by then ``concurrent.futures`` has shut down its thread
+    pools (which aiofiles and ``asyncio.to_thread`` use) and refuses new work. Hooks
+    registered with ``threading._register_atexit`` run earlier, in reverse order of
+    registration; importing ``concurrent.futures.thread`` first guarantees that its
+    own hook is registered before ours and so runs after it.
+    """
+    global _exit_hook_installed
+    with _exit_hook_lock:
+        if _exit_hook_installed:
+            return
+        import concurrent.futures.thread  # noqa: F401
+
+        register = getattr(threading, "_register_atexit", None)
+        try:
+            if register is None:
+                raise RuntimeError("threading._register_atexit is not available")
+            register(_finish_all_at_exit)
+        except RuntimeError:
+            import atexit
+
+            atexit.register(_finish_all_at_exit)
+        _exit_hook_installed = True
+
+
+def _finish_all_at_exit() -> None:
+    for tracker in list(_live_trackers):
+        try:
+            tracker._finish_at_exit()
+        except Exception:  # one tracker's failure must not stop the others
+            logger.exception("steplog: finishing a run at interpreter exit failed")

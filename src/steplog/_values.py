@@ -19,6 +19,7 @@ path cannot represent faithfully is handled per record, and only when needed:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -144,6 +145,10 @@ class ValueEncoder:
                 return [self._sanitize(v, depth + 1, active) for v in obj]
             finally:
                 active.discard(id(obj))
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            # orjson encodes dataclasses natively, but their fields need the same care.
+            fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+            return self._sanitize(fields, depth, active)
         if isinstance(obj, float):  # float subclasses, numpy.float64 among them
             return self._sanitize(float(obj), depth, active)
         if type(obj).__module__.partition(".")[0] == "numpy" and hasattr(obj, "tolist"):

@@ -111,6 +111,11 @@ class BackendRunner:
         """Let :meth:`run` end after the queued batches."""
         self._send.close()
 
+    def discard(self) -> None:
+        """Close both ends of the stream of a runner that never ran."""
+        self._send.close()
+        self._receive.close()
+
     def abandon(self, reason: str) -> None:
         """Count the events still queued as failed (the backend did not finish in time)."""
         if self.backlog:
@@ -335,6 +340,8 @@ class Worker:
                 )
                 error.__cause__ = exc
                 await self._close_quietly(opened, info)
+                for unused in self.runners:
+                    unused.discard()
                 self._started.set_exception(error)
                 return False
             opened.append(runner)

@@ -1,0 +1,126 @@
+"""Overflow policies and wake-up behaviour of the bounded buffer."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from conftest import GateBackend, SlowBackend, wait_until
+
+import steplog
+from steplog._buffer import EventBuffer
+from steplog.events import Event
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest"])
+def test_drop_policies_account_exactly_with_a_stalled_backend(policy):
+    """With a stalled backend, drops are counted exactly: logged == written + dropped."""
+    gate = GateBackend()
+    tracker = steplog.Tracker(gate, buffer_size=100, batch_size=10, overflow=policy)
+    tracker.init()
+    for i in range(5_000):
+        tracker.log({"i": i})
+    gate.gate.set()
+    stats = tracker.finish()
+    assert stats.logged == 5_000
+    assert stats.dropped > 0
+    assert stats.written + stats.dropped == stats.logged
+    backend = stats.backends["gate"]
+    assert backend.delivered + backend.failed + backend.dropped == stats.logged
+    assert len(gate.records) == backend.delivered
+    steps = [e.step for e in gate.records]
+    assert steps == sorted(steps)  # order kept, gaps only where drops happened
+    if policy == "drop_oldest":
+        assert steps[-1] == 4_999  # the newest event survives
+    else:
+        assert steps[0] == 0  # the oldest events survive
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest"])
+def test_drop_policies_never_block_the_caller(policy):
+    """drop_* policies return at once even while the backend is stalled."""
+    gate = GateBackend()
+    tracker = steplog.Tracker(gate, buffer_size=10, batch_size=5, overflow=policy)
+    tracker.init()
+    done = threading.Event()
+
+    def produce() -> None:
+        for i in range(20_000):
+            tracker.log({"i": i})
+        done.set()
+
+    thread = threading.Thread(target=produce)
+    thread.start()
+    assert done.wait(10), "log() blocked under a drop policy"
+    gate.gate.set()
+    thread.join()
+    stats = tracker.finish()
+    assert stats.written + stats.dropped == stats.logged == 20_000
+
+
+def test_block_policy_is_lossless_with_a_slow_backend():
+    """With 'block', a slow backend slows the producer down but nothing is lost."""
+    slow = SlowBackend(0.002)
+    tracker = steplog.Tracker(slow, buffer_size=64, batch_size=16, overflow="block")
+    tracker.init()
+    for i in range(3_000):
+        tracker.log({"i": i})
+    stats = tracker.finish()
+    assert stats.dropped == 0
+    assert stats.logged == stats.written == 3_000
+    assert [e.data["i"] for e in slow.records] == list(range(3_000))
+    assert stats.max_buffer_depth <= 64
+
+
+def test_block_policy_blocks_until_the_backend_makes_progress():
+    """A producer on a full 'block' buffer waits, and resumes once the worker drains."""
+    gate = GateBackend()
+    tracker = steplog.Tracker(gate, buffer_size=8, batch_size=4, overflow="block")
+    tracker.init()
+    done = threading.Event()
+
+    def produce() -> None:
+        for i in range(200):
+            tracker.log({"i": i})
+        done.set()
+
+    thread = threading.Thread(target=produce)
+    thread.start()
+    assert not done.wait(0.3), "the producer should be blocked by the stalled backend"
+    gate.gate.set()
+    assert done.wait(10)
+    thread.join()
+    stats = tracker.finish()
+    assert stats.dropped == 0
+    assert [e.data["i"] for e in gate.records] == list(range(200))
+
+
+def test_worker_is_woken_at_most_once_per_batch():
+    """Producers wake the worker once per batch_size events, not once per event."""
+    wakes = []
+    buffer = EventBuffer(1_000_000, wake_at=100, policy="block")
+    buffer.connect(lambda: wakes.append(1), lambda: True)
+    event = Event(0, 0.0, {})
+    for _ in range(10_000):
+        if len(buffer.events) >= buffer.limit:
+            buffer.make_room()
+        buffer.events.append(event)
+    assert len(wakes) == 1  # disarmed until the worker drains
+    for _ in range(5):
+        buffer.rearm()
+        buffer.take(100)
+        for _ in range(10):
+            if len(buffer.events) >= buffer.limit:
+                buffer.make_room()
+            buffer.events.append(event)
+    assert len(wakes) == 6
+
+
+def test_events_wait_at_most_about_flush_interval_before_reaching_backends():
+    """A single event (far below batch_size) reaches the backend within ~flush_interval."""
+    mem = steplog.MemoryBackend()
+    tracker = steplog.Tracker(mem, flush_interval=0.05)
+    tracker.init()
+    tracker.log({"x": 1})
+    assert wait_until(lambda: len(mem.records) == 1, timeout=2.0)
+    tracker.finish()

@@ -1,0 +1,346 @@
+"""Lifecycle, hot-path semantics and flush/finish guarantees of ``steplog.Tracker``."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from conftest import SlowBackend
+
+import steplog
+
+
+def make(*backends, **kwargs):
+    return steplog.Tracker(*(backends or (steplog.MemoryBackend(),)), **kwargs)
+
+
+def test_init_merges_experiment_config_with_run_config():
+    """init() records experiment_config overlaid by the optimizer's config."""
+    mem = steplog.MemoryBackend()
+    tracker = make(mem, experiment_config={"model": "gpt2", "lr": 1.0})
+    info = tracker.init({"lr": 0.1, "optimizer": "GCG"})
+    assert info.config == {"model": "gpt2", "lr": 0.1, "optimizer": "GCG"}
+    tracker.finish()
+    assert mem.config == {"model": "gpt2", "lr": 0.1, "optimizer": "GCG"}
+    assert mem.info is not None and mem.info.experiment == "default"
+
+
+def test_log_before_init_raises_tracker_error_with_hint():
+    """log() without a run raises InactiveRunError telling the user to call init()."""
+    tracker = make()
+    with pytest.raises(steplog.InactiveRunError, match=r"call init\(\)"):
+        tracker.log({"loss": 1.0})
+    assert issubclass(steplog.InactiveRunError, steplog.TrackerError)
+
+
+def test_log_after_finish_raises_and_says_run_was_finished():
+    """log() after finish() raises, naming the finished run and the fix."""
+    tracker = make()
+    tracker.init()
+    tracker.finish()
+    with pytest.raises(steplog.InactiveRunError, match="the run was finished"):
+        tracker.log({"loss": 1.0})
+    with pytest.raises(steplog.InactiveRunError):
+        tracker.flush()
+
+
+@pytest.mark.parametrize("bad", [[("loss", 1.0)], "loss", 3.0, None])
+def test_non_mapping_data_raises_type_error_at_the_call(bad):
+    """A non-mapping data argument raises TypeError in log() and is not recorded."""
+    mem = steplog.MemoryBackend()
+    tracker = make(mem)
+    tracker.init()
+    with pytest.raises(TypeError, match="mapping"):
+        tracker.log(bad)
+    tracker.log({"ok": 1})
+    stats = tracker.finish()
+    assert stats.logged == 1
+    assert [e.data for e in mem.records] == [{"ok": 1}]
+
+
+def test_mapping_that_is_not_a_dict_is_accepted():
+    """Any Mapping is accepted and copied to a plain dict."""
+    from types import MappingProxyType
+
+    mem = steplog.MemoryBackend()
+    tracker = make(mem)
+    tracker.init()
+    tracker.log(MappingProxyType({"a": 1}))
+    tracker.finish()
+    assert mem.records[0].data == {"a": 1}
+    assert type(mem.records[0].data) is dict
+
+
+def test_init_on_active_tracker_warns_and_finishes_previous_run():
+    """A second init() warns and finishes the first run before opening a new one."""
+    mem = steplog.MemoryBackend()
+    tracker = make(mem)
+    first = tracker.init()
+    tracker.log({"x": 1})
+    with pytest.warns(steplog.TrackerWarning, match="previous run not finished"):
+        second = tracker.init()
+    assert first.run_id != second.run_id
+    assert tracker.last_stats is not None and tracker.last_stats.logged == 1
+    tracker.finish()
+
+
+def test_finish_on_inactive_tracker_warns_and_returns_none():
+    """finish() without a run warns and returns None instead of raising."""
+    tracker = make()
+    with pytest.warns(steplog.TrackerWarning, match="inactive"):
+        assert tracker.finish() is None
+
+
+def test_tracker_is_reusable_with_new_run_id_and_file(runs_root):
+    """Each init() after finish() opens a fresh run: new id, new JSONL file."""
+    backend = steplog.JsonlBackend(runs_root)
+    tracker = steplog.Tracker(backend, experiment_name="reuse")
+    paths, ids = [], []
+    for run in range(3):
+        info = tracker.init({"run": run})
+        tracker.log({"v": run})
+        tracker.finish()
+        ids.append(info.run_id)
+        paths.append(backend.path)
+    assert len(set(ids)) == 3
+    assert len(set(paths)) == 3
+    for run, path in enumerate(paths):
+        read = steplog.read_run(path)
+        assert read.config == {"run": run}
+        assert read.history["v"] == [run]
+        assert read.status == "finished"
+
+
+def test_mutating_data_after_log_does_not_change_the_record():
+    """log() copies the top-level mapping: later changes to the caller's dict are not seen."""
+    mem = steplog.MemoryBackend()
+    tracker = make(mem)
+    tracker.init()
+    data = {"loss": 1.0}
+    tracker.log(data)
+    data["loss"] = 2.0
+    data["extra"] = True
+    tracker.log(data)
+    tracker.finish()
+    assert [e.data for e in mem.records] == [{"loss": 1.0}, {"loss": 2.0, "extra": True}]
+
+
+def test_steps_auto_increment_and_continue_after_explicit_step():
+    """Steps count from 0; an explicit step=k is recorded and counting resumes at k+1."""
+    mem = steplog.MemoryBackend()
+    tracker = make(mem)
+    tracker.init()
+    tracker.log({"a": 0})
+    tracker.log({"a": 1})
+    tracker.log({"a": 2}, step=10)
+    tracker.log({"a": 3})
+    tracker.log({"a": 4}, step=5)
+    tracker.finish()
+    assert [e.step for e in mem.records] == [0, 1, 10, 11, 5]
+    assert all(e.time > 0 for e in mem.records)
+
+
+@pytest.mark.parametrize(("step", "error"), [(1.5, TypeError), ("3", TypeError), (True, TypeError), (-1, ValueError)])
+def test_bad_step_raises_at_the_call(step, error):
+    """A step that is not a non-negative integer raises at log()."""
+    tracker = make()
+    tracker.init()
+    with pytest.raises(error, match="step"):
+        tracker.log({"a": 1}, step=step)
+    tracker.finish()
+
+
+def test_numpy_integer_step_is_accepted():
+    """Integer-like steps (numpy.int64) are accepted and stored as int."""
+    np = pytest.importorskip("numpy")
+    mem = steplog.MemoryBackend()
+    tracker = make(mem)
+    tracker.init()
+    tracker.log({"a": 1}, step=np.int64(7))
+    tracker.finish()
+    assert mem.records[0].step == 7
+    assert type(mem.records[0].step) is int
+
+
+def test_flush_returns_after_every_backend_wrote_everything():
+    """flush() returns only when all events logged before it are written, slow backends too."""
+    slow = SlowBackend(0.02)
+    mem = steplog.MemoryBackend()
+    tracker = steplog.Tracker(slow, mem, batch_size=16)
+    tracker.init()
+    for i in range(200):
+        tracker.log({"i": i})
+    tracker.flush()
+    assert [e.data["i"] for e in slow.records] == list(range(200))
+    assert [e.data["i"] for e in mem.records] == list(range(200))
+    tracker.finish()
+
+
+def test_flush_timeout_raises_flush_timeout_error():
+    """flush(timeout=...) raises FlushTimeoutError (a TimeoutError) when backends are too slow."""
+    slow = SlowBackend(0.5)
+    tracker = steplog.Tracker(slow)
+    tracker.init()
+    tracker.log({"i": 1})
+    with pytest.raises(steplog.FlushTimeoutError):
+        tracker.flush(timeout=0.05)
+    assert issubclass(steplog.FlushTimeoutError, TimeoutError)
+    tracker.finish()
+
+
+def test_finish_returns_stats_and_writes_summary():
+    """finish(summary) returns RunStats and hands summary, status and stats to backends."""
+    mem = steplog.MemoryBackend()
+    tracker = make(mem)
+    tracker.init()
+    for i in range(1000):
+        tracker.log({"i": i})
+    tracker.summary["from_attr"] = 1
+    stats = tracker.finish({"best_loss": 0.1})
+    assert stats.logged == 1000
+    assert stats.written == 1000
+    assert stats.dropped == 0
+    assert stats.batches >= 1
+    assert stats.backend_errors == 0
+    assert stats.drain_seconds >= 0
+    assert stats.backends["memory"].delivered == 1000
+    assert mem.summary == {"from_attr": 1, "best_loss": 0.1}
+    assert mem.status == "finished"
+    assert mem.stats == stats
+
+
+def test_run_context_records_finished():
+    """with tracker.run(config) finishes the run with status 'finished'."""
+    mem = steplog.MemoryBackend()
+    tracker = make(mem)
+    with tracker.run({"a": 1}) as info:
+        tracker.log({"x": 1})
+        assert tracker.active
+    assert not tracker.active
+    assert mem.status == "finished"
+    assert info.config == {"a": 1}
+
+
+def test_run_context_records_failed_and_reraises():
+    """An exception inside run() records 'failed', keeps the events and re-raises."""
+    mem = steplog.MemoryBackend()
+    tracker = make(mem)
+    with pytest.raises(ZeroDivisionError), tracker.run():
+        tracker.log({"x": 1})
+        _ = 1 / 0
+    assert mem.status == "failed"
+    assert len(mem.records) == 1
+
+
+def test_run_context_records_interrupted_on_keyboard_interrupt():
+    """KeyboardInterrupt inside run() records 'interrupted' and propagates."""
+    mem = steplog.MemoryBackend()
+    tracker = make(mem)
+    with pytest.raises(KeyboardInterrupt), tracker.run():
+        tracker.log({"x": 1})
+        raise KeyboardInterrupt
+    assert mem.status == "interrupted"
+    assert len(mem.records) == 1
+
+
+def test_finish_inside_run_context_is_respected():
+    """Calling finish(summary) inside run() keeps that summary; the exit does not finish twice."""
+    mem = steplog.MemoryBackend()
+    tracker = make(mem)
+    with tracker.run():
+        tracker.log({"x": 1})
+        tracker.finish({"best": 3})
+    assert mem.summary == {"best": 3}
+    assert mem.status == "finished"
+
+
+def test_tracker_as_context_manager():
+    """with Tracker(...) as t: opens a run on entry and finishes it on exit."""
+    mem = steplog.MemoryBackend()
+    with steplog.Tracker(mem) as tracker:
+        tracker.log({"x": 1})
+    assert mem.status == "finished"
+    assert not tracker.active
+
+
+def test_default_backend_is_jsonl_under_runs(tmp_path, monkeypatch):
+    """With no backend given, the run goes to runs/<experiment>/<run_id>.jsonl."""
+    monkeypatch.chdir(tmp_path)
+    tracker = steplog.Tracker(experiment_name="exp")
+    info = tracker.init()
+    tracker.log({"loss": 0.5})
+    tracker.finish()
+    path = tmp_path / "runs" / "exp" / f"{info.run_id}.jsonl"
+    assert path.exists()
+    assert steplog.read_run(path).history["loss"] == [0.5]
+
+
+def test_many_threads_logging_at_once_keep_all_events_and_per_thread_order():
+    """8 threads logging concurrently: every event arrives, each thread's order is kept."""
+    mem = steplog.MemoryBackend()
+    tracker = steplog.Tracker(mem, buffer_size=4096, batch_size=256)
+    tracker.init()
+    per_thread = 20_000
+
+    def produce(tid: int) -> None:
+        for i in range(per_thread):
+            tracker.log({"tid": tid, "i": i})
+
+    threads = [threading.Thread(target=produce, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stats = tracker.finish()
+    assert stats.logged == stats.written == 8 * per_thread
+    seen: dict[int, list[int]] = {t: [] for t in range(8)}
+    for event in mem.records:
+        seen[event.data["tid"]].append(event.data["i"])
+    for t in range(8):
+        assert seen[t] == list(range(per_thread))
+    assert len({e.step for e in mem.records}) == 8 * per_thread  # steps stay unique
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"buffer_size": 0}, ValueError, "buffer_size"),
+        ({"batch_size": -1}, ValueError, "batch_size"),
+        ({"flush_interval": 0}, ValueError, "flush_interval"),
+        ({"overflow": "drop"}, ValueError, "overflow"),
+        ({"experiment_name": "../escape"}, ValueError, "experiment_name"),
+        ({"experiment_name": ""}, ValueError, "experiment_name"),
+        ({"experiment_config": [1]}, TypeError, "experiment_config"),
+        ({"shutdown_timeout": -1}, ValueError, "shutdown_timeout"),
+    ],
+)
+def test_bad_constructor_arguments_raise_clear_errors(kwargs, error, match):
+    """Invalid options raise at construction, naming the option."""
+    with pytest.raises(error, match=match):
+        steplog.Tracker(steplog.MemoryBackend(), **kwargs)
+
+
+def test_non_backend_positional_argument_is_rejected():
+    """Passing something that is not a Backend positionally raises TypeError."""
+    with pytest.raises(TypeError, match="Backend"):
+        steplog.Tracker("runs")  # type: ignore[arg-type]
+
+
+def test_duplicate_backend_types_get_distinct_names():
+    """Two backends of one type are reported under distinct names in the stats."""
+    tracker = steplog.Tracker(steplog.MemoryBackend(), steplog.MemoryBackend())
+    tracker.init()
+    tracker.log({"a": 1})
+    stats = tracker.finish()
+    assert set(stats.backends) == {"memory", "memory-2"}
+    assert all(b.delivered == 1 for b in stats.backends.values())
+
+
+def test_bad_summary_raises_type_error_and_keeps_run_active():
+    """finish() with a non-mapping summary raises before anything is closed."""
+    tracker = make()
+    tracker.init()
+    with pytest.raises(TypeError, match="summary"):
+        tracker.finish([1, 2])  # type: ignore[arg-type]
+    assert tracker.active
+    tracker.finish()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import threading
 
 import pytest
-from conftest import GateBackend, SlowBackend, wait_until
 
 import steplog
 from steplog._buffer import EventBuffer
 from steplog.events import Event
+
+from conftest import GateBackend, SlowBackend, wait_until
 
 
 @pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest"])

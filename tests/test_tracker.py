@@ -5,9 +5,10 @@ from __future__ import annotations
 import threading
 
 import pytest
-from conftest import SlowBackend
 
 import steplog
+
+from conftest import SlowBackend
 
 
 def make(*backends, **kwargs):
@@ -140,7 +141,9 @@ def test_steps_auto_increment_and_continue_after_explicit_step():
     assert all(e.time > 0 for e in mem.records)
 
 
-@pytest.mark.parametrize(("step", "error"), [(1.5, TypeError), ("3", TypeError), (True, TypeError), (-1, ValueError)])
+@pytest.mark.parametrize(
+    ("step", "error"), [(1.5, TypeError), ("3", TypeError), (True, TypeError), (-1, ValueError)]
+)
 def test_bad_step_raises_at_the_call(step, error):
     """A step that is not a non-negative integer raises at log()."""
     tracker = make()

@@ -6,9 +6,10 @@ import logging
 import threading
 
 import pytest
-from conftest import FailingBackend, GateBackend, wait_until
 
 import steplog
+
+from conftest import FailingBackend, GateBackend, wait_until
 
 
 def test_failing_backend_does_not_affect_the_others(caplog):

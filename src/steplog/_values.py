@@ -97,7 +97,7 @@ class ValueEncoder:
 
     def _fix_null_lines(self, out: bytearray, events: Sequence[Event]) -> bytearray:
         fixed = bytearray()
-        for line, (step, time, data) in zip(out.split(b"\n"), events):
+        for line, (step, time, data) in zip(out.split(b"\n"), events, strict=False):
             if b"null" in line:
                 fixed += self._encode_slow({"step": step, "time": time, "data": data})
             else:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import math
 import threading
@@ -184,11 +185,11 @@ class Worker:
         self.runners: list[BackendRunner] = []
         self.taken = 0
         self.batches = 0
-        self._info: RunInfo | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._started: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._wake_event: anyio.Event | None = None
+        # Created on the loop thread in _main, before _loop is set (wake() needs both).
+        self._wake_event: anyio.Event
         self._flushes: list[concurrent.futures.Future[None]] = []
         self._pending_flushes: set[concurrent.futures.Future[None]] = set()
         self._stop: _StopRequest | None = None
@@ -198,9 +199,11 @@ class Worker:
 
     def start(self, info: RunInfo) -> concurrent.futures.Future[None]:
         """Start the thread and open the backends; the future fails if one cannot open."""
-        self._info = info
         self._thread = threading.Thread(
-            target=self._thread_main, name=f"steplog-worker-{info.run_id}", daemon=True
+            target=self._thread_main,
+            args=(info,),
+            name=f"steplog-worker-{info.run_id}",
+            daemon=True,
         )
         self._thread.start()
         return self._started
@@ -213,10 +216,8 @@ class Worker:
         """Ask the worker to drain now (cheap enough to call once per batch)."""
         loop = self._loop
         if loop is not None:
-            try:
+            with contextlib.suppress(RuntimeError):  # loop closed: the worker has ended
                 loop.call_soon_threadsafe(self._on_wake)
-            except RuntimeError:  # loop closed: the worker has ended
-                pass
 
     def flush(self) -> concurrent.futures.Future[None]:
         """Return a future that resolves once every event logged so far is written."""
@@ -250,8 +251,7 @@ class Worker:
     # -- loop thread ------------------------------------------------------------
 
     def _on_wake(self) -> None:
-        if self._wake_event is not None:
-            self._wake_event.set()
+        self._wake_event.set()
 
     def _on_flush(self, future: concurrent.futures.Future[None]) -> None:
         self._flushes.append(future)
@@ -264,9 +264,9 @@ class Worker:
             self._stop.future.add_done_callback(lambda f: _copy_future(f, request.future))
         self._on_wake()
 
-    def _thread_main(self) -> None:
+    def _thread_main(self, info: RunInfo) -> None:
         try:
-            anyio.run(self._main, backend="asyncio")
+            anyio.run(self._main, info, backend="asyncio")
         except BaseException as exc:  # the worker must never die silently
             self._dead = True
             logger.error("steplog: the worker thread died", exc_info=exc)
@@ -283,15 +283,14 @@ class Worker:
             self._dead = True
             self.buffer.close()
 
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
+    async def _main(self, info: RunInfo) -> None:
         self._wake_event = anyio.Event()
-        assert self._info is not None
+        self._loop = asyncio.get_running_loop()
         self.runners = [
             BackendRunner(b, name, backlog_limit=self.buffer.capacity, policy=self.buffer.policy)
             for name, b in self.backends
         ]
-        if not await self._open_backends(self._info):
+        if not await self._open_backends(info):
             return
         self.buffer.connect(self.wake, self.alive)
         self._started.set_result(None)
@@ -309,7 +308,7 @@ class Worker:
                 group.cancel_scope.cancel()
         stats = self._stats(drain_seconds=time.perf_counter() - request.received)
         end = RunEnd(
-            run_id=self._info.run_id,
+            run_id=info.run_id,
             end_time=time.time(),
             status=request.status,
             summary=request.summary,
@@ -359,7 +358,6 @@ class Worker:
     async def _dispatch(self, group: anyio.abc.TaskGroup) -> _StopRequest:
         buffer = self.buffer
         while True:
-            assert self._wake_event is not None
             with anyio.move_on_after(self.flush_interval):
                 await self._wake_event.wait()
             if self._wake_event.is_set():
@@ -431,7 +429,9 @@ def _is_power_of_ten(n: int) -> bool:
     return n == 1
 
 
-def _copy_future(source: concurrent.futures.Future[Any], target: concurrent.futures.Future[Any]) -> None:
+def _copy_future(
+    source: concurrent.futures.Future[Any], target: concurrent.futures.Future[Any]
+) -> None:
     if target.done():
         return
     exc = source.exception()

@@ -9,6 +9,7 @@ import string
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from .backends.jsonl import JsonlBackend
 from .reader import read_run
@@ -32,7 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "where the run went and what logging cost per step."
         ),
     )
-    demo.add_argument("--steps", type=int, default=300_000, help="optimizer steps (default: 300000)")
+    demo.add_argument(
+        "--steps", type=int, default=300_000, help="optimizer steps (default: 300000)"
+    )
     demo.add_argument("--root", default="runs", help="run directory (default: runs)")
     demo.add_argument("--experiment", default="demo", help="experiment name (default: demo)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -51,7 +54,7 @@ def run_demo(steps: int, *, root: str, experiment: str, seed: int) -> int:
     backend = JsonlBackend(root)
     tracker = Tracker(backend, experiment_name=experiment, experiment_config={"demo": True})
     alphabet = string.ascii_lowercase
-    trigger = list(rng.choice(alphabet) for _ in range(12))
+    trigger = [rng.choice(alphabet) for _ in range(12)]
     target = "experimentum"
     best = math.inf
     current = len(target)
@@ -65,13 +68,13 @@ def run_demo(steps: int, *, root: str, experiment: str, seed: int) -> int:
             # One optimizer step: mutate one position, score against a hidden target.
             candidate = trigger.copy()
             candidate[rng.randrange(len(candidate))] = rng.choice(alphabet)
-            mismatches = sum(a != b for a, b in zip(candidate, target))
+            mismatches = sum(a != b for a, b in zip(candidate, target, strict=True))
             loss = mismatches / len(target) + rng.gauss(0.0, 0.02)
             if mismatches <= current or rng.random() < temperature * 0.01:
                 trigger, current = candidate, mismatches
             best = min(best, loss)
             temperature *= 0.99997
-            record = {"loss": loss, "best_loss": best, "temperature": temperature}
+            record: dict[str, Any] = {"loss": loss, "best_loss": best, "temperature": temperature}
             if step % 1000 == 0:
                 record["trigger"] = "".join(trigger)
             if step % sample_every == 0:
@@ -84,13 +87,16 @@ def run_demo(steps: int, *, root: str, experiment: str, seed: int) -> int:
         tracker.summary.update(best_loss=best, trigger="".join(trigger))
     stats = tracker.last_stats
     path = backend.path
-    assert stats is not None and path is not None
+    if stats is None or path is None:  # pragma: no cover - run() always finishes the run
+        print("steplog demo: the run did not finish", file=sys.stderr)
+        return 1
     run = read_run(path)
     samples.sort()
     overhead = _timer_overhead_ns()
     p50 = max(samples[len(samples) // 2] - overhead, 0) / 1000
     p99 = max(samples[int(len(samples) * 0.99)] - overhead, 0) / 1000
-    print(f"steplog demo: {steps:,} optimizer steps in {elapsed:.2f} s ({steps / elapsed:,.0f} steps/s)")
+    rate = steps / elapsed
+    print(f"steplog demo: {steps:,} optimizer steps in {elapsed:.2f} s ({rate:,.0f} steps/s)")
     print(f"  log() cost per call: p50 {p50:.2f} µs, p99 {p99:.2f} µs (timer overhead removed)")
     print(
         f"  logged {stats.logged:,}, written {stats.written:,}, dropped {stats.dropped:,}, "
@@ -98,7 +104,9 @@ def run_demo(steps: int, *, root: str, experiment: str, seed: int) -> int:
     )
     print(f"  run written to {path} ({len(run.records):,} step records, status {run.status!r})")
     print(f"  best loss {run.summary.get('best_loss'):.4f}, trigger {run.summary.get('trigger')!r}")
-    print(f"  read it back: python -c \"import steplog; print(steplog.read_run('{path}').summary)\"")
+    print(
+        f"  read it back: python -c \"import steplog; print(steplog.read_run('{path}').summary)\""
+    )
     return 0
 
 

@@ -76,14 +76,18 @@ class _TrackerBase:
         _check_positive_int("buffer_size", buffer_size)
         _check_positive_int("batch_size", batch_size)
         if not (isinstance(flush_interval, (int, float)) and 0 < flush_interval < math.inf):
-            raise ValueError(f"flush_interval must be a positive number of seconds, got {flush_interval!r}")
+            raise ValueError(
+                f"flush_interval must be a positive number of seconds, got {flush_interval!r}"
+            )
         if overflow not in OVERFLOW_POLICIES:
             raise ValueError(
                 f"overflow must be one of {', '.join(map(repr, OVERFLOW_POLICIES))}, "
                 f"got {overflow!r}"
             )
         if not (isinstance(shutdown_timeout, (int, float)) and shutdown_timeout > 0):
-            raise ValueError(f"shutdown_timeout must be a positive number, got {shutdown_timeout!r}")
+            raise ValueError(
+                f"shutdown_timeout must be a positive number, got {shutdown_timeout!r}"
+            )
         self.backends: list[Backend] = list(backends) or [JsonlBackend()]
         self.experiment_name = check_name(experiment_name, what="experiment_name")
         self.experiment_config: dict[str, Any] = dict(experiment_config or {})
@@ -201,7 +205,7 @@ class _TrackerBase:
         buffer = EventBuffer(self.buffer_size, wake_at=self.batch_size, policy=self.overflow)
         worker = Worker(
             buffer,
-            list(zip(self._names, self.backends)),
+            list(zip(self._names, self.backends, strict=True)),
             batch_size=self.batch_size,
             flush_interval=self.flush_interval,
         )
@@ -240,7 +244,9 @@ class _TrackerBase:
         )
 
     def _warn_inactive_finish(self) -> None:
-        warnings.warn("finish() called on an inactive tracker; ignoring", TrackerWarning, stacklevel=3)
+        warnings.warn(
+            "finish() called on an inactive tracker; ignoring", TrackerWarning, stacklevel=3
+        )
 
     def _finish_at_exit(self) -> None:
         """Finish an active run with status "unfinished" during interpreter shutdown."""

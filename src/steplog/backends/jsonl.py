@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,8 @@ from .base import Backend
 
 __all__ = ["SCHEMA_VERSION", "JsonlBackend"]
 
+logger = logging.getLogger("steplog")
+
 #: Version of the record schema written by :class:`JsonlBackend` (see docs/schema.md).
 SCHEMA_VERSION = 1
 
@@ -31,24 +35,54 @@ class JsonlBackend(Backend):
     process that is killed leaves every earlier batch intact and at most the last line
     torn, which :func:`steplog.read_run` tolerates.
 
+    Where batches go: a write into the page cache of a local disk takes a fraction of a
+    millisecond, less than handing it to a thread (the aiofiles hop cost more CPU per
+    event than the write itself, measured in docs/benchmarks.md). So batches are written
+    straight from the worker's loop while writes stay fast. When the moving average of
+    write times (weight 1/10 for the newest) exceeds ``inline_write_limit`` — a network
+    filesystem, a stalling disk, or one write ten times slower than the limit — every
+    later write of the run moves to a thread through aiofiles, so a slow disk cannot hold
+    up the other backends for long. (The average, not single writes, decides: a write
+    also waits for the GIL on its way back, a few milliseconds on a busy loop.)
+    Opening, closing and ``fsync`` always go through a thread.
+
     Args:
         root: Directory holding one sub-directory per experiment.
         fsync: Also ``fsync`` after every batch, so batches survive a power loss or
             kernel crash, not just a killed process. Costs a disk flush per batch.
+        inline_write_limit: Average seconds a direct write may take before writes move
+            to a thread; ``0`` always writes from a thread.
 
     Attributes:
         path: The file of the current (or last) run; ``None`` before the first run.
     """
 
-    def __init__(self, root: str | os.PathLike[str] = "runs", *, fsync: bool = False) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str] = "runs",
+        *,
+        fsync: bool = False,
+        inline_write_limit: float = 0.02,
+    ) -> None:
+        if not inline_write_limit >= 0:
+            raise ValueError(f"inline_write_limit must be >= 0, got {inline_write_limit!r}")
         self.root = Path(root)
         self.fsync = fsync
+        self.inline_write_limit = inline_write_limit
         self.path: Path | None = None
         self._file: Any = None
+        self._fd = -1
+        self._inline = inline_write_limit > 0
+        self._write_seconds = 0.0  # moving average of direct writes
         self._encoder = ValueEncoder()
 
     def __repr__(self) -> str:
         return f"JsonlBackend({str(self.root)!r}, fsync={self.fsync})"
+
+    @property
+    def writes_inline(self) -> bool:
+        """Whether batches are currently written straight from the event loop."""
+        return self._inline
 
     async def open(self, run: RunInfo) -> None:
         """Create the run file (exclusively) and write the run-start record."""
@@ -57,6 +91,9 @@ class JsonlBackend(Backend):
         path = directory / f"{check_name(run.run_id, what='run id')}.jsonl"
         self._encoder = ValueEncoder()
         self._file = await aiofiles.open(path, "xb", buffering=0)
+        self._fd = self._file.fileno()
+        self._inline = self.inline_write_limit > 0
+        self._write_seconds = 0.0
         self.path = path
         await self._write(
             self._encoder.encode(
@@ -100,9 +137,21 @@ class JsonlBackend(Backend):
 
     async def _write(self, data: bytes | bytearray) -> None:
         view = memoryview(data)
-        # An unbuffered write may be partial (signals, full pipes); finish it.
+        # An unbuffered write may be partial (signals, a full disk); finish it.
         while view:
-            written = await self._file.write(view)
+            if self._inline:
+                started = time.perf_counter()
+                written = os.write(self._fd, view)
+                took = time.perf_counter() - started
+                self._write_seconds += (took - self._write_seconds) / 10
+                if self._write_seconds > self.inline_write_limit:
+                    self._inline = False
+                    logger.info(
+                        "steplog: writes to %s are slow; moving them off the event loop",
+                        self.path,
+                    )
+            else:
+                written = await self._file.write(view)
             view = view[written:]
         if self.fsync:
-            await anyio.to_thread.run_sync(os.fsync, self._file.fileno())
+            await anyio.to_thread.run_sync(os.fsync, self._fd)

@@ -17,6 +17,7 @@ Run: ``python benchmarks/bench_core.py`` (``--quick`` for a smoke run).
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import platform
 import statistics
@@ -57,9 +58,7 @@ class Naive:
         self.step = 0
 
     def log(self, data: dict[str, Any]) -> None:
-        self.file.write(
-            orjson.dumps({"step": self.step, "time": time.time(), "data": data})
-        )
+        self.file.write(orjson.dumps({"step": self.step, "time": time.time(), "data": data}))
         self.file.write(b"\n")
         self.step += 1
 
@@ -133,8 +132,18 @@ def cpu_loop(log: Callable[[dict[str, Any]], None] | None, n: int) -> float:
 
 
 def bench_cpu(root: Path, n: int, reps: int) -> dict[str, float]:
-    """Net process CPU per event (µs), median over interleaved repetitions."""
-    results: dict[str, list[float]] = {"steplog JSONL (block)": [], "naive inline orjson + write": []}
+    """Net process CPU per event (µs), median over interleaved repetitions.
+
+    The "gc disabled" row is a diagnostic: events that wait in the buffer survive
+    young-generation collections, which makes the cyclic GC run full collections more
+    often in a process with few long-lived objects (like this benchmark).
+    """
+    gc_off = "steplog JSONL (block), gc disabled (diagnostic)"
+    results: dict[str, list[float]] = {
+        "steplog JSONL (block)": [],
+        gc_off: [],
+        "naive inline orjson + write": [],
+    }
     for _ in range(reps):
         base = cpu_loop(None, n)
         tracker = new_tracker(root)
@@ -143,6 +152,15 @@ def bench_cpu(root: Path, n: int, reps: int) -> dict[str, float]:
         tracker.finish()
         used = time.process_time() - c0
         results["steplog JSONL (block)"].append((used - base) / n * 1e6)
+        gc.disable()
+        try:
+            tracker = new_tracker(root)
+            c0 = time.process_time()
+            cpu_loop(tracker.log, n)
+            tracker.finish()
+            results[gc_off].append((time.process_time() - c0 - base) / n * 1e6)
+        finally:
+            gc.enable()
         naive = Naive(root / "naive.jsonl")
         c0 = time.process_time()
         cpu_loop(naive.log, n)
@@ -216,7 +234,10 @@ def bench_slowdown(root: Path, steps: int, reps: int) -> tuple[float, dict[str, 
                 log(record)
         return time.perf_counter() - start
 
-    ratios: dict[str, list[float]] = {"steplog JSONL (block)": [], "naive inline orjson + write": []}
+    ratios: dict[str, list[float]] = {
+        "steplog JSONL (block)": [],
+        "naive inline orjson + write": [],
+    }
     for _ in range(reps):
         base = loop(None)
         tracker = new_tracker(root)
@@ -241,8 +262,10 @@ def main() -> None:
     steps = int(20_000 * scale)
     reps = 3 if args.quick else 7
 
-    print(f"steplog {steplog.__version__} · Python {platform.python_version()} · "
-          f"{platform.machine()} · {os.cpu_count()} CPUs · orjson {orjson.__version__}")
+    print(
+        f"steplog {steplog.__version__} · Python {platform.python_version()} · "
+        f"{platform.machine()} · {os.cpu_count()} CPUs · orjson {orjson.__version__}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         print(f"\n## log() cost per call ({n_calls:,} calls, µs)")
@@ -260,8 +283,10 @@ def main() -> None:
         print(f"{rate:,.0f} events/s, nothing lost (file line count checked)")
 
         step_us, ratios = bench_slowdown(root, steps, reps)
-        print(f"\n## Slowdown of a ~{step_us:.0f} µs numpy step loop "
-              f"({steps:,} steps, median of {reps} interleaved repetitions)")
+        print(
+            f"\n## Slowdown of a ~{step_us:.0f} µs numpy step loop "
+            f"({steps:,} steps, median of {reps} interleaved repetitions)"
+        )
         print("| logger | wall-clock ratio vs no logging |\n|---|---:|")
         for name, ratio in ratios.items():
             print(f"| {name} | {ratio:.4f} ({(ratio - 1) * 100:+.1f} %) |")

@@ -7,8 +7,7 @@ import threading
 import pytest
 
 import steplog
-from steplog._buffer import EventBuffer
-from steplog.events import Event
+from steplog._buffer import STEP_KEY, TIME_KEY, EventBuffer
 
 from conftest import GateBackend, SlowBackend, wait_until
 
@@ -101,11 +100,10 @@ def test_worker_is_woken_at_most_once_per_batch():
     wakes = []
     buffer = EventBuffer(1_000_000, wake_at=100, policy="block")
     buffer.connect(lambda: wakes.append(1), lambda: True)
-    event = Event(0, 0.0, {})
     for _ in range(10_000):
         if len(buffer.events) >= buffer.limit:
             buffer.make_room()
-        buffer.events.append(event)
+        buffer.events.append({STEP_KEY: 0, TIME_KEY: 0.0})
     assert len(wakes) == 1  # disarmed until the worker drains
     for _ in range(5):
         buffer.rearm()
@@ -113,7 +111,7 @@ def test_worker_is_woken_at_most_once_per_batch():
         for _ in range(10):
             if len(buffer.events) >= buffer.limit:
                 buffer.make_room()
-            buffer.events.append(event)
+            buffer.events.append({STEP_KEY: 0, TIME_KEY: 0.0})
     assert len(wakes) == 6
 
 

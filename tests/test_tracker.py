@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
 
+import anyio
 import pytest
 
 import steplog
 
-from conftest import SlowBackend
+from conftest import GateBackend, SlowBackend, wait_until
 
 
 def make(*backends, **kwargs):
@@ -346,4 +348,62 @@ def test_bad_summary_raises_type_error_and_keeps_run_active():
     with pytest.raises(TypeError, match="summary"):
         tracker.finish([1, 2])  # type: ignore[arg-type]
     assert tracker.active
+    tracker.finish()
+
+
+def test_flush_is_exact_when_repeated_while_the_worker_is_busy():
+    """Many log/flush rounds: after each flush() every earlier event has been written."""
+    slow = SlowBackend(0.001)
+    mem = steplog.MemoryBackend()
+    tracker = steplog.Tracker(slow, mem, batch_size=8, flush_interval=0.01)
+    tracker.init()
+    total = 0
+    for round_ in range(150):
+        for _ in range(round_ % 37 + 1):
+            tracker.log({"i": total})
+            total += 1
+        tracker.flush()
+        assert len(mem.records) == total
+        assert len(slow.records) == total
+    tracker.finish()
+
+
+def test_flush_requested_while_the_worker_is_mid_drain_covers_later_events():
+    """A flush arriving while the worker waits on a full backend still covers every event.
+
+    The worker is held inside a drain (a stalled backend's backlog is full) while more
+    events are logged and flush() is called: when flush() returns, those are written too.
+    """
+
+    class SlowGate(GateBackend):
+        async def write(self, events):
+            while not self.gate.is_set():
+                await anyio.sleep(0.005)
+            await anyio.sleep(0.05)  # each batch lands well after the one before
+            await steplog.MemoryBackend.write(self, events)
+
+    gate = SlowGate()
+    mem = steplog.MemoryBackend()
+    tracker = steplog.Tracker(gate, mem, buffer_size=8, batch_size=2, flush_interval=0.01)
+    tracker.init()
+    for i in range(10):
+        tracker.log({"i": i})
+    # Events 0-7 fill the gate's backlog; the worker now waits to hand it 8-9 (and so
+    # has not handed them to the memory backend either).
+    assert wait_until(lambda: len(mem.records) == 8 and not tracker._buffer.events)
+    tracker.log({"i": 10})
+    tracker.log({"i": 11})
+    seen_at_return: list[tuple[int, int]] = []
+
+    def flush() -> None:
+        tracker.flush()
+        seen_at_return.append((len(gate.records), len(mem.records)))
+
+    flusher = threading.Thread(target=flush)
+    flusher.start()
+    time.sleep(0.1)
+    assert not seen_at_return  # still waiting on the stalled backend
+    gate.gate.set()
+    flusher.join(10)
+    assert seen_at_return == [(12, 12)]
     tracker.finish()

@@ -4,15 +4,33 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Callable, Iterator, Sequence
+from itertools import repeat
+from typing import Any, Literal, overload
 
 from .events import Event
 
-__all__ = ["OVERFLOW_POLICIES", "EventBuffer", "OverflowPolicy"]
+__all__ = [
+    "OVERFLOW_POLICIES",
+    "STEP_KEY",
+    "TIME_KEY",
+    "EventBatch",
+    "EventBuffer",
+    "OverflowPolicy",
+]
+
+#: Keys under which ``log()`` stamps the step and time into its copy of the data; the
+#: worker pops them when it turns the copies into :class:`Event` objects. (A tuple
+#: holding a dict is always tracked by the cyclic GC, a dict of numbers and strings is
+#: not: queuing stamped dicts instead of tuples keeps waiting events out of the GC's
+#: way, which saved ~0.2 µs per event of collections in the benchmark.)
+STEP_KEY = "\x00steplog.step"
+TIME_KEY = "\x00steplog.time"
 
 OverflowPolicy = Literal["block", "drop_oldest", "drop_newest"]
 OVERFLOW_POLICIES: tuple[OverflowPolicy, ...] = ("block", "drop_oldest", "drop_newest")
+
+_new_tuple = tuple.__new__
 
 # How long a blocked producer sleeps between checks that the worker is still alive.
 _BLOCK_POLL_SECONDS = 0.05
@@ -20,6 +38,10 @@ _BLOCK_POLL_SECONDS = 0.05
 
 class EventBuffer:
     """A deque of events bounded by ``capacity``, shared by producers and the worker.
+
+    Queued events are ``log()``'s copies of the logged dicts, stamped under
+    :data:`STEP_KEY` and :data:`TIME_KEY`; :meth:`take` returns them as
+    :class:`Event` objects.
 
     The hot path (``Tracker.log``) appends to :attr:`events` directly and calls
     :meth:`make_room` only when ``len(events) >= limit``. That single comparison
@@ -49,7 +71,7 @@ class EventBuffer:
         wake_at: int,
         policy: OverflowPolicy,
     ) -> None:
-        self.events: deque[Event] = deque()
+        self.events: deque[dict[str, Any]] = deque()
         self.capacity = capacity
         self.wake_at = min(wake_at, capacity)
         self.policy = policy
@@ -119,7 +141,7 @@ class EventBuffer:
         self._armed = True
         self.limit = self.wake_at
 
-    def take(self, count: int) -> list[Event]:
+    def take(self, count: int) -> EventBatch:
         """Remove and return up to ``count`` of the oldest events."""
         events = self.events
         depth = len(events)
@@ -128,7 +150,7 @@ class EventBuffer:
         n = min(count, depth)
         if self.policy == "drop_oldest":
             # Producers may pop concurrently under this policy: tolerate an early end.
-            batch: list[Event] = []
+            batch: list[dict[str, Any]] = []
             pop = events.popleft
             try:
                 for _ in range(n):
@@ -141,7 +163,9 @@ class EventBuffer:
         if self._blocked:
             with self._lock:
                 self._room.notify_all()
-        return batch
+        steps = [data.pop(STEP_KEY) for data in batch]
+        times = [data.pop(TIME_KEY) for data in batch]
+        return EventBatch(list(zip(steps, times, batch, strict=True)))
 
     def close(self) -> None:
         """Release every blocked producer; later overflows no longer wait."""
@@ -153,6 +177,49 @@ class EventBuffer:
         """Return the number of dropped events (consistent with producers)."""
         with self._lock:
             return self.dropped
+
+
+class EventBatch(Sequence[Event]):
+    """One batch as handed to the backends: a read-only sequence of :class:`Event`.
+
+    The rows are kept as plain ``(step, time, data)`` tuples and turned into ``Event``
+    objects only when a backend reads them (once, shared by all backends). Built-in
+    backends that only unpack rows read :attr:`rows` directly: creating and freeing a
+    tuple-subclass instance costs ~0.25 µs per event more than a plain tuple.
+
+    Attributes:
+        rows: The ``(step, time, data)`` tuples, in logging order.
+    """
+
+    __slots__ = ("_events", "rows")
+
+    def __init__(self, rows: list[tuple[int, float, dict[str, Any]]]) -> None:
+        self.rows = rows
+        self._events: list[Event] | None = None
+
+    def _materialize(self) -> list[Event]:
+        events = self._events
+        if events is None:
+            events = self._events = list(map(_new_tuple, repeat(Event, len(self.rows)), self.rows))
+        return events
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @overload
+    def __getitem__(self, index: int) -> Event: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Event]: ...
+
+    def __getitem__(self, index: int | slice) -> Event | list[Event]:
+        return self._materialize()[index]
+
+    def __iter__(self) -> Iterator[Event]:
+        return iter(self._materialize())
+
+    def __repr__(self) -> str:
+        return f"<EventBatch of {len(self.rows)} events>"
 
 
 def _nothing() -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from ._buffer import EventBatch
 from .events import Event
 
 __all__ = ["MAX_DEPTH", "ValueEncoder", "decode"]
@@ -71,7 +72,8 @@ class ValueEncoder:
         out = bytearray()
         dumps = orjson.dumps
         default = self._default
-        for step, time, data in events:
+        rows = events.rows if isinstance(events, EventBatch) else events
+        for step, time, data in rows:
             record = {"step": step, "time": time, "data": data}
             try:
                 out += dumps(record, default=default, option=_OPTIONS)
@@ -100,7 +102,8 @@ class ValueEncoder:
 
     def _fix_null_lines(self, out: bytearray, events: Sequence[Event]) -> bytearray:
         fixed = bytearray()
-        for line, (step, time, data) in zip(out.split(b"\n"), events, strict=False):
+        rows = events.rows if isinstance(events, EventBatch) else events
+        for line, (step, time, data) in zip(out.split(b"\n"), rows, strict=False):
             if b"null" in line:
                 fixed += self._encode_slow({"step": step, "time": time, "data": data})
             else:

@@ -31,10 +31,10 @@ import anyio.abc
 import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._buffer import EventBuffer
+from ._buffer import EventBatch, EventBuffer
 from .backends.base import Backend
 from .errors import BackendOpenError, WorkerError
-from .events import BackendStats, Event, RunEnd, RunInfo, RunStats, RunStatus
+from .events import BackendStats, RunEnd, RunInfo, RunStats, RunStatus
 
 __all__ = ["BackendRunner", "Worker"]
 
@@ -91,7 +91,7 @@ class BackendRunner:
         finally:
             self.finished.set()
 
-    async def submit(self, batch: list[Event]) -> None:
+    async def submit(self, batch: EventBatch) -> None:
         """Queue a batch, applying the overflow policy if the backlog is full."""
         if self.backlog >= self.backlog_limit:
             if self.policy != "block":
@@ -368,21 +368,29 @@ class Worker:
                 # The tracker no longer accepts events: drain every one of them.
                 while buffer.events:
                     await self._drain(len(buffer.events))
-                self._start_flushes(group)
+                self._start_flushes(group, self._take_flushes())
                 for runner in self.runners:
                     runner.close_stream()
                 return stop
+            # Take the flush requests first, then count the events: every event logged
+            # before a flush() call is already queued when its request is seen here.
+            flushes = self._take_flushes()
             # Drain what is there now; what arrives meanwhile waits for the next round,
             # so flush requests and stops are never starved by a busy producer.
             await self._drain(len(buffer.events))
-            self._start_flushes(group)
+            self._start_flushes(group, flushes)
 
-    def _start_flushes(self, group: anyio.abc.TaskGroup) -> None:
+    def _take_flushes(self) -> list[concurrent.futures.Future[None]]:
         flushes, self._flushes = self._flushes, []
+        self._pending_flushes.update(flushes)
+        return flushes
+
+    def _start_flushes(
+        self, group: anyio.abc.TaskGroup, flushes: list[concurrent.futures.Future[None]]
+    ) -> None:
         for future in flushes:
             # Markers go in now, right behind the batches this flush waits for.
             markers = [runner.mark() for runner in self.runners]
-            self._pending_flushes.add(future)
             group.start_soon(self._complete_flush, future, markers)
 
     async def _complete_flush(

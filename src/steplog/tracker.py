@@ -20,13 +20,13 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
-from ._buffer import OVERFLOW_POLICIES, EventBuffer, OverflowPolicy
+from ._buffer import OVERFLOW_POLICIES, STEP_KEY, TIME_KEY, EventBuffer, OverflowPolicy
 from ._names import check_name, new_run_id
 from ._worker import Worker
 from .backends.base import Backend, backend_name
 from .backends.jsonl import JsonlBackend
 from .errors import FlushTimeoutError, InactiveRunError, TrackerWarning
-from .events import RUN_STATUSES, Event, RunInfo, RunStats, RunStatus
+from .events import RUN_STATUSES, RunInfo, RunStats, RunStatus
 
 __all__ = ["DEFAULT_EXPERIMENT_NAME", "AsyncTracker", "Tracker"]
 
@@ -34,7 +34,6 @@ logger = logging.getLogger("steplog")
 
 DEFAULT_EXPERIMENT_NAME = "default"
 
-_new_event = tuple.__new__
 _now = time.time
 
 
@@ -143,11 +142,12 @@ class _TrackerBase:
             step = next(self._steps)
         else:
             step = self._explicit_step(step)
-        event = _new_event(Event, (step, _now(), data))
+        data[STEP_KEY] = step
+        data[TIME_KEY] = _now()
         events = buffer.events
         if len(events) >= buffer.limit and buffer.make_room():
             return
-        events.append(event)
+        events.append(data)
 
     def _explicit_step(self, step: Any) -> int:
         if isinstance(step, bool):

@@ -186,7 +186,8 @@ def bench_throughput(root: Path, n: int, reps: int) -> tuple[float, int]:
         elapsed = time.perf_counter() - start
         assert stats is not None
         assert backend.path is not None
-        lines = sum(1 for _ in open(backend.path, "rb")) - 2
+        with open(backend.path, "rb") as file:
+            lines = sum(1 for _ in file) - 2
         if not (stats.logged == stats.written == lines == n and stats.dropped == 0):
             raise SystemExit(f"events lost: logged {stats.logged}, in file {lines}")
         rates.append(n / elapsed)

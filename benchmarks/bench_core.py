@@ -252,9 +252,66 @@ def bench_slowdown(root: Path, steps: int, reps: int) -> tuple[float, dict[str, 
     return step_us, {k: statistics.median(v) for k, v in ratios.items()}
 
 
+def bench_breakdown(root: Path, n: int, reps: int) -> None:
+    """Per-thread CPU per event: the logging loop, the worker thread, other threads."""
+    from steplog import _worker
+
+    class EncodeOnly(steplog.JsonlBackend):
+        async def write(self, events: Any) -> None:
+            self._encoder.encode_events(events)
+
+    worker_cpu: list[float] = []
+    original = _worker.Worker._thread_main
+
+    def timed(self: Any, info: Any) -> None:
+        try:
+            original(self, info)
+        finally:
+            worker_cpu.append(time.thread_time())
+
+    _worker.Worker._thread_main = timed  # type: ignore[method-assign]
+    variants: dict[str, Callable[[], steplog.Backend]] = {
+        "NullBackend": steplog.NullBackend,
+        "JSONL encoding only (no write)": lambda: EncodeOnly(root),
+        "JsonlBackend": lambda: steplog.JsonlBackend(root),
+    }
+    rows: dict[str, list[tuple[float, float, float]]] = {name: [] for name in variants}
+    try:
+        for _ in range(reps):
+            for name, make in variants.items():
+                t0 = time.thread_time()
+                cpu_loop(None, n)
+                base = time.thread_time() - t0
+                tracker = steplog.Tracker(make(), experiment_name="breakdown")
+                tracker.init()
+                p0, m0 = time.process_time(), time.thread_time()
+                cpu_loop(tracker.log, n)
+                tracker.finish()
+                main_cpu = time.thread_time() - m0
+                total = time.process_time() - p0
+                rows[name].append(
+                    (
+                        (main_cpu - base) / n * 1e6,
+                        worker_cpu[-1] / n * 1e6,
+                        (total - base) / n * 1e6,
+                    )
+                )
+    finally:
+        _worker.Worker._thread_main = original  # type: ignore[method-assign]
+    print(f"\n### Per-thread CPU per event ({n:,} events, median of {reps}, µs)")
+    print("| backend | logging thread (net) | worker thread | whole process (net) |")
+    print("|---|---:|---:|---:|")
+    for name, values in rows.items():
+        cols = [statistics.median(v[i] for v in values) for i in range(3)]
+        print(f"| {name} | {cols[0]:.2f} | {cols[1]:.2f} | {cols[2]:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="only the per-thread CPU breakdown"
+    )
     args = parser.parse_args()
     scale = 0.05 if args.quick else 1.0
     n_calls = int(200_000 * scale)
@@ -269,23 +326,26 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        print(f"\n## log() cost per call ({n_calls:,} calls, µs)")
+        if args.breakdown:
+            bench_breakdown(root, int(400_000 * scale), reps)
+            return
+        print(f"\n### log() cost per call ({n_calls:,} calls, µs)")
         print("| logger | p50 | p99 |\n|---|---:|---:|")
         for name, (p50, p99) in bench_log_cost(root, n_calls).items():
             print(f"| {name} | {p50:.2f} | {p99:.2f} |")
 
-        print(f"\n## Net process CPU per event ({n_cpu:,} events, median of {reps}, µs)")
+        print(f"\n### Net process CPU per event ({n_cpu:,} events, median of {reps}, µs)")
         print("| logger | CPU per event |\n|---|---:|")
         for name, value in bench_cpu(root, n_cpu, reps).items():
             print(f"| {name} | {value:.2f} |")
 
         rate, n = bench_throughput(root, n_tp, 3)
-        print(f"\n## Sustained throughput into JSONL (block, {n:,} events, median of 3)")
+        print(f"\n### Sustained throughput into JSONL (block, {n:,} events, median of 3)")
         print(f"{rate:,.0f} events/s, nothing lost (file line count checked)")
 
         step_us, ratios = bench_slowdown(root, steps, reps)
         print(
-            f"\n## Slowdown of a ~{step_us:.0f} µs numpy step loop "
+            f"\n### Slowdown of a ~{step_us:.0f} µs numpy step loop "
             f"({steps:,} steps, median of {reps} interleaved repetitions)"
         )
         print("| logger | wall-clock ratio vs no logging |\n|---|---:|")

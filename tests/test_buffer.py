@@ -36,21 +36,29 @@ def test_drop_policies_account_exactly_with_a_stalled_backend(policy):
         assert steps[0] == 0  # the oldest events survive
 
 
+def start_producer(
+    tracker: steplog.Tracker, count: int
+) -> tuple[threading.Thread, threading.Event]:
+    """Log ``count`` events from a new thread; the event is set once all were logged."""
+    done = threading.Event()
+
+    def produce() -> None:
+        for i in range(count):
+            tracker.log({"i": i})
+        done.set()
+
+    thread = threading.Thread(target=produce)
+    thread.start()
+    return thread, done
+
+
 @pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest"])
 def test_drop_policies_never_block_the_caller(policy):
     """drop_* policies return at once even while the backend is stalled."""
     gate = GateBackend()
     tracker = steplog.Tracker(gate, buffer_size=10, batch_size=5, overflow=policy)
     tracker.init()
-    done = threading.Event()
-
-    def produce() -> None:
-        for i in range(20_000):
-            tracker.log({"i": i})
-        done.set()
-
-    thread = threading.Thread(target=produce)
-    thread.start()
+    thread, done = start_producer(tracker, 20_000)
     assert done.wait(10), "log() blocked under a drop policy"
     gate.gate.set()
     thread.join()
@@ -77,15 +85,7 @@ def test_block_policy_blocks_until_the_backend_makes_progress():
     gate = GateBackend()
     tracker = steplog.Tracker(gate, buffer_size=8, batch_size=4, overflow="block")
     tracker.init()
-    done = threading.Event()
-
-    def produce() -> None:
-        for i in range(200):
-            tracker.log({"i": i})
-        done.set()
-
-    thread = threading.Thread(target=produce)
-    thread.start()
+    thread, done = start_producer(tracker, 200)
     assert not done.wait(0.3), "the producer should be blocked by the stalled backend"
     gate.gate.set()
     assert done.wait(10)

@@ -69,7 +69,7 @@ def run_demo(steps: int, *, root: str, experiment: str, seed: int) -> int:
             candidate = trigger.copy()
             candidate[rng.randrange(len(candidate))] = rng.choice(alphabet)
             mismatches = sum(a != b for a, b in zip(candidate, target, strict=True))
-            loss = mismatches / len(target) + rng.gauss(0.0, 0.02)
+            loss = max(0.0, mismatches / len(target) + rng.gauss(0.0, 0.02))
             if mismatches <= current or rng.random() < temperature * 0.01:
                 trigger, current = candidate, mismatches
             best = min(best, loss)

@@ -258,10 +258,10 @@ class Worker:
         self._on_wake()
 
     def _on_stop(self, request: _StopRequest) -> None:
-        if self._stop is None:
-            self._stop = request
-        else:  # a second stop (e.g. the exit hook racing finish()) shares the first's result
-            self._stop.future.add_done_callback(lambda f: _copy_future(f, request.future))
+        if self._stop is not None:  # the tracker deactivates a run once; keep it that way
+            request.future.set_exception(WorkerError("the run is already being finished"))
+            return
+        self._stop = request
         self._on_wake()
 
     def _thread_main(self, info: RunInfo) -> None:
@@ -435,15 +435,3 @@ def _is_power_of_ten(n: int) -> bool:
     while n >= 10 and n % 10 == 0:
         n //= 10
     return n == 1
-
-
-def _copy_future(
-    source: concurrent.futures.Future[Any], target: concurrent.futures.Future[Any]
-) -> None:
-    if target.done():
-        return
-    exc = source.exception()
-    if exc is not None:
-        target.set_exception(exc)
-    else:
-        target.set_result(source.result())

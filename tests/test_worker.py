@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import pytest
 
@@ -93,4 +94,30 @@ def test_finish_with_timeout_abandons_a_stalled_backend_and_counts_its_events():
     assert g.delivered == 0
     assert g.failed == 10
     assert "abandoned" in (g.last_error or "")
+    gate.gate.set()
+
+
+def test_finish_with_timeout_returns_when_a_stalled_backend_holds_up_the_block_policy():
+    """Under "block", a stalled backend whose backlog is full cannot hang finish(timeout).
+
+    The worker is stuck waiting to hand the stalled backend its next batch; once the
+    timeout passes it gives up on that backend, the others still get every event, and
+    the accounting stays exact.
+    """
+    gate = GateBackend()
+    mem = steplog.MemoryBackend()
+    tracker = steplog.Tracker(gate, mem, buffer_size=8, batch_size=2, flush_interval=0.01)
+    tracker.init()
+    for i in range(10):
+        tracker.log({"i": i})
+    # 0-7 fill the gate's backlog; the worker is now blocked handing it 8-9.
+    assert wait_until(lambda: len(mem.records) == 8)
+    started = time.monotonic()
+    stats = tracker.finish(timeout=0.3)
+    assert time.monotonic() - started < 5
+    assert [e.data["i"] for e in mem.records] == list(range(10))
+    g = stats.backends["gate"]
+    assert (g.delivered, g.failed, g.dropped) == (0, 10, 0)
+    assert "abandoned" in (g.last_error or "")
+    assert stats.backends["memory"].delivered == 10
     gate.gate.set()

@@ -23,7 +23,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -40,6 +40,9 @@ __all__ = ["BackendRunner", "Worker"]
 
 logger = logging.getLogger("steplog")
 
+# How often a dispatcher waiting on a stalled backend checks for a shutdown deadline.
+_STALL_CHECK_SECONDS = 0.1
+
 
 class _Marker:
     """Travels through a backend's stream behind the batches a flush waits for."""
@@ -53,8 +56,17 @@ class _Marker:
 class BackendRunner:
     """Feeds one backend its batches, in order, and counts what happened to them."""
 
-    def __init__(self, backend: Backend, name: str, *, backlog_limit: int, policy: str) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        name: str,
+        *,
+        backlog_limit: int,
+        policy: str,
+        deadline: Callable[[], float | None],
+    ) -> None:
         self.backend = backend
+        self._deadline = deadline
         self.name = name
         self.backlog_limit = backlog_limit
         self.policy = policy
@@ -98,7 +110,16 @@ class BackendRunner:
                 self.dropped += len(batch)
                 return
             while self.backlog >= self.backlog_limit and not self.finished.is_set():
-                await self._progress.wait()
+                deadline = self._deadline()
+                if deadline is not None and time.monotonic() >= deadline:
+                    # Shutting down and this backend is still stalled: give up on it
+                    # so the others still get this batch.
+                    self.failed += len(batch)
+                    self.last_error = "abandoned: stalled past the shutdown timeout"
+                    return
+                # Re-check now and then: a stop with a timeout may arrive meanwhile.
+                with anyio.move_on_after(_STALL_CHECK_SECONDS):
+                    await self._progress.wait()
         self.backlog += len(batch)
         self._send.send_nowait(batch)
 
@@ -164,6 +185,11 @@ class _StopRequest:
         self.timeout = timeout
         self.future: concurrent.futures.Future[RunStats] = concurrent.futures.Future()
         self.received = time.perf_counter()
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline (``None``: no deadline)."""
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
 
 
 class Worker:
@@ -250,6 +276,9 @@ class Worker:
 
     # -- loop thread ------------------------------------------------------------
 
+    def _stop_deadline(self) -> float | None:
+        return None if self._stop is None else self._stop.deadline
+
     def _on_wake(self) -> None:
         self._wake_event.set()
 
@@ -287,7 +316,13 @@ class Worker:
         self._wake_event = anyio.Event()
         self._loop = asyncio.get_running_loop()
         self.runners = [
-            BackendRunner(b, name, backlog_limit=self.buffer.capacity, policy=self.buffer.policy)
+            BackendRunner(
+                b,
+                name,
+                backlog_limit=self.buffer.capacity,
+                policy=self.buffer.policy,
+                deadline=self._stop_deadline,
+            )
             for name, b in self.backends
         ]
         if not await self._open_backends(info):
@@ -298,7 +333,7 @@ class Worker:
             for runner in self.runners:
                 group.start_soon(runner.run)
             request = await self._dispatch(group)
-            with anyio.move_on_after(request.timeout) as scope:
+            with anyio.move_on_after(request.remaining()) as scope:
                 for runner in self.runners:
                     await runner.finished.wait()
             if scope.cancelled_caught:

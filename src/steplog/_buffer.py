@@ -163,9 +163,7 @@ class EventBuffer:
         if self._blocked:
             with self._lock:
                 self._room.notify_all()
-        steps = [data.pop(STEP_KEY) for data in batch]
-        times = [data.pop(TIME_KEY) for data in batch]
-        return EventBatch(list(zip(steps, times, batch, strict=True)))
+        return EventBatch([(data.pop(STEP_KEY), data.pop(TIME_KEY), data) for data in batch])
 
     def close(self) -> None:
         """Release every blocked producer; later overflows no longer wait."""

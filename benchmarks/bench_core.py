@@ -81,6 +81,16 @@ class Floor:
         self.queue.clear()
 
 
+def clean(root: Path) -> None:
+    """Delete the run files written so far (outside timed regions).
+
+    Without this, a full benchmark leaves gigabytes of dirty page cache behind, and
+    later measurements pay for the kernel's write-back instead of for logging.
+    """
+    for path in root.rglob("*.jsonl"):
+        path.unlink()
+
+
 def new_tracker(root: Path, **kwargs: Any) -> steplog.Tracker:
     tracker = steplog.Tracker(steplog.JsonlBackend(root), experiment_name="bench", **kwargs)
     tracker.init({"bench": True})
@@ -115,6 +125,7 @@ def bench_log_cost(root: Path, n: int) -> dict[str, tuple[float, float]]:
     tracker = new_tracker(root)
     out["steplog JSONL (block)"] = per_call_cost(tracker.log, n)
     tracker.finish()
+    clean(root)
     return out
 
 
@@ -166,6 +177,7 @@ def bench_cpu(root: Path, n: int, reps: int) -> dict[str, float]:
         cpu_loop(naive.log, n)
         naive.finish()
         results["naive inline orjson + write"].append((time.process_time() - c0 - base) / n * 1e6)
+        clean(root)
     results["harness (the loop without logging)"] = [cpu_loop(None, n) / n * 1e6]
     return {k: statistics.median(v) for k, v in results.items()}
 
@@ -191,6 +203,7 @@ def bench_throughput(root: Path, n: int, reps: int) -> tuple[float, int]:
         if not (stats.logged == stats.written == lines == n and stats.dropped == 0):
             raise SystemExit(f"events lost: logged {stats.logged}, in file {lines}")
         rates.append(n / elapsed)
+        clean(root)
     return statistics.median(rates), n
 
 
@@ -249,6 +262,7 @@ def bench_slowdown(root: Path, steps: int, reps: int) -> tuple[float, dict[str, 
         t = loop(naive.log)
         naive.finish()
         ratios["naive inline orjson + write"].append(t / base)
+        clean(root)
     return step_us, {k: statistics.median(v) for k, v in ratios.items()}
 
 
@@ -289,6 +303,7 @@ def bench_breakdown(root: Path, n: int, reps: int) -> None:
                 tracker.finish()
                 main_cpu = time.thread_time() - m0
                 total = time.process_time() - p0
+                clean(root)
                 rows[name].append(
                     (
                         (main_cpu - base) / n * 1e6,

@@ -125,6 +125,9 @@ def bench_log_cost(root: Path, n: int) -> dict[str, tuple[float, float]]:
     tracker = new_tracker(root)
     out["steplog JSONL (block)"] = per_call_cost(tracker.log, n)
     tracker.finish()
+    tracker = new_tracker(root, snapshot=False)
+    out["steplog JSONL (block, snapshot=False)"] = per_call_cost(tracker.log, n)
+    tracker.finish()
     clean(root)
     return out
 
@@ -145,13 +148,17 @@ def cpu_loop(log: Callable[[dict[str, Any]], None] | None, n: int) -> float:
 def bench_cpu(root: Path, n: int, reps: int) -> dict[str, float]:
     """Net process CPU per event (µs), median over interleaved repetitions.
 
-    The "gc disabled" row is a diagnostic: events that wait in the buffer survive
-    young-generation collections, which makes the cyclic GC run full collections more
-    often in a process with few long-lived objects (like this benchmark).
+    ``snapshot=False`` skips log()'s look for arrays and tensors to copy (a per-value
+    type check once numpy is imported, as here). The "gc disabled" row is a
+    diagnostic: events that wait in the buffer survive young-generation collections,
+    which makes the cyclic GC run full collections more often in a process with few
+    long-lived objects (like this benchmark).
     """
     gc_off = "steplog JSONL (block), gc disabled (diagnostic)"
+    no_snapshot = "steplog JSONL (block, snapshot=False)"
     results: dict[str, list[float]] = {
         "steplog JSONL (block)": [],
+        no_snapshot: [],
         gc_off: [],
         "naive inline orjson + write": [],
     }
@@ -163,6 +170,11 @@ def bench_cpu(root: Path, n: int, reps: int) -> dict[str, float]:
         tracker.finish()
         used = time.process_time() - c0
         results["steplog JSONL (block)"].append((used - base) / n * 1e6)
+        tracker = new_tracker(root, snapshot=False)
+        c0 = time.process_time()
+        cpu_loop(tracker.log, n)
+        tracker.finish()
+        results[no_snapshot].append((time.process_time() - c0 - base) / n * 1e6)
         gc.disable()
         try:
             tracker = new_tracker(root)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import repeat
 from typing import Any, Literal, overload
 
@@ -79,6 +79,13 @@ class EventBuffer:
         self.dropped = 0
         self.max_depth = 0
         self.closed = False
+        #: Whether ``log()`` must look for arrays and tensors to snapshot (refreshed by
+        #: the worker: true once torch, numpy or jax is imported, if snapshots are on).
+        self.inspect = False
+        #: ``frozenset.issuperset`` of the types ``log()`` stores as they are.
+        self.is_plain: Callable[[Iterable[type]], bool] = frozenset().issuperset
+        #: Set once an event with placeholders for the worker was queued.
+        self.deferred = False
         self._armed = True
         self._wake: Callable[[], None] = _nothing
         self._alive: Callable[[], bool] = _always

@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
+import functools
 import logging
 import math
 import threading
@@ -29,8 +31,18 @@ from typing import Any
 import anyio
 import anyio.abc
 import anyio.lowlevel
+import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from ._arrays import (
+    ResolveStats,
+    convert_now,
+    libraries_loaded,
+    plain_types,
+    pop_deferred,
+    resolve,
+    snapshot,
+)
 from ._buffer import EventBatch, EventBuffer
 from .backends.base import Backend
 from .errors import BackendOpenError, WorkerError
@@ -202,6 +214,8 @@ class Worker:
         *,
         batch_size: int,
         flush_interval: float,
+        snapshot: bool = True,
+        max_array_size: int = 1_000,
     ) -> None:
         self.buffer = buffer
         self.batch_size = batch_size
@@ -213,7 +227,11 @@ class Worker:
         self.batches = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._started: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self.snapshot = snapshot
+        self.max_array_size = max_array_size
+        self.resolve_stats = ResolveStats()
+        self._libraries = False  # torch, numpy or jax imported (see refresh_inspection)
+        self._started: concurrent.futures.Future[RunInfo] = concurrent.futures.Future()
         # Created on the loop thread in _main, before _loop is set (wake() needs both).
         self._wake_event: anyio.Event
         self._flushes: list[concurrent.futures.Future[None]] = []
@@ -223,8 +241,12 @@ class Worker:
 
     # -- called from other threads ----------------------------------------------
 
-    def start(self, info: RunInfo) -> concurrent.futures.Future[None]:
-        """Start the thread and open the backends; the future fails if one cannot open."""
+    def start(self, info: RunInfo) -> concurrent.futures.Future[RunInfo]:
+        """Start the thread and open the backends; the future fails if one cannot open.
+
+        The future's result is ``info`` with arrays and tensors in its config converted
+        to plain values, as the backends received it.
+        """
         self._thread = threading.Thread(
             target=self._thread_main,
             args=(info,),
@@ -233,6 +255,13 @@ class Worker:
         )
         self._thread.start()
         return self._started
+
+    def refresh_inspection(self) -> None:
+        """Tell ``log()`` whether to look for arrays and tensors (cheap; every wake-up)."""
+        buffer = self.buffer
+        self._libraries = libraries_loaded()
+        buffer.inspect = self.snapshot and self._libraries
+        buffer.is_plain = plain_types().issuperset
 
     def alive(self) -> bool:
         """Return whether the worker thread still runs its loop."""
@@ -325,10 +354,11 @@ class Worker:
             )
             for name, b in self.backends
         ]
+        info = dataclasses.replace(info, config=await self._convert(dict(info.config)))
         if not await self._open_backends(info):
             return
         self.buffer.connect(self.wake, self.alive)
-        self._started.set_result(None)
+        self._started.set_result(info)
         async with anyio.create_task_group() as group:
             for runner in self.runners:
                 group.start_soon(runner.run)
@@ -346,7 +376,7 @@ class Worker:
             run_id=info.run_id,
             end_time=time.time(),
             status=request.status,
-            summary=request.summary,
+            summary=await self._convert(dict(request.summary)),
             stats=stats,
         )
         for runner in self.runners:
@@ -398,6 +428,7 @@ class Worker:
             if self._wake_event.is_set():
                 self._wake_event = anyio.Event()
             buffer.rearm()
+            self.refresh_inspection()
             stop = self._stop
             if stop is not None:
                 # The tracker no longer accepts events: drain every one of them.
@@ -437,6 +468,33 @@ class Worker:
         if not future.done():
             future.set_result(None)
 
+    async def _convert(self, values: dict[str, Any]) -> Any:
+        """Arrays and tensors in a config or summary, as plain values (off the loop)."""
+        if not libraries_loaded():
+            return values
+        return await anyio.to_thread.run_sync(
+            functools.partial(
+                convert_now, values, self.resolve_stats, max_array_size=self.max_array_size
+            )
+        )
+
+    async def _resolve(self, batch: EventBatch) -> None:
+        """Read back and convert the arrays and tensors of one batch, in place."""
+        rows = batch.rows
+        if not self.snapshot:
+            # References were queued as they are: find the arrays and tensors now.
+            is_plain = plain_types().issuperset
+            for _, _, data in rows:
+                if not is_plain(map(type, data.values())):
+                    snapshot(data, max_array_size=self.max_array_size)
+        placeholders = pop_deferred(rows)
+        if placeholders:
+            await anyio.to_thread.run_sync(
+                functools.partial(
+                    resolve, placeholders, self.resolve_stats, max_array_size=self.max_array_size
+                )
+            )
+
     async def _drain(self, count: int) -> None:
         buffer = self.buffer
         runners = self.runners
@@ -444,6 +502,8 @@ class Worker:
             batch = buffer.take(min(count, self.batch_size))
             if not batch:
                 return
+            if buffer.deferred or (self._libraries and not self.snapshot):
+                await self._resolve(batch)
             count -= len(batch)
             self.taken += len(batch)
             self.batches += 1
@@ -462,6 +522,7 @@ class Worker:
             backend_errors=sum(r.errors for r in self.runners),
             max_buffer_depth=self.buffer.max_depth,
             drain_seconds=drain_seconds,
+            device_syncs=self.resolve_stats.device_syncs,
             backends={r.name: r.stats(dropped) for r in self.runners},
         )
 

@@ -107,6 +107,8 @@ class RunStats:
         max_buffer_depth: The deepest the buffer was seen (by the worker at each drain,
             or at an overflow).
         drain_seconds: Time ``finish()`` spent draining and closing the backends.
+        device_syncs: Times the worker waited on an accelerator to read logged tensors
+            (at most one per batch and device).
         backends: Per-backend delivery counts, keyed by backend name.
     """
 
@@ -117,6 +119,7 @@ class RunStats:
     backend_errors: int = 0
     max_buffer_depth: int = 0
     drain_seconds: float = 0.0
+    device_syncs: int = 0
     backends: Mapping[str, BackendStats] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

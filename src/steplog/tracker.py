@@ -20,6 +20,8 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
+from ._arrays import DEFER_KEY
+from ._arrays import snapshot as _snapshot
 from ._buffer import OVERFLOW_POLICIES, STEP_KEY, TIME_KEY, EventBuffer, OverflowPolicy
 from ._names import check_name, new_run_id
 from ._worker import Worker
@@ -61,6 +63,8 @@ class _TrackerBase:
         flush_interval: float = 0.1,
         overflow: OverflowPolicy = "block",
         shutdown_timeout: float = 10.0,
+        snapshot: bool = True,
+        max_array_size: int = 1_000,
     ) -> None:
         for backend in backends:
             if not isinstance(backend, Backend):
@@ -83,6 +87,9 @@ class _TrackerBase:
                 f"overflow must be one of {', '.join(map(repr, OVERFLOW_POLICIES))}, "
                 f"got {overflow!r}"
             )
+        _check_positive_int("max_array_size", max_array_size)
+        if not isinstance(snapshot, bool):
+            raise TypeError(f"snapshot must be True or False, not {snapshot!r}")
         if not (isinstance(shutdown_timeout, (int, float)) and shutdown_timeout > 0):
             raise ValueError(
                 f"shutdown_timeout must be a positive number, got {shutdown_timeout!r}"
@@ -95,6 +102,8 @@ class _TrackerBase:
         self.flush_interval = float(flush_interval)
         self.overflow: OverflowPolicy = overflow
         self.shutdown_timeout = float(shutdown_timeout)
+        self.snapshot = snapshot
+        self.max_array_size = max_array_size
         #: Summary values gathered during the run; ``finish(summary)`` is merged over it.
         self.summary: dict[str, Any] = {}
         self._names = _unique_names(self.backends)
@@ -138,6 +147,10 @@ class _TrackerBase:
             data = data.copy()
         else:
             data = _copy_mapping(data)
+        if buffer.inspect and not buffer.is_plain(map(type, data.values())):
+            data = _snapshot(data, max_array_size=self.max_array_size)
+            if DEFER_KEY in data:
+                buffer.deferred = True
         if step is None:
             step = next(self._steps)
         else:
@@ -208,7 +221,10 @@ class _TrackerBase:
             list(zip(self._names, self.backends, strict=True)),
             batch_size=self.batch_size,
             flush_interval=self.flush_interval,
+            snapshot=self.snapshot,
+            max_array_size=self.max_array_size,
         )
+        worker.refresh_inspection()
         return _Run(info, buffer, worker), worker.start(info)
 
     def _activate(self, run: _Run) -> None:
@@ -295,6 +311,12 @@ class Tracker(_TrackerBase):
             (never wait; drops are counted).
         shutdown_timeout: Seconds the interpreter-exit hook waits for an unfinished
             run to be written before abandoning it.
+        snapshot: Record arrays and tensors as they are at the ``log()`` call, even if
+            they are changed in place afterwards (see docs/tensors.md). ``False``
+            stores references instead — no copy, no kernel launch — for code that
+            promises never to modify a logged tensor or array in place.
+        max_array_size: Arrays and tensors with more elements are recorded as a
+            summary (shape, dtype, count, mean, min, max) instead of their values.
     """
 
     def init(self, config: Mapping[str, Any] | None = None) -> RunInfo:
@@ -313,7 +335,7 @@ class Tracker(_TrackerBase):
                 self.finish()
             run, started = self._start(config)
             try:
-                started.result()
+                run.info = started.result()
             finally:
                 if started.exception() is not None:
                     run.worker.join()
@@ -414,7 +436,7 @@ class AsyncTracker(_TrackerBase):
             await self.finish()
         run, started = self._start(config)
         try:
-            await asyncio.wrap_future(started)
+            run.info = await asyncio.wrap_future(started)
         except BaseException:
             await asyncio.to_thread(run.worker.join)
             raise

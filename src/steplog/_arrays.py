@@ -1,0 +1,441 @@
+"""Arrays and tensors: a snapshot at ``log()`` time, conversion in the worker.
+
+steplog never imports torch, numpy or jax to recognise their values: it looks at the
+module of a value's type, and reaches a library through ``sys.modules`` only once one of
+its values has been logged (so the library is already imported).
+
+At ``log()`` time (:func:`snapshot`, only for dicts holding something other than plain
+numbers and strings):
+
+* a CPU torch tensor with 0 dimensions becomes a Python number at once (``.item()`` on a
+  CPU tensor has no device to wait for; ~0.2 µs);
+* the 0-dimensional tensors on an accelerator are detached and stacked into one tensor,
+  one kernel launch per log() call (per device and dtype), instead of a ``clone()``
+  each; other accelerator tensors and n-dimensional CPU tensors are cloned (one launch
+  each on an accelerator);
+* numpy arrays are copied; jax arrays are immutable and kept as they are;
+* tensors and arrays with more than ``max_array_size`` elements are summarised instead
+  (shape, dtype, element count, mean, min, max), computed on the value's own device;
+* lists, tuples and dicts holding any of these are copied along the way.
+
+Nothing on that path synchronises with an accelerator: no ``.item()``, ``.cpu()``,
+``.tolist()`` or ``float()`` on a device tensor. What must still be read from a device
+is left in the data as a :class:`Deferred` placeholder, and the event is marked.
+
+In the worker (:func:`resolve`, in a worker thread so the event loop stays free), the
+placeholders of a whole batch are read back together: for each CUDA device, every
+source is copied to host memory asynchronously behind a wait on the streams that
+produced it, then one stream synchronisation (which releases the GIL) makes them all
+available — one device synchronisation per batch and device, however many events and
+values it holds. Values then become Python numbers (0-d) or nested lists, with their
+kind kept: integers stay ``int``, booleans ``bool``, NaN and infinities stay floats.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+__all__ = [
+    "DEFER_KEY",
+    "Deferred",
+    "ResolveStats",
+    "convert_now",
+    "libraries_loaded",
+    "plain_types",
+    "pop_deferred",
+    "resolve",
+    "snapshot",
+]
+
+logger = logging.getLogger("steplog")
+
+#: Key under which ``log()`` lists an event's :class:`Deferred` placeholders.
+DEFER_KEY = "\x00steplog.deferred"
+
+_LIBRARIES = ("torch", "numpy", "jax")
+_BASE_PLAIN: frozenset[type] = frozenset({float, int, str, bool, type(None)})
+_plain: frozenset[type] = _BASE_PLAIN
+_numpy_seen = False
+
+#: Device types whose tensors are read on the hot path (no device to wait for).
+#: Tests empty it to drive CPU tensors through the accelerator path.
+HOST_DEVICE_TYPES: frozenset[str] = frozenset({"cpu"})
+
+# Containers nested deeper than this are not walked (the encoder stops at the same depth).
+_MAX_DEPTH = 200
+
+#: How often a worker waiting for ``torch.cuda.set_sync_debug_mode(0)`` checks again.
+_SYNC_DEBUG_POLL_SECONDS = 0.05
+
+
+def plain_types() -> frozenset[type]:
+    """Types ``log()`` stores as they are: immutable, and encoded by orjson directly."""
+    return _plain
+
+
+def libraries_loaded() -> bool:
+    """Whether torch, numpy or jax is imported (so logged values may need a snapshot).
+
+    Also teaches :func:`plain_types` numpy's scalar types once numpy is imported: they
+    are immutable and need no snapshot.
+    """
+    global _plain, _numpy_seen
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and not _numpy_seen:
+        _numpy_seen = True
+        scalar_types = {
+            tp
+            for tp in set(numpy.sctypeDict.values())
+            if issubclass(tp, numpy.generic) and not issubclass(tp, (numpy.void, numpy.object_))
+        }
+        _plain = _BASE_PLAIN | frozenset(scalar_types)
+    modules = sys.modules
+    return any(name in modules for name in _LIBRARIES)
+
+
+class Deferred:
+    """A value left in an event's data for the worker to read back and convert.
+
+    Attributes:
+        container: The dict or list holding the placeholder.
+        key: Its key (or index) in ``container``.
+        kind: ``"scalar"`` (element ``index`` of a stacked device tensor), ``"tensor"``,
+            ``"summary"`` (a stacked ``[mean, min, max]`` of a large tensor), ``"numpy"``
+            or ``"jax"``.
+        source: The tensor or array to read (for ``"scalar"``: the stacked tensor).
+        index: Position in a stacked tensor.
+        stream: The CUDA stream that produced ``source``, if any.
+        meta: Shape and dtype of a summarised value.
+    """
+
+    __slots__ = ("container", "index", "key", "kind", "meta", "source", "stream")
+
+    def __init__(self, container: Any, key: Any, kind: str, source: Any, index: int = 0) -> None:
+        self.container = container
+        self.key = key
+        self.kind = kind
+        self.source = source
+        self.index = index
+        self.stream: Any = None
+        self.meta: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"<steplog.Deferred {self.kind}>"
+
+
+class _Walk:
+    """State of one snapshot: collected placeholders and device scalars to stack."""
+
+    __slots__ = ("active", "deferred", "max_size", "scalars")
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self.deferred: list[Deferred] = []
+        self.scalars: list[tuple[Any, Deferred]] = []
+        self.active: dict[int, Any] = {}  # containers being walked -> their copies
+
+
+def snapshot(data: dict[str, Any], *, max_array_size: int) -> dict[str, Any]:
+    """Make ``data`` (``log()``'s own copy) independent of later in-place changes.
+
+    Returns ``data`` with arrays and tensors replaced as described in the module
+    docstring; if placeholders remain, they are listed under :data:`DEFER_KEY`.
+    """
+    walk = _Walk(max_array_size)
+    plain = _plain
+    for key, value in data.items():
+        if type(value) not in plain:
+            data[key] = _snap(value, data, key, walk)
+    if walk.scalars:
+        _stack_scalars(walk)
+    if walk.deferred:
+        data[DEFER_KEY] = walk.deferred
+    return data
+
+
+def _snap(value: Any, container: Any, key: Any, walk: _Walk) -> Any:
+    tp = type(value)
+    if tp in _plain:
+        return value
+    if tp is dict or tp is list or tp is tuple:
+        # A container inside itself maps to its own copy, so the copy keeps the cycle
+        # (the encoder reports it); absurdly deep nesting is left as it is.
+        active = walk.active
+        if id(value) in active:
+            return active[id(value)]
+        if len(active) >= _MAX_DEPTH:
+            return value
+        copy: Any = {} if tp is dict else []
+        active[id(value)] = copy
+        try:
+            if tp is dict:
+                for k, v in value.items():
+                    copy[k] = _snap(v, copy, k, walk)
+            else:
+                copy.extend(value)
+                for i, v in enumerate(value):
+                    copy[i] = _snap(v, copy, i, walk)
+            return copy
+        finally:
+            del active[id(value)]
+    library = tp.__module__.partition(".")[0]
+    if library == "torch":
+        torch = sys.modules["torch"]
+        if isinstance(value, torch.Tensor):
+            return _snap_tensor(torch, value, container, key, walk)
+    elif library == "numpy":
+        numpy = sys.modules["numpy"]
+        if isinstance(value, numpy.ndarray):
+            return _snap_numpy(numpy, value, container, key, walk)
+    elif library in ("jax", "jaxlib"):
+        placeholder = Deferred(container, key, "jax", value)
+        walk.deferred.append(placeholder)
+        return placeholder
+    return value  # anything else: orjson or repr() in the worker
+
+
+def _snap_tensor(torch: Any, value: Any, container: Any, key: Any, walk: _Walk) -> Any:
+    tensor = value.detach()  # never keep an autograd graph alive
+    on_host = tensor.device.type in HOST_DEVICE_TYPES
+    if tensor.dim() == 0:
+        if on_host:
+            return tensor.item()
+        placeholder = Deferred(container, key, "scalar", None)
+        walk.scalars.append((tensor, placeholder))
+        walk.deferred.append(placeholder)
+        return placeholder
+    if tensor.numel() > walk.max_size:
+        placeholder = Deferred(container, key, "summary", _tensor_stats(torch, tensor))
+        placeholder.meta = {"shape": list(tensor.shape), "dtype": str(tensor.dtype)[6:]}
+    else:
+        placeholder = Deferred(container, key, "tensor", tensor.clone())
+    if not on_host:
+        placeholder.stream = _current_stream(torch, tensor.device)
+    walk.deferred.append(placeholder)
+    return placeholder
+
+
+def _tensor_stats(torch: Any, tensor: Any) -> Any:
+    """[mean, min, max] as one float64 tensor, on the tensor's device (no sync)."""
+    if tensor.dtype == torch.bool:
+        tensor = tensor.to(torch.uint8)
+    if tensor.is_complex():
+        tensor = tensor.abs()
+    return torch.stack(
+        [
+            tensor.mean(dtype=torch.float64),
+            tensor.min().to(torch.float64),
+            tensor.max().to(torch.float64),
+        ]
+    )
+
+
+def _snap_numpy(numpy: Any, value: Any, container: Any, key: Any, walk: _Walk) -> Any:
+    if value.size > walk.max_size:
+        placeholder = Deferred(container, key, "numpy", None)
+        placeholder.meta = _numpy_summary(numpy, value)
+    else:
+        placeholder = Deferred(container, key, "numpy", value.copy())
+    walk.deferred.append(placeholder)
+    return placeholder
+
+
+def _numpy_summary(numpy: Any, value: Any) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "shape": list(value.shape),
+        "dtype": str(value.dtype),
+        "numel": int(value.size),
+    }
+    try:
+        data = value.astype(numpy.float64)
+        summary.update(mean=float(data.mean()), min=float(data.min()), max=float(data.max()))
+    except (TypeError, ValueError):  # strings, objects: no statistics
+        pass
+    return summary
+
+
+def _stack_scalars(walk: _Walk) -> None:
+    torch = sys.modules["torch"]
+    groups: dict[tuple[Any, Any], list[tuple[Any, Deferred]]] = {}
+    for tensor, placeholder in walk.scalars:
+        groups.setdefault((tensor.device, tensor.dtype), []).append((tensor, placeholder))
+    for (device, _), members in groups.items():
+        # One launch for all of this call's scalars on this device and dtype.
+        stacked = torch.stack([tensor for tensor, _ in members])
+        stream = _current_stream(torch, device)
+        for index, (_, placeholder) in enumerate(members):
+            placeholder.source = stacked
+            placeholder.index = index
+            placeholder.stream = stream
+
+
+def _current_stream(torch: Any, device: Any) -> Any:
+    if device.type == "cuda":
+        return torch.cuda.current_stream(device)
+    return None
+
+
+# -- worker side -------------------------------------------------------------------
+
+
+class ResolveStats:
+    """Counts kept by the worker about device reads."""
+
+    __slots__ = ("device_syncs", "large_reported")
+
+    def __init__(self) -> None:
+        self.device_syncs = 0
+        self.large_reported: set[str] = set()
+
+
+def resolve(deferred: Sequence[Deferred], stats: ResolveStats, *, max_array_size: int) -> None:
+    """Read every placeholder of a batch back and put the converted values in place.
+
+    Blocking: run it in a worker thread. Device values are read with one
+    synchronisation per device (see the module docstring).
+    """
+    hosts = _read_devices(deferred, stats)
+    jax_values = _read_jax([d for d in deferred if d.kind == "jax"])
+    stacked_lists: dict[int, list[Any]] = {}
+    for placeholder in deferred:
+        try:
+            value = _convert(placeholder, hosts, jax_values, stacked_lists, max_array_size, stats)
+        except Exception as exc:  # never let one odd value stop the batch
+            logger.warning("steplog: could not convert a %s value: %r", placeholder.kind, exc)
+            value = repr(placeholder.source)
+        placeholder.container[placeholder.key] = value
+
+
+def _read_devices(deferred: Sequence[Deferred], stats: ResolveStats) -> dict[int, Any]:
+    """Copy every device source to the host; returns host tensors keyed by id(source)."""
+    sources: dict[int, Deferred] = {}
+    for placeholder in deferred:
+        if placeholder.kind in ("scalar", "tensor", "summary"):
+            sources.setdefault(id(placeholder.source), placeholder)
+    if not sources:
+        return {}
+    torch = sys.modules["torch"]
+    by_device: dict[Any, list[Deferred]] = {}
+    for placeholder in sources.values():
+        by_device.setdefault(placeholder.source.device, []).append(placeholder)
+    hosts: dict[int, Any] = {}
+    for device, members in by_device.items():
+        if device.type in HOST_DEVICE_TYPES:
+            hosts.update((id(p.source), p.source) for p in members)
+        elif device.type == "cuda":
+            _wait_for_sync_debug_off(torch)
+            with torch.cuda.device(device):
+                stream = torch.cuda.current_stream(device)
+                for producer in {id(p.stream): p.stream for p in members if p.stream}.values():
+                    if producer != stream:
+                        stream.wait_stream(producer)
+                copies = {id(p.source): p.source.to("cpu", non_blocking=True) for p in members}
+                stream.synchronize()  # the batch's one wait on this device; releases the GIL
+            stats.device_syncs += 1
+            hosts.update(copies)
+        else:  # other accelerators: one blocking copy per source
+            for p in members:
+                hosts[id(p.source)] = p.source.cpu()
+                stats.device_syncs += 1
+    return hosts
+
+
+def _wait_for_sync_debug_off(torch: Any) -> None:
+    """Do not synchronise while the user has made synchronisation an error or warning."""
+    while torch.cuda.get_sync_debug_mode() != 0:
+        time.sleep(_SYNC_DEBUG_POLL_SECONDS)
+
+
+def _read_jax(deferred: Sequence[Deferred]) -> dict[int, Any]:
+    if not deferred:
+        return {}
+    jax = sys.modules["jax"]
+    arrays = [d.source for d in deferred]
+    values = jax.device_get(arrays)  # one transfer call for the whole batch
+    return {id(d): v for d, v in zip(deferred, values, strict=True)}
+
+
+def _convert(
+    placeholder: Deferred,
+    hosts: dict[int, Any],
+    jax_values: dict[int, Any],
+    stacked_lists: dict[int, list[Any]],
+    max_size: int,
+    stats: ResolveStats,
+) -> Any:
+    kind = placeholder.kind
+    if kind == "scalar":
+        key = id(placeholder.source)
+        values = stacked_lists.get(key)
+        if values is None:
+            values = stacked_lists[key] = hosts[key].tolist()
+        return values[placeholder.index]
+    if kind == "summary":
+        mean, low, high = hosts[id(placeholder.source)].tolist()
+        meta = placeholder.meta or {}
+        numel = 1
+        for n in meta.get("shape", []):
+            numel *= n
+        _report_large(placeholder, numel, max_size, stats)
+        return {"$summary": {**meta, "numel": numel, "mean": mean, "min": low, "max": high}}
+    if kind == "tensor":
+        return hosts[id(placeholder.source)].tolist()
+    if kind == "numpy":
+        if placeholder.source is None:
+            meta = placeholder.meta or {}
+            _report_large(placeholder, meta.get("numel", 0), max_size, stats)
+            return {"$summary": meta}
+        return _numpy_to_python(placeholder.source)
+    # jax: a numpy array (or scalar) on the host now
+    array = jax_values[id(placeholder)]
+    numpy = sys.modules["numpy"]
+    array = numpy.asarray(array)
+    if array.size > max_size:
+        _report_large(placeholder, int(array.size), max_size, stats)
+        return {"$summary": _numpy_summary(numpy, array)}
+    return _numpy_to_python(array)
+
+
+def _numpy_to_python(array: Any) -> Any:
+    if array.dtype.kind not in "biufcUSb?":  # e.g. bfloat16 from ml_dtypes
+        array = array.astype("float32")
+    return array.tolist()
+
+
+def _report_large(placeholder: Deferred, numel: int, max_size: int, stats: ResolveStats) -> None:
+    name = str(placeholder.key)
+    if name in stats.large_reported:
+        return
+    stats.large_reported.add(name)
+    logger.warning(
+        "steplog: %r has %d elements, more than max_array_size=%d; recording its shape, "
+        "dtype, mean, min and max instead of the values (reported once per key)",
+        name,
+        numel,
+        max_size,
+    )
+
+
+def pop_deferred(rows: Iterable[tuple[int, float, dict[str, Any]]]) -> list[Deferred]:
+    """Pop and return the placeholders of every event in ``rows``."""
+    found: list[Deferred] = []
+    for _, _, data in rows:
+        placeholders = data.pop(DEFER_KEY, None)
+        if placeholders is not None:
+            found.extend(placeholders)
+    return found
+
+
+def convert_now(value: Any, stats: ResolveStats, *, max_array_size: int) -> Any:
+    """Snapshot and convert one value at once (config and summary; blocking)."""
+    if type(value) in _plain or not libraries_loaded():
+        return value
+    holder = snapshot({"value": value}, max_array_size=max_array_size)
+    placeholders = holder.pop(DEFER_KEY, None)
+    if placeholders:
+        resolve(placeholders, stats, max_array_size=max_array_size)
+    return holder["value"]

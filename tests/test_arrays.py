@@ -1,7 +1,7 @@
 """Arrays and tensors: snapshot at log() time, conversion in the worker (CPU in CI).
 
 The accelerator path (stacking device scalars, placeholders read back per batch) is
-exercised on CPU by emptying ``HOST_DEVICE_TYPES``, which makes CPU tensors take it.
+exercised on CPU by turning ``_arrays._HOST_CPU`` off, which makes CPU tensors take it.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ DTYPES = [
 def path(request, monkeypatch):
     """Run a test on the CPU fast path and on the accelerator path (driven with CPU)."""
     if request.param == "device-path":
-        monkeypatch.setattr(_arrays, "HOST_DEVICE_TYPES", frozenset())
+        monkeypatch.setattr(_arrays, "_HOST_CPU", False)
     return request.param
 
 
@@ -130,7 +130,7 @@ def test_requires_grad_tensors_are_detached(path):
 
 def test_device_scalars_of_one_call_are_stacked_into_one_tensor(monkeypatch):
     """On the accelerator path, a call's 0-d tensors cost one stack (one launch), not one each."""
-    monkeypatch.setattr(_arrays, "HOST_DEVICE_TYPES", frozenset())
+    monkeypatch.setattr(_arrays, "_HOST_CPU", False)
     stacks = []
     real_stack = torch.stack
 
@@ -183,6 +183,17 @@ def test_large_tensors_and_arrays_are_summarised_with_one_warning_per_key(caplog
     assert (a["shape"], a["numel"], a["mean"], a["min"], a["max"]) == ([50], 50, 24.5, 0.0, 49.0)
     messages = [r.getMessage() for r in caplog.records if "max_array_size" in r.getMessage()]
     assert len(messages) == 2  # one per key, not per event
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.bfloat16], ids=str)
+def test_large_tensor_summaries_for_integer_bool_and_half_dtypes(dtype, path):
+    """Summaries work for every dtype kind (bool counts as 0/1)."""
+    value = (torch.arange(20) % 2).to(dtype)
+    mem, _ = log_and_read({"t": value}, max_array_size=10)
+    summary = mem.records[0].data["t"]["$summary"]
+    assert summary["numel"] == 20
+    assert (summary["mean"], summary["min"], summary["max"]) == (0.5, 0.0, 1.0)
+    assert summary["dtype"] == str(dtype).removeprefix("torch.")
 
 
 def test_snapshot_false_keeps_references_and_still_converts():
@@ -275,9 +286,8 @@ def test_cuda_loop_never_synchronises_on_the_hot_path():
             loss = torch.rand((), device="cuda")
             acc += loss
             vec += 1
-            tracker.log(
-                {"loss": loss, "acc": acc, "vec": vec, "i": torch.tensor(step, device="cuda")}
-            )
+            step_t = torch.full((), step, device="cuda", dtype=torch.int64)  # no host copy
+            tracker.log({"loss": loss, "acc": acc, "vec": vec, "i": step_t})
             expected.append((loss, acc.clone(), step))
     finally:
         torch.cuda.set_sync_debug_mode(0)

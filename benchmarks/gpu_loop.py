@@ -1,0 +1,198 @@
+"""GPU benchmark (issue #3): what logging tensors costs a training loop.
+
+An MLP training step at three sizes (width/batch 256/64, 1024/256, 4096/512), in
+interleaved repetitions of three modes:
+
+* ``none``: no logging;
+* ``item``: ``float(loss.item())`` per step into a dict (what most trackers make you do:
+  one device synchronisation per step);
+* ``steplog``: ``tracker.log()`` of the loss tensor plus 3 other tensor metrics to
+  JSONL (no synchronisation on the loop's thread).
+
+Reports steps/s (median over repetitions) and the ratios against ``none``, then checks
+that the values steplog recorded equal the ``.item()`` values step by step.
+``--soak N`` instead logs N steps of tensor metrics and reports host RSS and device
+memory before and after (the buffer is bounded, so neither may grow with N).
+
+Run on a GPU machine::
+
+    pip install -e ".[dev]" && python benchmarks/gpu_loop.py
+
+It also runs on CPU (``--device cpu --quick``) as a smoke test of the script itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import steplog
+
+SIZES = [(256, 64), (1024, 256), (4096, 512)]
+
+
+class Loop:
+    """One MLP, optimizer and fixed batch: ``step()`` returns the loss and 3 metrics."""
+
+    def __init__(self, width: int, batch: int, device: str) -> None:
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        self.model = torch.nn.Sequential(
+            torch.nn.Linear(width, width),
+            torch.nn.ReLU(),
+            torch.nn.Linear(width, width),
+            torch.nn.ReLU(),
+            torch.nn.Linear(width, 1),
+        ).to(device)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-3)
+        self.x = torch.randn(batch, width, generator=gen).to(device)
+        self.y = torch.randn(batch, 1, generator=gen).to(device)
+        self.last = self.model[-1]
+
+    def step(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        self.opt.zero_grad(set_to_none=True)
+        out = self.model(self.x)
+        loss = torch.nn.functional.mse_loss(out, self.y)
+        loss.backward()
+        self.opt.step()
+        grad = self.last.weight.grad
+        assert grad is not None
+        return loss.detach(), out.detach().mean(), grad.norm(), self.last.weight.detach().norm()
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_mode(loop: Loop, mode: str, steps: int, device: str, root: Path) -> float:
+    tracker = None
+    if mode == "steplog":
+        tracker = steplog.Tracker(steplog.JsonlBackend(root), experiment_name="gpu")
+        tracker.init({"mode": mode})
+    sink: list[dict[str, Any]] = []
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss, out_mean, grad_norm, weight_norm = loop.step()
+        if mode == "item":
+            sink.append({"loss": float(loss.item())})
+            if len(sink) > 1024:
+                sink.clear()
+        elif tracker is not None:
+            tracker.log(
+                {"loss": loss, "out_mean": out_mean, "grad_norm": grad_norm, "w_norm": weight_norm}
+            )
+    sync(device)
+    elapsed = time.perf_counter() - start
+    if tracker is not None:
+        tracker.finish()
+    for path in root.rglob("*.jsonl"):
+        path.unlink()
+    return steps / elapsed
+
+
+def verify(loop: Loop, steps: int, root: Path) -> int:
+    """Log steps with steplog and compare every recorded loss with its .item() value."""
+    backend = steplog.JsonlBackend(root)
+    tracker = steplog.Tracker(backend, experiment_name="verify")
+    tracker.init()
+    kept = []
+    for _ in range(steps):
+        loss, out_mean, grad_norm, weight_norm = loop.step()
+        kept.append((loss, grad_norm))
+        tracker.log(
+            {"loss": loss, "out_mean": out_mean, "grad_norm": grad_norm, "w_norm": weight_norm}
+        )
+    stats = tracker.finish()
+    assert backend.path is not None and stats is not None
+    run = steplog.read_run(backend.path)
+    mismatches = 0
+    for event, (loss, grad_norm) in zip(run.records, kept, strict=True):
+        if event.data["loss"] != loss.item() or event.data["grad_norm"] != grad_norm.item():
+            mismatches += 1
+    print(
+        f"verify: {len(run.records)} steps, {mismatches} mismatches against .item(), "
+        f"{stats.device_syncs} device syncs in {stats.batches} batches"
+    )
+    return mismatches
+
+
+def soak(steps: int, device: str, root: Path) -> None:
+    loop = Loop(256, 64, device)
+    tracker = steplog.Tracker(steplog.JsonlBackend(root), experiment_name="soak")
+    tracker.init()
+
+    def memory() -> tuple[float, float]:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        dev = torch.cuda.memory_allocated() / 2**20 if device.startswith("cuda") else 0.0
+        return rss, dev
+
+    checkpoints = []
+    for step in range(steps):
+        loss, out_mean, grad_norm, weight_norm = loop.step()
+        tracker.log(
+            {"loss": loss, "out_mean": out_mean, "grad_norm": grad_norm, "w_norm": weight_norm}
+        )
+        if step in (steps // 10, steps // 2, steps - 1):
+            tracker.flush()
+            checkpoints.append((step + 1, *memory()))
+    stats = tracker.finish()
+    assert stats is not None
+    print(f"soak: {steps:,} steps on {device}, logged {stats.logged:,}, written {stats.written:,}")
+    print("| steps | peak RSS (MiB) | device memory allocated (MiB) |\n|---:|---:|---:|")
+    for step, rss, dev in checkpoints:
+        print(f"| {step:,} | {rss:.0f} | {dev:.1f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="small sizes and few steps")
+    parser.add_argument("--steps", type=int, default=None, help="steps per repetition")
+    parser.add_argument("--reps", type=int, default=None, help="interleaved repetitions")
+    parser.add_argument("--soak", type=int, default=0, metavar="N", help="memory soak of N steps")
+    args = parser.parse_args()
+    device = args.device
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor()
+    print(
+        f"steplog {steplog.__version__} · torch {torch.__version__} · {device} ({name}) · "
+        f"{os.cpu_count()} CPUs"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        if args.soak:
+            soak(args.soak, device, root)
+            return
+        sizes = [(64, 16)] if args.quick else SIZES
+        steps = args.steps or (50 if args.quick else 400)
+        reps = args.reps or (2 if args.quick else 5)
+        modes = ["none", "item", "steplog"]
+        print("| width/batch | mode | steps/s | ratio vs none |\n|---|---|---:|---:|")
+        failures = 0
+        for width, batch in sizes:
+            loop = Loop(width, batch, device)
+            run_mode(loop, "none", steps, device, root)  # warm-up (kernels, allocator)
+            rates: dict[str, list[float]] = {mode: [] for mode in modes}
+            for _ in range(reps):
+                for mode in modes:
+                    rates[mode].append(run_mode(loop, mode, steps, device, root))
+            base = statistics.median(rates["none"])
+            for mode in modes:
+                rate = statistics.median(rates[mode])
+                print(f"| {width}/{batch} | {mode} | {rate:,.0f} | {rate / base:.3f} |")
+            failures += verify(loop, steps, root)
+        if failures:
+            raise SystemExit(f"{failures} recorded values differ from .item()")
+
+
+if __name__ == "__main__":
+    main()

@@ -343,8 +343,9 @@ def _read_devices(deferred: Sequence[Deferred], stats: ResolveStats) -> dict[int
             _wait_for_sync_debug_off(torch)
             with torch.cuda.device(device):
                 stream = torch.cuda.current_stream(device)
-                producers = [p.stream for p in members if p.stream is not None]
-                for producer in producers:
+                # Stream objects are new per current_stream() call: dedupe by handle.
+                producers = {p.stream.cuda_stream: p.stream for p in members if p.stream}
+                for producer in producers.values():
                     if producer != stream:  # GPU-side wait: orders the copies, no host sync
                         stream.wait_stream(producer)
                 copies = {id(p.source): p.source.to("cpu", non_blocking=True) for p in members}

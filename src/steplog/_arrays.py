@@ -344,7 +344,9 @@ def _read_devices(deferred: Sequence[Deferred], stats: ResolveStats) -> dict[int
             with torch.cuda.device(device):
                 stream = torch.cuda.current_stream(device)
                 # Stream objects are new per current_stream() call: dedupe by handle.
-                producers = {p.stream.cuda_stream: p.stream for p in members if p.stream}
+                producers = {
+                    p.stream.cuda_stream: p.stream for p in members if p.stream is not None
+                }
                 for producer in producers.values():
                     if producer != stream:  # GPU-side wait: orders the copies, no host sync
                         stream.wait_stream(producer)

@@ -78,6 +78,21 @@ def wait_until(predicate, timeout: float = 5.0) -> bool:
     return predicate()
 
 
+def stall_mid_drain(gate: GateBackend) -> tuple[steplog.Tracker, steplog.MemoryBackend]:
+    """Start a run whose worker is stuck inside a drain on the stalled ``gate``.
+
+    Events 0-7 fill the gate's backlog (``buffer_size=8``); the worker then waits to hand
+    it 8-9, and so has not handed them to the memory backend either.
+    """
+    mem = steplog.MemoryBackend()
+    tracker = steplog.Tracker(gate, mem, buffer_size=8, batch_size=2, flush_interval=0.01)
+    tracker.init()
+    for i in range(10):
+        tracker.log({"i": i})
+    assert wait_until(lambda: len(mem.records) == 8 and not tracker._buffer.events)
+    return tracker, mem
+
+
 @pytest.fixture
 def runs_root(tmp_path):
     """A fresh run directory."""

@@ -10,7 +10,7 @@ import pytest
 
 import steplog
 
-from conftest import GateBackend, SlowBackend, wait_until
+from conftest import GateBackend, SlowBackend, stall_mid_drain
 
 
 def make(*backends, **kwargs):
@@ -383,14 +383,7 @@ def test_flush_requested_while_the_worker_is_mid_drain_covers_later_events():
             await steplog.MemoryBackend.write(self, events)
 
     gate = SlowGate()
-    mem = steplog.MemoryBackend()
-    tracker = steplog.Tracker(gate, mem, buffer_size=8, batch_size=2, flush_interval=0.01)
-    tracker.init()
-    for i in range(10):
-        tracker.log({"i": i})
-    # Events 0-7 fill the gate's backlog; the worker now waits to hand it 8-9 (and so
-    # has not handed them to the memory backend either).
-    assert wait_until(lambda: len(mem.records) == 8 and not tracker._buffer.events)
+    tracker, mem = stall_mid_drain(gate)
     tracker.log({"i": 10})
     tracker.log({"i": 11})
     seen_at_return: list[tuple[int, int]] = []

@@ -10,7 +10,7 @@ import pytest
 
 import steplog
 
-from conftest import FailingBackend, GateBackend, wait_until
+from conftest import FailingBackend, GateBackend, stall_mid_drain, wait_until
 
 
 def test_failing_backend_does_not_affect_the_others(caplog):
@@ -108,13 +108,7 @@ def test_finish_with_timeout_returns_when_a_stalled_backend_holds_up_the_block_p
     the accounting stays exact.
     """
     gate = GateBackend()
-    mem = steplog.MemoryBackend()
-    tracker = steplog.Tracker(gate, mem, buffer_size=8, batch_size=2, flush_interval=0.01)
-    tracker.init()
-    for i in range(10):
-        tracker.log({"i": i})
-    # 0-7 fill the gate's backlog; the worker is now blocked handing it 8-9.
-    assert wait_until(lambda: len(mem.records) == 8)
+    tracker, mem = stall_mid_drain(gate)
     started = time.monotonic()
     stats = tracker.finish(timeout=0.3)
     assert time.monotonic() - started < 5

@@ -298,3 +298,16 @@ def test_cuda_loop_never_synchronises_on_the_hot_path():
         assert event.data["vec"] == [float(step + 1)] * 4
         assert event.data["i"] == step
     assert 1 <= stats.device_syncs <= stats.batches
+
+
+def test_tensor_subclasses_are_recognised(path):
+    """Parameters and tensor subclasses from other packages are tensors too."""
+
+    class Tagged(torch.Tensor):
+        pass
+
+    Tagged.__module__ = "some_other_package.tensors"
+    weight = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    tagged = torch.tensor([3.0]).as_subclass(Tagged)
+    mem, _ = log_and_read({"w": weight, "t": tagged})
+    assert mem.records[0].data == {"w": [1.0, 2.0], "t": [3.0]}

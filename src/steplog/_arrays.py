@@ -203,12 +203,21 @@ _kinds: dict[type, int] = {}  # memo: what kind of value a type is
 
 
 def _kind_of(tp: type) -> int:
-    library = tp.__module__.partition(".")[0]
-    if library == "torch" and issubclass(tp, sys.modules["torch"].Tensor):
+    # Subclasses count too (a Parameter, another package's tensor subclass), so ask the
+    # loaded libraries rather than trusting the module name alone.
+    modules = sys.modules
+    torch = modules.get("torch")
+    if torch is not None and issubclass(tp, torch.Tensor):
         return _TORCH
-    if library == "numpy" and issubclass(tp, sys.modules["numpy"].ndarray):
+    numpy = modules.get("numpy")
+    if numpy is not None and issubclass(tp, numpy.ndarray):
         return _NUMPY
-    if library in ("jax", "jaxlib"):
+    jax = modules.get("jax")
+    if tp.__module__.partition(".")[0] in ("jax", "jaxlib") or (
+        jax is not None
+        and isinstance(getattr(jax, "Array", None), type)
+        and issubclass(tp, jax.Array)
+    ):
         return _JAX
     return _OTHER
 

@@ -121,9 +121,13 @@ class ValueEncoder:
     def _default(self, obj: Any) -> Any:
         if isinstance(obj, (set, frozenset)):
             return list(obj)
-        tolist = getattr(obj, "tolist", None)
-        if tolist is not None and type(obj).__module__.partition(".")[0] == "numpy":
-            return tolist()
+        library = type(obj).__module__.partition(".")[0]
+        if library == "numpy" and hasattr(obj, "tolist"):
+            return obj.tolist()
+        if library == "torch" and hasattr(obj, "detach"):
+            # Only reached by values log() did not convert (e.g. inside a custom
+            # object's fields): read it here, in the worker.
+            return obj.detach().cpu().tolist()
         self._report("repr", type(obj))
         return repr(obj)
 

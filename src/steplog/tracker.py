@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 import warnings
-import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping
 from types import TracebackType
 from typing import Any
@@ -24,6 +23,7 @@ from ._arrays import DEFER_KEY
 from ._arrays import snapshot as _snapshot
 from ._buffer import OVERFLOW_POLICIES, STEP_KEY, TIME_KEY, EventBuffer, OverflowPolicy
 from ._names import check_name, new_run_id
+from ._process import active_runs, install_exit_hook, install_sigterm_handler
 from ._worker import Worker
 from .backends.base import Backend, backend_name
 from .backends.jsonl import JsonlBackend
@@ -65,6 +65,7 @@ class _TrackerBase:
         shutdown_timeout: float = 10.0,
         snapshot: bool = True,
         max_array_size: int = 1_000,
+        handle_sigterm: bool = True,
     ) -> None:
         for backend in backends:
             if not isinstance(backend, Backend):
@@ -113,7 +114,9 @@ class _TrackerBase:
         self._steps: Iterator[int] = itertools.count()
         self._lifecycle = threading.RLock()
         self._last_stats: RunStats | None = None
-        _live_trackers.add(self)
+        self.handle_sigterm = handle_sigterm
+        self._forked = False
+        active_runs().add(self)
 
     def __repr__(self) -> str:
         state = f"active run {self._run.info.run_id!r}" if self._run else "inactive"
@@ -192,8 +195,20 @@ class _TrackerBase:
         """Statistics of the last finished run, or ``None``."""
         return self._last_stats
 
+    def _forget_after_fork(self) -> None:
+        """In a forked child: drop the parent's run (its worker did not come along)."""
+        if self._run is not None:
+            self._forked = True
+        self._run = None
+        self._buffer = None
+
     def _inactive(self, method: str) -> InactiveRunError:
-        if self._last_stats is None:
+        if self._forked:
+            hint = (
+                "this process was forked from one with an active run, which stays the "
+                "parent's; call init() to start this process's own run"
+            )
+        elif self._last_stats is None:
             hint = "call init() (or use 'with tracker.run(config):') first"
         else:
             hint = "the run was finished; call init() to start a new run"
@@ -232,7 +247,10 @@ class _TrackerBase:
         self._steps = itertools.count()
         self._run = run
         self._buffer = run.buffer
-        _install_exit_hook()
+        self._forked = False
+        install_exit_hook()
+        if self.handle_sigterm:
+            install_sigterm_handler()
 
     def _deactivate(
         self, summary: Mapping[str, Any] | None, status: RunStatus, timeout: float | None
@@ -264,17 +282,20 @@ class _TrackerBase:
             "finish() called on an inactive tracker; ignoring", TrackerWarning, stacklevel=3
         )
 
-    def _finish_at_exit(self) -> None:
-        """Finish an active run with status "unfinished" during interpreter shutdown."""
+    def _end_abruptly(self, status: RunStatus, reason: str) -> None:
+        """Finish an active run as the process goes away (exit hook, SIGTERM).
+
+        Bounded by ``shutdown_timeout``; reports on stderr, where the user will look.
+        """
         run = self._run
         if run is None:
             return
         print(
-            f"steplog: run {run.info.run_id!r} ({self.experiment_name}) was not finished; "
-            "writing what was logged and closing it as 'unfinished'",
+            f"steplog: run {run.info.run_id!r} ({self.experiment_name}) {reason}; "
+            f"writing what was logged and closing it as {status!r}",
             file=sys.stderr,
         )
-        pending = self._deactivate(None, "unfinished", self.shutdown_timeout)
+        pending = self._deactivate(None, status, self.shutdown_timeout)
         if pending is None:
             return
         _, future = pending
@@ -311,6 +332,10 @@ class Tracker(_TrackerBase):
             (never wait; drops are counted).
         shutdown_timeout: Seconds the interpreter-exit hook waits for an unfinished
             run to be written before abandoning it.
+        handle_sigterm: On SIGTERM (what schedulers send on pre-emption), finish the
+            active run as ``"terminated"`` before the process ends as it would have
+            (a handler of your own is called afterwards). Installed from the main
+            thread only, never over an ignored SIGTERM.
         snapshot: Record arrays and tensors as they are at the ``log()`` call, even if
             they are changed in place afterwards (see docs/tensors.md). ``False``
             stores references instead — no copy, no kernel launch — for code that
@@ -536,45 +561,3 @@ def _unique_names(backends: list[Backend]) -> list[str]:
             name = f"{base}-{n}"
         names.append(name)
     return names
-
-
-# -- interpreter exit -------------------------------------------------------------
-
-_live_trackers: weakref.WeakSet[_TrackerBase] = weakref.WeakSet()
-_exit_hook_lock = threading.Lock()
-_exit_hook_installed = False
-
-
-def _install_exit_hook() -> None:
-    """Finish active runs when the interpreter exits, before thread pools shut down.
-
-    ``atexit`` is too late: by then ``concurrent.futures`` has shut down its thread
-    pools (which aiofiles and ``asyncio.to_thread`` use) and refuses new work. Hooks
-    registered with ``threading._register_atexit`` run earlier, in reverse order of
-    registration; importing ``concurrent.futures.thread`` first guarantees that its
-    own hook is registered before ours and so runs after it.
-    """
-    global _exit_hook_installed
-    with _exit_hook_lock:
-        if _exit_hook_installed:
-            return
-        import concurrent.futures.thread  # noqa: F401
-
-        register = getattr(threading, "_register_atexit", None)
-        try:
-            if register is None:
-                raise RuntimeError("threading._register_atexit is not available")
-            register(_finish_all_at_exit)
-        except RuntimeError:
-            import atexit
-
-            atexit.register(_finish_all_at_exit)
-        _exit_hook_installed = True
-
-
-def _finish_all_at_exit() -> None:
-    for tracker in list(_live_trackers):
-        try:
-            tracker._finish_at_exit()
-        except Exception:  # one tracker's failure must not stop the others
-            logger.exception("steplog: finishing a run at interpreter exit failed")

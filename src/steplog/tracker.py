@@ -10,6 +10,7 @@ import logging
 import math
 import operator
 import os
+import re
 import socket
 import sys
 import threading
@@ -24,6 +25,8 @@ from ._arrays import snapshot as _snapshot
 from ._buffer import OVERFLOW_POLICIES, STEP_KEY, TIME_KEY, EventBuffer, OverflowPolicy
 from ._names import check_name, new_run_id
 from ._process import active_runs, install_exit_hook, install_sigterm_handler
+from ._redact import DEFAULT_SECRET_KEYS, compile_pattern
+from ._redact import redact as _redact
 from ._worker import Worker
 from .backends.base import Backend, backend_name
 from .backends.jsonl import JsonlBackend
@@ -66,6 +69,7 @@ class _TrackerBase:
         snapshot: bool = True,
         max_array_size: int = 1_000,
         handle_sigterm: bool = True,
+        redact: str | re.Pattern[str] | None = DEFAULT_SECRET_KEYS,
     ) -> None:
         for backend in backends:
             if not isinstance(backend, Backend):
@@ -115,6 +119,7 @@ class _TrackerBase:
         self._lifecycle = threading.RLock()
         self._last_stats: RunStats | None = None
         self.handle_sigterm = handle_sigterm
+        self.redact = compile_pattern(redact)
         self._forked = False
         active_runs().add(self)
 
@@ -219,7 +224,8 @@ class _TrackerBase:
     def _merged_config(self, config: Mapping[str, Any] | None) -> dict[str, Any]:
         if config is not None and not isinstance(config, Mapping):
             raise TypeError(f"config must be a mapping or None, not {type(config).__name__}")
-        return {**self.experiment_config, **(config or {})}
+        merged: dict[str, Any] = _redact({**self.experiment_config, **(config or {})}, self.redact)
+        return merged
 
     def _start(self, config: Mapping[str, Any] | None) -> tuple[_Run, Any]:
         info = RunInfo(
@@ -266,7 +272,7 @@ class _TrackerBase:
                 return None
             self._buffer = None
             self._run = None
-        merged = {**self.summary, **(summary or {})}
+        merged = _redact({**self.summary, **(summary or {})}, self.redact)
         return run, run.worker.stop(status, merged, timeout)
 
     def _warn_reinit(self) -> None:
@@ -336,6 +342,12 @@ class Tracker(_TrackerBase):
             active run as ``"terminated"`` before the process ends as it would have
             (a handler of your own is called afterwards). Installed from the main
             thread only, never over an ignored SIGTERM.
+        redact: Regular expression (case-insensitive) matched against config and
+            summary keys, written in snake_case (``openaiApiKey`` is matched as
+            ``openai_api_key``); values under matching keys, at any depth, are replaced by
+            ``"<redacted>"`` before any backend sees them. The default matches secret
+            words standing on their own (``hf_token``, ``db_password``, ``api_key``,
+            ``Authorization``; not ``max_new_tokens``). ``None`` turns it off.
         snapshot: Record arrays and tensors as they are at the ``log()`` call, even if
             they are changed in place afterwards (see docs/tensors.md). ``False``
             stores references instead — no copy, no kernel launch — for code that

@@ -6,14 +6,17 @@
 from __future__ import annotations
 
 from ._buffer import OverflowPolicy as OverflowPolicy
+from ._worker import RetryPolicy as RetryPolicy
 from .backends import Backend as Backend
 from .backends import ConsoleBackend as ConsoleBackend
 from .backends import JsonlBackend as JsonlBackend
 from .backends import MemoryBackend as MemoryBackend
 from .backends import NullBackend as NullBackend
+from .errors import BackendFailedError as BackendFailedError
 from .errors import BackendOpenError as BackendOpenError
 from .errors import FlushTimeoutError as FlushTimeoutError
 from .errors import InactiveRunError as InactiveRunError
+from .errors import PermanentBackendError as PermanentBackendError
 from .errors import TrackerError as TrackerError
 from .errors import TrackerWarning as TrackerWarning
 from .errors import WorkerError as WorkerError
@@ -34,6 +37,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncTracker",
     "Backend",
+    "BackendFailedError",
     "BackendOpenError",
     "BackendStats",
     "ConsoleBackend",
@@ -44,6 +48,8 @@ __all__ = [
     "MemoryBackend",
     "NullBackend",
     "OverflowPolicy",
+    "PermanentBackendError",
+    "RetryPolicy",
     "Run",
     "RunEnd",
     "RunFileError",

@@ -45,10 +45,10 @@ from ._arrays import (
 )
 from ._buffer import EventBatch, EventBuffer
 from .backends.base import Backend
-from .errors import BackendOpenError, WorkerError
+from .errors import BackendOpenError, PermanentBackendError, WorkerError
 from .events import BackendStats, RunEnd, RunInfo, RunStats, RunStatus
 
-__all__ = ["BackendRunner", "Worker"]
+__all__ = ["BackendRunner", "RetryPolicy", "Worker"]
 
 logger = logging.getLogger("steplog")
 
@@ -76,8 +76,12 @@ class BackendRunner:
         backlog_limit: int,
         policy: str,
         deadline: Callable[[], float | None],
+        retry: RetryPolicy,
     ) -> None:
         self.backend = backend
+        self.retry = retry
+        self.disabled = False
+        self._failed_in_a_row = 0
         self._deadline = deadline
         self.name = name
         self.backlog_limit = backlog_limit
@@ -102,18 +106,57 @@ class BackendRunner:
                     if type(item) is _Marker:
                         item.reached.set()
                         continue
-                    try:
-                        await self.backend.write(item)
-                    except Exception as exc:
-                        self.failed += len(item)
-                        self.record_error("write", exc)
-                    else:
+                    if await self._write_with_retries(item):
                         self.delivered += len(item)
+                    else:
+                        self.failed += len(item)
                     self.backlog -= len(item)
                     self._progress.set()
                     self._progress = anyio.Event()
         finally:
             self.finished.set()
+
+    async def _write_with_retries(self, batch: EventBatch) -> bool:
+        """Write one batch, retrying transient errors; returns whether it was written.
+
+        Retries keep order and never duplicate: the next batch waits until this one is
+        written or given up. After ``breaker_after`` batches in a row are given up, the
+        backend is cut off for the rest of the run (circuit breaker): later batches are
+        counted as failed without calling it, so a dead backend costs nothing.
+        """
+        if self.disabled:
+            return False
+        policy = self.retry
+        attempt = 0
+        while True:
+            try:
+                await self.backend.write(batch)
+            except Exception as exc:
+                self.record_error("write", exc)
+                attempt += 1
+                delay = policy.delay(attempt)
+                deadline = self._deadline()
+                permanent = isinstance(exc, PermanentBackendError)
+                out_of_time = deadline is not None and time.monotonic() + delay > deadline
+                if permanent or attempt > policy.retries or out_of_time:
+                    break
+                await anyio.sleep(delay)
+            else:
+                self._failed_in_a_row = 0
+                return True
+        self._failed_in_a_row += 1
+        if policy.breaker_after and self._failed_in_a_row >= policy.breaker_after:
+            self.disabled = True
+            self.last_error = (
+                f"cut off after {self._failed_in_a_row} failed batches: {self.last_error}"
+            )
+            logger.error(
+                "steplog: backend %r failed %d batches in a row; it gets no more events in "
+                "this run (the other backends go on)",
+                self.name,
+                self._failed_in_a_row,
+            )
+        return False
 
     async def submit(self, batch: EventBatch) -> None:
         """Queue a batch, applying the overflow policy if the backlog is full."""
@@ -182,7 +225,30 @@ class BackendRunner:
             dropped=self.dropped + shared_drops,
             errors=self.errors,
             last_error=self.last_error,
+            disabled=self.disabled,
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """How a failing backend write is retried.
+
+    Attributes:
+        retries: Further attempts after the first failure of a batch.
+        backoff: Seconds before the first retry; doubled for each further one.
+        max_backoff: Longest wait between two attempts.
+        breaker_after: Batches given up in a row before the backend is cut off for the
+            rest of the run; 0 never cuts it off.
+    """
+
+    retries: int = 3
+    backoff: float = 0.05
+    max_backoff: float = 2.0
+    breaker_after: int = 5
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (1-based)."""
+        return float(min(self.backoff * 2 ** (attempt - 1), self.max_backoff))
 
 
 class _StopRequest:
@@ -216,6 +282,7 @@ class Worker:
         flush_interval: float,
         snapshot: bool = True,
         max_array_size: int = 1_000,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.buffer = buffer
         self.batch_size = batch_size
@@ -229,6 +296,7 @@ class Worker:
         self._thread: threading.Thread | None = None
         self.snapshot = snapshot
         self.max_array_size = max_array_size
+        self.retry = retry if retry is not None else RetryPolicy()
         self.resolve_stats = ResolveStats()
         self._libraries = False  # torch, numpy or jax imported (see refresh_inspection)
         self._started: concurrent.futures.Future[RunInfo] = concurrent.futures.Future()
@@ -351,6 +419,7 @@ class Worker:
                 backlog_limit=self.buffer.capacity,
                 policy=self.buffer.policy,
                 deadline=self._stop_deadline,
+                retry=self.retry,
             )
             for name, b in self.backends
         ]

@@ -6,6 +6,8 @@ The exception tree::
     ├── InactiveRunError         log()/flush() with no active run
     ├── BackendOpenError         a backend failed to open in init()
     ├── FlushTimeoutError        flush()/finish() did not complete in time (also a TimeoutError)
+    ├── BackendFailedError       finish(strict=True) and a backend lost events
+    ├── PermanentBackendError    raised by a backend: retrying this write cannot help
     └── WorkerError              the background worker died; the run cannot continue
 
     TrackerWarning (UserWarning) recoverable misuse: init() on an active run, finish()
@@ -18,10 +20,14 @@ statistics (:class:`steplog.RunStats`).
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
+    "BackendFailedError",
     "BackendOpenError",
     "FlushTimeoutError",
     "InactiveRunError",
+    "PermanentBackendError",
     "TrackerError",
     "TrackerWarning",
     "WorkerError",
@@ -42,6 +48,27 @@ class BackendOpenError(TrackerError):
 
 class FlushTimeoutError(TrackerError, TimeoutError):
     """Raised when ``flush()`` or ``finish()`` does not complete within its timeout."""
+
+
+class BackendFailedError(TrackerError):
+    """Raised by ``finish()`` of a ``strict=True`` tracker when a backend lost events.
+
+    The run is finished and every backend closed before it is raised.
+
+    Attributes:
+        stats: The run's statistics, naming the failed backends.
+    """
+
+    def __init__(self, message: str, stats: Any) -> None:
+        super().__init__(message)
+        self.stats = stats
+
+
+class PermanentBackendError(TrackerError):
+    """Raised by a backend's ``write`` for an error retrying cannot fix (e.g. a 4xx answer).
+
+    steplog then gives up on the batch at once instead of retrying it.
+    """
 
 
 class WorkerError(TrackerError):

@@ -81,6 +81,8 @@ class BackendStats:
             those dropped because this backend fell too far behind).
         errors: Number of failed calls to the backend.
         last_error: ``repr`` of the last error, or ``None``.
+        disabled: Whether the backend was cut off (circuit breaker) after failing
+            too many batches in a row.
     """
 
     delivered: int = 0
@@ -88,6 +90,7 @@ class BackendStats:
     dropped: int = 0
     errors: int = 0
     last_error: str | None = None
+    disabled: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Return the counts as a plain dict (as stored in the run-end record)."""

@@ -27,10 +27,10 @@ from ._names import check_name, new_run_id
 from ._process import active_runs, install_exit_hook, install_sigterm_handler
 from ._redact import DEFAULT_SECRET_KEYS, compile_pattern
 from ._redact import redact as _redact
-from ._worker import Worker
+from ._worker import RetryPolicy, Worker
 from .backends.base import Backend, backend_name
 from .backends.jsonl import JsonlBackend
-from .errors import FlushTimeoutError, InactiveRunError, TrackerWarning
+from .errors import BackendFailedError, FlushTimeoutError, InactiveRunError, TrackerWarning
 from .events import RUN_STATUSES, RunInfo, RunStats, RunStatus
 
 __all__ = ["DEFAULT_EXPERIMENT_NAME", "AsyncTracker", "Tracker"]
@@ -70,6 +70,8 @@ class _TrackerBase:
         max_array_size: int = 1_000,
         handle_sigterm: bool = True,
         redact: str | re.Pattern[str] | None = DEFAULT_SECRET_KEYS,
+        retry: RetryPolicy | None = None,
+        strict: bool = False,
     ) -> None:
         for backend in backends:
             if not isinstance(backend, Backend):
@@ -120,6 +122,10 @@ class _TrackerBase:
         self._last_stats: RunStats | None = None
         self.handle_sigterm = handle_sigterm
         self.redact = compile_pattern(redact)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a steplog.RetryPolicy, not {type(retry).__name__}")
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.strict = strict
         self._forked = False
         active_runs().add(self)
 
@@ -244,6 +250,7 @@ class _TrackerBase:
             flush_interval=self.flush_interval,
             snapshot=self.snapshot,
             max_array_size=self.max_array_size,
+            retry=self.retry,
         )
         worker.refresh_inspection()
         return _Run(info, buffer, worker), worker.start(info)
@@ -274,6 +281,16 @@ class _TrackerBase:
             self._run = None
         merged = _redact({**self.summary, **(summary or {})}, self.redact)
         return run, run.worker.stop(status, merged, timeout)
+
+    def _check_strict(self, stats: RunStats) -> None:
+        if not self.strict:
+            return
+        lost = {n: b for n, b in stats.backends.items() if b.failed or b.disabled}
+        if lost:
+            detail = "; ".join(
+                f"{n}: {b.failed} events failed ({b.last_error})" for n, b in lost.items()
+            )
+            raise BackendFailedError(f"backends lost events: {detail}", stats)
 
     def _warn_reinit(self) -> None:
         warnings.warn(
@@ -348,6 +365,11 @@ class Tracker(_TrackerBase):
             ``"<redacted>"`` before any backend sees them. The default matches secret
             words standing on their own (``hf_token``, ``db_password``, ``api_key``,
             ``Authorization``; not ``max_new_tokens``). ``None`` turns it off.
+        retry: How failing backend writes are retried, and after how many failed
+            batches in a row a backend is cut off (:class:`steplog.RetryPolicy`).
+        strict: Make ``finish()`` raise :class:`steplog.BackendFailedError` (after
+            closing everything) when a backend lost events; by default the failures
+            are only counted in the returned statistics.
         snapshot: Record arrays and tensors as they are at the ``log()`` call, even if
             they are changed in place afterwards (see docs/tensors.md). ``False``
             stores references instead — no copy, no kernel launch — for code that
@@ -421,6 +443,7 @@ class Tracker(_TrackerBase):
         stats: RunStats = future.result()
         run.worker.join()
         self._last_stats = stats
+        self._check_strict(stats)
         return stats
 
     @contextlib.contextmanager
@@ -507,6 +530,7 @@ class AsyncTracker(_TrackerBase):
         stats: RunStats = await asyncio.wrap_future(future)
         await asyncio.to_thread(run.worker.join)
         self._last_stats = stats
+        self._check_strict(stats)
         return stats
 
     @contextlib.asynccontextmanager

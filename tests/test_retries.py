@@ -1,0 +1,128 @@
+"""Backend faults: transient errors are retried in order, dead backends are cut off."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+import steplog
+from steplog import Event
+
+from conftest import FailingBackend, GateBackend
+
+FAST = steplog.RetryPolicy(retries=3, backoff=0.001, breaker_after=3)
+
+
+class FlakyBackend(steplog.MemoryBackend):
+    """Fails the first ``failures`` attempts of every batch, then succeeds."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.calls = 0
+        self._failed_this_batch = 0
+
+    async def write(self, events: Sequence[Event]) -> None:
+        self.calls += 1
+        if self._failed_this_batch < self.failures:
+            self._failed_this_batch += 1
+            raise ConnectionResetError("flaky: injected transient fault")
+        self._failed_this_batch = 0
+        await super().write(events)
+
+
+class RejectingBackend(FailingBackend):
+    """Fails every write with an error retrying cannot fix."""
+
+    async def write(self, events: Sequence[Event]) -> None:
+        self.attempts += 1
+        raise steplog.PermanentBackendError("400 Bad Request: injected")
+
+
+def test_transient_errors_are_retried_without_reordering_or_duplicates():
+    """Each batch fails twice then succeeds: every event arrives once, in order."""
+    flaky = FlakyBackend(failures=2)
+    tracker = steplog.Tracker(flaky, batch_size=10, retry=FAST)
+    tracker.init()
+    for i in range(200):
+        tracker.log({"i": i})
+    stats = tracker.finish()
+    assert [e.data["i"] for e in flaky.records] == list(range(200))
+    backend = stats.backends["flaky"]
+    assert (backend.delivered, backend.failed, backend.dropped) == (200, 0, 0)
+    assert backend.errors == flaky.calls - stats.batches  # every failed call is counted
+    assert not backend.disabled
+
+
+def test_permanently_failing_backend_is_cut_off_and_the_others_keep_everything():
+    """A dead backend is retried, then cut off; the others get every event."""
+    dead = FailingBackend()
+    mem = steplog.MemoryBackend()
+    tracker = steplog.Tracker(dead, mem, batch_size=10, retry=FAST)
+    tracker.init()
+    for i in range(500):
+        tracker.log({"i": i})  # never raises
+    stats = tracker.finish()
+    assert [e.data["i"] for e in mem.records] == list(range(500))
+    failed = stats.backends["failing"]
+    assert failed.disabled
+    assert (failed.delivered, failed.failed, failed.dropped) == (0, 500, 0)
+    # breaker_after batches, each tried 1 + retries times, then no more calls
+    assert dead.attempts == FAST.breaker_after * (FAST.retries + 1)
+    assert "cut off" in (failed.last_error or "")
+    assert dead.closed == 1
+
+
+def test_permanent_backend_error_is_not_retried():
+    """PermanentBackendError gives the batch up at once."""
+    rejecting = RejectingBackend()
+    tracker = steplog.Tracker(rejecting, batch_size=10, retry=FAST)
+    tracker.init()
+    for i in range(20):
+        tracker.log({"i": i})
+    tracker.flush()
+    assert rejecting.attempts == 2  # two batches, one attempt each
+    stats = tracker.finish()
+    assert stats.backends["rejecting"].failed == 20
+
+
+def test_strict_finish_raises_after_closing_everything(runs_root):
+    """strict=True: finish() raises BackendFailedError naming the backend; runs are closed."""
+    jsonl = steplog.JsonlBackend(runs_root)
+    tracker = steplog.Tracker(jsonl, FailingBackend(), retry=FAST, strict=True)
+    tracker.init()
+    tracker.log({"i": 1})
+    with pytest.raises(steplog.BackendFailedError, match="failing: 1 events failed") as excinfo:
+        tracker.finish()
+    assert excinfo.value.stats.backends["jsonl"].delivered == 1
+    assert steplog.read_run(jsonl.path).status == "finished"
+    assert not tracker.active
+
+
+def test_strict_finish_returns_normally_when_nothing_was_lost():
+    """strict=True does not raise for a clean run."""
+    tracker = steplog.Tracker(steplog.MemoryBackend(), strict=True)
+    tracker.init()
+    tracker.log({"i": 1})
+    assert tracker.finish().written == 1
+
+
+@pytest.mark.parametrize("policy", ["block", "drop_oldest", "drop_newest"])
+def test_accounting_invariant_holds_for_every_backend_under_faults(policy):
+    """For each backend: logged == delivered + failed + dropped, under every policy."""
+    dead = FailingBackend()
+    flaky = FlakyBackend(failures=1)
+    gate = GateBackend()
+    mem = steplog.MemoryBackend()
+    tracker = steplog.Tracker(
+        dead, flaky, gate, mem, buffer_size=64, batch_size=8, overflow=policy, retry=FAST
+    )
+    tracker.init()
+    for i in range(3_000 if policy != "block" else 40):
+        tracker.log({"i": i})
+    gate.gate.set()
+    stats = tracker.finish()
+    for name, backend in stats.backends.items():
+        assert backend.delivered + backend.failed + backend.dropped == stats.logged, name
+    assert stats.logged == stats.written + stats.dropped

@@ -22,9 +22,9 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -32,7 +32,6 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import anyio.to_thread
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._arrays import (
     ResolveStats,
@@ -94,27 +93,40 @@ class BackendRunner:
         self.backlog = 0
         self.finished = anyio.Event()
         self._progress = anyio.Event()
-        send, receive = anyio.create_memory_object_stream[Any](math.inf)
-        self._send: MemoryObjectSendStream[Any] = send
-        self._receive: MemoryObjectReceiveStream[Any] = receive
+        # Batches and flush markers in order. A deque rather than a stream: under
+        # "drop_oldest" a backend that lags drops its oldest queued batch.
+        self._queue: deque[EventBatch | _Marker] = deque()
+        self._wakeup = anyio.Event()
+        self._closed = False
 
     async def run(self) -> None:
-        """Write batches until the stream is closed."""
+        """Write batches until the queue is closed and empty."""
+        queue = self._queue
         try:
-            async with self._receive:
-                async for item in self._receive:
-                    if type(item) is _Marker:
-                        item.reached.set()
-                        continue
-                    if await self._write_with_retries(item):
-                        self.delivered += len(item)
-                    else:
-                        self.failed += len(item)
-                    self.backlog -= len(item)
-                    self._progress.set()
-                    self._progress = anyio.Event()
+            while True:
+                if not queue:
+                    if self._closed:
+                        return
+                    await self._wakeup.wait()
+                    self._wakeup = anyio.Event()
+                    continue
+                item = queue.popleft()
+                if isinstance(item, _Marker):
+                    item.reached.set()
+                    continue
+                if await self._write_with_retries(item):
+                    self.delivered += len(item)
+                else:
+                    self.failed += len(item)
+                self.backlog -= len(item)
+                self._progress.set()
+                self._progress = anyio.Event()
         finally:
             self.finished.set()
+
+    def _put(self, item: EventBatch | _Marker) -> None:
+        self._queue.append(item)
+        self._wakeup.set()
 
     async def _write_with_retries(self, batch: EventBatch) -> bool:
         """Write one batch, retrying transient errors; returns whether it was written.
@@ -161,37 +173,60 @@ class BackendRunner:
     async def submit(self, batch: EventBatch) -> None:
         """Queue a batch, applying the overflow policy if the backlog is full."""
         if self.backlog >= self.backlog_limit:
-            if self.policy != "block":
+            if self.policy == "drop_newest":
                 self.dropped += len(batch)
                 return
-            while self.backlog >= self.backlog_limit and not self.finished.is_set():
-                deadline = self._deadline()
-                if deadline is not None and time.monotonic() >= deadline:
-                    # Shutting down and this backend is still stalled: give up on it
-                    # so the others still get this batch.
-                    self.failed += len(batch)
-                    self.last_error = "abandoned: stalled past the shutdown timeout"
-                    return
-                # Re-check now and then: a stop with a timeout may arrive meanwhile.
-                with anyio.move_on_after(_STALL_CHECK_SECONDS):
-                    await self._progress.wait()
+            if self.policy == "drop_oldest":
+                # Whatever is left is the batch being written: never wait for it.
+                self._drop_oldest_queued(len(batch))
+            elif not await self._wait_for_room():
+                # Shutting down and this backend is still stalled: give up on it so
+                # the others still get this batch.
+                self.failed += len(batch)
+                self.last_error = "abandoned: stalled past the shutdown timeout"
+                return
         self.backlog += len(batch)
-        self._send.send_nowait(batch)
+        self._put(batch)
+
+    async def _wait_for_room(self) -> bool:
+        """Block policy: wait for room in the backlog; False once the stop deadline passed."""
+        while self.backlog >= self.backlog_limit and not self.finished.is_set():
+            deadline = self._deadline()
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            # Re-check now and then: a stop with a timeout may arrive meanwhile.
+            with anyio.move_on_after(_STALL_CHECK_SECONDS):
+                await self._progress.wait()
+        return True
+
+    def _drop_oldest_queued(self, room: int) -> None:
+        """Drop the oldest queued (not in-flight) batches until ``room`` events fit."""
+        queue = self._queue
+        index = 0
+        while self.backlog + room > self.backlog_limit and index < len(queue):
+            item = queue[index]
+            if isinstance(item, _Marker):  # flush markers keep their place
+                index += 1
+                continue
+            del queue[index]
+            self.backlog -= len(item)
+            self.dropped += len(item)
 
     def mark(self) -> _Marker:
         """Queue a marker that is reached once every batch queued so far is written."""
         marker = _Marker()
-        self._send.send_nowait(marker)
+        self._put(marker)
         return marker
 
     def close_stream(self) -> None:
         """Let :meth:`run` end after the queued batches."""
-        self._send.close()
+        self._closed = True
+        self._wakeup.set()
 
     def discard(self) -> None:
-        """Close both ends of the stream of a runner that never ran."""
-        self._send.close()
-        self._receive.close()
+        """Forget the queue of a runner that never ran."""
+        self._queue.clear()
+        self._closed = True
 
     def abandon(self, reason: str) -> None:
         """Count the events still queued as failed (the backend did not finish in time)."""

@@ -151,3 +151,30 @@ def test_root_that_is_a_file_fails_at_init(tmp_path):
     with pytest.raises(steplog.BackendOpenError):
         tracker.init()
     assert not tracker.active
+
+
+def test_files_are_never_world_writable_even_with_umask_zero(tmp_path):
+    """Run files and directories get 0o644/0o755 at most, whatever the umask."""
+    import subprocess
+
+    code = (
+        "import os, steplog; os.umask(0)\n"
+        "t = steplog.Tracker(steplog.JsonlBackend('runs'), experiment_name='perm')\n"
+        "t.init(); t.log({'a': 1}); t.finish()\n"
+        "print(oct(os.stat(t.backends[0].path).st_mode & 0o777),"
+        " oct(os.stat(t.backends[0].path.parent).st_mode & 0o777))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0o644", "0o755"]
+
+
+@pytest.mark.parametrize(
+    "name", ["../../etc", "/abs/path", "a/b", "a\\b", "a\x00b", "..", ".", " padded", "tab\there"]
+)
+def test_names_that_could_escape_the_run_root_are_rejected(name):
+    """Experiment names are single, safe path components: traversal is a clear error."""
+    with pytest.raises(ValueError, match="experiment_name"):
+        steplog.Tracker(steplog.MemoryBackend(), experiment_name=name)

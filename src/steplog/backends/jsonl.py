@@ -26,6 +26,10 @@ logger = logging.getLogger("steplog")
 SCHEMA_VERSION = 1
 
 
+def _private_opener(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o644)
+
+
 class JsonlBackend(Backend):
     """Writes each run to ``<root>/<experiment>/<run_id>.jsonl``.
 
@@ -87,10 +91,11 @@ class JsonlBackend(Backend):
     async def open(self, run: RunInfo) -> None:
         """Create the run file (exclusively) and write the run-start record."""
         directory = self.root / check_name(run.experiment, what="experiment name")
-        await aiofiles.os.makedirs(directory, exist_ok=True)
+        # Never world-writable, whatever the umask (it still narrows these further).
+        await aiofiles.os.makedirs(directory, mode=0o755, exist_ok=True)
         path = directory / f"{check_name(run.run_id, what='run id')}.jsonl"
         self._encoder = ValueEncoder()
-        self._file = await aiofiles.open(path, "xb", buffering=0)
+        self._file = await aiofiles.open(path, "xb", buffering=0, opener=_private_opener)
         self._fd = self._file.fileno()
         self._inline = self.inline_write_limit > 0
         self._write_seconds = 0.0

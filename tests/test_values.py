@@ -157,3 +157,26 @@ def test_string_that_looks_like_null_is_untouched(runs_root):
     """Strings containing 'null' are stored verbatim (the NaN scan has no false positives)."""
     run = roundtrip(runs_root, {"s": "null", "t": "nullable", "n": None})
     assert run.records[0].data == {"s": "null", "t": "nullable", "n": None}
+
+
+def test_events_over_the_size_cap_are_recorded_as_a_marker_with_a_warning(runs_root, caplog):
+    """An absurdly large event becomes {"$too_large": {...}} (keys, size); others are kept."""
+    backend = steplog.JsonlBackend(runs_root, max_event_bytes=2048)
+    tracker = steplog.Tracker(backend)
+    tracker.init()
+    with caplog.at_level(logging.WARNING, logger="steplog"):
+        tracker.log({"ok": 1})
+        tracker.log({"blob": "x" * 10_000, "loss": 0.5})
+        tracker.log({"blob": "y" * 10_000})
+        tracker.log({"ok": 2})
+        tracker.finish()
+    run = steplog.read_run(backend.path)
+    data = [e.data for e in run.records]
+    assert data[0] == {"ok": 1}
+    assert data[1] == {
+        "$too_large": {"bytes": data[1]["$too_large"]["bytes"], "keys": ["blob", "loss"]}
+    }
+    assert data[1]["$too_large"]["bytes"] > 10_000
+    assert data[2]["$too_large"]["keys"] == ["blob"]
+    assert data[3] == {"ok": 2}
+    assert len([r for r in caplog.records if "max_event_bytes" in r.getMessage()]) == 1

@@ -57,7 +57,8 @@ class ValueEncoder:
             or a key converted with ``str``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_event_bytes: int = 16 * 2**20) -> None:
+        self.max_event_bytes = max_event_bytes
         self.fallbacks = 0
         self._reported: set[tuple[str, type]] = set()
 
@@ -83,8 +84,24 @@ class ValueEncoder:
         # lines that hold a ``null`` are rare and are re-encoded one by one. (A compiled
         # pattern scans ~2x faster than ``bytes.__contains__`` on JSON text.)
         if _find_null(out) is not None:
-            return self._fix_null_lines(out, events)
+            out = self._fix_null_lines(out, events)
+        # A batch can only hold an oversized line if it is oversized as a whole.
+        if len(out) > self.max_event_bytes:
+            out = self._cap_lines(out, rows)
         return out
+
+    def _cap_lines(self, out: bytearray, rows: Sequence[Any]) -> bytearray:
+        capped = bytearray()
+        limit = self.max_event_bytes
+        for line, (step, time, data) in zip(out.split(b"\n"), rows, strict=False):
+            if len(line) < limit:
+                capped += line
+                capped += b"\n"
+                continue
+            self._report("size", dict, None, size=len(line))
+            marker = {"$too_large": {"bytes": len(line) + 1, "keys": [str(k) for k in data]}}
+            capped += orjson.dumps({"step": step, "time": time, "data": marker}, option=_OPTIONS)
+        return capped
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
         """Encode one record (a run-start or run-end record) as a JSON line."""
@@ -177,7 +194,9 @@ class ValueEncoder:
         self._report("key", type(key))
         return str(key)
 
-    def _report(self, kind: str, tp: type, exc: BaseException | None = None) -> None:
+    def _report(
+        self, kind: str, tp: type, exc: BaseException | None = None, *, size: int = 0
+    ) -> None:
         self.fallbacks += 1
         if (kind, tp) in self._reported:
             return
@@ -189,6 +208,14 @@ class ValueEncoder:
             msg = "steplog: mapping keys of type %s are not strings; recording str(key) instead"
         elif kind == "circular":
             msg = "steplog: a %s contains itself; recording '<circular reference>' there"
+        elif kind == "size":
+            logger.warning(
+                "steplog: an event encodes to %d bytes, more than max_event_bytes=%d; "
+                "recording its keys and size instead (reported once per run)",
+                size,
+                self.max_event_bytes,
+            )
+            return
         elif kind == "depth":
             msg = "steplog: a %s is nested too deeply; recording a marker string instead"
         else:

@@ -56,6 +56,8 @@ class JsonlBackend(Backend):
             kernel crash, not just a killed process. Costs a disk flush per batch.
         inline_write_limit: Average seconds a direct write may take before writes move
             to a thread; ``0`` always writes from a thread.
+        max_event_bytes: An event whose line would be longer is recorded as
+            ``{"$too_large": {"bytes": N, "keys": [...]}}`` instead, with a warning.
 
     Attributes:
         path: The file of the current (or last) run; ``None`` before the first run.
@@ -67,18 +69,22 @@ class JsonlBackend(Backend):
         *,
         fsync: bool = False,
         inline_write_limit: float = 0.02,
+        max_event_bytes: int = 16 * 2**20,
     ) -> None:
         if not inline_write_limit >= 0:
             raise ValueError(f"inline_write_limit must be >= 0, got {inline_write_limit!r}")
         self.root = Path(root)
         self.fsync = fsync
         self.inline_write_limit = inline_write_limit
+        if max_event_bytes < 1024:
+            raise ValueError(f"max_event_bytes must be at least 1024, got {max_event_bytes!r}")
+        self.max_event_bytes = max_event_bytes
         self.path: Path | None = None
         self._file: Any = None
         self._fd = -1
         self._inline = inline_write_limit > 0
         self._write_seconds = 0.0  # moving average of direct writes
-        self._encoder = ValueEncoder()
+        self._encoder = ValueEncoder(max_event_bytes=max_event_bytes)
 
     def __repr__(self) -> str:
         return f"JsonlBackend({str(self.root)!r}, fsync={self.fsync})"
@@ -94,7 +100,7 @@ class JsonlBackend(Backend):
         # Never world-writable, whatever the umask (it still narrows these further).
         await aiofiles.os.makedirs(directory, mode=0o755, exist_ok=True)
         path = directory / f"{check_name(run.run_id, what='run id')}.jsonl"
-        self._encoder = ValueEncoder()
+        self._encoder = ValueEncoder(max_event_bytes=self.max_event_bytes)
         self._file = await aiofiles.open(path, "xb", buffering=0, opener=_private_opener)
         self._fd = self._file.fileno()
         self._inline = self.inline_write_limit > 0

@@ -8,6 +8,7 @@ import enum
 import logging
 import math
 
+import orjson
 import pytest
 
 import steplog
@@ -103,6 +104,7 @@ def test_unknown_type_is_recorded_as_repr_with_one_warning_per_type(runs_root, c
         run = roundtrip(runs_root, *({"o": Opaque(), "i": i} for i in range(50)))
     assert [e.data["o"] for e in run.records] == ["<Opaque thing>"] * 50
     assert [e.data["i"] for e in run.records] == list(range(50))
+    assert orjson.loads(run.path.read_bytes().splitlines()[-1])["encoding_fallbacks"] == 50
     reports = [r for r in caplog.records if "Opaque" in r.getMessage()]
     assert len(reports) == 1
     assert "repr" in reports[0].getMessage()

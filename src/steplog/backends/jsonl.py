@@ -90,6 +90,11 @@ class JsonlBackend(Backend):
         return f"JsonlBackend({str(self.root)!r}, fsync={self.fsync})"
 
     @property
+    def fallbacks(self) -> int:
+        """Values of the current run not stored as themselves (repr, markers, str keys)."""
+        return self._encoder.fallbacks
+
+    @property
     def writes_inline(self) -> bool:
         """Whether batches are currently written straight from the event loop."""
         return self._inline
@@ -139,6 +144,7 @@ class JsonlBackend(Backend):
                         "status": end.status,
                         "summary": end.summary,
                         "stats": end.stats.to_dict(),
+                        "encoding_fallbacks": self._encoder.fallbacks,
                     }
                 )
             )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Sequence
@@ -66,6 +69,19 @@ class GateBackend(steplog.MemoryBackend):
         while not self.gate.is_set():
             await anyio.sleep(0.005)
         await super().write(events)
+
+
+def run_script(code: str, tmp_path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` (dedented) as a script in ``tmp_path``; capture its output."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(code))
+    return subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def wait_until(predicate, timeout: float = 5.0) -> bool:

@@ -13,6 +13,8 @@ import pytest
 
 import steplog
 
+from conftest import run_script
+
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and fork")
 
 
@@ -92,24 +94,19 @@ def test_sigterm_chains_the_users_own_handler(tmp_path):
 
 def test_ignored_sigterm_stays_ignored(tmp_path):
     """With SIGTERM ignored, steplog installs nothing and the run goes on."""
-    script = tmp_path / "ignore.py"
-    script.write_text(
-        textwrap.dedent(
-            """
-            import os, signal, steplog
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            tracker = steplog.Tracker(steplog.JsonlBackend("runs"))
-            tracker.init()
-            tracker.log({"i": 0})
-            os.kill(os.getpid(), signal.SIGTERM)
-            tracker.log({"i": 1})
-            tracker.finish()
-            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
-            """
-        )
-    )
-    result = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    result = run_script(
+        """
+        import os, signal, steplog
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        tracker = steplog.Tracker(steplog.JsonlBackend("runs"))
+        tracker.init()
+        tracker.log({"i": 0})
+        os.kill(os.getpid(), signal.SIGTERM)
+        tracker.log({"i": 1})
+        tracker.finish()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        """,
+        tmp_path,
     )
     assert result.returncode == 0, result.stderr
     run = the_run(tmp_path)
@@ -158,11 +155,7 @@ print("parent-run", parent.run_id, os.waitstatus_to_exitcode(status), flush=True
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_forked_child_starts_clean_and_never_touches_the_parents_run(tmp_path):
     """After fork the child's tracker is inactive; its own run gets its own file."""
-    script = tmp_path / "fork.py"
-    script.write_text(FORK)
-    result = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60
-    )
+    result = run_script(FORK, tmp_path)
     assert result.returncode == 0, result.stderr
     lines = dict(line.split(" ", 1) for line in result.stdout.strip().splitlines())
     assert lines["child-inactive"] == "True"
@@ -205,11 +198,7 @@ if __name__ == "__main__":
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_multiprocessing_fork_workers_write_their_own_run_files(tmp_path):
     """Several forked workers logging the same experiment get one file each."""
-    script = tmp_path / "mp.py"
-    script.write_text(MULTIPROCESSING)
-    result = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
+    result = run_script(MULTIPROCESSING, tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[0, 0, 0]"
     runs = [steplog.read_run(p) for p in (tmp_path / "runs" / "mp").glob("*.jsonl")]

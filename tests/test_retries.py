@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 import steplog
 from steplog import Event
 
-from conftest import FailingBackend, GateBackend
+from conftest import FailingBackend, GateBackend, SlowBackend
 
 FAST = steplog.RetryPolicy(retries=3, backoff=0.001, breaker_after=3)
 
@@ -126,3 +127,24 @@ def test_accounting_invariant_holds_for_every_backend_under_faults(policy):
     for name, backend in stats.backends.items():
         assert backend.delivered + backend.failed + backend.dropped == stats.logged, name
     assert stats.logged == stats.written + stats.dropped
+
+
+def test_a_100ms_per_write_backend_does_not_hold_up_the_loop_or_the_others():
+    """A slow backend (100 ms a write) under drop_oldest: the others get every event handed
+    out, the slow one sheds its own oldest batches, and everything is counted."""
+    slow = SlowBackend(0.1)
+    mem = steplog.MemoryBackend()
+    tracker = steplog.Tracker(slow, mem, buffer_size=64, batch_size=16, overflow="drop_oldest")
+    tracker.init()
+    for i in range(2_000):
+        tracker.log({"i": i})  # never blocks under drop_oldest
+        if i % 16 == 15:
+            time.sleep(0.001)  # a loop doing work: the worker keeps up, the slow backend not
+    stats = tracker.finish()
+    m, s = stats.backends["memory"], stats.backends["slow"]
+    assert m.delivered == stats.written == stats.logged - stats.dropped
+    assert len(mem.records) == m.delivered
+    assert s.delivered + s.failed + s.dropped == stats.logged == 2_000
+    assert s.dropped > stats.dropped  # it lagged behind the others and shed batches
+    assert [e.data["i"] for e in slow.records] == sorted(e.data["i"] for e in slow.records)
+    assert slow.records[-1].data["i"] == 1_999  # the newest survive under drop_oldest

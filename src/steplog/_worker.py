@@ -7,11 +7,12 @@ keeps the interpreter alive. Callers talk to it through ``concurrent.futures.Fut
 objects, which a sync caller waits on and an async caller awaits via
 ``asyncio.wrap_future``.
 
-Each backend gets its own :class:`BackendRunner` task fed by its own stream of
+Each backend gets its own :class:`BackendRunner` task fed by its own queue of
 batches, so a slow or failing backend never holds up the others: it only lets its own
 backlog grow, up to ``backlog_limit`` events, where the overflow policy applies to it
 alone (``"block"``: the dispatcher waits, keeping every backend lossless;
-``"drop_*"``: that backend skips the batch and counts it as dropped).
+``"drop_oldest"``: that backend sheds its oldest queued batches; ``"drop_newest"``: it
+skips the new batch). Failed writes are retried per :class:`RetryPolicy`.
 """
 
 from __future__ import annotations

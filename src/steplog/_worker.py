@@ -148,10 +148,8 @@ class BackendRunner:
                 self.record_error("write", exc)
                 attempt += 1
                 delay = policy.delay(attempt)
-                deadline = self._deadline()
                 permanent = isinstance(exc, PermanentBackendError)
-                out_of_time = deadline is not None and time.monotonic() + delay > deadline
-                if permanent or attempt > policy.retries or out_of_time:
+                if permanent or attempt > policy.retries or self._out_of_time(delay):
                     break
                 await anyio.sleep(delay)
             else:
@@ -192,13 +190,17 @@ class BackendRunner:
     async def _wait_for_room(self) -> bool:
         """Block policy: wait for room in the backlog; False once the stop deadline passed."""
         while self.backlog >= self.backlog_limit and not self.finished.is_set():
-            deadline = self._deadline()
-            if deadline is not None and time.monotonic() >= deadline:
+            if self._out_of_time():
                 return False
             # Re-check now and then: a stop with a timeout may arrive meanwhile.
             with anyio.move_on_after(_STALL_CHECK_SECONDS):
                 await self._progress.wait()
         return True
+
+    def _out_of_time(self, wait: float = 0.0) -> bool:
+        """Whether the run's stop deadline passes within ``wait`` seconds."""
+        deadline = self._deadline()
+        return deadline is not None and time.monotonic() + wait >= deadline
 
     def _drop_oldest_queued(self, room: int) -> None:
         """Drop the oldest queued (not in-flight) batches until ``room`` events fit."""

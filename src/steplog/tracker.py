@@ -282,15 +282,18 @@ class _TrackerBase:
         merged = _redact({**self.summary, **(summary or {})}, self.redact)
         return run, run.worker.stop(status, merged, timeout)
 
-    def _check_strict(self, stats: RunStats) -> None:
+    def _finished(self, stats: RunStats) -> RunStats:
+        """Record a finished run's stats; with ``strict``, raise if a backend lost events."""
+        self._last_stats = stats
         if not self.strict:
-            return
+            return stats
         lost = {n: b for n, b in stats.backends.items() if b.failed or b.disabled}
         if lost:
             detail = "; ".join(
                 f"{n}: {b.failed} events failed ({b.last_error})" for n, b in lost.items()
             )
             raise BackendFailedError(f"backends lost events: {detail}", stats)
+        return stats
 
     def _warn_reinit(self) -> None:
         warnings.warn(
@@ -442,9 +445,7 @@ class Tracker(_TrackerBase):
         run, future = pending
         stats: RunStats = future.result()
         run.worker.join()
-        self._last_stats = stats
-        self._check_strict(stats)
-        return stats
+        return self._finished(stats)
 
     @contextlib.contextmanager
     def run(self, config: Mapping[str, Any] | None = None) -> Iterator[RunInfo]:
@@ -529,9 +530,7 @@ class AsyncTracker(_TrackerBase):
         run, future = pending
         stats: RunStats = await asyncio.wrap_future(future)
         await asyncio.to_thread(run.worker.join)
-        self._last_stats = stats
-        self._check_strict(stats)
-        return stats
+        return self._finished(stats)
 
     @contextlib.asynccontextmanager
     async def run(self, config: Mapping[str, Any] | None = None) -> AsyncIterator[RunInfo]:

@@ -1,44 +1,544 @@
-"""The command line, run as a user would: through a subprocess."""
+"""The command line, run as a user would: through a subprocess, on real run files."""
 
 from __future__ import annotations
 
+import csv
+import json
+import math
+import os
 import re
 import subprocess
 import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
 
 import steplog
 
+pytestmark = pytest.mark.timeout(300)
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None):
     return subprocess.run(
-        [sys.executable, "-m", "steplog", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "steplog", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env=env,
     )
 
 
-def test_demo_writes_a_readable_run_and_reports_cost(tmp_path):
-    """`python -m steplog demo` logs to JSONL and prints the path and per-call cost."""
-    result = run_cli("demo", "--steps", "20000", "--root", str(tmp_path))
+def write_run(root: Path, experiment: str, config: dict, steps: list[dict], summary=None) -> Path:
+    backend = steplog.JsonlBackend(root)
+    tracker = steplog.Tracker(backend, experiment_name=experiment)
+    tracker.init(config)
+    for data in steps:
+        tracker.log(data)
+    tracker.finish(summary)
+    assert backend.path is not None
+    return backend.path
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> dict[str, Path]:
+    """Three finished runs, one with NaN/inf, and one killed mid-write (torn last line)."""
+    root = tmp_path / "runs"
+    a = write_run(
+        root,
+        "sweep",
+        {"lr": 0.1, "model": "gpt2", "opt": {"beta": 0.9, "eps": 1e-8}},
+        [{"loss": 1.0 / (i + 1), "acc": i / 100, "trigger": f"t{i}"} for i in range(100)],
+        {"best": 0.01},
+    )
+    time.sleep(0.01)
+    nan_steps = []
+    for i in range(50):
+        loss: float = 2.0 - i * 0.01
+        if i in (10, 20):
+            loss = math.nan
+        if i == 30:
+            loss = math.inf
+        nan_steps.append({"loss": loss, "acc": 0.5, "grad": {"norm": float(i)}})
+    b = write_run(
+        root, "sweep", {"lr": 0.2, "model": "gpt2", "opt": {"beta": 0.9, "eps": 1e-8}}, nan_steps
+    )
+    time.sleep(0.01)
+    c = write_run(root, "other", {"lr": 0.3}, [{"loss": 5.0 - i} for i in range(5)])
+    # A run whose writer was killed: no run-end record, half a line at the end.
+    torn = write_run(root, "other", {"lr": 0.4}, [{"loss": 9.0 - i} for i in range(20)])
+    lines = torn.read_bytes().split(b"\n")
+    start = json.loads(lines[0])
+    start["pid"] = dead_pid()
+    body = [json.dumps(start).encode(), *lines[1:-2]]  # drop the run_end line
+    torn.write_bytes(b"\n".join(body) + b'\n{"step":20,"time":1.0,"da')
+    return {"root": root, "a": a, "nan": b, "c": c, "torn": torn}
+
+
+# ── demo ──────────────────────────────────────────────────────────────────────────────
+
+
+def test_demo_writes_a_readable_run_reports_cost_and_plots(tmp_path):
+    """`steplog demo` logs to JSONL, prints path, steps/s, per-call cost, plot command."""
+    png = tmp_path / "demo.png"
+    result = run_cli("demo", "--steps", "20000", "--root", str(tmp_path), "--plot", str(png))
     assert result.returncode == 0, result.stderr
     match = re.search(r"run written to (\S+\.jsonl)", result.stdout)
     assert match, result.stdout
     assert re.search(r"log\(\) cost per call: p50 [\d.]+ µs", result.stdout)
+    assert re.search(r"\([\d,]+ steps/s\)", result.stdout)
+    assert f"steplog plot {match.group(1)} -k loss" in result.stdout
     run = steplog.read_run(match.group(1))
     assert run.status == "finished"
     assert len(run.records) == 20_000
     assert run.config["steps"] == 20_000
     assert "best_loss" in run.summary
     assert min(run.history["loss"]) >= 0.0
+    assert png_size(png) == (800, 720)  # 8 x (4.5 * 1.6) inches at 100 dpi, two panels
 
 
 def test_no_command_prints_help_and_exits_2():
-    """Without a command the CLI prints usage and exits with status 2."""
     result = run_cli()
     assert result.returncode == 2
-    assert "demo" in result.stdout
+    for name in ("demo", "ls", "show", "tail", "plot", "compare", "export"):
+        assert name in result.stdout
+
+
+@pytest.mark.parametrize("command", ["demo", "ls", "show", "tail", "plot", "compare", "export"])
+def test_every_command_has_help(command):
+    result = run_cli(command, "--help")
+    assert result.returncode == 0
+    assert f"usage: steplog {command}" in result.stdout
 
 
 def test_bad_steps_is_a_usage_error(tmp_path):
-    """--steps 0 is rejected with a usage error (exit 2)."""
     result = run_cli("demo", "--steps", "0", "--root", str(tmp_path))
     assert result.returncode == 2
     assert "--steps" in result.stderr
+
+
+# ── ls ────────────────────────────────────────────────────────────────────────────────
+
+
+def test_ls_lists_every_run_with_status_steps_and_last_metric(runs):
+    result = run_cli("ls", str(runs["root"]))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == [
+        "EXPERIMENT", "RUN", "STATUS", "STEPS", "DURATION", "STARTED", "LOSS"
+    ]  # fmt: skip
+    rows = {line.split()[1]: line.split() for line in lines[1:]}
+    assert len(rows) == 4
+    a = rows[runs["a"].stem]
+    assert a[0] == "sweep" and a[2] == "finished" and a[3] == "100"
+    assert float(a[-1]) == pytest.approx(1.0 / 100)
+    assert rows[runs["torn"].stem][2] == "incomplete"
+    assert rows[runs["torn"].stem][3] == "20"
+    assert rows[runs["nan"].stem][-1] == "1.51"  # last loss of the NaN run (2.0 - 49 * 0.01)
+
+
+def test_ls_sorts_filters_limits_and_speaks_json(runs):
+    root = str(runs["root"])
+    by_metric = run_cli("ls", root, "--sort", "metric", "--json")
+    assert by_metric.returncode == 0, by_metric.stderr
+    rows = [json.loads(line) for line in by_metric.stdout.splitlines()]
+    losses = [r["loss"] for r in rows]
+    assert losses == sorted(losses)
+    assert {r["status"] for r in rows} == {"finished", "incomplete"}
+
+    reverse = run_cli("ls", root, "--sort", "steps", "--reverse", "--json", "-n", "2")
+    steps = [json.loads(line)["steps"] for line in reverse.stdout.splitlines()]
+    assert steps == [100, 50]
+
+    only = run_cli("ls", root, "-e", "other", "-s", "finished", "--json")
+    rows = [json.loads(line) for line in only.stdout.splitlines()]
+    assert [r["run_id"] for r in rows] == [runs["c"].stem]
+
+
+def test_ls_reads_only_the_ends_of_hundreds_of_runs(tmp_path):
+    """300 runs list correctly; each file is read at its first line and tail only."""
+    root = tmp_path / "many"
+    template = write_run(root, "big", {"i": 0}, [{"loss": float(i)} for i in range(20_000)])
+    data = template.read_bytes()
+    for i in range(300):
+        (root / "big" / f"run-{i:03d}.jsonl").write_bytes(data)
+    result = run_cli("ls", str(root), "--json")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 301
+    assert {r["steps"] for r in rows} == {20_000}
+    assert {r["loss"] for r in rows} == {19_999.0}
+
+    # The reader never touches the middle of a file: prove it by corrupting the middle.
+    middle = len(data) // 2
+    broken = data[:middle] + b"\x00garbage\x00" * 100 + data[middle + 900 :]
+    (root / "big" / "run-000.jsonl").write_bytes(broken)
+    again = run_cli("ls", str(root), "--json")
+    assert len(again.stdout.splitlines()) == 301
+
+
+def test_ls_on_a_missing_root_fails_with_exit_1(tmp_path):
+    result = run_cli("ls", str(tmp_path / "nope"))
+    assert result.returncode == 1
+    assert "no run directory" in result.stderr
+
+
+def test_ls_skips_files_that_are_not_runs(runs):
+    (runs["root"] / "other" / "notes.jsonl").write_text('{"hello": 1}\n')
+    result = run_cli("ls", str(runs["root"]))
+    assert result.returncode == 0
+    assert len(result.stdout.splitlines()) == 5
+    assert "skipped 1 file" in result.stderr
+
+
+# ── show ──────────────────────────────────────────────────────────────────────────────
+
+
+def test_show_prints_config_stats_summary_and_metric_table(runs):
+    result = run_cli("show", str(runs["a"]))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "status    finished" in out
+    assert "logged 100 · written 100 · dropped 0" in out
+    assert re.search(r"config\s+lr\s+= 0\.1", out)
+    assert re.search(r"opt\.beta\s+= 0\.9", out)
+    assert re.search(r"summary\s+best = 0\.01", out)
+    loss = next(line for line in out.splitlines() if line.startswith("loss "))
+    # count, first, last, min (step), max (step), mean
+    assert loss.split()[:8] == ["loss", "100", "1", "0.01", "0.01", "(99)", "1", "(0)"]
+    trigger = next(line for line in out.splitlines() if line.startswith("trigger "))
+    assert trigger.split() == ["trigger", "100", "t0", "t99"]
+
+
+def test_show_counts_nan_and_inf_and_keeps_them_out_of_min_max_mean(runs):
+    result = run_cli("show", str(runs["nan"]), "--json")
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    loss = shown["metrics"]["loss"]
+    finite = [2.0 - i * 0.01 for i in range(50) if i not in (10, 20, 30)]
+    assert loss["count"] == 50
+    assert loss["nan"] == 2 and loss["inf"] == 1
+    assert loss["min"] == pytest.approx(min(finite)) and loss["min_step"] == 49
+    assert loss["max"] == pytest.approx(2.0) and loss["max_step"] == 0
+    assert loss["mean"] == pytest.approx(sum(finite) / len(finite))
+    assert shown["metrics"]["grad.norm"]["max"] == 49.0
+    text = run_cli("show", str(runs["nan"])).stdout
+    row = next(line for line in text.splitlines() if line.startswith("loss "))
+    assert row.split()[-2:] == ["2", "1"]  # NAN and INF columns
+
+
+def test_show_resolves_ids_prefixes_and_latest(runs):
+    root = str(runs["root"])
+    by_id = run_cli("show", runs["a"].stem, "--root", root, "--json")
+    assert json.loads(by_id.stdout)["run_id"] == runs["a"].stem
+    stem, others = runs["c"].stem, [runs[k].stem for k in ("a", "nan", "torn")]
+    prefix = next(
+        stem[:n] for n in range(1, len(stem)) if not any(o.startswith(stem[:n]) for o in others)
+    )
+    by_prefix = run_cli("show", f"other/{prefix}", "--root", root, "--json")
+    assert json.loads(by_prefix.stdout)["run_id"] == stem
+    shared = os.path.commonprefix([*others, stem])  # noqa: RUF071 - string prefixes wanted
+    ambiguous = run_cli("show", shared, "--root", root)
+    assert ambiguous.returncode == 1
+    assert "matches 4 runs" in ambiguous.stderr
+    latest = run_cli("show", str(runs["root"] / "other"), "--json")  # newest file in there
+    assert json.loads(latest.stdout)["run_id"] == runs["torn"].stem
+    assert json.loads(run_cli("show", "latest", "--root", root, "--json").stdout)["run_id"] == (
+        runs["torn"].stem
+    )
+
+
+def test_show_of_a_torn_run_reports_incomplete(runs):
+    result = run_cli("show", str(runs["torn"]))
+    assert result.returncode == 0, result.stderr
+    assert "status    incomplete" in result.stdout
+    assert "last line is incomplete" in result.stdout
+    assert re.search(r"^loss\s+20\s", result.stdout, re.M)
+
+
+def test_show_errors_exit_1(runs, tmp_path):
+    missing = run_cli("show", "no-such-run", "--root", str(runs["root"]))
+    assert missing.returncode == 1
+    assert "no run matches 'no-such-run'" in missing.stderr
+    junk = tmp_path / "junk.jsonl"
+    junk.write_text("not json\n")
+    result = run_cli("show", str(junk))
+    assert result.returncode == 1
+    assert "not a steplog run" in result.stderr
+
+
+# ── tail ──────────────────────────────────────────────────────────────────────────────
+
+
+def test_tail_prints_the_last_steps_and_selected_keys(runs):
+    result = run_cli("tail", str(runs["a"]), "-n", "3")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["97", "98", "99"]
+    assert "trigger=t99" in lines[-1]
+    keyed = run_cli("tail", str(runs["a"]), "-n", "2", "-k", "acc").stdout.splitlines()
+    assert keyed[0].split() == ["STEP", "acc"]
+    assert keyed[1].split() == ["98", "0.98"]
+    torn = run_cli("tail", str(runs["torn"]), "-n", "1", "--json")
+    assert json.loads(torn.stdout)["step"] == 19  # the torn line is not shown
+
+
+WRITER = textwrap.dedent(
+    """
+    import json, os, sys, time
+    path, go = sys.argv[1], sys.argv[2]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    start = {"type": "run_start", "schema": 1, "run_id": "live", "experiment": "x",
+             "start_time": time.time(), "pid": os.getpid(), "host": "h", "config": {}}
+    os.write(fd, (json.dumps(start) + "\\n").encode())
+    while not os.path.exists(go):
+        time.sleep(0.01)
+    for step in range(30):
+        line = json.dumps({"step": step, "time": time.time(), "data": {"loss": step / 10}})
+        line = (line + "\\n").encode()
+        if step % 7 == 3:  # half a line, a pause, then the rest: tail must wait for it
+            os.write(fd, line[:15])
+            time.sleep(0.15)
+            os.write(fd, line[15:])
+        else:
+            os.write(fd, line)
+        time.sleep(0.01)
+    end = {"type": "run_end", "run_id": "live", "end_time": time.time(), "status": "finished",
+           "summary": {}, "stats": None}
+    os.write(fd, (json.dumps(end) + "\\n").encode())
+    """
+)
+
+
+def test_tail_follow_prints_each_new_step_once_and_stops_at_run_end(tmp_path):
+    path = tmp_path / "live.jsonl"
+    go = tmp_path / "go"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(go)])
+    try:
+        while not path.exists() or not path.read_bytes().endswith(b"\n"):
+            time.sleep(0.01)
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "steplog", "tail", "-f", str(path), "-k", "loss",
+             "--interval", "0.02"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        time.sleep(0.5)  # the follower is waiting on a file with no steps yet
+        go.touch()
+        out, err = follower.communicate(timeout=60)
+    finally:
+        writer.wait(timeout=60)
+    assert follower.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == ["STEP", "loss"]
+    assert lines[-1] == "-- run ended: finished"
+    rows = [line.split() for line in lines[1:-1]]
+    assert [int(r[0]) for r in rows] == list(range(30))
+    assert [float(r[1]) for r in rows] == [step / 10 for step in range(30)]
+
+
+def test_tail_follow_of_a_finished_run_returns_at_once(runs):
+    result = run_cli("tail", "-f", str(runs["c"]), "-n", "1")
+    assert result.returncode == 0
+    assert result.stdout.splitlines()[-1] == "-- run ended: finished"
+
+
+# ── plot ──────────────────────────────────────────────────────────────────────────────
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height of a PNG, after decoding it fully with matplotlib."""
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(path)
+    assert pixels.ndim == 3 and pixels.shape[2] in (3, 4)
+    assert pixels.std() > 0  # something was drawn
+    return pixels.shape[1], pixels.shape[0]
+
+
+def test_plot_overlays_runs_and_writes_a_png_of_the_requested_size(runs, tmp_path):
+    out = tmp_path / "cmp.png"
+    result = run_cli(
+        "plot", str(runs["a"]), str(runs["nan"]), "-k", "loss", "-k", "acc",
+        "-o", str(out), "--size", "6x4", "--dpi", "50", "--smooth", "5", "--log-y",
+        "--title", "two runs",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {out}" in result.stdout
+    assert png_size(out) == (300, 320)  # 6 x (4 * 1.6) inches at 50 dpi
+    assert "3 non-finite loss values not drawn" in result.stderr
+
+
+def test_plot_downsamples_large_runs_and_keeps_spikes(tmp_path):
+    """A run with more points than --max-points is drawn from bucket min/mean/max."""
+    from steplog._plot import downsample, load_series
+
+    steps = [{"loss": 1.0} for _ in range(20_000)]
+    steps[12_345] = {"loss": 50.0}
+    path = write_run(tmp_path / "runs", "spiky", {}, steps)
+    series = load_series(path, ["loss"])["loss"]
+    assert len(series.y) == 20_000
+    x, mean, low, high = downsample(series.x, series.y, 100)
+    assert len(x) == len(mean) == len(low) == len(high) == 100
+    assert high.max() == 50.0 and low.min() == 1.0
+    assert mean.max() < 2.0  # the spike is in the envelope, not the mean line
+    out = tmp_path / "spiky.png"
+    result = run_cli("plot", str(path), "-o", str(out), "--max-points", "100", "--x", "time")
+    assert result.returncode == 0, result.stderr
+    assert png_size(out) == (800, 450)
+
+
+def test_plot_failures_exit_1_with_a_reason(runs, tmp_path):
+    result = run_cli("plot", str(runs["a"]), "-k", "nope", "-o", str(tmp_path / "x.png"))
+    assert result.returncode == 1
+    assert "no numeric values for nope" in result.stderr
+    assert "acc, loss" in result.stderr
+    assert not (tmp_path / "x.png").exists()
+    usage = run_cli("plot", str(runs["a"]), "--size", "big")
+    assert usage.returncode == 2
+
+
+def test_plot_without_matplotlib_names_the_extra(runs, tmp_path):
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "matplotlib.py").write_text("raise ImportError('blocked for the test')\n")
+    env = {**os.environ, "PYTHONPATH": str(shim)}
+    result = run_cli("plot", str(runs["a"]), "-o", str(tmp_path / "x.png"), env=env)
+    assert result.returncode == 1
+    assert "pip install 'steplog[plot]'" in result.stderr
+
+
+# ── compare ───────────────────────────────────────────────────────────────────────────
+
+
+def test_compare_shows_differing_config_and_last_and_best_metrics(runs):
+    result = run_cli("compare", str(runs["a"]), str(runs["nan"]), "--max", "acc")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[1:] if line}
+    assert rows["config.lr"] == ["0.1", "0.2"]
+    assert "config.model" not in rows  # equal in both runs
+    assert "config.opt.beta" not in rows
+    assert rows["status"] == ["finished", "finished"]
+    assert rows["steps"] == ["100", "50"]
+    text = result.stdout
+    assert re.search(r"loss \(last\)\s+0\.01\s+1\.51\s*$", text, re.M)
+    assert re.search(r"loss \(min\)\s+0\.01 \*\s+1\.51\s*$", text, re.M)
+    assert re.search(r"acc \(max\)\s+0\.99 \*\s+0\.5\s*$", text, re.M)
+    everything = run_cli("compare", str(runs["a"]), str(runs["nan"]), "--all-config")
+    assert "config.model" in everything.stdout
+
+
+# ── export ────────────────────────────────────────────────────────────────────────────
+
+
+def test_export_csv_has_one_row_per_step_and_one_column_per_key(runs, tmp_path):
+    out = tmp_path / "nan.csv"
+    result = run_cli("export", str(runs["nan"]), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "50 rows" in result.stdout
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["step", "time", "loss", "acc", "grad.norm"]
+    assert [int(r["step"]) for r in rows] == list(range(50))
+    assert rows[10]["loss"] == "nan" and rows[30]["loss"] == "inf"
+    assert float(rows[5]["loss"]) == 2.0 - 5 * 0.01
+    assert float(rows[49]["grad.norm"]) == 49.0
+    mixed = run_cli("export", str(runs["a"]), "-o", "-")
+    rows = list(csv.DictReader(mixed.stdout.splitlines()))
+    assert rows[99]["trigger"] == "t99" and len(rows) == 100
+
+
+def test_export_torn_run_skips_the_torn_line(runs, tmp_path):
+    result = run_cli("export", str(runs["torn"]), "-o", str(tmp_path / "t.csv"))
+    assert result.returncode == 0, result.stderr
+    assert "20 rows" in result.stdout
+
+
+def test_export_parquet_keeps_types(runs, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet", reason="parquet export needs pyarrow")
+    out = tmp_path / "a.parquet"
+    result = run_cli("export", str(runs["a"]), "--format", "parquet", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    table = pq.read_table(out)
+    assert table.num_rows == 100
+    types = {f.name: str(f.type) for f in table.schema}
+    assert types == {
+        "step": "int64", "time": "double", "loss": "double", "acc": "double",
+        "trigger": "string",
+    }  # fmt: skip
+    assert table.column("trigger").to_pylist()[-1] == "t99"
+    nan = tmp_path / "nan.parquet"
+    run_cli("export", str(runs["nan"]), "--format", "parquet", "-o", str(nan))
+    losses = pq.read_table(nan).column("loss").to_pylist()
+    assert math.isnan(losses[10]) and losses[30] == math.inf
+
+
+def test_export_parquet_to_stdout_is_a_usage_error(runs):
+    result = run_cli("export", str(runs["a"]), "--format", "parquet", "-o", "-")
+    assert result.returncode == 2
+
+
+# ── progress bars ────────────────────────────────────────────────────────────────────
+
+SLOW_FINISH = textwrap.dedent(
+    """
+    import anyio, steplog
+
+    class Slow(steplog.Backend):
+        async def open(self, run): pass
+        async def write(self, events): await anyio.sleep(0.05)
+        async def close(self, end): pass
+
+    tracker = steplog.Tracker(Slow(), batch_size=100, flush_interval=0.01)
+    tracker.init()
+    for i in range(4000):
+        tracker.log({"x": i})
+    stats = tracker.finish()
+    print("delivered", stats.backends["slow"].delivered)
+    """
+)
+
+
+def run_with_terminal_stderr(code: str) -> tuple[int, str, str]:
+    """Run ``code`` with stderr on a pseudo-terminal (stdout a pipe)."""
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=slave, text=True
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    out, _ = proc.communicate(timeout=60)
+    return proc.returncode, out, b"".join(chunks).decode(errors="replace")
+
+
+def test_finish_shows_progress_for_a_slow_backlog_on_a_terminal_only():
+    code, out, terminal = run_with_terminal_stderr(SLOW_FINISH)
+    assert code == 0, terminal
+    assert out.strip() == "delivered 4000"
+    assert re.search(r"steplog: writing [\d,]+ events to slow", terminal), terminal
+    quiet = subprocess.run(
+        [sys.executable, "-c", SLOW_FINISH], capture_output=True, text=True, timeout=60
+    )
+    assert quiet.returncode == 0
+    assert quiet.stdout.strip() == "delivered 4000"
+    assert quiet.stderr == ""  # not a terminal: no bar, no noise

@@ -16,6 +16,7 @@ from .errors import BackendFailedError as BackendFailedError
 from .errors import BackendOpenError as BackendOpenError
 from .errors import FlushTimeoutError as FlushTimeoutError
 from .errors import InactiveRunError as InactiveRunError
+from .errors import MissingExtraError as MissingExtraError
 from .errors import PermanentBackendError as PermanentBackendError
 from .errors import TrackerError as TrackerError
 from .errors import TrackerWarning as TrackerWarning
@@ -44,6 +45,7 @@ __all__ = [
     "Event",
     "FlushTimeoutError",
     "InactiveRunError",
+    "MissingExtraError",
     "JsonlBackend",
     "MemoryBackend",
     "NullBackend",

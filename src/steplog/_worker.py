@@ -394,6 +394,11 @@ class Worker:
         self._call(self._on_stop, request, request.future)
         return request.future
 
+    def pending(self) -> dict[str, int]:
+        """Events each backend has yet to write (read from another thread: approximate)."""
+        queued = len(self.buffer.events)
+        return {r.name: r.backlog + queued for r in list(self.runners) if not r.finished.is_set()}
+
     def join(self, timeout: float | None = None) -> None:
         """Wait for the worker thread to end."""
         if self._thread is not None:

@@ -1,54 +1,231 @@
-"""Command line: ``steplog demo`` (``python -m steplog demo``)."""
+"""The ``steplog`` command line (also ``python -m steplog``).
+
+Commands: ``demo``, ``ls``, ``show``, ``tail``, ``plot``, ``compare``, ``export``.
+Exit codes: 0 success; 1 the command could not do its work (no such run, unreadable
+file, missing optional dependency, nothing to plot); 2 usage error; 130 interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import random
 import string
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+import orjson
+
+from . import _progress
+from ._extras import require
+from ._runfiles import (
+    MetricStats,
+    RunHeader,
+    RunNotFoundError,
+    find_runs,
+    flatten,
+    is_number,
+    last_steps,
+    metric_stats,
+    parse_line,
+    read_header,
+    resolve_run,
+)
 from .backends.jsonl import JsonlBackend
-from .reader import read_run
+from .errors import MissingExtraError
+from .reader import RunFileError, read_run
 from .tracker import Tracker
 
 __all__ = ["main"]
 
+DEFAULT_ROOT = "runs"
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+SORT_KEYS = ("start", "experiment", "run", "status", "steps", "duration", "metric")
+
+
+class CommandError(Exception):
+    """A command could not do its work; the message is printed and the exit code is 1."""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``steplog`` command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        code: int = args.handler(args, parser)
+    except (CommandError, RunNotFoundError, RunFileError, MissingExtraError) as exc:
+        print(f"steplog {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except (OSError, ValueError) as exc:
+        print(f"steplog {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # pragma: no cover - `steplog ls | head`
+        return EXIT_OK
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="steplog", description="Experiment tracking that is free for the hot loop."
+        prog="steplog",
+        description="Experiment tracking that is free for the hot loop: run a demo, "
+        "list, inspect, follow, plot, compare and export runs.",
+        epilog="Exit codes: 0 success, 1 failure (no such run, unreadable file, missing "
+        "optional dependency), 2 usage error, 130 interrupted.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = commands.add_parser(
+
+    def command(name: str, help: str, description: str, handler: Callable[..., int]) -> Any:
+        sub = commands.add_parser(name, help=help, description=description)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    def root_option(sub: Any) -> None:
+        sub.add_argument(
+            "--root",
+            default=os.environ.get("STEPLOG_ROOT", DEFAULT_ROOT),
+            help="where run ids are looked up (default: $STEPLOG_ROOT or runs)",
+        )
+
+    run_help = (
+        "a run file, a run directory (its latest run), 'latest', or a run id (or a unique "
+        "prefix, or EXPERIMENT/ID) under --root"
+    )
+
+    demo = command(
         "demo",
-        help="run a simulated high-frequency optimizer loop and log it to JSONL",
-        description=(
-            "Runs a simulated random-search optimizer (string trigger, noisy loss) for "
-            "a few seconds, logging every step to the default JSONL backend, then prints "
-            "where the run went and what logging cost per step."
-        ),
+        "run a simulated high-frequency optimizer loop and log it to JSONL",
+        "Runs a simulated random-search optimizer (string trigger, noisy loss) for a few "
+        "seconds, logging every step to the default JSONL backend, then prints where the "
+        "run went, steps/s, what log() cost per call, and how to plot it.",
+        cmd_demo,
     )
-    demo.add_argument(
-        "--steps", type=int, default=300_000, help="optimizer steps (default: 300000)"
-    )
-    demo.add_argument("--root", default="runs", help="run directory (default: runs)")
+    demo.add_argument("--steps", type=int, default=300_000, help="optimizer steps (300000)")
+    demo.add_argument("--root", default=DEFAULT_ROOT, help="run directory (default: runs)")
     demo.add_argument("--experiment", default="demo", help="experiment name (default: demo)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        if args.steps < 1:
-            parser.error("--steps must be at least 1")
-        return run_demo(args.steps, root=args.root, experiment=args.experiment, seed=args.seed)
-    parser.print_help()
-    return 2
+    demo.add_argument("--plot", metavar="PNG", help="also plot loss and best_loss to PNG")
+
+    ls = command(
+        "ls",
+        "list runs: experiment, id, status, steps, duration, start, last metric value",
+        "Lists the runs under ROOT. Reads only the first line and the tail of each file, "
+        "so hundreds of large runs list in a moment. Status is the run's end status, "
+        "'running' when its writer is alive on this host, or 'incomplete' (killed).",
+        cmd_ls,
+    )
+    ls.add_argument("root", nargs="?", default=os.environ.get("STEPLOG_ROOT", DEFAULT_ROOT))
+    ls.add_argument("--sort", choices=SORT_KEYS, default="start", help="sort key (start)")
+    ls.add_argument("-r", "--reverse", action="store_true", help="reverse the order")
+    ls.add_argument("-m", "--metric", default="loss", help="metric column (default: loss)")
+    ls.add_argument("-e", "--experiment", help="only this experiment")
+    ls.add_argument("-s", "--status", help="only runs with this status")
+    ls.add_argument("-n", "--limit", type=int, help="show at most N runs (after sorting)")
+    ls.add_argument("--json", action="store_true", help="one JSON object per run")
+
+    show = command(
+        "show",
+        "a run's config, status, stats, summary and per-metric statistics",
+        "Prints the run's config, status, delivery statistics, summary, and per key: "
+        "count, first, last, min (at step), max (at step), mean, and NaN/inf counts "
+        "(min/max/mean are over the finite values).",
+        cmd_show,
+    )
+    show.add_argument("run", metavar="RUN", help=run_help)
+    root_option(show)
+    show.add_argument("--json", action="store_true", help="print one JSON object")
+
+    tail = command(
+        "tail",
+        "print the last steps of a run; -f follows a run being written",
+        "Prints the last N step records. With -f, keeps printing new steps as another "
+        "process writes them (a partly written last line is held back until complete) "
+        "and stops when the run ends.",
+        cmd_tail,
+    )
+    tail.add_argument("run", metavar="RUN", help=run_help)
+    root_option(tail)
+    tail.add_argument("-f", "--follow", action="store_true", help="follow new steps")
+    tail.add_argument("-n", "--lines", type=int, default=10, help="steps to print first (10)")
+    tail.add_argument("-k", "--key", action="append", dest="keys", help="keys to print")
+    tail.add_argument("--interval", type=float, default=0.2, help="poll interval, s (0.2)")
+    tail.add_argument("--json", action="store_true", help="print the raw JSON records")
+
+    plot = command(
+        "plot",
+        "plot metrics of one or more runs to a PNG (needs steplog[plot])",
+        "Draws the chosen keys (one panel each) for every run given, overlaid. Runs "
+        "with more points than --max-points are drawn as bucket means with a min-max "
+        "envelope, so 10-million-step runs plot fast and spikes stay visible.",
+        cmd_plot,
+    )
+    plot.add_argument("runs", nargs="+", metavar="RUN", help=run_help)
+    root_option(plot)
+    plot.add_argument("-k", "--key", action="append", dest="keys", help="key(s) to plot (loss)")
+    plot.add_argument("-o", "--output", default="steplog-plot.png", help="output image")
+    plot.add_argument("--x", choices=("step", "time"), default="step", help="x axis (step)")
+    plot.add_argument("--smooth", type=int, default=0, metavar="N", help="moving mean of N")
+    plot.add_argument("--log-y", action="store_true", help="logarithmic y axis")
+    plot.add_argument("--title", help="figure title")
+    plot.add_argument("--label", action="append", dest="labels", help="legend label per run")
+    plot.add_argument("--size", default="8x4.5", help="figure size in inches, WxH (8x4.5)")
+    plot.add_argument("--dpi", type=int, default=100, help="dots per inch (100)")
+    plot.add_argument("--max-points", type=int, default=4000, help="buckets per curve (4000)")
+
+    compare = command(
+        "compare",
+        "side-by-side table of runs: configs that differ, final and best metrics",
+        "One column per run: status, steps, duration, the config keys whose values "
+        "differ between the runs, and per metric the last and best value (best is the "
+        "minimum; name keys where higher is better with --max).",
+        cmd_compare,
+    )
+    compare.add_argument("runs", nargs="+", metavar="RUN", help=run_help)
+    root_option(compare)
+    compare.add_argument("-k", "--key", action="append", dest="keys", help="metrics to show")
+    compare.add_argument(
+        "--max", action="append", default=[], metavar="KEY", help="higher is better for KEY"
+    )
+    compare.add_argument("--all-config", action="store_true", help="show equal config too")
+
+    export = command(
+        "export",
+        "write a run as CSV or Parquet: one row per step, one column per key",
+        "Writes one row per step (columns step, time, then every key; nested mappings "
+        "as dotted keys, lists and mixed-type columns as JSON text). Parquet needs "
+        "steplog[parquet].",
+        cmd_export,
+    )
+    export.add_argument("run", metavar="RUN", help=run_help)
+    root_option(export)
+    export.add_argument("--format", choices=("csv", "parquet"), default="csv")
+    export.add_argument(
+        "-o", "--output", help="output file (default: RUN_ID.csv / .parquet; '-': stdout)"
+    )
+
+    return parser
 
 
-def run_demo(steps: int, *, root: str, experiment: str, seed: int) -> int:
+# ── demo ──────────────────────────────────────────────────────────────────────────────
+
+
+def cmd_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.steps < 1:
+        parser.error("--steps must be at least 1")
+    return run_demo(
+        args.steps, root=args.root, experiment=args.experiment, seed=args.seed, plot=args.plot
+    )
+
+
+def run_demo(steps: int, *, root: str, experiment: str, seed: int, plot: str | None = None) -> int:
     """Run the demo loop; returns the exit code."""
     rng = random.Random(seed)
     backend = JsonlBackend(root)
@@ -62,7 +239,10 @@ def run_demo(steps: int, *, root: str, experiment: str, seed: int) -> int:
     sample_every = 64  # time every 64th log() call, to measure without slowing the loop
     samples: list[int] = []
     clock = time.perf_counter_ns
-    with tracker.run({"optimizer": "random-search", "steps": steps, "seed": seed}):
+    with (
+        _progress.bar(steps, "demo", unit="step", delay=0) as advance,
+        tracker.run({"optimizer": "random-search", "steps": steps, "seed": seed}),
+    ):
         started = time.perf_counter()
         for step in range(steps):
             # One optimizer step: mutate one position, score against a hidden target.
@@ -81,6 +261,8 @@ def run_demo(steps: int, *, root: str, experiment: str, seed: int) -> int:
                 t0 = clock()
                 tracker.log(record)
                 samples.append(clock() - t0)
+                if advance is not None and step % 8192 == 0 and step:
+                    advance(8192)
             else:
                 tracker.log(record)
         elapsed = time.perf_counter() - started
@@ -88,8 +270,7 @@ def run_demo(steps: int, *, root: str, experiment: str, seed: int) -> int:
     stats = tracker.last_stats
     path = backend.path
     if stats is None or path is None:  # pragma: no cover - run() always finishes the run
-        print("steplog demo: the run did not finish", file=sys.stderr)
-        return 1
+        raise CommandError("the run did not finish")
     run = read_run(path)
     samples.sort()
     overhead = _timer_overhead_ns()
@@ -104,10 +285,11 @@ def run_demo(steps: int, *, root: str, experiment: str, seed: int) -> int:
     )
     print(f"  run written to {path} ({len(run.records):,} step records, status {run.status!r})")
     print(f"  best loss {run.summary.get('best_loss'):.4f}, trigger {run.summary.get('trigger')!r}")
-    print(
-        f"  read it back: python -c \"import steplog; print(steplog.read_run('{path}').summary)\""
-    )
-    return 0
+    print(f"  look at it:  steplog show {path}")
+    print(f"  plot it:     steplog plot {path} -k loss -k best_loss -o loss.png")
+    if plot:
+        return _plot_files([path], ["loss", "best_loss"], Path(plot), title=None)
+    return EXIT_OK
 
 
 def _timer_overhead_ns() -> int:
@@ -118,6 +300,492 @@ def _timer_overhead_ns() -> int:
         gaps.append(clock() - t0)
     gaps.sort()
     return gaps[len(gaps) // 2]
+
+
+# ── ls ────────────────────────────────────────────────────────────────────────────────
+
+
+def cmd_ls(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    root = Path(args.root)
+    if not root.exists():
+        raise CommandError(f"no run directory {str(root)!r}")
+    headers: list[RunHeader] = []
+    unreadable = 0
+    for path in find_runs(root):
+        try:
+            header = read_header(path)
+        except (OSError, ValueError):
+            unreadable += 1
+            continue
+        if args.experiment and header.experiment != args.experiment:
+            continue
+        if args.status and header.status != args.status:
+            continue
+        headers.append(header)
+    metric = args.metric
+
+    def metric_value(h: RunHeader) -> float:
+        value: Any = h.last.get(metric)
+        return float(value) if is_number(value) else math.inf
+
+    keys: dict[str, Callable[[RunHeader], Any]] = {
+        "start": lambda h: h.start_time,
+        "experiment": lambda h: (h.experiment, h.start_time),
+        "run": lambda h: h.run_id,
+        "status": lambda h: (h.status, h.start_time),
+        "steps": lambda h: h.steps,
+        "duration": lambda h: h.duration,
+        "metric": metric_value,
+    }
+    headers.sort(key=keys[args.sort], reverse=args.reverse)
+    if args.limit is not None:
+        headers = headers[: max(args.limit, 0)]
+    if unreadable:
+        print(
+            f"steplog ls: skipped {unreadable} file(s) that are not steplog runs", file=sys.stderr
+        )
+    if args.json:
+        for h in headers:
+            row = {
+                "experiment": h.experiment,
+                "run_id": h.run_id,
+                "status": h.status,
+                "steps": h.steps,
+                "duration": round(h.duration, 3),
+                "start_time": h.start_time,
+                "path": str(h.path),
+                metric: h.last.get(metric),
+            }
+            sys.stdout.write(orjson.dumps(row, default=str).decode() + "\n")
+        return EXIT_OK
+    if not headers:
+        print(f"no runs under {str(root)!r}", file=sys.stderr)
+        return EXIT_OK
+    rows = [
+        [
+            h.experiment,
+            h.run_id,
+            h.status,
+            f"{h.steps:,}",
+            _duration(h.duration),
+            _clock(h.start_time),
+            _cell(h.last.get(metric)),
+        ]
+        for h in headers
+    ]
+    _print_table(
+        ["EXPERIMENT", "RUN", "STATUS", "STEPS", "DURATION", "STARTED", metric.upper()],
+        rows,
+        right={3, 4, 6},
+    )
+    return EXIT_OK
+
+
+# ── show ──────────────────────────────────────────────────────────────────────────────
+
+
+def cmd_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    path = resolve_run(args.run, Path(args.root))
+    header = _header(path)
+    with _progress.bar(path.stat().st_size, f"reading {path.name}") as update:
+        stats, records = metric_stats(path, update)
+    if args.json:
+        out = {
+            "path": str(path),
+            "run_id": header.run_id,
+            "experiment": header.experiment,
+            "status": header.status,
+            "start_time": header.start_time,
+            "duration": header.duration,
+            "steps": header.steps,
+            "records": records,
+            "torn": header.torn,
+            "config": header.config,
+            "stats": header.stats,
+            "summary": header.summary,
+            "metrics": {k: _stats_dict(s) for k, s in stats.items()},
+        }
+        sys.stdout.write(orjson.dumps(out, default=str, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return EXIT_OK
+    print(f"run       {header.run_id}  (experiment {header.experiment})")
+    print(f"file      {path}")
+    print(
+        f"status    {header.status}  ·  started {_clock(header.start_time)}  ·  "
+        f"duration {_duration(header.duration)}  ·  {records:,} step records  ·  "
+        f"last step {header.steps - 1 if header.steps else '–'}"
+    )
+    if header.host or header.pid:
+        print(f"process   {header.host} pid {header.pid}")
+    if header.torn:
+        print("warning   the last line is incomplete (writer killed, or still writing)")
+    if header.stats:
+        s = header.stats
+        print(
+            f"stats     logged {s.get('logged', 0):,} · written {s.get('written', 0):,} · "
+            f"dropped {s.get('dropped', 0):,} · batches {s.get('batches', 0):,} · "
+            f"backend errors {s.get('backend_errors', 0):,}"
+        )
+        for name, b in (s.get("backends") or {}).items():
+            extra = " (disabled by the circuit breaker)" if b.get("disabled") else ""
+            error = f"; last error: {b['last_error']}" if b.get("last_error") else ""
+            print(
+                f"          {name}: delivered {b.get('delivered', 0):,}, failed "
+                f"{b.get('failed', 0):,}, dropped {b.get('dropped', 0):,}{extra}{error}"
+            )
+    else:
+        print("stats     – (no run-end record)")
+    _print_mapping("config", header.config)
+    _print_mapping("summary", header.summary)
+    numeric = {k: s for k, s in stats.items() if s.numeric}
+    other = {k: s for k, s in stats.items() if not s.numeric}
+    if numeric:
+        print()
+        rows = []
+        for key, m in numeric.items():
+            rows.append(
+                [
+                    key,
+                    f"{m.count:,}",
+                    _cell(m.first),
+                    _cell(m.last),
+                    _at(m.min, m.min_step),
+                    _at(m.max, m.max_step),
+                    _cell(m.mean),
+                    f"{m.nan:,}" if m.nan else "",
+                    f"{m.inf:,}" if m.inf else "",
+                ]
+            )
+        _print_table(
+            ["METRIC", "COUNT", "FIRST", "LAST", "MIN (STEP)", "MAX (STEP)", "MEAN", "NAN", "INF"],
+            rows,
+            right={1, 2, 3, 4, 5, 6, 7, 8},
+        )
+    if other:
+        print()
+        rows = [[k, f"{m.count:,}", _cell(m.first), _cell(m.last)] for k, m in other.items()]
+        _print_table(["KEY", "COUNT", "FIRST", "LAST"], rows, right={1})
+    if not stats:
+        print("\nno step records")
+    return EXIT_OK
+
+
+def _stats_dict(s: MetricStats) -> dict[str, Any]:
+    out: dict[str, Any] = {"count": s.count, "first": s.first, "last": s.last}
+    if s.numeric:
+        out.update(
+            min=s.min if s.finite else None,
+            min_step=s.min_step,
+            max=s.max if s.finite else None,
+            max_step=s.max_step,
+            mean=s.mean,
+            nan=s.nan,
+            inf=s.inf,
+        )
+    return out
+
+
+def _at(value: float, step: int | None) -> str:
+    return "–" if step is None else f"{_cell(value)} ({step})"
+
+
+def _print_mapping(title: str, mapping: dict[str, Any]) -> None:
+    flat = flatten(mapping) if mapping else {}
+    if not flat:
+        print(f"{title:<9} –")
+        return
+    width = max(len(k) for k in flat)
+    for index, (key, value) in enumerate(flat.items()):
+        label = title if index == 0 else ""
+        print(f"{label:<9} {key:<{width}} = {_cell(value, 60)}")
+
+
+# ── tail ──────────────────────────────────────────────────────────────────────────────
+
+
+def cmd_tail(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.lines < 0:
+        parser.error("-n must be 0 or more")
+    path = resolve_run(args.run, Path(args.root))
+    _header(path)  # a clear error for files that are not runs
+    records, offset = last_steps(path, args.lines)
+    printer = _TailPrinter(args.keys, args.json)
+    for record in records:
+        printer.step(record)
+    ended = _end_status(path, offset)
+    if not args.follow:
+        return EXIT_OK
+    if ended is not None:
+        printer.end(ended)
+        return EXIT_OK
+    with open(path, "rb") as f:
+        f.seek(offset)
+        pending = b""
+        while True:
+            chunk = f.read()
+            if not chunk:
+                time.sleep(args.interval)
+                continue
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()  # a line the writer has not finished yet
+            for line in lines:
+                new = parse_line(line)
+                if new is None:
+                    continue
+                if new.get("type") == "run_end":
+                    printer.end(str(new.get("status")))
+                    return EXIT_OK
+                if "type" not in new and "data" in new:
+                    printer.step(new)
+
+
+def _end_status(path: Path, offset: int) -> str | None:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        rest = f.read()
+        f.seek(max(0, offset - 65_536))
+        before = f.read(min(offset, 65_536))
+    for line in reversed((before + rest).split(b"\n")):
+        if line.startswith(b'{"type":"run_end"'):
+            record = parse_line(line)
+            if record is not None:
+                return str(record.get("status"))
+    return None
+
+
+class _TailPrinter:
+    def __init__(self, keys: list[str] | None, raw: bool) -> None:
+        self.keys = keys
+        self.raw = raw
+        self.header_done = False
+
+    def step(self, record: dict[str, Any]) -> None:
+        if self.raw:
+            data = record["data"]
+            if self.keys:
+                data = {k: data[k] for k in self.keys if k in data}
+            line = orjson.dumps({**record, "data": data}, default=str).decode()
+        elif self.keys:
+            if not self.header_done:
+                print("  ".join([f"{'STEP':>8}", *(f"{k:>14}" for k in self.keys)]))
+                self.header_done = True
+            data = record["data"]
+            cells = [f"{_cell(data.get(k), 14) if k in data else '':>14}" for k in self.keys]
+            line = "  ".join([f"{record['step']:>8}", *cells])
+        else:
+            pairs = " ".join(f"{k}={_cell(v, 40)}" for k, v in record["data"].items())
+            line = f"{record['step']:>8}  {_clock(record['time'], ms=True)}  {pairs}"
+        print(line, flush=True)
+
+    def end(self, status: str) -> None:
+        print(f"-- run ended: {status}", flush=True)
+
+
+# ── plot ──────────────────────────────────────────────────────────────────────────────
+
+
+def cmd_plot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        width, height = (float(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        parser.error(f"--size must look like 8x4.5, not {args.size!r}")
+    if args.labels and len(args.labels) != len(args.runs):
+        parser.error("give one --label per run")
+    if args.max_points < 10:
+        parser.error("--max-points must be at least 10")
+    paths = [resolve_run(spec, Path(args.root)) for spec in args.runs]
+    return _plot_files(
+        paths,
+        args.keys or ["loss"],
+        Path(args.output),
+        title=args.title,
+        labels=args.labels,
+        x_axis=args.x,
+        window=args.smooth,
+        log_y=args.log_y,
+        size=(width, height),
+        dpi=args.dpi,
+        max_points=args.max_points,
+    )
+
+
+def _plot_files(
+    paths: list[Path],
+    keys: list[str],
+    out: Path,
+    *,
+    title: str | None,
+    labels: list[str] | None = None,
+    **options: Any,
+) -> int:
+    from . import _plot
+
+    require("matplotlib", "plot", "steplog plot")  # fail before reading anything
+    runs = []
+    for index, path in enumerate(paths):
+        header = _header(path)
+        label = labels[index] if labels else f"{header.experiment}/{header.run_id}"
+        with _progress.bar(path.stat().st_size, f"reading {path.name}") as update:
+            series = _plot.load_series(path, keys, options.get("x_axis", "step"), update)
+        runs.append((label, series))
+    if not any(len(s.y) for _, series in runs for s in series.values()):
+        available = sorted({k for p in paths for k, v in _header(p).last.items() if is_number(v)})
+        raise CommandError(
+            f"no numeric values for {', '.join(keys)} in the run(s); keys with numbers "
+            f"in the last steps: {', '.join(available) or 'none'}"
+        )
+    notes = _plot.plot(runs, keys, out, title=title, **options)
+    for note in notes:
+        print(f"steplog plot: {note}", file=sys.stderr)
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+# ── compare ───────────────────────────────────────────────────────────────────────────
+
+
+def cmd_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    paths = [resolve_run(spec, Path(args.root)) for spec in args.runs]
+    headers = [_header(p) for p in paths]
+    all_stats = []
+    for path in paths:
+        with _progress.bar(path.stat().st_size, f"reading {path.name}") as update:
+            all_stats.append(metric_stats(path, update)[0])
+    names = [h.run_id for h in headers]
+    if len(set(names)) < len(names):
+        names = [str(p) for p in paths]
+    rows: list[list[str]] = [
+        ["experiment", *(h.experiment for h in headers)],
+        ["status", *(h.status for h in headers)],
+        ["steps", *(f"{h.steps:,}" for h in headers)],
+        ["duration", *(_duration(h.duration) for h in headers)],
+    ]
+    configs = [flatten(h.config) for h in headers]
+    config_keys = list(dict.fromkeys(k for c in configs for k in c))
+    missing = object()
+    for key in config_keys:
+        values = [c.get(key, missing) for c in configs]
+        same = all(_equal(v, values[0]) for v in values[1:])
+        if same and not args.all_config:
+            continue
+        rows.append([f"config.{key}", *("–" if v is missing else _cell(v, 30) for v in values)])
+    metrics = args.keys or list(
+        dict.fromkeys(k for s in all_stats for k, m in s.items() if m.numeric)
+    )
+    for key in metrics:
+        higher = key in args.max
+        lasts = [s[key].last if key in s else None for s in all_stats]
+        bests: list[float | None] = []
+        for s in all_stats:
+            m = s.get(key)
+            if m is None or not m.finite:
+                bests.append(None)
+            else:
+                bests.append(m.max if higher else m.min)
+        finite = [b for b in bests if b is not None]
+        winner = (max(finite) if higher else min(finite)) if finite else None
+        rows.append([f"{key} (last)", *(_cell(v) if v is not None else "–" for v in lasts)])
+        cells = []
+        for b in bests:
+            mark = " *" if b is not None and b == winner and len(paths) > 1 else ""
+            cells.append("–" if b is None else _cell(b) + mark)
+        rows.append([f"{key} ({'max' if higher else 'min'})", *cells])
+    _print_table(["", *names], rows, right=set(range(1, len(names) + 1)))
+    if metrics and len(paths) > 1:
+        print("* best of the runs compared")
+    return EXIT_OK
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+        return True
+    return bool(a == b)
+
+
+# ── export ────────────────────────────────────────────────────────────────────────────
+
+
+def cmd_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from ._export import export
+
+    path = resolve_run(args.run, Path(args.root))
+    header = _header(path)
+    out: Path | None
+    if args.output == "-":
+        if args.format != "csv":
+            parser.error("only CSV can go to stdout")
+        out = None
+    else:
+        out = Path(args.output or f"{header.run_id}.{args.format}")
+    rows, columns = export(path, out, args.format, progress_factory=_bar_factory)
+    if out is not None:
+        print(f"wrote {out} ({rows:,} rows, {columns} columns)")
+    return EXIT_OK
+
+
+def _bar_factory(total: int, desc: str) -> Any:
+    return _progress.bar(total, desc)
+
+
+# ── formatting ────────────────────────────────────────────────────────────────────────
+
+
+def _header(path: Path) -> RunHeader:
+    try:
+        return read_header(path)
+    except ValueError as exc:
+        raise RunFileError(str(exc)) from None
+
+
+def _cell(value: Any, width: int = 24) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != value:
+            return "nan"
+        if value in (math.inf, -math.inf):
+            return "inf" if value > 0 else "-inf"
+        return f"{value:.6g}"
+    text = value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _clock(timestamp: float, ms: bool = False) -> str:
+    local = time.localtime(timestamp)
+    if ms:
+        return time.strftime("%H:%M:%S", local) + f".{int(timestamp % 1 * 1000):03d}"
+    return time.strftime("%Y-%m-%d %H:%M:%S", local)
+
+
+def _print_table(headers: list[str], rows: list[list[str]], right: set[int]) -> None:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+
+    def line(cells: list[str]) -> str:
+        parts = [
+            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(cells)
+        ]
+        return "  ".join(parts).rstrip()
+
+    print(line(headers))
+    for row in rows:
+        print(line(row))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,6 +27,7 @@ __all__ = [
     "BackendOpenError",
     "FlushTimeoutError",
     "InactiveRunError",
+    "MissingExtraError",
     "PermanentBackendError",
     "TrackerError",
     "TrackerWarning",
@@ -73,6 +74,13 @@ class PermanentBackendError(TrackerError):
 
 class WorkerError(TrackerError):
     """Raised when the background worker has died and can no longer accept work."""
+
+
+class MissingExtraError(ImportError):
+    """Raised when a feature needs an optional dependency that is not installed.
+
+    The message names the extra to install, e.g. ``pip install 'steplog[plot]'``.
+    """
 
 
 class TrackerWarning(UserWarning):

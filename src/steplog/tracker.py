@@ -25,6 +25,7 @@ from ._arrays import snapshot as _snapshot
 from ._buffer import OVERFLOW_POLICIES, STEP_KEY, TIME_KEY, EventBuffer, OverflowPolicy
 from ._names import check_name, new_run_id
 from ._process import active_runs, install_exit_hook, install_sigterm_handler
+from ._progress import wait_with_progress
 from ._redact import DEFAULT_SECRET_KEYS, compile_pattern
 from ._redact import redact as _redact
 from ._worker import RetryPolicy, Worker
@@ -327,7 +328,9 @@ class _TrackerBase:
         _, future = pending
         try:
             # The worker bounds its own shutdown; the margin covers closing the backends.
-            self._last_stats = future.result(timeout=2 * self.shutdown_timeout + 1)
+            self._last_stats = wait_with_progress(
+                future, run.worker.pending, timeout=2 * self.shutdown_timeout + 1
+            )
         except Exception as exc:
             print(f"steplog: run {run.info.run_id!r} could not be closed: {exc!r}", file=sys.stderr)
             return
@@ -443,7 +446,8 @@ class Tracker(_TrackerBase):
             self._warn_inactive_finish()
             return None
         run, future = pending
-        stats: RunStats = future.result()
+        # A large backlog on a slow backend can take a while: say so on a terminal.
+        stats: RunStats = wait_with_progress(future, run.worker.pending)
         run.worker.join()
         return self._finished(stats)
 

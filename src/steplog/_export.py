@@ -1,0 +1,185 @@
+"""``steplog export``: one row per step, one column per key, as CSV or Parquet.
+
+Two streaming passes over the run file: the first finds the columns and their types,
+the second writes rows, so memory stays flat however long the run.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from ._extras import require
+from ._runfiles import flatten, iter_steps
+
+__all__ = ["FORMATS", "export"]
+
+FORMATS = ("csv", "parquet")
+ROW_GROUP = 100_000
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int" if _INT64[0] <= value <= _INT64[1] else "str"
+    if isinstance(value, float):
+        return "float"
+    return "str"
+
+
+def _merge(old: str | None, new: str) -> str:
+    if old is None or old == new:
+        return new
+    if {old, new} == {"int", "float"}:
+        return "float"
+    return "str"
+
+
+def scan_columns(
+    path: Path, progress: Callable[[int], None] | None = None
+) -> tuple[dict[str, str], int]:
+    """Columns in first-seen order with their type, and the number of step records."""
+    kinds: dict[str, str] = {}
+    rows = 0
+    for record in iter_steps(path, progress):
+        rows += 1
+        for key, value in _flat(record["data"]).items():
+            if value is not None:
+                kinds[key] = _merge(kinds.get(key), _kind(value))
+            else:
+                kinds.setdefault(key, "str")
+    return kinds, rows
+
+
+def _flat(data: dict[str, Any]) -> dict[str, Any]:
+    for value in data.values():
+        if type(value) is dict:
+            return flatten(data)
+    return data
+
+
+def _text(value: Any) -> str:
+    """A cell of a text column: strings as they are, anything else as JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def export(
+    path: Path,
+    out: Path | None,
+    fmt: str,
+    progress_factory: Callable[[int, str], Any] | None = None,
+) -> tuple[int, int]:
+    """Write ``path`` as ``fmt`` to ``out`` (``None``: stdout, CSV only); (rows, columns)."""
+    size = path.stat().st_size
+    if fmt == "parquet":
+        require("pyarrow.parquet", "parquet", "steplog export --format parquet")
+    with _maybe_bar(progress_factory, 2 * size, f"export {path.name}") as update:
+        kinds, rows = scan_columns(path, update)
+        columns = list(kinds)
+        if fmt == "csv":
+            _write_csv(path, out, columns, kinds, update)
+        else:
+            assert out is not None
+            _write_parquet(path, out, columns, kinds, update)
+    return rows, len(columns) + 2
+
+
+class _maybe_bar:
+    def __init__(self, factory: Callable[[int, str], Any] | None, total: int, desc: str) -> None:
+        self._cm = factory(total, desc) if factory is not None else None
+
+    def __enter__(self) -> Callable[[int], None] | None:
+        return self._cm.__enter__() if self._cm is not None else None
+
+    def __exit__(self, *exc: object) -> None:
+        if self._cm is not None:
+            self._cm.__exit__(*exc)
+
+
+def _write_csv(
+    path: Path,
+    out: Path | None,
+    columns: list[str],
+    kinds: dict[str, str],
+    progress: Callable[[int], None] | None,
+) -> None:
+    text_columns = [c for c in columns if kinds[c] == "str"]
+    handle: IO[str] = sys.stdout if out is None else open(out, "w", newline="")  # noqa: SIM115
+    try:
+        writer = csv.writer(handle)
+        writer.writerow(["step", "time", *columns])
+        for record in iter_steps(path, progress):
+            data = _flat(record["data"])
+            for column in text_columns:
+                value = data.get(column)
+                if value is not None and not isinstance(value, str):
+                    data[column] = _text(value)
+            writer.writerow(
+                [record["step"], record["time"], *(_cell(data.get(c)) for c in columns)]
+            )
+    finally:
+        if out is not None:
+            handle.close()
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if value != value else ("inf" if value > 0 else "-inf")
+    return value
+
+
+def _write_parquet(
+    path: Path,
+    out: Path,
+    columns: list[str],
+    kinds: dict[str, str],
+    progress: Callable[[int], None] | None,
+) -> None:
+    pa: Any = require("pyarrow", "parquet", "steplog export --format parquet")
+    pq: Any = require("pyarrow.parquet", "parquet", "steplog export --format parquet")
+
+    types = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64(), "str": pa.string()}
+    schema = pa.schema(
+        [("step", pa.int64()), ("time", pa.float64())] + [(c, types[kinds[c]]) for c in columns]
+    )
+    names = ["step", "time", *columns]
+    convert: list[Callable[[Any], Any]] = [int, float]
+    for column in columns:
+        kind = kinds[column]
+        if kind == "str":
+            convert.append(lambda v: None if v is None else _text(v))
+        elif kind == "float":
+            convert.append(lambda v: None if v is None else float(v))
+        else:
+            convert.append(lambda v: v)
+
+    def flush(buffers: list[list[Any]], writer: Any) -> None:
+        arrays = [pa.array(b, type=schema.field(i).type) for i, b in enumerate(buffers)]
+        writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+
+    with pq.ParquetWriter(out, schema) as writer:
+        buffers: list[list[Any]] = [[] for _ in names]
+        for record in iter_steps(path, progress):
+            data = _flat(record["data"])
+            values = [record["step"], record["time"], *(data.get(c) for c in columns)]
+            for buffer, fn, value in zip(buffers, convert, values, strict=True):
+                buffer.append(fn(value))
+            if len(buffers[0]) >= ROW_GROUP:
+                flush(buffers, writer)
+                buffers = [[] for _ in names]
+        if buffers[0] or not columns:
+            flush(buffers, writer)

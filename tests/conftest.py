@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -13,6 +15,15 @@ import pytest
 
 import steplog
 from steplog import Event, RunEnd, RunInfo
+
+# Third-party trackers keep their files in a scratch directory and never go online.
+_SCRATCH = tempfile.mkdtemp(prefix="steplog-tests-")
+os.environ.setdefault("TRACKIO_DIR", os.path.join(_SCRATCH, "trackio"))
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("WANDB_CONFIG_DIR", os.path.join(_SCRATCH, "wandb-config"))
+os.environ.setdefault("WANDB_CACHE_DIR", os.path.join(_SCRATCH, "wandb-cache"))
+os.environ.setdefault("WANDB_DIR", os.path.join(_SCRATCH, "wandb"))
 
 
 class SlowBackend(steplog.MemoryBackend):
@@ -113,3 +124,85 @@ def stall_mid_drain(gate: GateBackend) -> tuple[steplog.Tracker, steplog.MemoryB
 def runs_root(tmp_path):
     """A fresh run directory."""
     return tmp_path / "runs"
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` on 127.0.0.1 with a sqlite store; yields its URL.
+
+    Started once per test session (about 5 s). CI installs mlflow through the dev extra;
+    elsewhere the tests that need it skip with the reason.
+    """
+    import os
+    import shutil
+    import socket
+    import urllib.request
+
+    exe = shutil.which("mlflow")
+    if exe is None:
+        pytest.skip("the mlflow server is not installed (pip install -e '.[dev]')")
+    root = tmp_path_factory.mktemp("mlflow")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "GIT_PYTHON_REFRESH": "quiet",
+    }
+    log = open(root / "server.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            exe, "server",
+            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+            "--default-artifact-root", str(root / "artifacts"),
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}"
+                )
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=1) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("mlflow server did not answer within 90 s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def mlflow_api(url: str, path: str, body: dict | None = None, method: str = "GET"):
+    """Call the MLflow REST API the way any client would (urllib, no mlflow package)."""
+    import json
+    import urllib.parse
+    import urllib.request
+
+    full = f"{url}/api/2.0/mlflow/{path}"
+    data = None
+    if method == "GET" and body:
+        full += "?" + urllib.parse.urlencode(body)
+    elif body is not None:
+        data = json.dumps(body).encode()
+    request = urllib.request.Request(
+        full, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.loads(answer.read() or b"{}")

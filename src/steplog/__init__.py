@@ -10,8 +10,14 @@ from ._worker import RetryPolicy as RetryPolicy
 from .backends import Backend as Backend
 from .backends import ConsoleBackend as ConsoleBackend
 from .backends import JsonlBackend as JsonlBackend
+from .backends import LivePlotBackend as LivePlotBackend
 from .backends import MemoryBackend as MemoryBackend
+from .backends import MlflowBackend as MlflowBackend
 from .backends import NullBackend as NullBackend
+from .backends import Sampled as Sampled
+from .backends import TensorBoardBackend as TensorBoardBackend
+from .backends import TrackioBackend as TrackioBackend
+from .backends import WandbBackend as WandbBackend
 from .errors import BackendFailedError as BackendFailedError
 from .errors import BackendOpenError as BackendOpenError
 from .errors import FlushTimeoutError as FlushTimeoutError
@@ -30,6 +36,8 @@ from .events import RunStatus as RunStatus
 from .reader import Run as Run
 from .reader import RunFileError as RunFileError
 from .reader import read_run as read_run
+from .replay import replay as replay
+from .replay import replay_async as replay_async
 from .tracker import AsyncTracker as AsyncTracker
 from .tracker import Tracker as Tracker
 
@@ -45,9 +53,11 @@ __all__ = [
     "Event",
     "FlushTimeoutError",
     "InactiveRunError",
-    "MissingExtraError",
     "JsonlBackend",
+    "LivePlotBackend",
     "MemoryBackend",
+    "MissingExtraError",
+    "MlflowBackend",
     "NullBackend",
     "OverflowPolicy",
     "PermanentBackendError",
@@ -58,10 +68,16 @@ __all__ = [
     "RunInfo",
     "RunStats",
     "RunStatus",
+    "Sampled",
+    "TensorBoardBackend",
     "Tracker",
     "TrackerError",
     "TrackerWarning",
+    "TrackioBackend",
+    "WandbBackend",
     "WorkerError",
     "__version__",
     "read_run",
+    "replay",
+    "replay_async",
 ]

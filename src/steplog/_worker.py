@@ -115,7 +115,7 @@ class BackendRunner:
                 if isinstance(item, _Marker):
                     item.reached.set()
                     continue
-                if await self._write_with_retries(item):
+                if await self.write_with_retries(item):
                     self.delivered += len(item)
                 else:
                     self.failed += len(item)
@@ -129,7 +129,7 @@ class BackendRunner:
         self._queue.append(item)
         self._wakeup.set()
 
-    async def _write_with_retries(self, batch: EventBatch) -> bool:
+    async def write_with_retries(self, batch: EventBatch) -> bool:
         """Write one batch, retrying transient errors; returns whether it was written.
 
         Retries keep order and never duplicate: the next batch waits until this one is

@@ -1,6 +1,7 @@
 """The ``steplog`` command line (also ``python -m steplog``).
 
-Commands: ``demo``, ``ls``, ``show``, ``tail``, ``plot``, ``compare``, ``export``.
+Commands: ``demo``, ``ls``, ``show``, ``tail``, ``plot``, ``compare``, ``export``,
+``replay``.
 Exit codes: 0 success; 1 the command could not do its work (no such run, unreadable
 file, missing optional dependency, nothing to plot); 2 usage error; 130 interrupted.
 """
@@ -211,6 +212,27 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", help="output file (default: RUN_ID.csv / .parquet; '-': stdout)"
     )
 
+    replay = command(
+        "replay",
+        "send recorded runs into MLflow, W&B, TensorBoard, trackio or another JSONL root",
+        "Replays finished or crashed runs from their JSONL files into the backends given "
+        "(at least one): the offline-first path for clusters without network. Each run "
+        "keeps its id, config, steps, times, status and summary. Re-running a replay "
+        "does not duplicate points in MLflow (the run is found again by its steplog id) "
+        "or TensorBoard (the event file is rewritten); see docs/backends.md.",
+        cmd_replay,
+    )
+    replay.add_argument("runs", nargs="+", metavar="RUN", help=run_help)
+    root_option(replay)
+    replay.add_argument("--mlflow", metavar="URI", help="MLflow tracking server URL")
+    replay.add_argument("--mlflow-experiment", metavar="NAME", help="MLflow experiment")
+    replay.add_argument("--wandb", metavar="PROJECT", help="W&B project")
+    replay.add_argument(
+        "--wandb-mode", choices=("online", "offline"), help="W&B mode (default: W&B's)"
+    )
+    replay.add_argument("--tensorboard", metavar="LOGDIR", help="TensorBoard log directory")
+    replay.add_argument("--trackio", metavar="PROJECT", help="trackio project")
+    replay.add_argument("--jsonl", metavar="ROOT", help="another JSONL run directory")
     return parser
 
 
@@ -724,6 +746,52 @@ def cmd_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
 def _bar_factory(total: int, desc: str) -> Any:
     return _progress.bar(total, desc)
+
+
+# ── replay ────────────────────────────────────────────────────────────────────────────
+
+
+def cmd_replay(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .backends.base import Backend
+    from .replay import replay
+
+    if not (args.mlflow or args.wandb or args.tensorboard or args.trackio or args.jsonl):
+        parser.error("give at least one of --mlflow, --wandb, --tensorboard, --trackio, --jsonl")
+    paths = [resolve_run(spec, Path(args.root)) for spec in args.runs]
+    failed = 0
+    for path in paths:
+        header = _header(path)
+        backends: list[Backend] = []
+        if args.mlflow:
+            from .backends.mlflow import MlflowBackend
+
+            backends.append(MlflowBackend(args.mlflow, experiment_name=args.mlflow_experiment))
+        if args.wandb:
+            from .backends.wandb import WandbBackend
+
+            backends.append(WandbBackend(args.wandb, mode=args.wandb_mode))
+        if args.tensorboard:
+            from .backends.tensorboard import TensorBoardBackend
+
+            backends.append(TensorBoardBackend(args.tensorboard))
+        if args.trackio:
+            from .backends.trackio import TrackioBackend
+
+            backends.append(TrackioBackend(args.trackio))
+        if args.jsonl:
+            if Path(args.jsonl).resolve() == path.parent.parent.resolve():
+                raise CommandError(f"--jsonl {args.jsonl} is where {path} already is")
+            backends.append(JsonlBackend(args.jsonl))
+        results = replay(path, *backends)
+        parts = []
+        for name, stats in results.items():
+            part = f"{name} {stats.delivered:,} delivered"
+            if stats.failed or stats.errors:
+                failed += 1
+                part += f", {stats.failed:,} failed ({stats.last_error})"
+            parts.append(part)
+        print(f"{header.experiment}/{header.run_id} ({header.status}): {'; '.join(parts)}")
+    return EXIT_FAIL if failed else EXIT_OK
 
 
 # ── formatting ────────────────────────────────────────────────────────────────────────

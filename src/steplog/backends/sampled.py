@@ -1,0 +1,168 @@
+"""Per-backend sampling: a slow or rate-limited backend gets a thinned stream.
+
+The run file keeps every step; a dashboard that cannot take 100 000 points a second gets
+every N-th step, at most one point per T seconds, or one reduced point (mean, min, max
+or last) per window::
+
+    tracker = steplog.Tracker(
+        steplog.JsonlBackend("runs"),                                   # every step
+        steplog.Sampled(WandbBackend(project="p"), interval=0.1, reduce="mean"),
+    )
+
+Sampling happens in the worker, per batch; the hot loop never sees it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from ..events import Event, RunEnd, RunInfo
+from .base import Backend, backend_name
+
+__all__ = ["REDUCTIONS", "Sampled"]
+
+Reduction = Literal["mean", "min", "max", "last"]
+REDUCTIONS = ("mean", "min", "max", "last")
+
+
+class Sampled(Backend):
+    """Send ``backend`` a thinned or reduced stream of the run's events.
+
+    Args:
+        backend: The backend to feed.
+        every: Windows of ``every`` consecutive events.
+        interval: Windows of ``interval`` seconds (by the events' logging time).
+        reduce: ``None`` (default) thins: the first event of each window goes through
+            unchanged, as ``if step % every == 0`` would. ``"mean"``, ``"min"``,
+            ``"max"`` or ``"last"`` send one point per window, stamped with the window's
+            last step and time: numeric values (not bools) reduced over the events that
+            have the key (NaN propagates through mean/min/max), other values the last
+            one seen. A window still open when the run ends is sent at close, so the
+            final values always arrive.
+
+    Exactly one of ``every`` and ``interval`` must be given.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        every: int | None = None,
+        interval: float | None = None,
+        reduce: Reduction | None = None,
+    ) -> None:
+        if not isinstance(backend, Backend):
+            raise TypeError(f"Sampled wraps a steplog Backend, not {type(backend).__name__}")
+        if (every is None) == (interval is None):
+            raise ValueError("give exactly one of every= (events) or interval= (seconds)")
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int)):
+            raise TypeError(f"every must be an int, not {type(every).__name__}")
+        if every is not None and every < 1:
+            raise ValueError(f"every must be at least 1, got {every}")
+        if interval is not None and not (isinstance(interval, (int, float)) and interval > 0):
+            raise ValueError(f"interval must be a positive number of seconds, got {interval!r}")
+        if reduce is not None and reduce not in REDUCTIONS:
+            raise ValueError(
+                f"reduce must be one of {', '.join(REDUCTIONS)} or None, got {reduce!r}"
+            )
+        self.backend = backend
+        self.every = every
+        self.interval = float(interval) if interval is not None else None
+        self.reduce = reduce
+        self.name = backend_name(backend)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._count = 0  # events seen in the current window
+        self._window_start = 0.0
+        self._window: list[Event] = []
+        self.received = 0
+        self.sent = 0
+
+    def __repr__(self) -> str:
+        rule = f"every={self.every}" if self.every is not None else f"interval={self.interval}"
+        return f"Sampled({self.backend!r}, {rule}, reduce={self.reduce!r})"
+
+    async def open(self, run: RunInfo) -> None:
+        self._reset()
+        await self.backend.open(run)
+
+    async def write(self, events: Sequence[Event]) -> None:
+        out = self.sample(events)
+        if out:
+            await self.backend.write(out)
+
+    async def close(self, end: RunEnd) -> None:
+        if self.reduce is not None and self._window:
+            last = [self._reduced()]
+            self.sent += 1
+            await self.backend.write(last)
+        await self.backend.close(end)
+
+    def sample(self, events: Sequence[Event]) -> list[Event]:
+        """The events (or reduced points) of this batch that go through."""
+        out: list[Event] = []
+        thin = self.reduce is None
+        for event in events:
+            self.received += 1
+            if self._starts_window(event):
+                if not thin and self._window:
+                    out.append(self._reduced())
+                self._count = 0
+                self._window_start = event.time
+                self._window = []
+                if thin:
+                    out.append(event)
+            self._count += 1
+            if not thin:
+                self._window.append(event)
+                if self.every is not None and self._count == self.every:
+                    out.append(self._reduced())
+                    self._window = []
+                    self._count = 0
+                    self._window_start = math.inf  # the next event opens a window
+        self.sent += len(out)
+        return out
+
+    def _starts_window(self, event: Event) -> bool:
+        if self.every is not None:
+            return self._count == 0 or self._count >= self.every
+        assert self.interval is not None
+        return self._count == 0 or event.time >= self._window_start + self.interval
+
+    def _reduced(self) -> Event:
+        window = self._window
+        last = window[-1]
+        if self.reduce == "last" or len(window) == 1:
+            return last
+        numbers: dict[str, list[float]] = {}
+        data: dict[str, Any] = {}
+        for event in window:
+            for key, value in event.data.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    numbers.setdefault(key, []).append(value)
+                    data.pop(key, None)
+                else:
+                    data[key] = value
+                    numbers.pop(key, None)
+        for key, values in numbers.items():
+            data[key] = _REDUCE[self.reduce](values)  # type: ignore[index]
+        self._window = []
+        return Event(last.step, last.time, data)
+
+
+def _mean(values: list[float]) -> float:
+    return math.fsum(values) / len(values)
+
+
+def _min(values: list[float]) -> float:
+    return math.nan if any(v != v for v in values) else min(values)
+
+
+def _max(values: list[float]) -> float:
+    return math.nan if any(v != v for v in values) else max(values)
+
+
+_REDUCE = {"mean": _mean, "min": _min, "max": _max}

@@ -1,0 +1,250 @@
+"""Weights & Biases backend (``steplog[wandb]``).
+
+The wandb SDK is synchronous and costs 100–300 µs per ``run.log`` call, so the backend
+runs it in a worker thread, a batch at a time; the hot loop and the other backends never
+wait for it. For loops faster than a few thousand steps a second, feed it a thinned
+stream with :class:`steplog.Sampled` (the JSONL file keeps every step)::
+
+    steplog.Tracker(
+        steplog.JsonlBackend("runs"),
+        steplog.Sampled(WandbBackend(project="gcg", mode="offline"), interval=0.1),
+    )
+
+Steps. W&B's history steps must increase. By default (``step_metric=False``) each event
+is logged at its steplog step, so W&B's step axis is steplog's; several events with the
+same step merge into one W&B row (later values win), and an event whose step is lower
+than one already sent cannot be stored at its step: it is not sent, it is counted
+(:attr:`WandbBackend.out_of_order`, the W&B summary key ``steplog/out_of_order``) and
+reported once through ``logging`` — it stays in the JSONL file. With
+``step_metric=True`` nothing is skipped: every event is its own W&B row, steplog's step
+is logged as the metric ``step`` and declared the x axis of every chart
+(``define_metric("*", step_metric="step")``), so out-of-order steps plot where they
+belong.
+
+Config goes to ``wandb.config``; the summary to ``run.summary``; a run that did not
+finish cleanly exits with code 1 (W&B marks it failed/crashed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import logging
+import os
+import re
+import struct
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+
+from .._extras import require
+from ..events import Event, RunEnd, RunInfo
+from .base import Backend
+
+__all__ = ["OfflineRun", "WandbBackend", "read_offline_history", "read_offline_run"]
+
+logger = logging.getLogger("steplog")
+
+
+class WandbBackend(Backend):
+    """Log runs to Weights & Biases.
+
+    Args:
+        project: W&B project; default the tracker's experiment name.
+        entity: W&B entity (user or team).
+        mode: ``"online"``, ``"offline"`` or ``"disabled"``; default W&B's own
+            (``$WANDB_MODE``, else online).
+        dir: Where W&B keeps its local files.
+        name: Run display name; default the steplog run id.
+        step_metric: Log steplog's step as a metric and make it the x axis, instead of
+            using W&B's step (see the module documentation).
+        **init_kwargs: Passed on to ``wandb.init`` (``tags``, ``group``, ``notes``, …).
+    """
+
+    name = "wandb"
+
+    def __init__(
+        self,
+        project: str | None = None,
+        *,
+        entity: str | None = None,
+        mode: str | None = None,
+        dir: str | os.PathLike[str] | None = None,
+        name: str | None = None,
+        step_metric: bool = False,
+        **init_kwargs: Any,
+    ) -> None:
+        self._wandb = require("wandb", "wandb", "WandbBackend")
+        self.project = project
+        self.entity = entity
+        self.mode = mode
+        self.dir = str(dir) if dir is not None else None
+        self.run_name = name
+        self.step_metric = step_metric
+        self.init_kwargs = init_kwargs
+        self.run: Any = None
+        self.out_of_order = 0
+        self._last_step: int | None = None
+
+    def __repr__(self) -> str:
+        return f"WandbBackend(project={self.project!r}, mode={self.mode!r})"
+
+    async def open(self, run: RunInfo) -> None:
+        self.out_of_order = 0
+        self._last_step = None
+        if self.dir is not None:
+            Path(self.dir).mkdir(parents=True, exist_ok=True)
+        kwargs: dict[str, Any] = {
+            "project": self.project or run.experiment,
+            "entity": self.entity,
+            "name": self.run_name or run.run_id,
+            "id": _wandb_id(run.run_id),
+            "config": dict(run.config),
+            "dir": self.dir,
+            "mode": self.mode,
+            "reinit": "create_new",
+            "resume": "allow",
+            **self.init_kwargs,
+        }
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        self.run = await anyio.to_thread.run_sync(lambda: self._wandb.init(**kwargs))
+        if self.step_metric:
+            await anyio.to_thread.run_sync(lambda: self.run.define_metric("*", step_metric="step"))
+
+    async def write(self, events: Sequence[Event]) -> None:
+        await anyio.to_thread.run_sync(self._log_batch, events)
+
+    def _log_batch(self, events: Sequence[Event]) -> None:
+        run = self.run
+        if self.step_metric:
+            for step, _, data in events:
+                run.log({**data, "step": step})
+            return
+        skipped = 0
+        last = self._last_step
+        for step, _, data in events:
+            if last is not None and step < last:
+                if not self.out_of_order and not skipped:
+                    logger.warning(
+                        "steplog: W&B steps must not go back: step %d came after step %d "
+                        "and was not sent to W&B (it is in the run file; later ones are "
+                        "counted in the W&B summary as steplog/out_of_order). "
+                        "WandbBackend(step_metric=True) keeps them.",
+                        step,
+                        last,
+                    )
+                skipped += 1
+                continue
+            run.log(dict(data), step=step)
+            last = step
+        self._last_step = last
+        self.out_of_order += skipped
+
+    async def close(self, end: RunEnd) -> None:
+        run = self.run
+        if run is None:
+            return
+        self.run = None
+
+        def finish() -> None:
+            summary = dict(end.summary)
+            if self.out_of_order:
+                summary["steplog/out_of_order"] = self.out_of_order
+            summary["steplog/status"] = end.status
+            run.summary.update(summary)
+            run.finish(exit_code=0 if end.status == "finished" else 1)
+
+        await anyio.to_thread.run_sync(finish)
+
+
+def _wandb_id(run_id: str) -> str:
+    """A W&B run id (letters, digits, dashes, underscores) derived from steplog's."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", run_id)[:128]
+
+
+# -- reading offline runs back -------------------------------------------------------
+
+
+@dataclasses.dataclass
+class OfflineRun:
+    """What an offline W&B run directory holds: history rows, summary and config."""
+
+    history: list[dict[str, Any]]
+    summary: dict[str, Any]
+    config: dict[str, Any]
+
+
+def read_offline_run(run_dir: str | os.PathLike[str]) -> OfflineRun:
+    """Read an offline W&B run directory (``wandb/offline-run-*``).
+
+    Parses the run's transaction log (``run-<id>.wandb``) with W&B's own record
+    definitions (``wandb.proto.wandb_internal_pb2``). wandb ≥ 0.20 no longer ships a
+    Python reader for these files, so the framing (W&B's LevelDB-style log: 32 KiB
+    blocks of CRC-checked chunks) is read here. History rows map keys to values, W&B's
+    ``_step`` included; nested keys are joined with ``.``.
+    """
+    pb = require("wandb.proto.wandb_internal_pb2", "wandb", "read_offline_run")
+    run = OfflineRun([], {}, {})
+    for path in sorted(glob.glob(os.path.join(os.fspath(run_dir), "*.wandb"))):
+        for raw in _records(Path(path)):
+            record = pb.Record()
+            record.ParseFromString(raw)
+            kind = record.WhichOneof("record_type")
+            if kind == "history":
+                run.history.append(_items(record.history.item))
+            elif kind == "summary":
+                run.summary.update(_items(record.summary.update))
+                for item in record.summary.remove:
+                    run.summary.pop(item.key or ".".join(item.nested_key), None)
+            elif kind == "run":
+                run.config.update(_items(record.run.config.update))
+            elif kind == "config":
+                run.config.update(_items(record.config.update))
+    run.config.pop("_wandb", None)
+    return run
+
+
+def read_offline_history(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The history rows of an offline W&B run directory (see :func:`read_offline_run`)."""
+    return read_offline_run(run_dir).history
+
+
+def _items(items: Any) -> dict[str, Any]:
+    return {item.key or ".".join(item.nested_key): json.loads(item.value_json) for item in items}
+
+
+_HEADER = struct.Struct("<IHB")
+_BLOCK = 32 * 1024
+
+
+def _records(path: Path) -> Iterator[bytes]:
+    data = path.read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path}: not a W&B transaction log")
+    position, pending = 7, b""
+    while position + _HEADER.size <= len(data):
+        left = _BLOCK - position % _BLOCK
+        if left < _HEADER.size:
+            position += left
+            continue
+        crc, length, kind = _HEADER.unpack_from(data, position)
+        if kind == 0 and length == 0:  # zero padding to the end of the block
+            position += left
+            continue
+        chunk = data[position + _HEADER.size : position + _HEADER.size + length]
+        if len(chunk) < length or zlib.crc32(chunk, zlib.crc32(bytes([kind]))) != crc:
+            return  # a torn tail (the writer was killed)
+        position += _HEADER.size + length
+        if kind == 1:  # full
+            yield chunk
+        elif kind == 2:  # first
+            pending = chunk
+        elif kind == 3:  # middle
+            pending += chunk
+        elif kind == 4:  # last
+            yield pending + chunk
+            pending = b""

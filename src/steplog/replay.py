@@ -1,0 +1,166 @@
+"""Replay: send a run recorded in a JSONL file into other backends, later.
+
+The offline-first path: log to the local file on a cluster without network, then
+``steplog replay`` the runs into MLflow, W&B, TensorBoard or trackio from a machine that
+has it. Works for finished runs and for crashed ones (a torn last line is skipped; a
+run without a run-end record is closed as ``"unfinished"``).
+
+What re-running a replay does depends on the backend (see docs/backends.md):
+MLflow reuses the MLflow run tagged with the same steplog run id and the server ignores
+metric points it already has; TensorBoard rewrites its event file; W&B resumes the
+run with the same id; JSONL writes the same file again.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ._buffer import EventBatch
+from ._runfiles import iter_lines, parse_line
+from ._worker import BackendRunner, RetryPolicy
+from .backends.base import Backend, backend_name
+from .errors import BackendOpenError
+from .events import BackendStats, RunEnd, RunInfo, RunStats
+
+__all__ = ["replay", "replay_async"]
+
+
+def replay(
+    path: str | os.PathLike[str],
+    *backends: Backend,
+    batch_size: int = 1024,
+    retry: RetryPolicy | None = None,
+) -> dict[str, BackendStats]:
+    """Send the run in ``path`` to ``backends``; returns delivery counts per backend.
+
+    Each backend is opened with the run's original id, experiment, config and start
+    time, gets the step records in batches of ``batch_size`` in file order (failed
+    writes retried per ``retry``), and is closed with the recorded status, summary and
+    statistics.
+
+    Raises:
+        FileNotFoundError, steplog.RunFileError: ``path`` is not a readable run.
+        steplog.BackendOpenError: A backend could not be opened (the others that were
+            opened are closed again, as ``"failed"``).
+    """
+    return anyio.run(
+        lambda: replay_async(path, *backends, batch_size=batch_size, retry=retry),
+        backend="asyncio",
+    )
+
+
+async def replay_async(
+    path: str | os.PathLike[str],
+    *backends: Backend,
+    batch_size: int = 1024,
+    retry: RetryPolicy | None = None,
+) -> dict[str, BackendStats]:
+    """:func:`replay` for callers already inside an event loop."""
+    from .reader import RunFileError
+
+    if not backends:
+        raise ValueError("replay needs at least one backend")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    path = Path(path)
+    lines = iter_lines(path)
+    first = next(lines, None)
+    start = parse_line(first) if first is not None else None
+    if start is None or start.get("type") != "run_start":
+        raise RunFileError(f"{path}: not a steplog run file")
+    info = RunInfo(
+        run_id=str(start["run_id"]),
+        experiment=str(start["experiment"]),
+        config=start.get("config") or {},
+        start_time=float(start["start_time"]),
+        pid=int(start.get("pid") or 0),
+        host=str(start.get("host") or ""),
+    )
+    runners = [
+        BackendRunner(
+            b,
+            backend_name(b),
+            backlog_limit=batch_size,
+            policy="block",
+            deadline=lambda: None,
+            retry=retry or RetryPolicy(),
+        )
+        for b in backends
+    ]
+    opened: list[BackendRunner] = []
+    for runner in runners:
+        try:
+            await runner.backend.open(info)
+        except Exception as exc:
+            for other in opened:
+                await _close(other, _end(info, "failed", {}, None, 0))
+            raise BackendOpenError(f"could not open backend {runner.name!r}: {exc!r}") from exc
+        opened.append(runner)
+
+    end: dict[str, Any] | None = None
+    logged = 0
+    rows: list[tuple[int, float, dict[str, Any]]] = []
+    for line in lines:
+        record = parse_line(line)
+        if record is None:
+            raise RunFileError(f"{path}: corrupt record after step {logged}")
+        kind = record.get("type")
+        if kind == "run_end":
+            end = record
+            continue
+        if kind is not None:
+            continue
+        rows.append((record["step"], record["time"], record["data"]))
+        logged += 1
+        if len(rows) >= batch_size:
+            await _deliver(runners, rows)
+            rows = []
+    if rows:
+        await _deliver(runners, rows)
+    status = str(end["status"]) if end else "unfinished"
+    summary = (end or {}).get("summary") or {}
+    stats = (end or {}).get("stats")
+    run_end = _end(info, status, summary, stats, logged, end.get("end_time") if end else None)
+    for runner in runners:
+        await _close(runner, run_end)
+    return {r.name: r.stats(0) for r in runners}
+
+
+async def _deliver(runners: Sequence[BackendRunner], rows: list[Any]) -> None:
+    batch = EventBatch(rows)
+    for runner in runners:
+        if await runner.write_with_retries(batch):
+            runner.delivered += len(batch)
+        else:
+            runner.failed += len(batch)
+
+
+async def _close(runner: BackendRunner, end: RunEnd) -> None:
+    try:
+        await runner.backend.close(end)
+    except Exception as exc:
+        runner.record_error("close", exc)
+
+
+def _end(
+    info: RunInfo,
+    status: str,
+    summary: dict[str, Any],
+    stats: dict[str, Any] | None,
+    logged: int,
+    end_time: float | None = None,
+) -> RunEnd:
+    recorded = RunStats.from_dict(stats) if stats else RunStats(logged=logged, written=logged)
+    return RunEnd(
+        run_id=info.run_id,
+        end_time=float(end_time) if end_time is not None else time.time(),
+        status=status,  # type: ignore[arg-type]
+        summary=summary,
+        stats=recorded,
+    )

@@ -1,0 +1,75 @@
+"""LivePlotBackend in a real Jupyter kernel (nbclient), and headless."""
+
+from __future__ import annotations
+
+import base64
+import logging
+
+import pytest
+
+import steplog
+
+pytest.importorskip("matplotlib", reason="LivePlotBackend needs matplotlib")
+pytestmark = pytest.mark.timeout(180)
+
+CELL = """
+import time, steplog
+live = steplog.LivePlotBackend(keys=["loss", "best_loss"], every=0.5)
+tracker = steplog.Tracker(live, steplog.NullBackend(), experiment_name="nb")
+tracker.init()
+start = time.monotonic()
+best, step = 1e9, 0
+while time.monotonic() - start < 3.0:
+    loss = 1.0 / (step + 1)
+    best = min(best, loss)
+    tracker.log({"loss": loss, "best_loss": best, "note": "x"})
+    step += 1
+    if step % 1000 == 0:
+        time.sleep(0.001)
+stats = tracker.finish()
+print("REDRAWS", live.redraws, "STEPS", step, "ELAPSED", round(time.monotonic() - start, 2))
+"""
+
+
+def test_redraws_in_the_cell_at_most_twice_a_second():
+    nbformat = pytest.importorskip("nbformat", reason="needs nbformat (pip install -e '.[dev]')")
+    nbclient = pytest.importorskip("nbclient", reason="needs nbclient (pip install -e '.[dev]')")
+    pytest.importorskip("ipykernel", reason="needs ipykernel (pip install -e '.[dev]')")
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(CELL)])
+    client = nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3")
+    client.execute()
+    outputs = notebook.cells[0].outputs
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    fields = text.split()
+    redraws = int(fields[fields.index("REDRAWS") + 1])
+    steps = int(fields[fields.index("STEPS") + 1])
+    elapsed = float(fields[fields.index("ELAPSED") + 1])
+    assert steps > 10_000
+    assert 2 <= redraws <= elapsed * 2 + 2  # ≤ 2 a second, plus the final one at close
+    images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.data]
+    assert len(images) == 1  # one output, updated in place
+    png = base64.b64decode(images[0].data["image/png"])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_outside_a_notebook_it_draws_nothing_and_says_so(caplog):
+    live = steplog.LivePlotBackend(keys=["loss"])
+    tracker = steplog.Tracker(live, experiment_name="headless")
+    with caplog.at_level(logging.WARNING, logger="steplog"):
+        tracker.init()
+        for i in range(1000):
+            tracker.log({"loss": float(i)})
+        stats = tracker.finish()
+    assert "draws only in a Jupyter notebook" in caplog.text
+    assert live.redraws == 0 and not live.active
+    assert stats.backends["liveplot"].delivered == 1000
+
+
+def test_history_is_thinned_to_max_points():
+    live = steplog.LivePlotBackend(max_points=100)
+    for step in range(10_000):
+        live._add("loss", step, float(step))
+    steps, values, stride = live._series["loss"]
+    assert len(steps) <= 101 and stride >= 64
+    assert steps[0] == 0 and steps[-1] > 9_800
+    assert values == [float(s) for s in steps]

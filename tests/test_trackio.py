@@ -1,0 +1,37 @@
+"""TrackioBackend: a local trackio project, read back through trackio's storage API."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+import steplog
+
+pytest.importorskip("trackio", reason="TrackioBackend needs trackio (pip install -e '.[dev]')")
+pytestmark = pytest.mark.timeout(180)
+
+
+def test_points_reach_the_local_trackio_project(tmp_path):
+    # TRACKIO_DIR points into a scratch directory for the whole session (conftest).
+    from trackio.sqlite_storage import SQLiteStorage
+
+    project = f"steplog-test-{uuid.uuid4().hex[:8]}"
+
+    jsonl = steplog.JsonlBackend(tmp_path / "runs")
+    tracker = steplog.Tracker(jsonl, steplog.TrackioBackend(project=project), experiment_name="exp")
+    info = tracker.init({"lr": 0.1})
+    for i in range(1200):
+        tracker.log({"loss": 1.0 / (i + 1), "acc": i / 1200, "trigger": f"t{i}"})
+    stats = tracker.finish({"best": 0.25})
+    assert stats.backends["trackio"].delivered == 1200 and stats.backends["trackio"].errors == 0
+    local = steplog.read_run(jsonl.path)
+    logs = SQLiteStorage.get_logs(project, info.run_id)
+    points = [row for row in logs if "loss" in row]
+    assert [row["step"] for row in points] == list(range(1200))
+    for row, event in zip(points, local.records, strict=True):
+        assert row["loss"] == pytest.approx(event.data["loss"])
+        assert row["trigger"] == event.data["trigger"]
+    summary = [row for row in logs if "summary/best" in row]
+    assert [(row["step"], row["summary/best"]) for row in summary] == [(1199, 0.25)]
+    assert SQLiteStorage.get_run_config(project, info.run_id)["lr"] == 0.1

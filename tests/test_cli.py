@@ -495,7 +495,7 @@ SLOW_FINISH = textwrap.dedent(
 
     class Slow(steplog.Backend):
         async def open(self, run): pass
-        async def write(self, events): await anyio.sleep(0.05)
+        async def write(self, events): await anyio.sleep(len(events) * 0.0005)  # 2 s in all
         async def close(self, end): pass
 
     tracker = steplog.Tracker(Slow(), batch_size=100, flush_interval=0.01)

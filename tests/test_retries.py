@@ -80,9 +80,10 @@ def test_permanent_backend_error_is_not_retried():
     rejecting = RejectingBackend()
     tracker = steplog.Tracker(rejecting, batch_size=10, retry=FAST)
     tracker.init()
-    for i in range(20):
-        tracker.log({"i": i})
-    tracker.flush()
+    for batch in range(2):
+        for i in range(10):
+            tracker.log({"i": batch * 10 + i})
+        tracker.flush()  # one batch per flush
     assert rejecting.attempts == 2  # two batches, one attempt each
     stats = tracker.finish()
     assert stats.backends["rejecting"].failed == 20

@@ -353,7 +353,10 @@ class Tracker(_TrackerBase):
         experiment_name: Groups runs (the JSONL backend's sub-directory).
         experiment_config: Config recorded with every run, under the ``init`` config.
         buffer_size: Events held in memory at most.
-        batch_size: Events handed to a backend at once, at most.
+        batch_size: Events that wake the worker, and the size of a batch handed to
+            the backends; while a backlog is drained (the loop outruns the worker),
+            batches grow up to 8 x ``batch_size``, so the worker pays fewer thread
+            hand-overs per event.
         flush_interval: Seconds an event may wait in memory before it is handed to the
             backends; also how much a killed process can lose.
         overflow: What ``log()`` does when the buffer is full: ``"block"`` (wait for

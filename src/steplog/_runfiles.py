@@ -8,7 +8,7 @@ import dataclasses
 import math
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -312,13 +312,17 @@ def metric_stats(
     return stats, records
 
 
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings become dotted keys: ``{"a": {"b": 1}}`` → ``{"a.b": 1}``."""
+def flatten(data: Mapping[str, Any], sep: str = ".", prefix: str = "") -> dict[str, Any]:
+    """Nested mappings become joined keys: ``{"a": {"b": 1}}`` → ``{"a.b": 1}``.
+
+    Empty mappings stay as values. Shared by the CLI and the backends that need flat
+    keys (MLflow params and metrics, TensorBoard tags with ``sep="/"``).
+    """
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, f"{name}."))
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, sep, f"{name}{sep}"))
         else:
             out[name] = value
     return out

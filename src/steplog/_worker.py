@@ -268,7 +268,7 @@ class BackendRunner:
 
 
 #: Batches grow up to this many times ``batch_size`` while a backlog is drained.
-BACKLOG_BATCHES = 8
+BACKLOG_BATCHES = 4
 
 
 @dataclasses.dataclass(frozen=True)

@@ -355,7 +355,7 @@ class Tracker(_TrackerBase):
         buffer_size: Events held in memory at most.
         batch_size: Events that wake the worker, and the size of a batch handed to
             the backends; while a backlog is drained (the loop outruns the worker),
-            batches grow up to 8 x ``batch_size``, so the worker pays fewer thread
+            batches grow up to 4 x ``batch_size``, so the worker pays fewer thread
             hand-overs per event.
         flush_interval: Seconds an event may wait in memory before it is handed to the
             backends; also how much a killed process can lose.

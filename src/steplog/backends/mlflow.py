@@ -48,6 +48,7 @@ from typing import Any
 import orjson
 
 from .._extras import require
+from .._runfiles import flatten
 from ..errors import PermanentBackendError
 from ..events import Event, RunEnd, RunInfo
 from .base import Backend
@@ -170,7 +171,7 @@ class MlflowBackend(Backend):
                 await self._call("runs/update", {"run_id": self.run_id, "status": "RUNNING"})
             params = [
                 {"key": _key(k), "value": _cut(_text(v), MAX_PARAM_LENGTH)}
-                for k, v in _flatten(run.config).items()
+                for k, v in flatten(run.config).items()
             ]
             for start in range(0, len(params), MAX_PARAMS_OR_TAGS):
                 chunk = params[start : start + MAX_PARAMS_OR_TAGS]
@@ -196,7 +197,7 @@ class MlflowBackend(Backend):
         if self._client is None:
             return
         try:
-            summary = _flatten(end.summary)
+            summary = flatten(end.summary)
             stamp = int(end.end_time * 1000)
             metrics = []
             tags = [
@@ -231,7 +232,7 @@ class MlflowBackend(Backend):
         latest: dict[str, str] = {}
         for step, stamp, data in events:
             ms = int(stamp * 1000)
-            for key, value in _flatten(data).items():
+            for key, value in flatten(data).items():
                 if _is_number(value):
                     metrics.append(_metric(_key(key), value, ms, step))
                 elif value is not None:
@@ -359,17 +360,6 @@ def _metric(key: str, value: float, ms: int, step: int) -> dict[str, Any]:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.update(_flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
 
 
 def _key(key: str) -> str:

@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 
 from .._extras import require
+from .._runfiles import flatten
 from ..events import Event, RunEnd, RunInfo
 from .base import Backend
 
@@ -102,7 +103,7 @@ class TensorBoardBackend(Backend):
         try:
             values = []
             other: dict[str, Any] = {}
-            for key, value in _flat(end.summary).items():
+            for key, value in flatten(end.summary, sep="/").items():
                 if _is_scalar(value):
                     values.append(_scalar_value(f"summary/{key}", value))
                 else:
@@ -200,16 +201,6 @@ def _values(data: Mapping[str, Any], prefix: str, text: bool) -> list[bytes]:
                 out.append(_text_value(tag, value))
         elif isinstance(value, Mapping):
             out.extend(_values(value, f"{tag}/", text))
-    return out
-
-
-def _flat(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, Mapping) and value:
-            out.update(_flat(value, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = value
     return out
 
 

@@ -798,6 +798,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", help="comma-separated contender keys")
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling modes")
     parser.add_argument("--write", action="store_true", help="update docs/ with the results")
+    parser.add_argument(
+        "--render", metavar="JSON", help="only redraw the table and chart from a saved run"
+    )
     parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     parser.add_argument("--count", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -807,6 +810,15 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.count:
         count_child(args.count[0], Path(args.count[1]))
+        return
+    if args.render:
+        report = json.loads(Path(args.render).read_text())
+        report["loop_none"] = {int(k): v for k, v in report["loop_none"].items()}
+        markdown = render(report)
+        print(markdown)
+        if args.write:
+            chart(report, DOCS / "compare_log_cost.png")
+            write_docs(markdown)
         return
 
     names = list(CONTENDERS) if not args.only else args.only.split(",")
@@ -1028,7 +1040,9 @@ def render(report: dict[str, Any]) -> str:
             spread.append(f"{s:,} steps: {statistics.pstdev(walls) / med(walls) * 100:.1f} %")
     out = [
         MARK_START,
-        f"## Side by side with other trackers ({report['date']})",
+        f"### Full results ({report['date']})",
+        "",
+        "![log() cost per call, log scale](compare_log_cost.png)",
         "",
         "```bash",
         'pip install -e ".[bench]" && ' + report["command"] + " --write",
@@ -1119,7 +1133,7 @@ def render(report: dict[str, Any]) -> str:
 
     tput_rows = [(name, row) for name, row in rows.items() if "tput" in row]
     out += [
-        "### Sustained throughput (log as fast as possible, then finish; median)",
+        "#### Sustained throughput (log as fast as possible, then finish; median)",
         "",
         "| contender | events | events/s incl. finish | records stored |",
         "|---|---:|---:|---:|",
@@ -1134,7 +1148,7 @@ def render(report: dict[str, Any]) -> str:
         keys = scaling["keys"]
         sizes = sorted(int(k) for k in next(iter(keys.values())))
         out += [
-            f"### Cost per event as the dict grows ({scaling['n']:,} calls, median)",
+            f"#### Cost per event as the dict grows ({scaling['n']:,} calls, median)",
             "",
             "p50 `log()` µs / process CPU per event µs (first `log()` to the end of "
             "`finish()`, worker included, minus the same loop without logging):",
@@ -1151,7 +1165,7 @@ def render(report: dict[str, Any]) -> str:
         rates = scaling["rates"]
         out += [
             "",
-            f"### Offered rate until steplog drops or blocks ({scaling['duration']:g} s "
+            f"#### Offered rate until steplog drops or blocks ({scaling['duration']:g} s "
             "per rate, paced producer, median)",
             "",
             "| offered events/s | drop_newest: achieved / dropped | block: achieved / "
@@ -1198,7 +1212,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
     ax.grid(axis="x", which="both", alpha=0.3)
     for i, r in enumerate(rows):
         ax.text(p50[i] * 1.08, i, _fmt_us(r["p50"]), va="center", fontsize=8)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -5,10 +5,11 @@ The offline-first path: log to the local file on a cluster without network, then
 has it. Works for finished runs and for crashed ones (a torn last line is skipped; a
 run without a run-end record is closed as ``"unfinished"``).
 
-What re-running a replay does depends on the backend (see docs/backends.md):
-MLflow reuses the MLflow run tagged with the same steplog run id and the server ignores
-metric points it already has; TensorBoard rewrites its event file; W&B resumes the
-run with the same id; JSONL writes the same file again.
+What re-running a replay does depends on the backend (see docs/backends.md): MLflow
+reuses the MLflow run tagged with the same steplog run id and stores no point twice;
+TensorBoard rewrites its event file; W&B targets the same run id (offline: a second
+offline-run directory); trackio adds a second run of the same name; JSONL refuses to
+overwrite an existing run file.
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def test_sigterm_finishes_the_run_as_terminated_and_the_process_dies_of_it(tmp_p
     assert "received SIGTERM" in err
     run = the_run(tmp_path)
     assert run.status == "terminated"
-    assert len(run.records) > 1000
+    assert len(run.records) >= 1000  # flushed before "ready"; SIGTERM may come at once
     assert_gap_free(run)
     assert run.stats is not None
     assert run.stats.logged == run.stats.written == len(run.records)

@@ -48,7 +48,7 @@ from typing import Any
 import orjson
 
 from .._extras import require
-from .._runfiles import flatten
+from .._runfiles import flatten, is_number
 from ..errors import PermanentBackendError
 from ..events import Event, RunEnd, RunInfo
 from .base import Backend
@@ -206,7 +206,7 @@ class MlflowBackend(Backend):
             ]
             for key, value in summary.items():
                 name = _key(f"summary/{key}")
-                if _is_number(value):
+                if is_number(value):
                     metrics.append(_metric(name, value, stamp, self._last_step))
                 elif value is not None:
                     tags.append({"key": name, "value": _cut(_text(value), MAX_TAG_LENGTH)})
@@ -233,7 +233,7 @@ class MlflowBackend(Backend):
         for step, stamp, data in events:
             ms = int(stamp * 1000)
             for key, value in flatten(data).items():
-                if _is_number(value):
+                if is_number(value):
                     metrics.append(_metric(_key(key), value, ms, step))
                 elif value is not None:
                     latest[_tag_key(key)] = _cut(_text(value), MAX_TAG_LENGTH)
@@ -356,10 +356,6 @@ def _metric(key: str, value: float, ms: int, step: int) -> dict[str, Any]:
     elif number in _NON_FINITE:
         number = _NON_FINITE[number]
     return {"key": key, "value": number, "timestamp": ms, "step": int(step)}
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _key(key: str) -> str:

@@ -256,6 +256,23 @@ def test_show_resolves_ids_prefixes_and_latest(runs):
     )
 
 
+def test_a_reader_that_stops_early_gets_no_error(tmp_path):
+    """`steplog export RUN -o - | head -2`: exit 0, nothing on stderr, once the pipe closes."""
+    path = write_run(tmp_path / "runs", "big", {}, [{"loss": float(i)} for i in range(50_000)])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "steplog", "export", str(path), "-o", "-"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()  # like `head` exiting
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 0
+    assert err == b""
+
+
 def test_show_of_a_torn_run_reports_incomplete(runs):
     result = run_cli("show", str(runs["torn"]))
     assert result.returncode == 0, result.stderr

@@ -61,6 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         code: int = args.handler(args, parser)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `steplog show RUN | head`: the reader has seen enough. Point stdout at
+        # /dev/null so the interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except (CommandError, RunNotFoundError, RunFileError, MissingExtraError) as exc:
         print(f"steplog {args.command}: {exc}", file=sys.stderr)
         return EXIT_FAIL
@@ -69,8 +75,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAIL
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    except BrokenPipeError:  # pragma: no cover - `steplog ls | head`
-        return EXIT_OK
     return code
 
 

@@ -525,6 +525,36 @@ SLOW_FINISH = textwrap.dedent(
 )
 
 
+ASYNC_SLOW_FINISH = textwrap.dedent(
+    """
+    import asyncio, anyio, steplog
+
+    class Slow(steplog.Backend):
+        async def open(self, run): pass
+        async def write(self, events): await anyio.sleep(len(events) * 0.0005)  # 2 s in all
+        async def close(self, end): pass
+
+    async def main():
+        tracker = steplog.AsyncTracker(Slow(), batch_size=100, flush_interval=0.01)
+        await tracker.init()
+        for i in range(4000):
+            tracker.log({"x": i})
+        ticks = 0
+        async def tick():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.05)
+                ticks += 1
+        ticker = asyncio.create_task(tick())
+        stats = await tracker.finish()
+        ticker.cancel()
+        print("delivered", stats.backends["slow"].delivered, "loop alive", ticks > 10)
+
+    asyncio.run(main())
+    """
+)
+
+
 def run_with_terminal_stderr(code: str) -> tuple[int, str, str]:
     """Run ``code`` with stderr on a pseudo-terminal (stdout a pipe)."""
     import pty
@@ -559,3 +589,10 @@ def test_finish_shows_progress_for_a_slow_backlog_on_a_terminal_only():
     assert quiet.returncode == 0
     assert quiet.stdout.strip() == "delivered 4000"
     assert quiet.stderr == ""  # not a terminal: no bar, no noise
+
+
+def test_async_finish_shows_progress_without_blocking_the_event_loop():
+    code, out, terminal = run_with_terminal_stderr(ASYNC_SLOW_FINISH)
+    assert code == 0, terminal
+    assert out.strip() == "delivered 4000 loop alive True"
+    assert re.search(r"steplog: writing [\d,]+ events to slow", terminal), terminal

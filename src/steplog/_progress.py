@@ -5,6 +5,7 @@ Quiet otherwise: scripts, CI logs and pipes never see a bar.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import importlib
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-__all__ = ["bar", "enabled", "wait_with_progress"]
+__all__ = ["bar", "enabled", "wait_with_progress", "wait_with_progress_async"]
 
 T = TypeVar("T")
 
@@ -107,6 +108,28 @@ def wait_with_progress(
             if time.monotonic() - started < DELAY:
                 continue
             _draw(bars, totals, pending())
+    finally:
+        for progress in bars.values():
+            progress.close()
+
+
+async def wait_with_progress_async(
+    future: concurrent.futures.Future[T], pending: Callable[[], dict[str, int]]
+) -> T:
+    """:func:`wait_with_progress` for a coroutine: the event loop is never blocked."""
+    waiter = asyncio.wrap_future(future)
+    if not enabled():
+        return await waiter
+    started = time.monotonic()
+    bars: dict[str, Any] = {}
+    totals: dict[str, int] = {}
+    try:
+        while True:
+            done, _ = await asyncio.wait({waiter}, timeout=0.2)
+            if done:
+                return waiter.result()
+            if time.monotonic() - started >= DELAY:
+                _draw(bars, totals, pending())
     finally:
         for progress in bars.values():
             progress.close()

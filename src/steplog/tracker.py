@@ -25,7 +25,7 @@ from ._arrays import snapshot as _snapshot
 from ._buffer import OVERFLOW_POLICIES, STEP_KEY, TIME_KEY, EventBuffer, OverflowPolicy
 from ._names import check_name, new_run_id
 from ._process import active_runs, install_exit_hook, install_sigterm_handler
-from ._progress import wait_with_progress
+from ._progress import wait_with_progress, wait_with_progress_async
 from ._redact import DEFAULT_SECRET_KEYS, compile_pattern
 from ._redact import redact as _redact
 from ._worker import RetryPolicy, Worker
@@ -535,7 +535,7 @@ class AsyncTracker(_TrackerBase):
             self._warn_inactive_finish()
             return None
         run, future = pending
-        stats: RunStats = await asyncio.wrap_future(future)
+        stats: RunStats = await wait_with_progress_async(future, run.worker.pending)
         await asyncio.to_thread(run.worker.join)
         return self._finished(stats)
 

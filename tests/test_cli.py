@@ -235,6 +235,15 @@ def test_show_counts_nan_and_inf_and_keeps_them_out_of_min_max_mean(runs):
     assert row.split()[-2:] == ["2", "1"]  # NAN and INF columns
 
 
+def test_show_copes_with_integers_beyond_float_range(tmp_path):
+    path = write_run(tmp_path / "runs", "big", {}, [{"big": 2**2000}, {"big": -5}])
+    result = run_cli("show", str(path))
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.startswith("big "))
+    # count, first (2**2000 = 1.14813e+602), last, min (step), max (step), mean, nan, inf
+    assert row.split() == ["big", "2", "1.14813e+602", "-5", "-5", "(1)", "-5", "(1)", "-5", "1"]
+
+
 def test_show_resolves_ids_prefixes_and_latest(runs):
     root = str(runs["root"])
     by_id = run_cli("show", runs["a"].stem, "--root", root, "--json")

@@ -235,12 +235,21 @@ def iter_steps(
     path: Path, progress: Callable[[int], None] | None = None
 ) -> Iterator[dict[str, Any]]:
     """Step records of ``path`` (``{"step", "time", "data"}``), in file order."""
+    loads = orjson.loads
     for line in iter_lines(path, progress):
+        # The hot loop of show/export/compare on long runs: orjson straight on the
+        # line, the tag-decoding walk only where a tagged value ($float, $int) is.
         if not line or line.startswith(b'{"type"'):
             continue
-        record = parse_line(line)
-        if record is not None and "type" not in record and isinstance(record.get("data"), dict):
-            yield record
+        try:
+            record = loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if type(record) is not dict or "type" in record or type(record.get("data")) is not dict:
+            continue
+        if b'"$' in line:
+            record = decode(record)
+        yield record
 
 
 def is_number(value: Any) -> bool:
@@ -269,15 +278,19 @@ class MetricStats:
             self.first = value
         self.count += 1
         self.last = value
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return
+        if type(value) is not float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return
+            try:
+                value = float(value)
+            except OverflowError:  # an int beyond float range (stored as a $int tag)
+                value = math.inf if value > 0 else -math.inf
         self.numeric += 1
-        value = float(value)
-        if value != value:
-            self.nan += 1
-            return
-        if value in (math.inf, -math.inf):
-            self.inf += 1
+        if value - value != 0:  # NaN or ±inf (and never true for finite values)
+            if value != value:
+                self.nan += 1
+            else:
+                self.inf += 1
             return
         self.finite += 1
         self.total += value
@@ -304,7 +317,12 @@ def metric_stats(
     for record in iter_steps(path, progress):
         records += 1
         step = record["step"]
-        for key, value in flatten(record["data"]).items():
+        data = record["data"]
+        for value in data.values():
+            if type(value) is dict:  # nested keys become dotted ones
+                data = flatten(data)
+                break
+        for key, value in data.items():
             entry = stats.get(key)
             if entry is None:
                 entry = stats[key] = MetricStats()

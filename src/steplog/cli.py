@@ -814,7 +814,11 @@ def _cell(value: Any, width: int = 24) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, int):
-        return str(value)
+        digits = str(abs(value))
+        if len(digits) <= 15:
+            return str(value)
+        sign = "-" if value < 0 else ""
+        return f"{sign}{digits[0]}.{digits[1:6]}e+{len(digits) - 1}"  # beyond float range too
     if isinstance(value, float):
         if value != value:
             return "nan"

@@ -16,7 +16,7 @@ from typing import IO, Any
 import orjson
 
 from ._extras import require
-from ._runfiles import flatten, iter_steps
+from ._runfiles import flat_data, iter_steps
 
 __all__ = ["FORMATS", "export"]
 
@@ -51,19 +51,12 @@ def scan_columns(
     rows = 0
     for record in iter_steps(path, progress):
         rows += 1
-        for key, value in _flat(record["data"]).items():
+        for key, value in flat_data(record["data"]).items():
             if value is not None:
                 kinds[key] = _merge(kinds.get(key), _kind(value))
             else:
                 kinds.setdefault(key, "str")
     return kinds, rows
-
-
-def _flat(data: dict[str, Any]) -> dict[str, Any]:
-    for value in data.values():
-        if type(value) is dict:
-            return flatten(data)
-    return data
 
 
 def _text(value: Any) -> str:
@@ -121,7 +114,7 @@ def _write_csv(
         writer = csv.writer(handle)
         writer.writerow(["step", "time", *columns])
         for record in iter_steps(path, progress):
-            data = _flat(record["data"])
+            data = flat_data(record["data"])
             for column in text_columns:
                 value = data.get(column)
                 if value is not None and not isinstance(value, str):
@@ -174,7 +167,7 @@ def _write_parquet(
     with pq.ParquetWriter(out, schema) as writer:
         buffers: list[list[Any]] = [[] for _ in names]
         for record in iter_steps(path, progress):
-            data = _flat(record["data"])
+            data = flat_data(record["data"])
             values = [record["step"], record["time"], *(data.get(c) for c in columns)]
             for buffer, fn, value in zip(buffers, convert, values, strict=True):
                 buffer.append(fn(value))

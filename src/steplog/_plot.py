@@ -21,8 +21,6 @@ from ._values import decode
 
 __all__ = ["Series", "downsample", "load_series", "plot", "smooth"]
 
-X_AXES = ("step", "time")
-
 
 def _numpy() -> Any:
     return require("numpy", "plot", "steplog plot")

@@ -21,6 +21,7 @@ __all__ = [
     "RunHeader",
     "RunNotFoundError",
     "find_runs",
+    "flat_data",
     "iter_lines",
     "iter_steps",
     "last_steps",
@@ -303,10 +304,6 @@ class MetricStats:
     def mean(self) -> float | None:
         return self.total / self.finite if self.finite else None
 
-    @property
-    def is_numeric(self) -> bool:
-        return self.numeric == self.count and self.count > 0
-
 
 def metric_stats(
     path: Path, progress: Callable[[int], None] | None = None
@@ -317,17 +314,21 @@ def metric_stats(
     for record in iter_steps(path, progress):
         records += 1
         step = record["step"]
-        data = record["data"]
-        for value in data.values():
-            if type(value) is dict:  # nested keys become dotted ones
-                data = flatten(data)
-                break
-        for key, value in data.items():
+        for key, value in flat_data(record["data"]).items():
             entry = stats.get(key)
             if entry is None:
                 entry = stats[key] = MetricStats()
             entry.add(step, value)
     return stats, records
+
+
+def flat_data(data: dict[str, Any]) -> dict[str, Any]:
+    """A step's data with dotted keys: ``data`` itself unless it holds a nested mapping
+    (the common case, so long runs skip building a copy of every record)."""
+    for value in data.values():
+        if type(value) is dict:
+            return flatten(data)
+    return data
 
 
 def flatten(data: Mapping[str, Any], sep: str = ".", prefix: str = "") -> dict[str, Any]:

@@ -108,15 +108,16 @@ def wait_until(predicate, timeout: float = 5.0) -> bool:
 def stall_mid_drain(gate: GateBackend) -> tuple[steplog.Tracker, steplog.MemoryBackend]:
     """Start a run whose worker is stuck inside a drain on the stalled ``gate``.
 
-    Events 0-7 fill the gate's backlog (``buffer_size=8``); the worker then waits to hand
-    it 8-9, and so has not handed them to the memory backend either.
+    Events 0-7 fill the gate's backlog (``buffer_size=8``); the writer then waits to hand
+    it 8-9. The memory backend, which the writer feeds itself before handing a batch to
+    the async backends, already has all ten.
     """
     mem = steplog.MemoryBackend()
     tracker = steplog.Tracker(gate, mem, buffer_size=8, batch_size=2, flush_interval=0.01)
     tracker.init()
     for i in range(10):
         tracker.log({"i": i})
-    assert wait_until(lambda: len(mem.records) == 8 and not tracker._buffer.events)
+    assert wait_until(lambda: len(mem.records) == 10 and not tracker._buffer.items)
     return tracker, mem
 
 

@@ -149,11 +149,14 @@ def test_huge_strings_and_lists_are_stored_whole(runs_root):
 
 
 @pytest.mark.parametrize("bad", [b"bytes", {1, 2}, 3 + 4j, object()])
-def test_odd_values_in_memory_backend_stay_as_given(bad):
-    """The memory backend keeps values as logged; only the JSONL encoding changes them."""
+def test_odd_values_reach_other_backends_as_the_run_file_stores_them(bad, runs_root):
+    """Every backend gets an odd value as the run file records it (log() encodes once)."""
+    jsonl = steplog.JsonlBackend(runs_root)
     mem = steplog.MemoryBackend()
-    tracker = steplog.Tracker(mem)
+    tracker = steplog.Tracker(jsonl, mem)
     tracker.init()
     tracker.log({"v": bad})
     tracker.finish()
-    assert mem.records[0].data["v"] is bad
+    stored = steplog.read_run(jsonl.path).records[0].data["v"]
+    assert mem.records[0].data["v"] == stored
+    assert type(stored) in (str, list)

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 import steplog
-from steplog._buffer import STEP_KEY, TIME_KEY, EventBuffer
+from steplog._buffer import LineBuffer
 
 from conftest import GateBackend, SlowBackend, wait_until
 
@@ -98,20 +98,20 @@ def test_block_policy_blocks_until_the_backend_makes_progress():
 def test_worker_is_woken_at_most_once_per_batch():
     """Producers wake the worker once per batch_size events, not once per event."""
     wakes = []
-    buffer = EventBuffer(1_000_000, wake_at=100, policy="block")
+    buffer = LineBuffer(1_000_000, wake_at=100, policy="block")
     buffer.connect(lambda: wakes.append(1), lambda: True)
     for _ in range(10_000):
-        if len(buffer.events) >= buffer.limit:
+        if len(buffer.items) >= buffer.limit:
             buffer.make_room()
-        buffer.events.append({STEP_KEY: 0, TIME_KEY: 0.0})
+        buffer.items.append(b"{}\n")
     assert len(wakes) == 1  # disarmed until the worker drains
     for _ in range(5):
         buffer.rearm()
         buffer.take(100)
         for _ in range(10):
-            if len(buffer.events) >= buffer.limit:
+            if len(buffer.items) >= buffer.limit:
                 buffer.make_room()
-            buffer.events.append({STEP_KEY: 0, TIME_KEY: 0.0})
+            buffer.items.append(b"{}\n")
     assert len(wakes) == 6
 
 

@@ -28,7 +28,6 @@ from typing import Any
 
 import orjson
 
-from ._buffer import EventBatch
 from .events import Event
 
 __all__ = ["MAX_DEPTH", "ValueEncoder", "decode"]
@@ -50,7 +49,9 @@ _find_null = re.compile(rb"null").search
 class ValueEncoder:
     """Encodes records to JSON lines, remembering which fallbacks it has reported.
 
-    One encoder serves one backend for one run; it is used from the worker thread only.
+    One encoder serves one run. ``log()`` uses it on the caller's thread for the events
+    its fast path cannot encode, and the writer for the rest; its counters are only
+    statistics, so concurrent use needs no lock.
 
     Attributes:
         fallbacks: Values that could not be stored as themselves (recorded as ``repr``,
@@ -64,44 +65,45 @@ class ValueEncoder:
 
     # -- encoding ---------------------------------------------------------------
 
-    def encode_events(self, events: Sequence[Event]) -> bytearray:
+    def encode_events(self, events: Sequence[Event]) -> bytes:
         """Encode events as JSON lines ``{"step": …, "time": …, "data": {…}}``.
 
         Returns:
-            One buffer holding every line, each terminated by ``\\n``.
+            Every line, each terminated by ``\\n``.
         """
-        out = bytearray()
-        dumps = orjson.dumps
-        default = self._default
-        rows = events.rows if isinstance(events, EventBatch) else events
-        for step, time, data in rows:
-            record = {"step": step, "time": time, "data": data}
-            try:
-                out += dumps(record, default=default, option=_OPTIONS)
-            except (orjson.JSONEncodeError, TypeError):
-                out += self._encode_slow(record)
-        # One scan of the whole batch is far cheaper than checking every value: the
-        # lines that hold a ``null`` are rare and are re-encoded one by one. (A compiled
-        # pattern scans ~2x faster than ``bytes.__contains__`` on JSON text.)
-        if _find_null(out) is not None:
-            out = self._fix_null_lines(out, events)
-        # A batch can only hold an oversized line if it is oversized as a whole.
-        if len(out) > self.max_event_bytes:
-            out = self._cap_lines(out, rows)
-        return out
+        encode_row = self.encode_row
+        return b"".join([encode_row(step, time, data) for step, time, data in events])
 
-    def _cap_lines(self, out: bytearray, rows: Sequence[Any]) -> bytearray:
-        capped = bytearray()
-        limit = self.max_event_bytes
-        for line, (step, time, data) in zip(out.split(b"\n"), rows, strict=False):
-            if len(line) < limit:
-                capped += line
-                capped += b"\n"
-                continue
-            self._report("size", dict, None, size=len(line))
-            marker = {"$too_large": {"bytes": len(line) + 1, "keys": [str(k) for k in data]}}
-            capped += orjson.dumps({"step": step, "time": time, "data": marker}, option=_OPTIONS)
-        return capped
+    def encode_row(self, step: int, time: float, data: Mapping[str, Any]) -> bytes:
+        """Encode one event as its JSON line; never raises.
+
+        Values orjson cannot store as themselves take the documented fallbacks; NaN and
+        ±infinity are tagged; a line longer than ``max_event_bytes`` becomes a marker.
+        """
+        record = {"step": step, "time": time, "data": data}
+        try:
+            line = orjson.dumps(record, default=self._default, option=_OPTIONS)
+        except (orjson.JSONEncodeError, TypeError):
+            line = self._encode_slow(record)
+        else:
+            # orjson writes NaN and infinities as null: only such lines pay for the walk.
+            if _find_null(line) is not None:
+                line = self._encode_slow(record)
+        if len(line) > self.max_event_bytes:
+            return self.too_large(step, time, data, len(line))
+        return line
+
+    def unencodable(self, step: int, time: float, exc: BaseException) -> bytes:
+        """The marker line recorded for an event that could not be encoded at all."""
+        self._report("unencodable", dict, exc)
+        marker = {"$unencodable": repr(exc)[:1_000]}
+        return orjson.dumps({"step": step, "time": time, "data": marker}, option=_OPTIONS)
+
+    def too_large(self, step: int, time: float, data: Mapping[str, Any], size: int) -> bytes:
+        """The marker line recorded instead of an event that encodes to ``size`` bytes."""
+        self._report("size", dict, None, size=size)
+        marker = {"$too_large": {"bytes": size, "keys": [str(k) for k in data]}}
+        return orjson.dumps({"step": step, "time": time, "data": marker}, option=_OPTIONS)
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
         """Encode one record (a run-start or run-end record) as a JSON line."""
@@ -116,17 +118,6 @@ class ValueEncoder:
     def sanitize(self, value: Any) -> Any:
         """Return ``value`` rewritten into plain JSON types, with the documented tags."""
         return self._sanitize(value, 0, set())
-
-    def _fix_null_lines(self, out: bytearray, events: Sequence[Event]) -> bytearray:
-        fixed = bytearray()
-        rows = events.rows if isinstance(events, EventBatch) else events
-        for line, (step, time, data) in zip(out.split(b"\n"), rows, strict=False):
-            if b"null" in line:
-                fixed += self._encode_slow({"step": step, "time": time, "data": data})
-            else:
-                fixed += line
-                fixed += b"\n"
-        return fixed
 
     def _encode_slow(self, record: Any) -> bytes:
         try:
@@ -146,7 +137,11 @@ class ValueEncoder:
             # object's fields): read it here, in the worker.
             return obj.detach().cpu().tolist()
         self._report("repr", type(obj))
-        return repr(obj)
+        try:
+            return repr(obj)
+        except Exception as exc:  # one broken __repr__ must cost that value only
+            self._report("unrepresentable", type(obj), exc)
+            return f"<unrepresentable {type(obj).__qualname__}>"
 
     def _sanitize(self, obj: Any, depth: int, active: set[int]) -> Any:
         tp = type(obj)
@@ -216,6 +211,8 @@ class ValueEncoder:
                 self.max_event_bytes,
             )
             return
+        elif kind == "unrepresentable":
+            msg = "steplog: repr() of a %s raised; recording a marker string instead"
         elif kind == "depth":
             msg = "steplog: a %s is nested too deeply; recording a marker string instead"
         else:

@@ -22,12 +22,11 @@ from typing import Any
 
 import anyio
 
-from ._buffer import EventBatch
 from ._runfiles import iter_lines, parse_line
 from ._worker import BackendRunner, RetryPolicy
 from .backends.base import Backend, backend_name
 from .errors import BackendOpenError
-from .events import BackendStats, RunEnd, RunInfo, RunStats
+from .events import BackendStats, Event, RunEnd, RunInfo, RunStats
 
 __all__ = ["replay", "replay_async"]
 
@@ -134,7 +133,7 @@ async def replay_async(
 
 
 async def _deliver(runners: Sequence[BackendRunner], rows: list[Any]) -> None:
-    batch = EventBatch(rows)
+    batch = [Event(step, time, data) for step, time, data in rows]
     for runner in runners:
         if await runner.write_with_retries(batch):
             runner.delivered += len(batch)

@@ -20,15 +20,19 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
+import orjson
+
 from ._arrays import DEFER_KEY
 from ._arrays import snapshot as _snapshot
-from ._buffer import OVERFLOW_POLICIES, STEP_KEY, TIME_KEY, EventBuffer, OverflowPolicy
+from ._buffer import OVERFLOW_POLICIES, LineBuffer, OverflowPolicy
 from ._names import check_name, new_run_id
 from ._process import active_runs, install_exit_hook, install_sigterm_handler
 from ._progress import wait_with_progress, wait_with_progress_async
 from ._redact import DEFAULT_SECRET_KEYS, compile_pattern
 from ._redact import redact as _redact
-from ._worker import RetryPolicy, Worker
+from ._values import ValueEncoder
+from ._worker import RetryPolicy
+from ._writer import Writer
 from .backends.base import Backend, backend_name
 from .backends.jsonl import JsonlBackend
 from .errors import BackendFailedError, FlushTimeoutError, InactiveRunError, TrackerWarning
@@ -41,17 +45,27 @@ logger = logging.getLogger("steplog")
 DEFAULT_EXPERIMENT_NAME = "default"
 
 _now = time.time
+_dumps = orjson.dumps
+_LINE = orjson.OPT_APPEND_NEWLINE
+_find_null = re.compile(rb"null").search
+# After this many fast-path misses in a row, log() takes the slow path directly ...
+_MISS_STREAK = 8
+# ... for this many calls.
+_SLOW_SPELL = 1_024
 
 
 class _Run:
     """The state of the active run: what ``finish()`` needs to end it."""
 
-    __slots__ = ("buffer", "info", "worker")
+    __slots__ = ("buffer", "encoder", "info", "worker")
 
-    def __init__(self, info: RunInfo, buffer: EventBuffer, worker: Worker) -> None:
+    def __init__(
+        self, info: RunInfo, buffer: LineBuffer, worker: Writer, encoder: ValueEncoder
+    ) -> None:
         self.info = info
         self.buffer = buffer
         self.worker = worker
+        self.encoder = encoder
 
 
 class _TrackerBase:
@@ -63,6 +77,7 @@ class _TrackerBase:
         experiment_name: str = DEFAULT_EXPERIMENT_NAME,
         experiment_config: Mapping[str, Any] | None = None,
         buffer_size: int = 65_536,
+        buffer_bytes: int = 64 * 2**20,
         batch_size: int = 1_024,
         flush_interval: float = 0.1,
         overflow: OverflowPolicy = "block",
@@ -86,6 +101,7 @@ class _TrackerBase:
             )
         _check_positive_int("buffer_size", buffer_size)
         _check_positive_int("batch_size", batch_size)
+        _check_positive_int("buffer_bytes", buffer_bytes)
         if not (isinstance(flush_interval, (int, float)) and 0 < flush_interval < math.inf):
             raise ValueError(
                 f"flush_interval must be a positive number of seconds, got {flush_interval!r}"
@@ -106,6 +122,7 @@ class _TrackerBase:
         self.experiment_name = check_name(experiment_name, what="experiment_name")
         self.experiment_config: dict[str, Any] = dict(experiment_config or {})
         self.buffer_size = buffer_size
+        self.buffer_bytes = buffer_bytes
         self.batch_size = batch_size
         self.flush_interval = float(flush_interval)
         self.overflow: OverflowPolicy = overflow
@@ -116,9 +133,12 @@ class _TrackerBase:
         self.summary: dict[str, Any] = {}
         self._names = _unique_names(self.backends)
         self._run: _Run | None = None
-        # The hot path reads only these two attributes.
-        self._buffer: EventBuffer | None = None
+        # The hot path reads these attributes.
+        self._buffer: LineBuffer | None = None
         self._steps: Iterator[int] = itertools.count()
+        self._encoder = ValueEncoder()
+        self._slow_calls = 0  # calls left that go straight to the slow path
+        self._misses = 0  # fast-path misses in a row
         self._lifecycle = threading.RLock()
         self._last_stats: RunStats | None = None
         self.handle_sigterm = handle_sigterm
@@ -139,13 +159,17 @@ class _TrackerBase:
     def log(self, data: Mapping[str, Any], *, step: int | None = None) -> None:
         """Record one step's values; returns at once, without I/O.
 
-        The top-level mapping is copied (later changes to it are not recorded), stamped
-        with the step and the wall-clock time, and put on the buffer. Values are
-        converted and written by the worker.
+        The values are encoded right away, on the calling thread, into the run file's
+        JSON line (so later changes to ``data`` or to lists inside it are not
+        recorded), stamped with the step and the wall-clock time, and put on the
+        buffer; the writer thread writes the lines in batches. Tensors that live on an
+        accelerator are not read here: they are snapshotted without waiting for the
+        device, and read back by the writer a batch at a time.
 
         Args:
             data: Metric names mapped to values (numbers, strings, nested lists and
-                dicts, numpy values; anything else is recorded as its ``repr()``).
+                dicts, numpy values, tensors; anything else is recorded as its
+                ``repr()``).
             step: Explicit step number. Without it the step counts up from 0, or from
                 one past the last explicit step.
 
@@ -158,24 +182,76 @@ class _TrackerBase:
         buffer = self._buffer
         if buffer is None:
             raise self._inactive("log")
-        if type(data) is dict:
-            data = data.copy()
-        else:
+        if type(data) is not dict:
             data = _copy_mapping(data)
-        if buffer.inspect and not buffer.is_plain(map(type, data.values())):
-            data = _snapshot(data, max_array_size=self.max_array_size)
-            if DEFER_KEY in data:
-                buffer.deferred = True
         if step is None:
             step = next(self._steps)
         else:
             step = self._explicit_step(step)
-        data[STEP_KEY] = step
-        data[TIME_KEY] = _now()
-        events = buffer.events
-        if len(events) >= buffer.limit and buffer.make_room():
+        now = _now()
+        if self._slow_calls:
+            self._slow_calls -= 1
+            self._log_slow(buffer, data, step, now)
             return
-        events.append(data)
+        # The fast path: orjson's own type dispatch is the check. Strict (no default,
+        # no numpy option), so anything it cannot store as itself fails at once and
+        # takes the slow path with the copy and snapshot of arrays and tensors.
+        try:
+            line = _dumps({"step": step, "time": now, "data": data}, option=_LINE)
+        except TypeError:  # orjson.JSONEncodeError included
+            self._missed_fast()
+            self._log_slow(buffer, data, step, now)
+            return
+        if self._misses:
+            self._misses = 0
+        if _find_null(line) is not None:  # NaN and infinities come out as null: tag them
+            line = self._encoder.encode_row(step, now, data)
+        if len(line) > buffer.small_bytes:
+            self._put_large(buffer, line, step, now, data)
+            return
+        items = buffer.items
+        if len(items) >= buffer.limit and buffer.make_room():
+            return
+        items.append(line)
+
+    def _missed_fast(self) -> None:
+        # Loops that log tensors or numpy values every step would pay for a failed
+        # fast attempt on every call: after a streak of misses, go straight to the
+        # slow path for a while, then try the fast one again.
+        self._misses += 1
+        if self._misses >= _MISS_STREAK:
+            self._misses = 0
+            self._slow_calls = _SLOW_SPELL
+
+    def _log_slow(self, buffer: LineBuffer, data: dict[str, Any], step: int, now: float) -> None:
+        """Copy, snapshot arrays and tensors, and encode what needs no device read."""
+        data = data.copy()
+        if buffer.libraries and not buffer.is_plain(map(type, data.values())):
+            if not self.snapshot:
+                buffer.put_row((step, now, data))  # references: the writer reads them
+                return
+            data = _snapshot(data, max_array_size=self.max_array_size)
+            if DEFER_KEY in data:
+                buffer.put_row((step, now, data))
+                return
+        try:
+            line = self._encoder.encode_row(step, now, data)
+        except Exception as exc:  # pragma: no cover - encode_row has its own fallbacks
+            line = self._encoder.unencodable(step, now, exc)
+        if len(line) > buffer.small_bytes:
+            self._put_large(buffer, line, step, now, data)
+            return
+        items = buffer.items
+        if len(items) >= buffer.limit and buffer.make_room():
+            return
+        items.append(line)
+
+    def _put_large(
+        self, buffer: LineBuffer, line: bytes, step: int, now: float, data: Mapping[str, Any]
+    ) -> None:
+        if len(line) > self._encoder.max_event_bytes:
+            line = self._encoder.too_large(step, now, data, len(line))
+        buffer.put_large(line)
 
     def _explicit_step(self, step: Any) -> int:
         if isinstance(step, bool):
@@ -243,10 +319,17 @@ class _TrackerBase:
             pid=os.getpid(),
             host=socket.gethostname(),
         )
-        buffer = EventBuffer(self.buffer_size, wake_at=self.batch_size, policy=self.overflow)
-        worker = Worker(
+        buffer = LineBuffer(
+            self.buffer_size,
+            wake_at=self.batch_size,
+            policy=self.overflow,
+            byte_budget=self.buffer_bytes,
+        )
+        encoder = ValueEncoder(max_event_bytes=self._max_event_bytes())
+        worker = Writer(
             buffer,
             list(zip(self._names, self.backends, strict=True)),
+            encoder=encoder,
             batch_size=self.batch_size,
             flush_interval=self.flush_interval,
             snapshot=self.snapshot,
@@ -254,12 +337,18 @@ class _TrackerBase:
             retry=self.retry,
         )
         worker.refresh_inspection()
-        return _Run(info, buffer, worker), worker.start(info)
+        return _Run(info, buffer, worker, encoder), worker.start(info)
+
+    def _max_event_bytes(self) -> int:
+        limits = [b.max_event_bytes for b in self.backends if isinstance(b, JsonlBackend)]
+        return min(limits, default=16 * 2**20)
 
     def _activate(self, run: _Run) -> None:
         self.summary = {}
         self._steps = itertools.count()
         self._run = run
+        self._encoder = run.encoder
+        self._slow_calls = self._misses = 0
         self._buffer = run.buffer
         self._forked = False
         install_exit_hook()
@@ -353,6 +442,9 @@ class Tracker(_TrackerBase):
         experiment_name: Groups runs (the JSONL backend's sub-directory).
         experiment_config: Config recorded with every run, under the ``init`` config.
         buffer_size: Events held in memory at most.
+        buffer_bytes: Bytes of encoded events held in memory at most (about: events
+            that wait for a device read count by number only). The overflow policy
+            applies when either limit is reached.
         batch_size: Events that wake the worker, and the size of a batch handed to
             the backends; while a backlog is drained (the loop outruns the worker),
             batches grow up to 4 x ``batch_size``, so the worker pays fewer thread

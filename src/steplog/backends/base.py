@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from typing import Any
 
 from ..events import Event, RunEnd, RunInfo
 
@@ -45,6 +46,21 @@ class Backend(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+    def _direct_sink(self) -> Any:
+        """The synchronous side the writer thread drives itself, or ``None``.
+
+        Only the built-in local backends (JSONL, memory, null) have one, and only while
+        a subclass has not replaced their methods: every other backend is driven through
+        ``open``/``write``/``close`` on the event loop of the run's fan-out thread.
+        """
+        return None
+
+
+def _overrides(backend: Backend, base: type, *names: str) -> bool:
+    """Whether ``backend``'s class replaces any of ``base``'s methods ``names``."""
+    cls = type(backend)
+    return any(getattr(cls, name) is not getattr(base, name) for name in names)
 
 
 def backend_name(backend: Backend) -> str:

@@ -7,16 +7,14 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import aiofiles
-import aiofiles.os
 import anyio.to_thread
 
+from .._batch import LineBatch
 from .._names import check_name
 from .._values import ValueEncoder
 from ..events import Event, RunEnd, RunInfo
-from .base import Backend
+from .base import Backend, _overrides
 
 __all__ = ["SCHEMA_VERSION", "JsonlBackend"]
 
@@ -26,8 +24,7 @@ logger = logging.getLogger("steplog")
 SCHEMA_VERSION = 1
 
 
-def _private_opener(path: str, flags: int) -> int:
-    return os.open(path, flags, 0o644)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 class JsonlBackend(Backend):
@@ -39,23 +36,23 @@ class JsonlBackend(Backend):
     process that is killed leaves every earlier batch intact and at most the last line
     torn, which :func:`steplog.read_run` tolerates.
 
-    Where batches go: a write into the page cache of a local disk takes a fraction of a
-    millisecond, less than handing it to a thread (the aiofiles hop cost more CPU per
-    event than the write itself, measured in docs/benchmarks.md). So batches are written
-    straight from the worker's loop while writes stay fast. When the moving average of
-    write times (weight 1/10 for the newest) exceeds ``inline_write_limit`` — a network
-    filesystem, a stalling disk, or one write ten times slower than the limit — every
-    later write of the run moves to a thread through aiofiles, so a slow disk cannot hold
-    up the other backends for long. (The average, not single writes, decides: a write
-    also waits for the GIL on its way back, a few milliseconds on a busy loop.)
-    Opening, closing and ``fsync`` always go through a thread.
+    Where batches go: in a tracker, the run's writer thread writes every batch itself,
+    as the lines ``log()`` encoded, joined, in one ``os.write`` (which releases the GIL);
+    if a write fails part-way, its retry resumes after the bytes that made it, and a
+    batch given up is cut back out of the file, so the file holds whole lines only and
+    matches the run statistics. Driven as an async backend instead (a subclass that
+    replaces ``write``, or :func:`steplog.replay`), batches are written straight from the
+    event loop while writes stay fast; when the moving average of write times (weight
+    1/10 for the newest) exceeds ``inline_write_limit`` — a network filesystem, a
+    stalling disk — later writes of the run move to a thread.
 
     Args:
         root: Directory holding one sub-directory per experiment.
         fsync: Also ``fsync`` after every batch, so batches survive a power loss or
             kernel crash, not just a killed process. Costs a disk flush per batch.
-        inline_write_limit: Average seconds a direct write may take before writes move
-            to a thread; ``0`` always writes from a thread.
+        inline_write_limit: When driven as an async backend: average seconds a write
+            on the event loop may take before writes move to a thread; ``0`` always
+            writes from a thread.
         max_event_bytes: An event whose line would be longer is recorded as
             ``{"$too_large": {"bytes": N, "keys": [...]}}`` instead, with a warning.
 
@@ -80,8 +77,10 @@ class JsonlBackend(Backend):
             raise ValueError(f"max_event_bytes must be at least 1024, got {max_event_bytes!r}")
         self.max_event_bytes = max_event_bytes
         self.path: Path | None = None
-        self._file: Any = None
         self._fd = -1
+        self._size = 0  # bytes in the file
+        self._batch_start = 0  # its size before the batch being written
+        self._unwritten: memoryview | None = None  # what a retry still has to write
         self._inline = inline_write_limit > 0
         self._write_seconds = 0.0  # moving average of direct writes
         self._encoder = ValueEncoder(max_event_bytes=max_event_bytes)
@@ -99,19 +98,28 @@ class JsonlBackend(Backend):
         """Whether batches are currently written straight from the event loop."""
         return self._inline
 
-    async def open(self, run: RunInfo) -> None:
-        """Create the run file (exclusively) and write the run-start record."""
+    def _direct_sink(self) -> _FileSink | None:
+        if _overrides(self, JsonlBackend, "open", "write", "close"):
+            return None
+        return _FileSink(self)
+
+    # -- the writer thread's side (see Backend._direct_sink) ------------------------
+
+    def _open_file(self, run: RunInfo, encoder: ValueEncoder | None) -> None:
         directory = self.root / check_name(run.experiment, what="experiment name")
         # Never world-writable, whatever the umask (it still narrows these further).
-        await aiofiles.os.makedirs(directory, mode=0o755, exist_ok=True)
+        os.makedirs(directory, mode=0o755, exist_ok=True)
         path = directory / f"{check_name(run.run_id, what='run id')}.jsonl"
-        self._encoder = ValueEncoder(max_event_bytes=self.max_event_bytes)
-        self._file = await aiofiles.open(path, "xb", buffering=0, opener=_private_opener)
-        self._fd = self._file.fileno()
+        if encoder is None:
+            encoder = ValueEncoder(max_event_bytes=self.max_event_bytes)
+        self._encoder = encoder
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
+        self._size = 0
+        self._unwritten = None
         self._inline = self.inline_write_limit > 0
         self._write_seconds = 0.0
         self.path = path
-        await self._write(
+        self._write_all(
             self._encoder.encode(
                 {
                     "type": "run_start",
@@ -126,16 +134,40 @@ class JsonlBackend(Backend):
             )
         )
 
-    async def write(self, events: Sequence[Event]) -> None:
-        """Append one line per event, in one system call."""
-        await self._write(self._encoder.encode_events(events))
+    def _write_all(self, data: bytes) -> None:
+        """Append ``data``; after a failure, a retry resumes after the bytes that made it."""
+        if self._unwritten is None:
+            self._unwritten = memoryview(data)
+            self._batch_start = self._size
+        view = self._unwritten
+        # An unbuffered write may be partial (signals, a full disk); finish it.
+        while view:
+            written = os.write(self._fd, view)
+            self._size += written
+            view = self._unwritten = view[written:]
+        self._unwritten = None
+        if self.fsync:
+            os.fsync(self._fd)
 
-    async def close(self, end: RunEnd) -> None:
-        """Append the run-end record and close the file."""
-        if self._file is None:
+    def _abandon(self) -> None:
+        """Cut a batch that could not be written in full back out of the file.
+
+        A reader then sees whole lines only, and the run statistics match the file.
+        """
+        if self._unwritten is None:
+            return
+        self._unwritten = None
+        if self._size > self._batch_start:
+            os.ftruncate(self._fd, self._batch_start)
+            self._size = self._batch_start
+            os.lseek(self._fd, self._size, os.SEEK_SET)
+
+    def _close_file(self, end: RunEnd) -> None:
+        if self._fd < 0:
             return
         try:
-            await self._write(
+            self._unwritten = None
+            self._write_all(
                 self._encoder.encode(
                     {
                         "type": "run_end",
@@ -149,26 +181,53 @@ class JsonlBackend(Backend):
                 )
             )
         finally:
-            file, self._file = self._file, None
-            await file.close()
+            fd, self._fd = self._fd, -1
+            os.close(fd)
 
-    async def _write(self, data: bytes | bytearray) -> None:
-        view = memoryview(data)
-        # An unbuffered write may be partial (signals, a full disk); finish it.
-        while view:
-            if self._inline:
-                started = time.perf_counter()
-                written = os.write(self._fd, view)
-                took = time.perf_counter() - started
-                self._write_seconds += (took - self._write_seconds) / 10
-                if self._write_seconds > self.inline_write_limit:
-                    self._inline = False
-                    logger.info(
-                        "steplog: writes to %s are slow; moving them off the event loop",
-                        self.path,
-                    )
-            else:
-                written = await self._file.write(view)
-            view = view[written:]
-        if self.fsync:
-            await anyio.to_thread.run_sync(os.fsync, self._fd)
+    # -- the async interface (used when driven as any other backend, e.g. by replay) ---
+
+    async def open(self, run: RunInfo) -> None:
+        """Create the run file (exclusively) and write the run-start record."""
+        await anyio.to_thread.run_sync(self._open_file, run, None)
+
+    async def write(self, events: Sequence[Event]) -> None:
+        """Append one line per event, in one system call."""
+        if isinstance(events, LineBatch):
+            data = b"".join(events.lines)
+        else:
+            data = self._encoder.encode_events(events)
+        if not self._inline:
+            await anyio.to_thread.run_sync(self._write_all, data)
+            return
+        started = time.perf_counter()
+        self._write_all(data)
+        took = time.perf_counter() - started
+        self._write_seconds += (took - self._write_seconds) / 10
+        if self._write_seconds > self.inline_write_limit:
+            self._inline = False
+            logger.info("steplog: writes to %s are slow; moving them off the event loop", self.path)
+
+    async def close(self, end: RunEnd) -> None:
+        """Append the run-end record and close the file."""
+        await anyio.to_thread.run_sync(self._close_file, end)
+
+
+class _FileSink:
+    """The writer thread's side of a :class:`JsonlBackend` (see ``DirectSink``)."""
+
+    __slots__ = ("backend",)
+
+    def __init__(self, backend: JsonlBackend) -> None:
+        self.backend = backend
+
+    def open(self, run: RunInfo, encoder: ValueEncoder) -> None:
+        self.backend._open_file(run, encoder)
+
+    def write(self, data: bytes, batch: Sequence[Event]) -> None:
+        self.backend._write_all(data)
+
+    def abandon(self) -> None:
+        self.backend._abandon()
+
+    def close(self, end: RunEnd) -> None:
+        self.backend._close_file(end)

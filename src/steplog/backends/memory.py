@@ -6,8 +6,9 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .._batch import events_of
 from ..events import Event, RunEnd, RunInfo, RunStats
-from .base import Backend
+from .base import Backend, _overrides
 
 __all__ = ["MemoryBackend"]
 
@@ -47,12 +48,18 @@ class MemoryBackend(Backend):
 
     async def open(self, run: RunInfo) -> None:
         """Forget the previous run and start recording ``run``."""
+        self._start(run)
+
+    def _start(self, run: RunInfo) -> None:
         with self._lock:
             self._reset()
             self.info = run
 
     async def write(self, events: Sequence[Event]) -> None:
         """Append the events and extend the per-key history."""
+        self._add(events_of(events))
+
+    def _add(self, events: Sequence[Event]) -> None:
         with self._lock:
             self.records.extend(events)
             history = self.history
@@ -66,11 +73,40 @@ class MemoryBackend(Backend):
 
     async def close(self, end: RunEnd) -> None:
         """Record the summary, status and statistics."""
+        self._end(end)
+
+    def _end(self, end: RunEnd) -> None:
         with self._lock:
             self.summary = dict(end.summary)
             self.status = end.status
             self.stats = end.stats
 
+    def _direct_sink(self) -> _MemorySink | None:
+        if _overrides(self, MemoryBackend, "open", "write", "close"):
+            return None
+        return _MemorySink(self)
+
     def steps(self, key: str) -> list[int]:
         """Return the steps at which ``key`` was logged, aligned with ``history[key]``."""
         return [e.step for e in self.records if key in e.data]
+
+
+class _MemorySink:
+    """The writer thread's side of a :class:`MemoryBackend` (see ``DirectSink``)."""
+
+    __slots__ = ("backend",)
+
+    def __init__(self, backend: MemoryBackend) -> None:
+        self.backend = backend
+
+    def open(self, run: RunInfo, encoder: object) -> None:
+        self.backend._start(run)
+
+    def write(self, data: bytes, batch: Sequence[Event]) -> None:
+        self.backend._add(events_of(batch))
+
+    def abandon(self) -> None:
+        pass
+
+    def close(self, end: RunEnd) -> None:
+        self.backend._end(end)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..events import Event, RunEnd, RunInfo
-from .base import Backend
+from .base import Backend, _overrides
 
 __all__ = ["NullBackend"]
 
@@ -21,3 +21,24 @@ class NullBackend(Backend):
 
     async def close(self, end: RunEnd) -> None:
         """Do nothing."""
+
+    def _direct_sink(self) -> _NullSink | None:
+        if _overrides(self, NullBackend, "open", "write", "close"):
+            return None
+        return _NullSink()
+
+
+class _NullSink:
+    """The writer thread's side of a :class:`NullBackend`: nothing to do."""
+
+    def open(self, run: RunInfo, encoder: object) -> None:
+        pass
+
+    def write(self, data: bytes, batch: Sequence[Event]) -> None:
+        pass
+
+    def abandon(self) -> None:
+        pass
+
+    def close(self, end: RunEnd) -> None:
+        pass

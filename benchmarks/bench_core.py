@@ -1,41 +1,79 @@
-"""Core benchmark: what steplog costs the hot loop (issue #2's figures).
+"""Core benchmark: what steplog costs the hot loop (issues #2 and #11).
 
-Measures, in one run, for a 10-key dict per step (8 floats, an int, a short string):
+Every figure is measured in one run next to the simplest alternative, the naive inline
+write (``f.write(orjson.dumps(record))``, the ``Naive`` class). The workload is a 10-key
+dict per step (8 floats, an int, a short string) unless a section says otherwise.
+Sections, in the order a full run prints them:
 
-1. ``log()`` cost per call (median, p99), timer overhead removed, with the worker
-   writing to JSONL — next to the floor (``deque.append(dict(d))``) and a naive inline
-   ``orjson.dumps`` + buffered ``write``.
-2. Net process CPU per event (all threads: the worker shares the GIL with the loop),
-   minus the same loop without logging.
+1. ``log()`` cost per call (p50, p99), timer overhead removed, with the writer writing
+   to JSONL — next to the floor (``deque.append(dict(d))``) and the naive inline write.
+2. Net process CPU per event (all threads: the writer shares the GIL with the loop),
+   minus the same loop without logging, and its ratio to the naive inline write.
 3. Sustained events/s into JSONL with ``overflow="block"``, verifying nothing was lost.
-4. Wall-clock slowdown of a loop whose steps do ~100 µs of numpy work, with
-   interleaved repetitions (A B C A B C …), reported as median ratios.
+4. Wall-clock slowdown of a loop whose steps do ~100 µs of numpy work, over
+   ``--rounds`` interleaved rounds (none, steplog, naive; none, steplog, naive; …):
+   the median ratio to no logging, the min…max band of the per-round ratios, and
+   "steplog − naive" in percentage points (median and band of the per-round
+   differences; issue #11's target is ≤ +0.5 points).
+5. Per-thread CPU per event (``--breakdown``): the logging thread (net of the loop
+   without logging), the writer thread (``steplog._writer.Writer``; on code from before
+   the writer existed, the anyio worker thread ``steplog._worker.Worker``) and the whole
+   process, for ``NullBackend``, ``JsonlBackend`` and the naive inline write.
+6. Size scaling and the tensor path (``--scaling``): log() p50/p99 and net process CPU
+   per event for dicts of 10, 30 and 100 keys (steplog default, ``snapshot=False``,
+   naive), then for 4 CPU torch 0-d tensors + 6 floats (also through the accelerator
+   path, ``steplog._arrays._HOST_CPU = False``) and for 4 numpy arrays of 10 elements
+   + 6 floats, next to a naive inline write that calls ``.tolist()`` on them.
 
-Run: ``python benchmarks/bench_core.py`` (``--quick`` for a smoke run).
+Sections 2, 5 and 6 interleave their variants within each repetition and report
+medians over repetitions.
+
+Run: ``python benchmarks/bench_core.py`` (all sections). Options: ``--quick`` (small
+sizes, a smoke run), ``--breakdown`` / ``--scaling`` (only those sections; both may be
+given), ``--rounds N`` (slowdown rounds; 15, or 3 with ``--quick``), ``--json PATH``
+(every printed figure, plus the per-round samples, as JSON). The header names the
+steplog that was imported, so a before/after comparison is the same script run against
+two checkouts, e.g. ``PYTHONPATH=/tmp/steplog-before/src python benchmarks/bench_core.py
+--json before.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import gc
+import json
 import os
 import platform
+import queue
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
 
 import steplog
 
+Record = dict[str, Any]
+MakeRecord = Callable[[int, float], Record]
+NAIVE = "naive inline orjson + write"
 
-def make_record(i: int, x: float) -> dict[str, Any]:
+
+class Logger(Protocol):
+    def log(self, data: Record) -> None: ...
+
+    def finish(self) -> Any: ...
+
+
+def make_record(i: int, x: float) -> Record:
     return {
         "loss": x,
         "best_loss": x * 0.5,
@@ -57,7 +95,7 @@ class Naive:
         self.file = open(path, "wb")  # noqa: SIM115 - closed in finish()
         self.step = 0
 
-    def log(self, data: dict[str, Any]) -> None:
+    def log(self, data: Record) -> None:
         self.file.write(orjson.dumps({"step": self.step, "time": time.time(), "data": data}))
         self.file.write(b"\n")
         self.step += 1
@@ -66,13 +104,24 @@ class Naive:
         self.file.close()
 
 
+class NaiveToList(Naive):
+    """The naive write for tensors and arrays: ``.tolist()`` each value that has it.
+
+    On an accelerator that is a device sync per tensor; on the CPU it is what a user
+    would otherwise write (``loss.item()``, ``arr.tolist()``).
+    """
+
+    def log(self, data: Record) -> None:
+        super().log({k: v.tolist() if hasattr(v, "tolist") else v for k, v in data.items()})
+
+
 class Floor:
     """The physical floor of an in-process enqueue: deque.append(dict(d))."""
 
     def __init__(self) -> None:
-        self.queue: deque[dict[str, Any]] = deque()
+        self.queue: deque[Record] = deque()
 
-    def log(self, data: dict[str, Any]) -> None:
+    def log(self, data: Record) -> None:
         self.queue.append(dict(data))
         if len(self.queue) > 65_536:
             self.queue.clear()
@@ -97,7 +146,10 @@ def new_tracker(root: Path, **kwargs: Any) -> steplog.Tracker:
     return tracker
 
 
-def per_call_cost(log: Callable[[dict[str, Any]], None], n: int) -> tuple[float, float]:
+def per_call_cost(
+    log: Callable[[Record], None], n: int, make: MakeRecord = make_record
+) -> tuple[float, float]:
+    """log()'s p50 and p99 in µs, timer overhead removed."""
     clock = time.perf_counter_ns
     overhead = []
     for _ in range(10_000):
@@ -106,7 +158,7 @@ def per_call_cost(log: Callable[[dict[str, Any]], None], n: int) -> tuple[float,
     timer = statistics.median(overhead)
     samples = []
     for i in range(n):
-        record = make_record(i, i * 1e-6)
+        record = make(i, i * 1e-6)
         t0 = clock()
         log(record)
         samples.append(clock() - t0)
@@ -120,7 +172,7 @@ def bench_log_cost(root: Path, n: int) -> dict[str, tuple[float, float]]:
     out["deque.append(dict(d)) floor"] = per_call_cost(floor.log, n)
     floor.finish()
     naive = Naive(root / "naive.jsonl")
-    out["naive inline orjson + write"] = per_call_cost(naive.log, n)
+    out[NAIVE] = per_call_cost(naive.log, n)
     naive.finish()
     tracker = new_tracker(root)
     out["steplog JSONL (block)"] = per_call_cost(tracker.log, n)
@@ -132,27 +184,26 @@ def bench_log_cost(root: Path, n: int) -> dict[str, tuple[float, float]]:
     return out
 
 
-def cpu_loop(log: Callable[[dict[str, Any]], None] | None, n: int) -> float:
+def cpu_loop(log: Callable[[Record], None] | None, n: int, make: MakeRecord = make_record) -> float:
     c0 = time.process_time()
     if log is None:
         sink = None
         for i in range(n):
-            sink = make_record(i, i * 1e-6)
+            sink = make(i, i * 1e-6)
         del sink
     else:
         for i in range(n):
-            log(make_record(i, i * 1e-6))
+            log(make(i, i * 1e-6))
     return time.process_time() - c0
 
 
 def bench_cpu(root: Path, n: int, reps: int) -> dict[str, float]:
     """Net process CPU per event (µs), median over interleaved repetitions.
 
-    ``snapshot=False`` skips log()'s look for arrays and tensors to copy (a per-value
-    type check once numpy is imported, as here). The "gc disabled" row is a
-    diagnostic: events that wait in the buffer survive young-generation collections,
-    which makes the cyclic GC run full collections more often in a process with few
-    long-lived objects (like this benchmark).
+    ``snapshot=False`` skips log()'s look for arrays and tensors to copy. The "gc
+    disabled" row is a diagnostic: events that wait in the buffer survive
+    young-generation collections, which makes the cyclic GC run full collections more
+    often in a process with few long-lived objects (like this benchmark).
     """
     gc_off = "steplog JSONL (block), gc disabled (diagnostic)"
     no_snapshot = "steplog JSONL (block, snapshot=False)"
@@ -160,7 +211,7 @@ def bench_cpu(root: Path, n: int, reps: int) -> dict[str, float]:
         "steplog JSONL (block)": [],
         no_snapshot: [],
         gc_off: [],
-        "naive inline orjson + write": [],
+        NAIVE: [],
     }
     for _ in range(reps):
         base = cpu_loop(None, n)
@@ -188,7 +239,7 @@ def bench_cpu(root: Path, n: int, reps: int) -> dict[str, float]:
         c0 = time.process_time()
         cpu_loop(naive.log, n)
         naive.finish()
-        results["naive inline orjson + write"].append((time.process_time() - c0 - base) / n * 1e6)
+        results[NAIVE].append((time.process_time() - c0 - base) / n * 1e6)
         clean(root)
     results["harness (the loop without logging)"] = [cpu_loop(None, n) / n * 1e6]
     return {k: statistics.median(v) for k, v in results.items()}
@@ -243,15 +294,15 @@ def calibrate_numpy_step(target_us: float = 100.0) -> Callable[[], float]:
     return step
 
 
-def bench_slowdown(root: Path, steps: int, reps: int) -> tuple[float, dict[str, float]]:
-    """Median wall-clock ratio vs no logging, interleaved A B C repetitions."""
+def bench_slowdown(root: Path, steps: int, rounds: int) -> tuple[float, dict[str, list[float]]]:
+    """Per-round wall-clock ratios vs no logging; each round runs none, steplog, naive."""
     work = calibrate_numpy_step()
     t0 = time.perf_counter()
     for _ in range(1000):
         work()
     step_us = (time.perf_counter() - t0) / 1000 * 1e6
 
-    def loop(log: Callable[[dict[str, Any]], None] | None) -> float:
+    def loop(log: Callable[[Record], None] | None) -> float:
         start = time.perf_counter()
         for i in range(steps):
             x = work()
@@ -260,11 +311,8 @@ def bench_slowdown(root: Path, steps: int, reps: int) -> tuple[float, dict[str, 
                 log(record)
         return time.perf_counter() - start
 
-    ratios: dict[str, list[float]] = {
-        "steplog JSONL (block)": [],
-        "naive inline orjson + write": [],
-    }
-    for _ in range(reps):
+    ratios: dict[str, list[float]] = {"steplog JSONL (block)": [], NAIVE: []}
+    for _ in range(rounds):
         base = loop(None)
         tracker = new_tracker(root)
         t = loop(tracker.log)
@@ -273,112 +321,435 @@ def bench_slowdown(root: Path, steps: int, reps: int) -> tuple[float, dict[str, 
         naive = Naive(root / "naive.jsonl")
         t = loop(naive.log)
         naive.finish()
-        ratios["naive inline orjson + write"].append(t / base)
+        ratios[NAIVE].append(t / base)
         clean(root)
-    return step_us, {k: statistics.median(v) for k, v in ratios.items()}
+    return step_us, ratios
 
 
-def bench_breakdown(root: Path, n: int, reps: int) -> None:
-    """Per-thread CPU per event: the logging loop, the worker thread, other threads."""
-    from steplog import _worker
+def writer_thread_class() -> tuple[Any, str]:
+    """The class whose ``_thread_main`` runs the background thread, and its name.
 
-    class EncodeOnly(steplog.JsonlBackend):
-        async def write(self, events: Any) -> None:
-            self._encoder.encode_events(events)
+    Code from before the writer thread (issue #11) ran an anyio worker thread instead.
+    """
+    try:
+        from steplog import _writer
+    except ImportError:
+        from steplog import _worker
 
-    worker_cpu: list[float] = []
-    original = _worker.Worker._thread_main
+        return _worker.Worker, "steplog._worker.Worker (anyio loop)"
+    return _writer.Writer, "steplog._writer.Writer"
 
-    def timed(self: Any, info: Any) -> None:
+
+def bench_breakdown(root: Path, n: int, reps: int) -> tuple[str, dict[str, dict[str, Any]]]:
+    """Per-thread CPU per event (µs): the logging loop (net), the writer, the process."""
+    cls, thread_name = writer_thread_class()
+    if not hasattr(cls, "_thread_main"):
+        raise SystemExit(f"{thread_name} has no _thread_main to time: update bench_breakdown")
+    # Put by the writer thread itself as it ends, after finish() may have returned.
+    writer_cpu: queue.SimpleQueue[float] = queue.SimpleQueue()
+    original = cls._thread_main
+
+    def timed(self: Any, *args: Any, **kwargs: Any) -> None:
         try:
-            original(self, info)
+            original(self, *args, **kwargs)
         finally:
-            worker_cpu.append(time.thread_time())
+            writer_cpu.put(time.thread_time())
 
-    _worker.Worker._thread_main = timed  # type: ignore[method-assign]
-    variants: dict[str, Callable[[], steplog.Backend]] = {
+    variants: dict[str, Callable[[], steplog.Backend] | None] = {
         "NullBackend": steplog.NullBackend,
-        "JSONL encoding only (no write)": lambda: EncodeOnly(root),
         "JsonlBackend": lambda: steplog.JsonlBackend(root),
+        NAIVE: None,
     }
-    rows: dict[str, list[tuple[float, float, float]]] = {name: [] for name in variants}
+    rows: dict[str, list[tuple[float, float | None, float]]] = {name: [] for name in variants}
+    cls._thread_main = timed
     try:
         for _ in range(reps):
             for name, make in variants.items():
                 t0 = time.thread_time()
                 cpu_loop(None, n)
                 base = time.thread_time() - t0
-                tracker = steplog.Tracker(make(), experiment_name="breakdown")
-                tracker.init()
+                logger: Logger
+                if make is None:
+                    logger = Naive(root / "naive.jsonl")
+                else:
+                    logger = steplog.Tracker(make(), experiment_name="breakdown")
+                    logger.init()
                 p0, m0 = time.process_time(), time.thread_time()
-                cpu_loop(tracker.log, n)
-                tracker.finish()
+                cpu_loop(logger.log, n)
+                logger.finish()
                 main_cpu = time.thread_time() - m0
                 total = time.process_time() - p0
+                writer = None if make is None else writer_cpu.get(timeout=60) / n * 1e6
                 clean(root)
-                rows[name].append(
-                    (
-                        (main_cpu - base) / n * 1e6,
-                        worker_cpu[-1] / n * 1e6,
-                        (total - base) / n * 1e6,
-                    )
-                )
+                rows[name].append(((main_cpu - base) / n * 1e6, writer, (total - base) / n * 1e6))
     finally:
-        _worker.Worker._thread_main = original  # type: ignore[method-assign]
-    print(f"\n### Per-thread CPU per event ({n:,} events, median of {reps}, µs)")
-    print("| backend | logging thread (net) | worker thread | whole process (net) |")
-    print("|---|---:|---:|---:|")
+        cls._thread_main = original
+    out: dict[str, dict[str, Any]] = {}
     for name, values in rows.items():
-        cols = [statistics.median(v[i] for v in values) for i in range(3)]
-        print(f"| {name} | {cols[0]:.2f} | {cols[1]:.2f} | {cols[2]:.2f} |")
+        writers = [v[1] for v in values if v[1] is not None]
+        out[name] = {
+            "logging_thread_net_us": statistics.median(v[0] for v in values),
+            "writer_thread_us": statistics.median(writers) if writers else None,
+            "process_net_us": statistics.median(v[2] for v in values),
+        }
+    return thread_name, out
+
+
+@dataclasses.dataclass
+class Variant:
+    """One logger in the scaling section: how to make it, and the tensor path to use."""
+
+    name: str
+    make: Callable[[], Logger]
+    host_cpu: bool = True  # False: CPU tensors take the accelerator path
+
+
+@contextlib.contextmanager
+def host_cpu(on: bool) -> Iterator[None]:
+    """Set ``steplog._arrays._HOST_CPU`` for the duration (tests use the same switch)."""
+    from steplog import _arrays
+
+    saved = _arrays._HOST_CPU
+    _arrays._HOST_CPU = on
+    try:
+        yield
+    finally:
+        _arrays._HOST_CPU = saved
+
+
+def sized_record(keys: int) -> MakeRecord:
+    """Like ``make_record`` with ``keys`` keys: floats, one int, one short string."""
+    names = ["loss", *(f"metric_{j}" for j in range(keys - 3))]
+    scales = [1.0 + j / keys for j in range(keys - 2)]
+
+    def make(i: int, x: float) -> Record:
+        record: Record = {name: x * scale for name, scale in zip(names, scales, strict=True)}
+        record["step"] = i
+        record["trigger"] = "abc xyz"
+        return record
+
+    return make
+
+
+def pooled_record(pools: Sequence[Sequence[Any]]) -> MakeRecord:
+    """4 values cycled from prebuilt pools (tensors or arrays) + 6 floats per step.
+
+    Pools keep the harness cheap and steady; the values are never mutated, so steplog
+    keeping references (``snapshot=False``, the accelerator path) records them right.
+    """
+    p0, p1, p2, p3 = (list(pool) for pool in pools)
+    mask = len(p0) - 1
+
+    def make(i: int, x: float) -> Record:
+        j = i & mask
+        return {
+            "loss": p0[j],
+            "grad_norm": p1[j],
+            "kl": p2[j],
+            "entropy": p3[j],
+            "best_loss": x * 0.5,
+            "lr": 0.001,
+            "temperature": x * 0.1,
+            "accept_rate": 0.25,
+            "margin": x + 1.0,
+            "scale": x * 2.0,
+        }
+
+    return make
+
+
+def scaling_workloads(root: Path, notes: list[str]) -> list[tuple[str, MakeRecord, list[Variant]]]:
+    def tracker(**kwargs: Any) -> Callable[[], Logger]:
+        return lambda: new_tracker(root, **kwargs)
+
+    def naive(cls: type[Naive] = Naive) -> Callable[[], Logger]:
+        return lambda: cls(root / "naive.jsonl")
+
+    plain = [
+        Variant("steplog JSONL (block)", tracker()),
+        Variant("steplog JSONL (block, snapshot=False)", tracker(snapshot=False)),
+        Variant(NAIVE, naive()),
+    ]
+    workloads = [(f"{keys} keys", sized_record(keys), plain) for keys in (10, 30, 100)]
+    naive_tolist = Variant("naive inline .tolist() + orjson + write", naive(NaiveToList))
+    arrays = [
+        Variant("steplog JSONL (block)", tracker()),
+        Variant("steplog JSONL (block, snapshot=False)", tracker(snapshot=False)),
+    ]
+    try:
+        import torch
+    except ImportError:
+        notes.append("torch is not importable: the CPU tensor rows are skipped")
+        print("\n(torch is not importable: the CPU tensor rows are skipped)")
+    else:
+        from steplog import _arrays
+
+        tensors = list(arrays)
+        if hasattr(_arrays, "_HOST_CPU"):
+            tensors.append(
+                Variant("steplog JSONL (block), accelerator path", tracker(), host_cpu=False)
+            )
+        else:
+            notes.append("steplog._arrays._HOST_CPU is missing: no accelerator-path row")
+        tensors.append(naive_tolist)
+        pools = [[torch.tensor(k + j / 1024) for j in range(1024)] for k in range(4)]
+        workloads.append(("4 CPU torch 0-d tensors + 6 floats", pooled_record(pools), tensors))
+    rng = np.random.default_rng(0)
+    pools = [[rng.standard_normal(10) for _ in range(1024)] for _ in range(4)]
+    workloads.append(
+        ("4 numpy arrays (10 elements) + 6 floats", pooled_record(pools), [*arrays, naive_tolist])
+    )
+    return workloads
+
+
+def bench_scaling(root: Path, n: int, reps: int, notes: list[str]) -> dict[str, Any]:
+    """log() p50/p99 and net process CPU per event by record size and value kind.
+
+    Within a repetition every variant of a workload runs once (a per-call pass, then a
+    CPU pass with finish() included); figures are medians over repetitions.
+    """
+    out: dict[str, Any] = {}
+    for workload, make, variants in scaling_workloads(root, notes):
+        samples: dict[str, dict[str, list[float]]] = {
+            v.name: {"p50": [], "p99": [], "cpu": []} for v in variants
+        }
+        for _ in range(reps):
+            base = cpu_loop(None, n, make)
+            for variant in variants:
+                with host_cpu(variant.host_cpu):
+                    logger = variant.make()
+                    p50, p99 = per_call_cost(logger.log, n, make)
+                    logger.finish()
+                    clean(root)
+                    logger = variant.make()
+                    c0 = time.process_time()
+                    cpu_loop(logger.log, n, make)
+                    logger.finish()
+                    cpu = (time.process_time() - c0 - base) / n * 1e6
+                clean(root)
+                samples[variant.name]["p50"].append(p50)
+                samples[variant.name]["p99"].append(p99)
+                samples[variant.name]["cpu"].append(cpu)
+        rows = {
+            name: {
+                "p50_us": statistics.median(s["p50"]),
+                "p99_us": statistics.median(s["p99"]),
+                "cpu_us": statistics.median(s["cpu"]),
+            }
+            for name, s in samples.items()
+        }
+        naive = next((r for name, r in rows.items() if name.startswith("naive")), None)
+        for row in rows.values():
+            row["cpu_x_naive"] = row["cpu_us"] / naive["cpu_us"] if naive else None
+        out[workload] = rows
+    return out
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def git_commit(path: str) -> str | None:
+    """The commit of the checkout the package at ``path`` is in, read-only.
+
+    ``+dirty`` marks uncommitted changes in the package's directory.
+    """
+    where = ["git", "-C", os.path.dirname(path)]
+    try:
+        done = subprocess.run(
+            [*where, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        dirty = subprocess.run(
+            [*where, "diff", "--quiet", "HEAD", "--", "."], capture_output=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = done.stdout.strip()
+    if not commit:
+        return None
+    return commit + ("+dirty" if dirty.returncode == 1 else "")
+
+
+def ratio(value: float, reference: float) -> float | None:
+    return value / reference if reference > 0 else None
+
+
+def fmt_x(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}×"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     parser.add_argument(
-        "--breakdown", action="store_true", help="only the per-thread CPU breakdown"
+        "--breakdown", action="store_true", help="the per-thread CPU breakdown (only)"
+    )
+    parser.add_argument(
+        "--scaling", action="store_true", help="the size scaling / tensor path tables (only)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="interleaved rounds of the slowdown section (default 15; 3 with --quick)",
+    )
+    parser.add_argument(
+        "--json", type=Path, default=None, metavar="PATH", help="write every figure to PATH"
     )
     args = parser.parse_args()
     scale = 0.05 if args.quick else 1.0
     n_calls = int(200_000 * scale)
     n_cpu = int(500_000 * scale)
     n_tp = int(2_000_000 * scale)
+    n_breakdown = int(400_000 * scale)
+    n_scaling = int(50_000 * scale)
     steps = int(20_000 * scale)
     reps = 3 if args.quick else 7
+    rounds = args.rounds if args.rounds is not None else (3 if args.quick else 15)
+    if rounds < 1:
+        parser.error("--rounds must be at least 1")
+    only = args.breakdown or args.scaling
 
+    commit = git_commit(steplog.__file__)
     print(
-        f"steplog {steplog.__version__} · Python {platform.python_version()} · "
-        f"{platform.machine()} · {os.cpu_count()} CPUs · orjson {orjson.__version__}"
+        f"steplog {steplog.__version__} from {steplog.__file__}"
+        f"{f' (git {commit})' if commit else ''} · Python {platform.python_version()} · "
+        f"{platform.machine()} · {os.cpu_count()} CPUs · orjson {orjson.__version__} · "
+        f"numpy {np.__version__}"
     )
+    figures: dict[str, Any] = {
+        "meta": {
+            "steplog_version": steplog.__version__,
+            "steplog_file": steplog.__file__,
+            "git_commit": commit,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "orjson": orjson.__version__,
+            "numpy": np.__version__,
+            "quick": args.quick,
+            "argv": sys.argv[1:],
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+    }
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        if args.breakdown:
-            bench_breakdown(root, int(400_000 * scale), reps)
-            return
-        print(f"\n### log() cost per call ({n_calls:,} calls, µs)")
-        print("| logger | p50 | p99 |\n|---|---:|---:|")
-        for name, (p50, p99) in bench_log_cost(root, n_calls).items():
-            print(f"| {name} | {p50:.2f} | {p99:.2f} |")
+        if not only:
+            log_cost = bench_log_cost(root, n_calls)
+            print(f"\n### log() cost per call ({n_calls:,} calls, µs)")
+            print("| logger | p50 | p99 |\n|---|---:|---:|")
+            for name, (p50, p99) in log_cost.items():
+                print(f"| {name} | {p50:.2f} | {p99:.2f} |")
+            figures["log_cost"] = {
+                "n": n_calls,
+                "rows": {k: {"p50_us": v[0], "p99_us": v[1]} for k, v in log_cost.items()},
+            }
 
-        print(f"\n### Net process CPU per event ({n_cpu:,} events, median of {reps}, µs)")
-        print("| logger | CPU per event |\n|---|---:|")
-        for name, value in bench_cpu(root, n_cpu, reps).items():
-            print(f"| {name} | {value:.2f} |")
+            cpu = bench_cpu(root, n_cpu, reps)
+            print(f"\n### Net process CPU per event ({n_cpu:,} events, median of {reps}, µs)")
+            print("| logger | CPU per event | × naive |\n|---|---:|---:|")
+            cpu_rows = {}
+            for name, value in cpu.items():
+                x = None if name.startswith("harness") else ratio(value, cpu[NAIVE])
+                cpu_rows[name] = {"us_per_event": value, "x_naive": x}
+                print(f"| {name} | {value:.2f} | {fmt_x(x)} |")
+            figures["cpu"] = {"n": n_cpu, "reps": reps, "rows": cpu_rows}
 
-        rate, n = bench_throughput(root, n_tp, 3)
-        print(f"\n### Sustained throughput into JSONL (block, {n:,} events, median of 3)")
-        print(f"{rate:,.0f} events/s, nothing lost (file line count checked)")
+            rate, n = bench_throughput(root, n_tp, 3)
+            print(f"\n### Sustained throughput into JSONL (block, {n:,} events, median of 3)")
+            print(f"{rate:,.0f} events/s, nothing lost (file line count checked)")
+            figures["throughput"] = {"n": n, "reps": 3, "events_per_s": rate}
 
-        step_us, ratios = bench_slowdown(root, steps, reps)
-        print(
-            f"\n### Slowdown of a ~{step_us:.0f} µs numpy step loop "
-            f"({steps:,} steps, median of {reps} interleaved repetitions)"
-        )
-        print("| logger | wall-clock ratio vs no logging |\n|---|---:|")
-        for name, ratio in ratios.items():
-            print(f"| {name} | {ratio:.4f} ({(ratio - 1) * 100:+.1f} %) |")
+            step_us, ratios = bench_slowdown(root, steps, rounds)
+            naive_ratios = ratios[NAIVE]
+            print(
+                f"\n### Slowdown of a ~{step_us:.0f} µs numpy step loop "
+                f"({steps:,} steps, {rounds} interleaved rounds)"
+            )
+            print(
+                "| logger | ratio vs no logging (median) | per-round band (min…max) "
+                "| slowdown | steplog − naive (points, median [min…max] of rounds) |"
+                "\n|---|---:|---:|---:|---:|"
+            )
+            slow_rows = {}
+            for name, values in ratios.items():
+                band = spread(values)
+                row: dict[str, Any] = {**band, "slowdown_pct": (band["median"] - 1) * 100}
+                row["per_round"] = values
+                vs = "–"
+                if name != NAIVE:
+                    diffs = [(a - b) * 100 for a, b in zip(values, naive_ratios, strict=True)]
+                    row["minus_naive_points"] = {**spread(diffs), "per_round": diffs}
+                    d = row["minus_naive_points"]
+                    vs = f"{d['median']:+.2f} [{d['min']:+.2f}…{d['max']:+.2f}]"
+                slow_rows[name] = row
+                print(
+                    f"| {name} | {band['median']:.4f} | {band['min']:.4f}…{band['max']:.4f} "
+                    f"| {row['slowdown_pct']:+.2f} % | {vs} |"
+                )
+            figures["slowdown"] = {
+                "step_us": step_us,
+                "steps": steps,
+                "rounds": rounds,
+                "rows": slow_rows,
+            }
+
+        if args.breakdown or not only:
+            thread_name, breakdown = bench_breakdown(root, n_breakdown, reps)
+            print(
+                f"\n### Per-thread CPU per event ({n_breakdown:,} events, median of {reps}, "
+                f"µs; background thread: {thread_name})"
+            )
+            print("| backend | logging thread (net) | writer/worker thread | whole process (net) |")
+            print("|---|---:|---:|---:|")
+            for name, cols in breakdown.items():
+                writer = cols["writer_thread_us"]
+                print(
+                    f"| {name} | {cols['logging_thread_net_us']:.2f} "
+                    f"| {'–' if writer is None else f'{writer:.2f}'} "
+                    f"| {cols['process_net_us']:.2f} |"
+                )
+            figures["breakdown"] = {
+                "n": n_breakdown,
+                "reps": reps,
+                "background_thread": thread_name,
+                "rows": breakdown,
+            }
+
+        if args.scaling or not only:
+            notes: list[str] = []
+            scaling = bench_scaling(root, n_scaling, reps, notes)
+            print(
+                f"\n### Size scaling and the tensor path ({n_scaling:,} events, "
+                f"median of {reps} interleaved repetitions, µs)"
+            )
+            print(
+                "| record | logger | log() p50 | log() p99 | CPU per event (net) | × naive |"
+                "\n|---|---|---:|---:|---:|---:|"
+            )
+            for workload, rows in scaling.items():
+                for name, r in rows.items():
+                    print(
+                        f"| {workload} | {name} | {r['p50_us']:.2f} | {r['p99_us']:.2f} "
+                        f"| {r['cpu_us']:.2f} | {fmt_x(r['cpu_x_naive'])} |"
+                    )
+            torch = sys.modules.get("torch")
+            figures["scaling"] = {
+                "n": n_scaling,
+                "reps": reps,
+                "torch": getattr(torch, "__version__", None),
+                "notes": notes,
+                "workloads": scaling,
+            }
     sys.stdout.flush()
+    if args.json is not None:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+        print(f"\nfigures written to {args.json}")
 
 
 if __name__ == "__main__":

@@ -117,7 +117,7 @@ def stall_mid_drain(gate: GateBackend) -> tuple[steplog.Tracker, steplog.MemoryB
     tracker.init()
     for i in range(10):
         tracker.log({"i": i})
-    assert wait_until(lambda: len(mem.records) == 10 and not tracker._buffer.items)
+    assert wait_until(lambda: len(mem.records) == 10 and not tracker._buffer.count)
     return tracker, mem
 
 

@@ -95,24 +95,76 @@ def test_block_policy_blocks_until_the_backend_makes_progress():
     assert [e.data["i"] for e in gate.records] == list(range(200))
 
 
+def put(buffer: LineBuffer, line: bytes) -> None:
+    """What Tracker.log does with an encoded line."""
+    with buffer.lock:
+        if (
+            buffer.count < buffer.limit
+            and len(line) <= buffer.line_limit
+            and len(buffer.data) + len(line) <= buffer.byte_limit
+        ):
+            buffer.data += line
+            buffer.count += 1
+            return
+    buffer.put_slow(line)
+
+
 def test_worker_is_woken_at_most_once_per_batch():
-    """Producers wake the worker once per batch_size events, not once per event."""
+    """Producers wake the writer once per batch_size events, not once per event."""
     wakes = []
     buffer = LineBuffer(1_000_000, wake_at=100, policy="block")
     buffer.connect(lambda: wakes.append(1), lambda: True)
     for _ in range(10_000):
-        if len(buffer.items) >= buffer.limit:
-            buffer.make_room()
-        buffer.items.append(b"{}\n")
-    assert len(wakes) == 1  # disarmed until the worker drains
+        put(buffer, b"{}\n")
+    assert len(wakes) == 1  # disarmed until the writer drains
     for _ in range(5):
         buffer.rearm()
-        buffer.take(100)
-        for _ in range(10):
-            if len(buffer.items) >= buffer.limit:
-                buffer.make_room()
-            buffer.items.append(b"{}\n")
+        buffer.take()
+        for _ in range(150):
+            put(buffer, b"{}\n")
     assert len(wakes) == 6
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest"])
+def test_byte_budget_bounds_the_buffer_and_drops_whole_lines(policy):
+    """Long lines hit the byte budget before the count; drops remove whole lines."""
+    buffer = LineBuffer(1_000, wake_at=10, policy=policy, byte_budget=10_000)
+    lines = [b'{"i":%d,"pad":"%s"}\n' % (i, b"x" * 980) for i in range(50)]
+    for line in lines:
+        put(buffer, line)
+    items, count = buffer.take()
+    data = b"".join(items)
+    assert len(data) <= 10_000
+    kept = data.splitlines(keepends=True)
+    assert count == len(kept) == 50 - buffer.dropped
+    assert all(line in lines for line in kept)  # never a torn line
+    expected = lines[-count:] if policy == "drop_oldest" else lines[:count]
+    assert kept == expected
+
+
+def test_block_policy_waits_for_room_in_the_byte_budget():
+    """Under 'block', a producer over the byte budget waits until the writer takes."""
+    buffer = LineBuffer(1_000, wake_at=1_000, policy="block", byte_budget=4_000)
+    line = b"x" * 999 + b"\n"
+    for _ in range(4):
+        put(buffer, line)
+    done = threading.Event()
+    producer = threading.Thread(target=lambda: (put(buffer, line), done.set()))
+    producer.start()
+    assert not done.wait(0.2), "the fifth line must wait for room"
+    items, count = buffer.take()
+    assert count == 4
+    assert done.wait(5)
+    producer.join()
+    assert buffer.take()[1] == 1
+
+
+def test_a_line_longer_than_the_budget_still_fits_an_empty_buffer():
+    """One line larger than the whole byte budget is queued, not dropped or blocked."""
+    buffer = LineBuffer(10, wake_at=10, policy="drop_newest", byte_budget=1_000)
+    put(buffer, b"y" * 5_000 + b"\n")
+    assert buffer.take()[1] == 1
+    assert buffer.dropped == 0
 
 
 def test_events_wait_at_most_about_flush_interval_before_reaching_backends():

@@ -87,5 +87,10 @@ def test_injected_write_error_mid_run(runs_root, monkeypatch):
     n = 2_000
     for i in range(n):
         tracker.log({"i": i})
+        if i % 100 == 99:  # batches of 100: the writer takes whatever is queued
+            tracker.flush()
     stats = tracker.finish()
     check_run_survived(stats, mem, n)
+    run = steplog.read_run(backend.path)  # the stats match the file
+    assert len(run.records) == stats.backends["jsonl"].delivered
+    assert run.history["i"] == list(range(len(run.records)))

@@ -19,33 +19,45 @@ class LineBatch(Sequence[Event]):
     """One batch as handed to the backends: a read-only sequence of :class:`Event`.
 
     ``log()`` already encoded every event as a JSON line (the run file's record); a
-    batch keeps those lines and decodes them only when a backend reads its events — all
-    at once on iteration (one ``orjson.loads`` for the whole batch, shared by every
-    backend that reads it), or one line for an index (a console that prints only the
-    latest event decodes only that one). A backend that stores lines as they are (the
-    JSONL file) reads :attr:`lines` and decodes nothing.
+    batch keeps those lines, joined, and decodes them only when a backend reads its
+    events — all at once on iteration (one ``orjson.loads`` for the whole batch, shared
+    by every backend that reads it), or one line for an index (a console that prints
+    only the latest event decodes only that one). A backend that stores lines as they
+    are (the JSONL file) reads :attr:`data` and decodes nothing.
 
     Attributes:
-        lines: The encoded events, in logging order, each ending in ``\\n``.
+        data: The encoded events, in logging order, each line ending in ``\\n``.
     """
 
-    __slots__ = ("_events", "lines")
+    __slots__ = ("_count", "_events", "_lines", "data")
 
-    def __init__(self, lines: list[bytes]) -> None:
-        self.lines = lines
+    def __init__(self, data: bytes | bytearray, count: int) -> None:
+        self.data = data
+        self._count = count
+        self._lines: list[bytes] | None = None
         self._events: list[Event] | None = None
+
+    @property
+    def lines(self) -> list[bytes]:
+        """The encoded events one by one (split on first use)."""
+        lines = self._lines
+        if lines is None:
+            # orjson escapes control characters inside strings: a raw line break only
+            # ever ends a record.
+            lines = self._lines = bytes(self.data).splitlines(keepends=True)
+        return lines
 
     def _materialize(self) -> list[Event]:
         events = self._events
         if events is None:
-            joined = b",".join(self.lines)
-            records = orjson.loads(b"[" + joined + b"]")
-            tagged = b'"$' in joined
+            data = bytes(self.data)
+            records = orjson.loads(b"[" + data[:-1].replace(b"\n", b",") + b"]")
+            tagged = b'"$' in data
             events = self._events = [_event(record, tagged) for record in records]
         return events
 
     def __len__(self) -> int:
-        return len(self.lines)
+        return self._count
 
     @overload
     def __getitem__(self, index: int) -> Event: ...
@@ -63,7 +75,7 @@ class LineBatch(Sequence[Event]):
         return iter(self._materialize())
 
     def __repr__(self) -> str:
-        return f"<LineBatch of {len(self.lines)} events>"
+        return f"<LineBatch of {self._count} events>"
 
 
 def _event(record: dict[str, object], tagged: bool) -> Event:

@@ -154,20 +154,20 @@ class _Delivery:
 class DirectSink(Protocol):
     """A backend's synchronous side, driven by the writer thread (built-in backends only).
 
-    ``write`` gets a batch as the bytes of its lines and as a :class:`LineBatch`. If it
+    ``write`` gets a batch as the bytes of its lines and as a ``LineBatch``. If it
     raises, it is called again with the same objects (a retry), and must then store
-    only what it has not stored yet; if the batch is given up, ``abandon`` is called and
-    must leave no trace of it.
+    only what it has not stored yet; if the batch is given up, ``abandon`` is called: it
+    keeps only whole events of it and says how many.
     """
 
     def open(self, run: RunInfo, encoder: Any) -> None:
         """Start the run (``encoder`` is the run's ``ValueEncoder``)."""
 
-    def write(self, data: bytes, batch: Sequence[Event]) -> None:
+    def write(self, data: bytes | bytearray, batch: Sequence[Event]) -> None:
         """Store one batch."""
 
-    def abandon(self) -> None:
-        """Forget the batch whose writes failed."""
+    def abandon(self) -> int:
+        """Give up the batch whose writes failed; returns how many of its events stay."""
 
     def close(self, end: RunEnd) -> None:
         """End the run and release resources."""
@@ -180,7 +180,7 @@ class DirectRunner(_Delivery):
         super().__init__(backend, name, **kwargs)
         self.sink = sink
 
-    def write_with_retries(self, data: bytes, batch: Sequence[Event]) -> None:
+    def write_with_retries(self, data: bytes | bytearray, batch: Sequence[Event]) -> None:
         """Write one batch, retrying transient errors; count the outcome."""
         if self.disabled:
             self.failed += len(batch)
@@ -199,11 +199,13 @@ class DirectRunner(_Delivery):
                 self._succeeded()
                 self.delivered += len(batch)
                 return
+        kept = 0
         try:
-            self.sink.abandon()
+            kept = self.sink.abandon()
         except Exception as exc:
             self.record_error("discard a failed batch", exc)
-        self.failed += len(batch)
+        self.delivered += kept
+        self.failed += len(batch) - kept
         self._gave_up()
 
 

@@ -46,7 +46,7 @@ __all__ = ["BACKLOG_BATCHES", "Writer"]
 
 logger = logging.getLogger("steplog")
 
-#: Batches grow up to this many times ``batch_size`` while a backlog is drained.
+#: Async backends get batches of up to this many times ``batch_size`` events.
 BACKLOG_BATCHES = 4
 
 
@@ -83,8 +83,15 @@ class Writer:
         snapshot: bool = True,
         max_array_size: int = 1_000,
         retry: RetryPolicy | None = None,
+        durability: str = "thread",
     ) -> None:
         self.buffer = buffer
+        self.durability = durability
+        #: ``durability="process"``: the JSONL backend whose file a writer process
+        #: writes, fed by ``log()`` through the ring (not by :meth:`_deliver`).
+        self.ringed: DirectRunner | None = None
+        self.ring: Any = None
+        self.ring_taken = 0
         self.encoder = encoder
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -187,7 +194,7 @@ class Writer:
 
     def pending(self) -> dict[str, int]:
         """Events each backend has yet to write (read from another thread: approximate)."""
-        queued = len(self.buffer.items)
+        queued = self.buffer.count
         pending = dict.fromkeys(self.names, queued)
         if self.fanout is not None:
             for name, backlog in self.fanout.pending().items():
@@ -242,7 +249,7 @@ class Writer:
         self._started.set_result(info)
         buffer = self.buffer
         while True:
-            if len(buffer.items) < buffer.wake_at:
+            if buffer.count < buffer.wake_at:
                 self._wake.wait(self.flush_interval)
             self._wake.clear()
             buffer.rearm()
@@ -253,12 +260,17 @@ class Writer:
             flushes = self._take_flushes()
             if stop is not None:
                 # The tracker no longer accepts events: drain every one of them.
-                while buffer.items:
-                    self._drain(len(buffer.items))
+                while buffer.count:
+                    self._drain()
             else:
                 # Drain what is there now; what arrives meanwhile waits for the next
                 # round, so flush requests and stops are never starved by a busy producer.
-                self._drain(len(buffer.items))
+                self._drain()
+            if flushes and self.ring is not None and not self.ring.flush(stop_timeout(stop)):
+                error = WorkerError("the writer process did not confirm the flush")
+                for future in flushes:
+                    if not future.done():
+                        future.set_exception(error)
             self._complete_flushes(flushes)
             if stop is not None:
                 self._end(info, stop)
@@ -279,6 +291,15 @@ class Writer:
                 self._started.set_exception(error)
                 return False
             opened.append(runner)
+        if self.durability == "process":
+            try:
+                self._start_ring(info)
+            except Exception as exc:
+                error = BackendOpenError(f"could not start the writer process: {exc}")
+                error.__cause__ = exc
+                self._close_quietly(opened, info)
+                self._started.set_exception(error)
+                return False
         if self.fanout is not None:
             try:
                 self.fanout.start(info)
@@ -287,6 +308,37 @@ class Writer:
                 self._started.set_exception(exc)
                 return False
         return True
+
+    def _start_ring(self, info: RunInfo) -> None:
+        from ._ring import ProcessWriter
+
+        runner = next((r for r in self.direct if hasattr(r.sink, "start_ring")), None)
+        if runner is None:
+            logger.warning(
+                "steplog: durability='process' needs a JsonlBackend; run %r is written "
+                "by the writer thread instead",
+                info.run_id,
+            )
+            return
+        if not ProcessWriter.supported():
+            logger.warning(
+                "steplog: durability='process' is not supported on this platform (it "
+                "needs POSIX on x86-64); run %r is written by the writer thread instead",
+                info.run_id,
+            )
+            return
+        self.ring = runner.sink.start_ring(  # type: ignore[attr-defined]
+            capacity=min(self.buffer.byte_budget, 16 * 2**20),
+            flush_interval=self.flush_interval,
+        )
+        self.direct.remove(runner)
+        self.ringed = runner
+        self.buffer.attach_ring(self.ring, others=bool(self.direct) or self.fanout is not None)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: let go of the writer process without touching its ring."""
+        if self.ring is not None:
+            self.ring.forget_after_fork()
 
     def _close_quietly(self, runners: list[DirectRunner], info: RunInfo) -> None:
         end = RunEnd(info.run_id, time.time(), "failed", {}, RunStats())
@@ -309,23 +361,21 @@ class Writer:
         for future in flushes:
             marked.add_done_callback(_resolver(future))
 
-    def _drain(self, count: int) -> None:
-        buffer = self.buffer
-        while count > 0:
-            # Under a backlog, batches grow up to BACKLOG_BATCHES x batch_size: each
-            # batch costs this thread a few GIL hand-overs (the file write), and while the
-            # producer thread holds the GIL each hand-over can wait out the interpreter's
-            # switch interval (5 ms).
-            size = max(self.batch_size, min(len(buffer.items), BACKLOG_BATCHES * self.batch_size))
-            items = buffer.take(min(count, size))
+    def _drain(self) -> None:
+        """Take everything queued and deliver it as one batch."""
+        items, count = self.buffer.take()
+        if not count:
+            return
+        if self.ring is not None:
+            items = self._to_ring(items)
             if not items:
                 return
-            count -= len(items)
-            if buffer.has_rows:
-                items = self._encode_rows(items)
-            self._deliver(items)
+        elif self.buffer.has_rows:
+            items = self._encode_rows(items)
+        data = items[0] if len(items) == 1 else b"".join(items)
+        self._deliver(data, count)
 
-    def _encode_rows(self, items: list[Any]) -> list[bytes]:
+    def _encode_rows(self, items: list[Any]) -> list[Any]:
         """Read back and encode the rows among ``items`` (lines stay as they are)."""
         rows = [item for item in items if type(item) is tuple]
         if not rows:
@@ -342,15 +392,43 @@ class Writer:
         encode_row = self.encoder.encode_row
         return [encode_row(*item) if type(item) is tuple else item for item in items]
 
-    def _deliver(self, lines: list[bytes]) -> None:
-        data = b"".join(lines)
-        batch = LineBatch(lines)
-        self.taken += len(lines)
-        self.batches += 1
+    def _to_ring(self, items: list[Any]) -> list[Any]:
+        """Ring mode: put the rows and pending lines into the ring, in order.
+
+        Returns what the other backends get (everything, if there are any).
+        """
+        pending = [type(item) is not bytearray for item in items]
+        if any(pending):
+            items = self._encode_rows(items)
+            ring = self.ring
+            for line, to_ring in zip(items, pending, strict=True):
+                if to_ring:
+                    while not ring.put(line):
+                        if not ring.wait_for_room(len(line), 0.1) and not ring.alive():
+                            raise WorkerError("the writer process has died")
+                    self.ring_taken += 1
+            ring.wake()
+            self.buffer.ring_idle()
+        return items if self.buffer.others else []
+
+    def _deliver(self, data: bytes | bytearray, count: int) -> None:
+        batch = LineBatch(data, count)
+        self.taken += count
         for runner in self.direct:
             runner.write_with_retries(data, batch)
-        if self.fanout is not None:
-            self.fanout.submit(batch)
+        # Async backends get batches of at most BACKLOG_BATCHES x batch_size events; the
+        # local ones the whole take, in one write.
+        size = BACKLOG_BATCHES * self.batch_size
+        if self.fanout is None or count <= size:
+            self.batches += 1
+            if self.fanout is not None:
+                self.fanout.submit(batch)
+            return
+        lines = batch.lines
+        for start in range(0, count, size):
+            chunk = lines[start : start + size]
+            self.batches += 1
+            self.fanout.submit(LineBatch(b"".join(chunk), len(chunk)))
 
     def _convert(self, values: dict[str, Any]) -> Any:
         """Arrays and tensors in a config or summary, as plain values."""
@@ -361,6 +439,9 @@ class Writer:
     def _end(self, info: RunInfo, request: _StopRequest) -> None:
         if self.fanout is not None:
             self.fanout.drain(request.remaining())
+        if self.ringed is not None:
+            self.ringed.delivered = self.buffer.ringed + self.ring_taken
+            self.direct.insert(0, self.ringed)  # closed like the others
         stats = self._stats(drain_seconds=time.perf_counter() - request.received)
         end = RunEnd(
             run_id=info.run_id,
@@ -381,11 +462,16 @@ class Writer:
     def _stats(self, *, drain_seconds: float) -> RunStats:
         dropped = self.buffer.drop_count()
         runners: dict[str, Any] = {r.name: r for r in self.direct}
+        if self.ringed is not None:
+            runners[self.ringed.name] = self.ringed
         if self.fanout is not None:
             runners.update((r.name, r) for r in self.fanout.runners)
+        written = self.taken
+        if self.ring is not None:
+            written = self.buffer.ringed + self.ring_taken
         return RunStats(
-            logged=self.taken + dropped + len(self.buffer.items),
-            written=self.taken,
+            logged=written + dropped + self.buffer.count,
+            written=written,
             dropped=dropped,
             batches=self.batches,
             backend_errors=sum(r.errors for r in runners.values()),
@@ -394,6 +480,11 @@ class Writer:
             device_syncs=self.resolve_stats.device_syncs,
             backends={name: runners[name].stats(dropped) for name in self.names},
         )
+
+
+def stop_timeout(stop: _StopRequest | None) -> float | None:
+    """Seconds a flush of the writer process may take: the stop's, or unbounded."""
+    return None if stop is None else stop.remaining()
 
 
 def _resolver(future: concurrent.futures.Future[None]) -> Any:

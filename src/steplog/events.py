@@ -16,7 +16,7 @@ __all__ = [
     "RunStatus",
 ]
 
-RunStatus = Literal["finished", "failed", "interrupted", "terminated", "unfinished"]
+RunStatus = Literal["finished", "failed", "interrupted", "terminated", "unfinished", "killed"]
 
 #: Every status a run can end with.
 RUN_STATUSES: tuple[RunStatus, ...] = (
@@ -25,6 +25,7 @@ RUN_STATUSES: tuple[RunStatus, ...] = (
     "interrupted",
     "terminated",
     "unfinished",
+    "killed",
 )
 
 

@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio.to_thread
 
@@ -81,6 +82,8 @@ class JsonlBackend(Backend):
         self._size = 0  # bytes in the file
         self._batch_start = 0  # its size before the batch being written
         self._unwritten: memoryview | None = None  # what a retry still has to write
+        self._ring: Any = None  # durability="process": the writer process
+        self._run_id = ""
         self._inline = inline_write_limit > 0
         self._write_seconds = 0.0  # moving average of direct writes
         self._encoder = ValueEncoder(max_event_bytes=max_event_bytes)
@@ -116,6 +119,7 @@ class JsonlBackend(Backend):
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
         self._size = 0
         self._unwritten = None
+        self._run_id = run.run_id
         self._inline = self.inline_write_limit > 0
         self._write_seconds = 0.0
         self.path = path
@@ -134,7 +138,7 @@ class JsonlBackend(Backend):
             )
         )
 
-    def _write_all(self, data: bytes) -> None:
+    def _write_all(self, data: bytes | bytearray) -> None:
         """Append ``data``; after a failure, a retry resumes after the bytes that made it."""
         if self._unwritten is None:
             self._unwritten = memoryview(data)
@@ -149,25 +153,41 @@ class JsonlBackend(Backend):
         if self.fsync:
             os.fsync(self._fd)
 
-    def _abandon(self) -> None:
-        """Cut a batch that could not be written in full back out of the file.
+    def _abandon(self) -> int:
+        """Give up a batch that could not be written in full; returns the events kept.
 
-        A reader then sees whole lines only, and the run statistics match the file.
+        The file is cut back to the last whole line of what made it, so a reader sees
+        whole lines only and the run statistics match the file.
         """
-        if self._unwritten is None:
-            return
-        self._unwritten = None
-        if self._size > self._batch_start:
-            os.ftruncate(self._fd, self._batch_start)
-            self._size = self._batch_start
+        view, self._unwritten = self._unwritten, None
+        if view is None:
+            return 0
+        written = self._size - self._batch_start
+        batch = view.obj
+        kept = bytes(memoryview(batch)[:written]).rfind(b"\n") + 1
+        if kept < written:
+            os.ftruncate(self._fd, self._batch_start + kept)
+            self._size = self._batch_start + kept
             os.lseek(self._fd, self._size, os.SEEK_SET)
+        return bytes(memoryview(batch)[:kept]).count(b"\n")
+
+    def _start_ring(self, *, capacity: int, flush_interval: float) -> Any:
+        """Hand the open run file to a writer process (``durability="process"``)."""
+        from .._ring import ProcessWriter
+
+        ring = ProcessWriter(
+            self._fd, run_id=self._run_id, capacity=capacity, flush_interval=flush_interval
+        )
+        ring.start()
+        self._ring = ring
+        return ring
 
     def _close_file(self, end: RunEnd) -> None:
         if self._fd < 0:
             return
         try:
             self._unwritten = None
-            self._write_all(
+            self._end_line(
                 self._encoder.encode(
                     {
                         "type": "run_end",
@@ -184,6 +204,13 @@ class JsonlBackend(Backend):
             fd, self._fd = self._fd, -1
             os.close(fd)
 
+    def _end_line(self, line: bytes) -> None:
+        ring, self._ring = self._ring, None
+        if ring is None:
+            self._write_all(line)
+        elif not ring.close(line, timeout=30.0):
+            raise OSError("the writer process did not finish the run file in time")
+
     # -- the async interface (used when driven as any other backend, e.g. by replay) ---
 
     async def open(self, run: RunInfo) -> None:
@@ -193,7 +220,7 @@ class JsonlBackend(Backend):
     async def write(self, events: Sequence[Event]) -> None:
         """Append one line per event, in one system call."""
         if isinstance(events, LineBatch):
-            data = b"".join(events.lines)
+            data = bytes(events.data)
         else:
             data = self._encoder.encode_events(events)
         if not self._inline:
@@ -223,11 +250,19 @@ class _FileSink:
     def open(self, run: RunInfo, encoder: ValueEncoder) -> None:
         self.backend._open_file(run, encoder)
 
-    def write(self, data: bytes, batch: Sequence[Event]) -> None:
+    def write(self, data: bytes | bytearray, batch: Sequence[Event]) -> None:
         self.backend._write_all(data)
 
-    def abandon(self) -> None:
-        self.backend._abandon()
+    def abandon(self) -> int:
+        return self.backend._abandon()
 
     def close(self, end: RunEnd) -> None:
         self.backend._close_file(end)
+
+    def start_ring(self, *, capacity: int, flush_interval: float) -> Any:
+        return self.backend._start_ring(capacity=capacity, flush_interval=flush_interval)
+
+    def forget_after_fork(self) -> None:
+        ring = self.backend._ring
+        if ring is not None:
+            ring.forget_after_fork()

@@ -102,11 +102,11 @@ class _MemorySink:
     def open(self, run: RunInfo, encoder: object) -> None:
         self.backend._start(run)
 
-    def write(self, data: bytes, batch: Sequence[Event]) -> None:
+    def write(self, data: bytes | bytearray, batch: Sequence[Event]) -> None:
         self.backend._add(events_of(batch))
 
-    def abandon(self) -> None:
-        pass
+    def abandon(self) -> int:
+        return 0
 
     def close(self, end: RunEnd) -> None:
         self.backend._end(end)

@@ -34,11 +34,11 @@ class _NullSink:
     def open(self, run: RunInfo, encoder: object) -> None:
         pass
 
-    def write(self, data: bytes, batch: Sequence[Event]) -> None:
+    def write(self, data: bytes | bytearray, batch: Sequence[Event]) -> None:
         pass
 
-    def abandon(self) -> None:
-        pass
+    def abandon(self) -> int:
+        return 0
 
     def close(self, end: RunEnd) -> None:
         pass

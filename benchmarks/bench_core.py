@@ -43,6 +43,7 @@ import argparse
 import contextlib
 import dataclasses
 import gc
+import inspect
 import json
 import os
 import platform
@@ -140,6 +141,17 @@ def clean(root: Path) -> None:
         path.unlink()
 
 
+#: Whether this steplog has Tracker(durability="process") (an older checkout may not).
+HAS_PROCESS = "durability" in inspect.signature(steplog.Tracker.__init__).parameters
+PROCESS = 'steplog JSONL (durability="process")'
+
+
+def process_cpu() -> float:
+    """CPU of this process plus its reaped children (the writer process, once closed)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 def new_tracker(root: Path, **kwargs: Any) -> steplog.Tracker:
     tracker = steplog.Tracker(steplog.JsonlBackend(root), experiment_name="bench", **kwargs)
     tracker.init({"bench": True})
@@ -180,6 +192,10 @@ def bench_log_cost(root: Path, n: int) -> dict[str, tuple[float, float]]:
     tracker = new_tracker(root, snapshot=False)
     out["steplog JSONL (block, snapshot=False)"] = per_call_cost(tracker.log, n)
     tracker.finish()
+    if HAS_PROCESS:
+        tracker = new_tracker(root, durability="process")
+        out[PROCESS] = per_call_cost(tracker.log, n)
+        tracker.finish()
     clean(root)
     return out
 
@@ -240,6 +256,14 @@ def bench_cpu(root: Path, n: int, reps: int) -> dict[str, float]:
         cpu_loop(naive.log, n)
         naive.finish()
         results[NAIVE].append((time.process_time() - c0 - base) / n * 1e6)
+        if HAS_PROCESS:
+            c0 = process_cpu()  # the writer process's CPU counts once it is reaped
+            tracker = new_tracker(root, durability="process")
+            cpu_loop(tracker.log, n)
+            tracker.finish()
+            results.setdefault(PROCESS + " (with the writer process)", []).append(
+                (process_cpu() - c0 - base) / n * 1e6
+            )
         clean(root)
     results["harness (the loop without logging)"] = [cpu_loop(None, n) / n * 1e6]
     return {k: statistics.median(v) for k, v in results.items()}
@@ -322,6 +346,11 @@ def bench_slowdown(root: Path, steps: int, rounds: int) -> tuple[float, dict[str
         t = loop(naive.log)
         naive.finish()
         ratios[NAIVE].append(t / base)
+        if HAS_PROCESS:
+            tracker = new_tracker(root, durability="process")
+            t = loop(tracker.log)
+            tracker.finish()
+            ratios.setdefault(PROCESS, []).append(t / base)
         clean(root)
     return step_us, ratios
 

@@ -196,8 +196,10 @@ def test_large_tensor_summaries_for_integer_bool_and_half_dtypes(dtype, path):
     assert summary["dtype"] == str(dtype).removeprefix("torch.")
 
 
-def test_snapshot_false_keeps_references_and_still_converts():
-    """snapshot=False stores references (no copy); values are converted in the worker."""
+def test_snapshot_false_keeps_references_and_still_converts(monkeypatch):
+    """snapshot=False stores device tensors as references (no copy, no launch); the
+    writer converts them. (Host values are read at the call: that is their snapshot.)"""
+    monkeypatch.setattr(_arrays, "_HOST_CPU", False)  # CPU tensors take the device path
     vec = torch.zeros(2)
     gate = GateMemory()
     tracker = steplog.Tracker(gate, snapshot=False)

@@ -400,3 +400,112 @@ def test_flush_requested_while_the_worker_is_mid_drain_covers_later_events():
     flusher.join(10)
     assert seen_at_return == [(12, 12)]
     tracker.finish()
+
+
+def test_nested_lists_are_recorded_as_they_were_at_the_call(runs_root):
+    """log() encodes at the call: changing a list inside the dict afterwards is not seen."""
+    jsonl = steplog.JsonlBackend(runs_root)
+    tracker = make(jsonl)
+    tracker.init()
+    history = [1.0, 2.0]
+    tracker.log({"history": history, "nested": {"best": history}})
+    history.append(3.0)
+    tracker.log({"history": history})
+    tracker.finish()
+    records = steplog.read_run(jsonl.path).records
+    assert records[0].data == {"history": [1.0, 2.0], "nested": {"best": [1.0, 2.0]}}
+    assert records[1].data == {"history": [1.0, 2.0, 3.0]}
+
+
+def test_fast_and_slow_events_keep_their_order_and_values(runs_root):
+    """Events orjson cannot encode as they are (numpy, huge ints, odd keys) interleave
+    with plain ones in logging order, and streaks of them do not change the result."""
+    np = pytest.importorskip("numpy")
+    jsonl = steplog.JsonlBackend(runs_root)
+    mem = steplog.MemoryBackend()
+    tracker = make(jsonl, mem, batch_size=7)
+    tracker.init()
+    expected = []
+    for i in range(3_000):
+        if (i // 50) % 2:  # streaks of 50 slow events, then 50 plain ones
+            kind = i % 3
+            data = (
+                {"i": np.int64(i), "x": np.float32(0.5)}
+                if kind == 0
+                else {"i": i, "big": 2**70 + i}
+                if kind == 1
+                else {"i": i, 1: "int key"}
+            )
+            want = {"i": i, "x": 0.5} if kind == 0 else dict(data)
+            if kind == 2:
+                want = {"i": i, "1": "int key"}
+        else:
+            data = {"i": i, "x": float("nan") if i % 10 == 0 else i / 2}
+            want = dict(data)
+        tracker.log(data)
+        expected.append(want)
+    tracker.finish()
+    for records in (steplog.read_run(jsonl.path).records, mem.records):
+        assert [e.step for e in records] == list(range(3_000))
+        for record, want in zip(records, expected, strict=True):
+            for key, value in want.items():
+                got = record.data[key]
+                assert got == value or (value != value and got != got), (record, want)
+
+
+def test_a_value_whose_repr_raises_costs_that_value_only(runs_root, caplog):
+    """One value that cannot even be repr()'d is a marker; its event and batch survive."""
+
+    class Broken:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    jsonl = steplog.JsonlBackend(runs_root)
+    tracker = make(jsonl)
+    tracker.init()
+    for i in range(100):
+        tracker.log({"i": i, "odd": Broken()} if i == 50 else {"i": i})
+    stats = tracker.finish()
+    run = steplog.read_run(jsonl.path)
+    assert run.history["i"] == list(range(100))
+    assert run.records[50].data["odd"] == f"<unrepresentable {Broken.__qualname__}>"
+    assert stats.backends["jsonl"].delivered == 100
+
+
+def test_byte_budget_applies_through_the_tracker():
+    """buffer_bytes bounds the buffer like buffer_size: drops are exact, lines whole."""
+    gate = GateBackend()
+    tracker = make(gate, buffer_size=10_000, buffer_bytes=20_000, overflow="drop_newest")
+    tracker.init()
+    for i in range(2_000):
+        tracker.log({"i": i, "pad": "x" * 200})
+    gate.gate.set()
+    stats = tracker.finish()
+    assert stats.dropped > 0
+    assert stats.logged == stats.written + stats.dropped == 2_000
+    assert [e.data["i"] for e in gate.records] == sorted(e.data["i"] for e in gate.records)
+    assert all(e.data["pad"] == "x" * 200 for e in gate.records)
+
+
+def test_a_backend_reading_one_event_gets_it_decoded():
+    """Backends may index a batch (e.g. only its last event) as well as iterate it."""
+    seen = []
+
+    class LastOnly(steplog.Backend):
+        async def open(self, run):
+            pass
+
+        async def write(self, events):
+            last = events[-1]
+            seen.append((len(events), last.step, last.data))
+
+        async def close(self, end):
+            pass
+
+    tracker = make(LastOnly(), batch_size=10)
+    tracker.init()
+    for i in range(100):
+        tracker.log({"i": i, "v": float("inf")})
+    tracker.finish()
+    assert sum(n for n, _, _ in seen) == 100
+    assert seen[-1][1:] == (99, {"i": 99, "v": float("inf")})

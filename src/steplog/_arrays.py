@@ -36,14 +36,16 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 __all__ = [
     "DEFER_KEY",
     "Deferred",
+    "NotNow",
     "ResolveStats",
     "convert_now",
+    "host_reader",
     "libraries_loaded",
     "plain_types",
     "pop_deferred",
@@ -220,6 +222,41 @@ def _kind_of(tp: type) -> int:
     ):
         return _JAX
     return _OTHER
+
+
+class NotNow(Exception):
+    """Raised by :func:`host_value` for a value ``log()`` must snapshot instead."""
+
+
+def host_reader(max_size: int) -> Callable[[Any], Any]:
+    """An ``orjson`` ``default=`` hook for values that need no device read.
+
+    ``log()``'s second try after its strict fast path: CPU tensors, numpy arrays and
+    numpy scalars of up to ``max_size`` elements are converted on the spot (reading
+    them *is* the snapshot). Anything else — accelerator tensors, larger values, jax
+    arrays, other types — raises :class:`NotNow`, and the event takes the snapshot path.
+    """
+    kinds = _kinds
+
+    def host_value(value: Any) -> Any:
+        tp = type(value)
+        kind = kinds.get(tp)
+        if kind is None:
+            kind = kinds[tp] = _kind_of(tp)
+        if kind == _TORCH:
+            if _HOST_CPU and value.is_cpu:
+                if value.dim() == 0:
+                    return value.item()
+                if value.numel() <= max_size:
+                    return value.tolist()
+        elif kind == _NUMPY:
+            if value.size <= max_size:
+                return _numpy_to_python(value)
+        elif tp in _plain and tp.__module__ == "numpy":
+            return value.item()
+        raise NotNow
+
+    return host_value
 
 
 def _snap_tensor(torch: Any, value: Any, container: Any, key: Any, walk: _Walk) -> Any:

@@ -138,13 +138,28 @@ class LineBuffer:
 
     # -- producer side ----------------------------------------------------------
 
+    def put(self, line: bytes) -> None:
+        """Queue one line (what ``Tracker.log`` does inline on its fast path)."""
+        size = len(line)
+        with self.lock:
+            if (
+                self.count < self.limit
+                and size <= self.line_limit
+                and len(self.data) + size <= self.byte_limit
+            ):
+                self.data += line
+                self.count += 1
+                return
+        self.put_slow(line)
+
     def put_slow(self, line: bytes) -> None:
         """Queue a line the hot path did not: wake the writer, apply the policy."""
         if self.ring is not None:
             self._put_ringed(line)
             return
         with self.lock:
-            self._wake_if_armed()
+            if self.count >= self.limit:
+                self._wake_if_armed()
             if not self._overflow(len(line)):
                 self._append(line)
 

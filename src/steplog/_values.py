@@ -178,7 +178,7 @@ class ValueEncoder:
         try:  # types orjson serialises natively: datetime, UUID, enum, dataclass, …
             orjson.dumps(obj)
         except (orjson.JSONEncodeError, TypeError):
-            return self._default(obj)
+            return self._sanitize(self._default(obj), depth + 1, active)
         if isinstance(obj, int):  # int subclasses (IntEnum) may still be huge
             return self._sanitize(int(obj), depth, active)
         return obj

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import orjson
 
-from ._arrays import DEFER_KEY
+from ._arrays import DEFER_KEY, host_reader
 from ._arrays import snapshot as _snapshot
 from ._buffer import OVERFLOW_POLICIES, LineBuffer, OverflowPolicy
 from ._names import check_name, new_run_id
@@ -139,6 +139,7 @@ class _TrackerBase:
         self.shutdown_timeout = float(shutdown_timeout)
         self.snapshot = snapshot
         self.max_array_size = max_array_size
+        self._host = host_reader(max_array_size)
         #: Summary values gathered during the run; ``finish(summary)`` is merged over it.
         self.summary: dict[str, Any] = {}
         self._names = _unique_names(self.backends)
@@ -149,6 +150,8 @@ class _TrackerBase:
         self._encoder = ValueEncoder()
         self._slow_calls = 0  # calls left that go straight to the slow path
         self._misses = 0  # fast-path misses in a row
+        self._host_calls = 0  # slow calls left that go straight to the snapshot
+        self._host_misses = 0  # host-value misses in a row
         self._lifecycle = threading.RLock()
         self._last_stats: RunStats | None = None
         self.handle_sigterm = handle_sigterm
@@ -243,7 +246,27 @@ class _TrackerBase:
             self._slow_calls = _SLOW_SPELL
 
     def _log_slow(self, buffer: LineBuffer, data: dict[str, Any], step: int, now: float) -> None:
-        """Copy, snapshot arrays and tensors, and encode what needs no device read."""
+        """Encode values that need no device read on the spot; snapshot the others."""
+        if self._host_calls:
+            self._host_calls -= 1
+        else:
+            # Second try: CPU tensors, numpy values and small arrays become plain values
+            # through orjson's default hook — reading them now *is* their snapshot.
+            try:
+                line = _dumps(
+                    {"step": step, "time": now, "data": data}, default=self._host, option=_LINE
+                )
+            except TypeError:
+                self._host_misses += 1
+                if self._host_misses >= _MISS_STREAK:
+                    self._host_misses = 0
+                    self._host_calls = _SLOW_SPELL
+            else:
+                self._host_misses = 0
+                if _find_null(line) is not None:
+                    line = self._encoder.encode_row(step, now, data)
+                self._put_slow(buffer, line, step, now, data)
+                return
         data = data.copy()
         if buffer.libraries and not buffer.is_plain(map(type, data.values())):
             if not self.snapshot:
@@ -264,7 +287,9 @@ class _TrackerBase:
     ) -> None:
         if len(line) > self._encoder.max_event_bytes:
             line = self._encoder.too_large(step, now, data, len(line))
-        buffer.put_slow(line)
+            buffer.put_slow(line)
+        else:
+            buffer.put(line)
 
     def _explicit_step(self, step: Any) -> int:
         if isinstance(step, bool):
@@ -364,7 +389,7 @@ class _TrackerBase:
         self._steps = itertools.count()
         self._run = run
         self._encoder = run.encoder
-        self._slow_calls = self._misses = 0
+        self._slow_calls = self._misses = self._host_calls = self._host_misses = 0
         self._buffer = run.buffer
         self._forked = False
         install_exit_hook()
@@ -449,8 +474,9 @@ class Tracker(_TrackerBase):
     """An experiment tracker whose ``log()`` never waits on I/O.
 
     Lifecycle: ``init(config)`` opens a run, ``log(data)`` per step, ``finish(summary)``
-    closes it; the tracker can then start another run. A background worker thread
-    writes the logged events, in batches, to every backend.
+    closes it; the tracker can then start another run. ``log()`` encodes each event on
+    the calling thread; a background writer thread writes them, in batches, to every
+    backend.
 
     Args:
         *backends: Where the events go; a :class:`steplog.JsonlBackend` writing under
@@ -461,10 +487,9 @@ class Tracker(_TrackerBase):
         buffer_bytes: Bytes of encoded events held in memory at most (about: events
             that wait for a device read count by number only). The overflow policy
             applies when either limit is reached.
-        batch_size: Events that wake the worker, and the size of a batch handed to
-            the backends; while a backlog is drained (the loop outruns the worker),
-            batches grow up to 4 x ``batch_size``, so the worker pays fewer thread
-            hand-overs per event.
+        batch_size: Events that wake the writer thread. It then takes everything
+            queued: the local backends (JSONL, memory, null) get it in one write, other
+            backends in batches of at most 4 x ``batch_size`` events.
         flush_interval: Seconds an event may wait in memory before it is handed to the
             backends; also how much a killed process can lose.
         overflow: What ``log()`` does when the buffer is full: ``"block"`` (wait for

@@ -105,16 +105,27 @@ class Deferred:
     Attributes:
         container: The dict or list holding the placeholder.
         key: Its key (or index) in ``container``.
-        kind: ``"scalar"`` (element ``index`` of a stacked device tensor), ``"tensor"``,
-            ``"summary"`` (a stacked ``[mean, min, max]`` of a large tensor), ``"numpy"``
-            or ``"jax"``.
+        kind: ``"ref"`` (a device tensor kept by reference: never changed in place
+            before the call), ``"scalar"`` (element ``index`` of a stacked device
+            tensor), ``"tensor"``, ``"summary"`` (a stacked ``[mean, min, max]`` of a
+            large tensor), ``"numpy"`` or ``"jax"``.
         source: The tensor or array to read (for ``"scalar"``: the stacked tensor).
         index: Position in a stacked tensor.
         stream: The CUDA stream that produced ``source``, if any.
         meta: Shape and dtype of a summarised value.
     """
 
-    __slots__ = ("container", "index", "key", "kind", "meta", "source", "stream")
+    __slots__ = (
+        "changed",
+        "container",
+        "index",
+        "key",
+        "kind",
+        "meta",
+        "source",
+        "stream",
+        "version",
+    )
 
     def __init__(self, container: Any, key: Any, kind: str, source: Any, index: int = 0) -> None:
         self.container = container
@@ -124,6 +135,9 @@ class Deferred:
         self.index = index
         self.stream: Any = None
         self.meta: dict[str, Any] | None = None
+        #: For ``"ref"``: the tensor's version counter at the ``log()`` call.
+        self.version = 0
+        self.changed = False
 
     def __repr__(self) -> str:
         return f"<steplog.Deferred {self.kind}>"
@@ -151,7 +165,9 @@ def snapshot(data: dict[str, Any], *, max_array_size: int) -> dict[str, Any]:
     plain = _plain
     for key, value in data.items():
         if type(value) not in plain:
-            data[key] = _snap(value, data, key, walk)
+            # Top-level placeholders name no container (None: this dict), so that a
+            # queued event is no reference cycle for the garbage collector to chase.
+            data[key] = _snap(value, None, key, walk)
     if walk.scalars:
         _stack_scalars(walk)
     if walk.deferred:
@@ -188,8 +204,19 @@ def _snap(value: Any, container: Any, key: Any, walk: _Walk) -> Any:
     if kind is None:
         kind = _kinds[tp] = _kind_of(tp)
     if kind == _TORCH:
-        if _HOST_CPU and value.is_cpu and value.dim() == 0:
-            return value.item()  # no device to wait for; ~0.15 µs
+        if _HOST_CPU and value.is_cpu:
+            if value.dim() == 0:
+                return value.item()  # no device to wait for; ~0.15 µs
+        elif (
+            value._version == 0  # never changed in place; reading it launches nothing
+            and not value.requires_grad
+            and value.numel() <= walk.max_size
+        ):
+            # Kept by reference, no kernel launch: the writer checks the version again
+            # before and after it reads the value, and marks it if it changed (see
+            # docs/tensors.md). Listed as a bare tuple; the writer makes the placeholder.
+            walk.deferred.append((container, key, value))  # type: ignore[arg-type]
+            return value
         return _snap_tensor(sys.modules["torch"], value, container, key, walk)
     if kind == _NUMPY:
         return _snap_numpy(sys.modules["numpy"], value, container, key, walk)
@@ -260,8 +287,22 @@ def host_reader(max_size: int) -> Callable[[Any], Any]:
 
 
 def _snap_tensor(torch: Any, value: Any, container: Any, key: Any, walk: _Walk) -> Any:
+    on_host = _HOST_CPU and value.is_cpu
+    version = value._version  # bumped by every in-place change; reading it launches nothing
+    if version == 0 and not on_host and value.numel() <= walk.max_size:
+        # Never changed in place so far: kept by reference, no kernel launch. The
+        # writer checks the version again before and after it reads the value, and
+        # marks the value if it changed (see docs/tensors.md). Only a tensor that
+        # carries an autograd graph is detached (a view; no launch either), so that
+        # the graph is not kept alive.
+        placeholder = Deferred(
+            container, key, "ref", value.detach() if value.requires_grad else value
+        )
+        placeholder.version = version
+        placeholder.stream = _current_stream(torch, value.device)
+        walk.deferred.append(placeholder)
+        return placeholder
     tensor = value.detach()  # never keep an autograd graph alive
-    on_host = _HOST_CPU and tensor.is_cpu
     if tensor.dim() == 0:
         placeholder = Deferred(container, key, "scalar", None)
         walk.scalars.append((tensor, placeholder))
@@ -332,23 +373,38 @@ def _stack_scalars(walk: _Walk) -> None:
             placeholder.stream = stream
 
 
+_streams: dict[Any, Any] = {}  # device -> its stream, looked up once per device
+
+
 def _current_stream(torch: Any, device: Any) -> Any:
-    if device.type == "cuda":
-        return torch.cuda.current_stream(device)
-    return None
+    """The stream that produced a device value (cached: ``current_stream()`` costs ~3.5 µs).
+
+    The cache holds the stream current at the first ``log()`` on each device; code that
+    produces logged tensors on other streams should synchronise them first (see
+    docs/tensors.md).
+    """
+    if device.type != "cuda":
+        return None
+    stream = _streams.get(device)
+    if stream is None:
+        stream = _streams[device] = torch.cuda.current_stream(device)
+    return stream
 
 
 # -- worker side -------------------------------------------------------------------
 
 
 class ResolveStats:
-    """Counts kept by the worker about device reads."""
+    """Counts kept by the writer about device reads."""
 
-    __slots__ = ("device_syncs", "large_reported")
+    __slots__ = ("changed", "changed_reported", "device_copies", "device_syncs", "large_reported")
 
     def __init__(self) -> None:
         self.device_syncs = 0
+        self.device_copies = 0
+        self.changed = 0
         self.large_reported: set[str] = set()
+        self.changed_reported: set[str] = set()
 
 
 def resolve(deferred: Sequence[Deferred], stats: ResolveStats, *, max_array_size: int) -> None:
@@ -359,52 +415,127 @@ def resolve(deferred: Sequence[Deferred], stats: ResolveStats, *, max_array_size
     """
     hosts = _read_devices(deferred, stats)
     jax_values = _read_jax([d for d in deferred if d.kind == "jax"])
-    stacked_lists: dict[int, list[Any]] = {}
     for placeholder in deferred:
         try:
-            value = _convert(placeholder, hosts, jax_values, stacked_lists, max_array_size, stats)
+            value = _convert(placeholder, hosts, jax_values, max_array_size, stats)
         except Exception as exc:  # never let one odd value stop the batch
             logger.warning("steplog: could not convert a %s value: %r", placeholder.kind, exc)
             value = repr(placeholder.source)
+        if placeholder.changed:
+            value = {"$changed": value}
+            _report_changed(placeholder, stats)
         placeholder.container[placeholder.key] = value
 
 
+_DEVICE_KINDS = ("ref", "scalar", "tensor", "summary")
+
+
 def _read_devices(deferred: Sequence[Deferred], stats: ResolveStats) -> dict[int, Any]:
-    """Copy every device source to the host; returns host tensors keyed by id(source)."""
-    sources: dict[int, Deferred] = {}
+    """Read every tensor source of a batch; returns host tensors keyed by id(source).
+
+    Per device and dtype, every source is flattened into one tensor (one launch), copied
+    into pinned host memory asynchronously (one copy) behind a wait on the streams that
+    produced them, and each device is synchronised once: O(1) device work per batch,
+    however many events it holds. References are checked against the version they had
+    at the ``log()`` call before the copy is queued and after the synchronisation.
+    """
+    sources: dict[int, Any] = {}
+    refs: list[Deferred] = []
     for placeholder in deferred:
-        if placeholder.kind in ("scalar", "tensor", "summary"):
-            sources.setdefault(id(placeholder.source), placeholder)
+        if placeholder.kind in _DEVICE_KINDS:
+            sources.setdefault(id(placeholder.source), placeholder.source)
+            if placeholder.kind == "ref":
+                refs.append(placeholder)
     if not sources:
         return {}
+    _check_versions(refs)
     torch = sys.modules["torch"]
-    by_device: dict[Any, list[Deferred]] = {}
-    for placeholder in sources.values():
-        by_device.setdefault(placeholder.source.device, []).append(placeholder)
+    groups: dict[tuple[Any, Any], list[Any]] = {}
+    for source in sources.values():
+        groups.setdefault((source.device, source.dtype), []).append(source)
+    waits: dict[Any, Any] = {}  # CUDA device -> the stream its copies were queued on
+    producers = {
+        p.stream.cuda_stream: p.stream for p in deferred if p.stream is not None
+    }  # Stream objects are new per current_stream() call: dedupe by handle
     hosts: dict[int, Any] = {}
-    for device, members in by_device.items():
-        if device.type == "cpu":
-            hosts.update((id(p.source), p.source) for p in members)
-        elif device.type == "cuda":
+    pending: list[tuple[Any, list[Any]]] = []
+    for (device, dtype), members in groups.items():
+        if device.type == "cuda" and device not in waits:
             _wait_for_sync_debug_off(torch)
+            stream = torch.cuda.current_stream(device)
+            for producer in producers.values():
+                if producer.device == device and producer != stream:
+                    stream.wait_stream(producer)  # GPU-side wait: orders the copies
+            waits[device] = stream
+        # One gather per device and dtype: 0-d sources (the common case) are stacked,
+        # others flattened and concatenated behind them.
+        scalars = [m for m in members if m.dim() == 0]
+        others = [m for m in members if m.dim() != 0]
+        parts = [torch.stack(scalars)] if scalars else []
+        parts += [m.reshape(-1) for m in others]
+        flat = parts[0] if len(parts) == 1 else torch.cat(parts)
+        if device.type == "cpu":
+            host = flat
+        elif device.type == "cuda":
             with torch.cuda.device(device):
-                stream = torch.cuda.current_stream(device)
-                # Stream objects are new per current_stream() call: dedupe by handle.
-                producers = {
-                    p.stream.cuda_stream: p.stream for p in members if p.stream is not None
-                }
-                for producer in producers.values():
-                    if producer != stream:  # GPU-side wait: orders the copies, no host sync
-                        stream.wait_stream(producer)
-                copies = {id(p.source): p.source.to("cpu", non_blocking=True) for p in members}
-                stream.synchronize()  # the batch's one wait on this device; releases the GIL
+                host = torch.empty(flat.shape, dtype=dtype, pin_memory=True)
+                host.copy_(flat, non_blocking=True)
+            stats.device_copies += 1
+        else:  # other accelerators: one blocking copy per device and dtype
+            host = flat.cpu()
+            stats.device_copies += 1
             stats.device_syncs += 1
-            hosts.update(copies)
-        else:  # other accelerators: one blocking copy per source
-            for p in members:
-                hosts[id(p.source)] = p.source.cpu()
-                stats.device_syncs += 1
+        pending.append((host, scalars + others))
+    for stream in waits.values():
+        stream.synchronize()  # the batch's one wait on this device; releases the GIL
+        stats.device_syncs += 1
+    _check_versions(refs)
+    # One .tolist() per gather; each source is then a slice of that Python list.
+    for host, ordered in pending:
+        values = host.tolist()
+        offset = 0
+        for member in ordered:
+            hosts[id(member)] = (values, offset, tuple(member.shape))
+            offset += member.numel()
     return hosts
+
+
+def _host_list(entry: tuple[list[Any], int, tuple[int, ...]]) -> Any:
+    """A source's value from its gather: a number (0-d) or nested lists."""
+    values, offset, shape = entry
+    if not shape:
+        return values[offset]
+    count = 1
+    for n in shape:
+        count *= n
+    return _nest(values[offset : offset + count], shape)
+
+
+def _nest(flat: list[Any], shape: tuple[int, ...]) -> list[Any]:
+    if len(shape) == 1:
+        return flat
+    step = len(flat) // shape[0] if shape[0] else 0
+    return [_nest(flat[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
+
+
+def _check_versions(refs: Sequence[Deferred]) -> None:
+    for placeholder in refs:
+        if placeholder.source._version != placeholder.version:
+            placeholder.changed = True
+
+
+def _report_changed(placeholder: Deferred, stats: ResolveStats) -> None:
+    stats.changed += 1
+    name = str(placeholder.key)
+    if name in stats.changed_reported:
+        return
+    stats.changed_reported.add(name)
+    logger.warning(
+        "steplog: the tensor logged as %r was changed in place after log() and before "
+        "steplog read it; it is recorded as {'$changed': <value when read>}. Log a copy "
+        "(t.clone()) or a fresh tensor (reported once per key)",
+        name,
+    )
 
 
 def _wait_for_sync_debug_off(torch: Any) -> None:
@@ -426,27 +557,23 @@ def _convert(
     placeholder: Deferred,
     hosts: dict[int, Any],
     jax_values: dict[int, Any],
-    stacked_lists: dict[int, list[Any]],
     max_size: int,
     stats: ResolveStats,
 ) -> Any:
     kind = placeholder.kind
+    if kind == "ref" or kind == "tensor":
+        return _host_list(hosts[id(placeholder.source)])
     if kind == "scalar":
-        key = id(placeholder.source)
-        values = stacked_lists.get(key)
-        if values is None:
-            values = stacked_lists[key] = hosts[key].tolist()
-        return values[placeholder.index]
+        values, offset, _ = hosts[id(placeholder.source)]
+        return values[offset + placeholder.index]
     if kind == "summary":
-        mean, low, high = hosts[id(placeholder.source)].tolist()
+        mean, low, high = _host_list(hosts[id(placeholder.source)])
         meta = placeholder.meta or {}
         numel = 1
         for n in meta.get("shape", []):
             numel *= n
         _report_large(placeholder, numel, max_size, stats)
         return {"$summary": {**meta, "numel": numel, "mean": mean, "min": low, "max": high}}
-    if kind == "tensor":
-        return hosts[id(placeholder.source)].tolist()
     if kind == "numpy":
         if placeholder.source is None:
             meta = placeholder.meta or {}
@@ -489,8 +616,24 @@ def pop_deferred(rows: Iterable[tuple[int, float, dict[str, Any]]]) -> list[Defe
     for _, _, data in rows:
         placeholders = data.pop(DEFER_KEY, None)
         if placeholders is not None:
-            found.extend(placeholders)
+            found.extend(_placeholders(placeholders, data))
     return found
+
+
+def _placeholders(listed: list[Any], data: dict[str, Any]) -> list[Deferred]:
+    """Placeholders for what :func:`snapshot` listed in ``data`` (references come as
+    bare tuples; a container of None is ``data`` itself)."""
+    out: list[Deferred] = []
+    torch = sys.modules.get("torch")
+    for item in listed:
+        if type(item) is tuple:
+            container, key, tensor = item
+            item = Deferred(container, key, "ref", tensor)  # version 0 at the call
+            item.stream = _current_stream(torch, tensor.device)
+        if item.container is None:
+            item.container = data
+        out.append(item)
+    return out
 
 
 def convert_now(value: Any, stats: ResolveStats, *, max_array_size: int) -> Any:
@@ -500,5 +643,5 @@ def convert_now(value: Any, stats: ResolveStats, *, max_array_size: int) -> Any:
     holder = snapshot({"value": value}, max_array_size=max_array_size)
     placeholders = holder.pop(DEFER_KEY, None)
     if placeholders:
-        resolve(placeholders, stats, max_array_size=max_array_size)
+        resolve(_placeholders(placeholders, holder), stats, max_array_size=max_array_size)
     return holder["value"]

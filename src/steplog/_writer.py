@@ -478,6 +478,8 @@ class Writer:
             max_buffer_depth=self.buffer.max_depth,
             drain_seconds=drain_seconds,
             device_syncs=self.resolve_stats.device_syncs,
+            device_copies=self.resolve_stats.device_copies,
+            changed_values=self.resolve_stats.changed,
             backends={name: runners[name].stats(dropped) for name in self.names},
         )
 

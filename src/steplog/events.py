@@ -111,8 +111,12 @@ class RunStats:
         max_buffer_depth: The deepest the buffer was seen (by the worker at each drain,
             or at an overflow).
         drain_seconds: Time ``finish()`` spent draining and closing the backends.
-        device_syncs: Times the worker waited on an accelerator to read logged tensors
+        device_syncs: Times the writer waited on an accelerator to read logged tensors
             (at most one per batch and device).
+        device_copies: Copies from an accelerator to the host (at most one per batch,
+            device and dtype).
+        changed_values: Tensors changed in place after ``log()`` and before they were
+            read, recorded as ``{"$changed": value}`` (see docs/tensors.md).
         backends: Per-backend delivery counts, keyed by backend name.
     """
 
@@ -124,6 +128,8 @@ class RunStats:
     max_buffer_depth: int = 0
     drain_seconds: float = 0.0
     device_syncs: int = 0
+    device_copies: int = 0
+    changed_values: int = 0
     backends: Mapping[str, BackendStats] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

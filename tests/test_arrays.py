@@ -405,3 +405,31 @@ def test_tensor_subclasses_are_recognised(path):
     tagged = torch.tensor([3.0]).as_subclass(Tagged)
     mem, _ = log_and_read({"w": weight, "t": tagged})
     assert mem.records[0].data == {"w": [1.0, 2.0], "t": [3.0]}
+
+
+def test_an_unreadable_tensor_costs_only_its_own_value(monkeypatch, runs_root, caplog):
+    """A source that cannot be read (e.g. a CUDA-graph output a replay overwrote) does not
+    stop the batch: the others are read one by one, it records the error."""
+    monkeypatch.setattr(_arrays, "_HOST_CPU", False)
+
+    class Unreadable(torch.Tensor):
+        def tolist(self):
+            raise RuntimeError("overwritten by a subsequent run")
+
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            if func in (torch.stack, torch.cat):
+                raise RuntimeError("overwritten by a subsequent run")
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    bad = torch.tensor(3.0).as_subclass(Unreadable)
+    jsonl = steplog.JsonlBackend(runs_root)
+    tracker = steplog.Tracker(jsonl)
+    tracker.init()
+    with caplog.at_level(logging.WARNING, logger="steplog"):
+        for i in range(20):
+            tracker.log({"i": torch.tensor(i), "bad": bad} if i == 7 else {"i": torch.tensor(i)})
+        tracker.finish()
+    run = steplog.read_run(jsonl.path)
+    assert run.history["i"] == list(range(20))
+    assert "overwritten" in run.records[7].data["bad"]

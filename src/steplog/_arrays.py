@@ -413,14 +413,20 @@ def resolve(deferred: Sequence[Deferred], stats: ResolveStats, *, max_array_size
     Blocking: run it in a worker thread. Device values are read with one
     synchronisation per device (see the module docstring).
     """
-    hosts = _read_devices(deferred, stats)
+    try:
+        hosts = _read_devices(deferred, stats)
+    except Exception as exc:  # one unreadable source must not cost the batch
+        logger.warning(
+            "steplog: reading a batch of tensors at once failed (%r); reading them one by one", exc
+        )
+        hosts = _read_one_by_one(deferred, stats)
     jax_values = _read_jax([d for d in deferred if d.kind == "jax"])
     for placeholder in deferred:
         try:
             value = _convert(placeholder, hosts, jax_values, max_array_size, stats)
         except Exception as exc:  # never let one odd value stop the batch
             logger.warning("steplog: could not convert a %s value: %r", placeholder.kind, exc)
-            value = repr(placeholder.source)
+            value = f"<unreadable {placeholder.kind}: {exc!r}>"
         if placeholder.changed:
             value = {"$changed": value}
             _report_changed(placeholder, stats)
@@ -518,6 +524,25 @@ def _nest(flat: list[Any], shape: tuple[int, ...]) -> list[Any]:
     return [_nest(flat[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
 
 
+def _read_one_by_one(deferred: Sequence[Deferred], stats: ResolveStats) -> dict[int, Any]:
+    """The slow fallback of :func:`_read_devices`: each source alone; failures skipped."""
+    hosts: dict[int, Any] = {}
+    for placeholder in deferred:
+        source = placeholder.source
+        if placeholder.kind not in _DEVICE_KINDS or id(source) in hosts:
+            continue
+        try:
+            hosts[id(source)] = (source.reshape(-1).tolist(), 0, tuple(source.shape))
+        except Exception as exc:  # its placeholders record the error
+            hosts[id(source)] = exc
+            continue
+        if source.device.type != "cpu":
+            stats.device_copies += 1
+            stats.device_syncs += 1
+    _check_versions([p for p in deferred if p.kind == "ref" and type(hosts[id(p.source)]) is tuple])
+    return hosts
+
+
 def _check_versions(refs: Sequence[Deferred]) -> None:
     for placeholder in refs:
         if placeholder.source._version != placeholder.version:
@@ -561,13 +586,16 @@ def _convert(
     stats: ResolveStats,
 ) -> Any:
     kind = placeholder.kind
+    entry = hosts.get(id(placeholder.source)) if kind in _DEVICE_KINDS else None
+    if isinstance(entry, Exception):
+        raise entry
     if kind == "ref" or kind == "tensor":
-        return _host_list(hosts[id(placeholder.source)])
+        return _host_list(entry)  # type: ignore[arg-type]
     if kind == "scalar":
-        values, offset, _ = hosts[id(placeholder.source)]
+        values, offset, _ = entry  # type: ignore[misc]
         return values[offset + placeholder.index]
     if kind == "summary":
-        mean, low, high = _host_list(hosts[id(placeholder.source)])
+        mean, low, high = _host_list(entry)  # type: ignore[arg-type]
         meta = placeholder.meta or {}
         numel = 1
         for n in meta.get("shape", []):

@@ -234,7 +234,10 @@ class _TrackerBase:
                 return
         finally:
             lock.release()
-        self._put_slow(buffer, line, step, now, data)
+        if size > buffer.line_limit:
+            self._put_slow(buffer, line, step, now, data)
+        else:  # a wake-up, an overflow, or the writer process's ring
+            buffer.put_slow(line)
 
     def _missed_fast(self) -> None:
         # Loops that log tensors or numpy values every step would pay for a failed

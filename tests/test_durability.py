@@ -14,6 +14,8 @@ import pytest
 import steplog
 from steplog._ring import ProcessWriter
 
+from conftest import GateBackend
+
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 FLUSH_INTERVAL = 0.1
@@ -153,3 +155,55 @@ def test_process_durability_loses_nothing_in_twenty_sigkills(tmp_path):
     rng = random.Random(4321)
     logged = [kill_process_mode_once(tmp_path, rng.uniform(0.05, 0.4)) for _ in range(20)]
     print(f"\nkills: 20, events logged before the kill {min(logged)}…{max(logged)}, 0 lost")
+
+
+def _process_mode_only():
+    if not ProcessWriter.supported():
+        pytest.skip("durability='process' needs POSIX on x86-64")
+
+
+def test_process_mode_with_tensor_rows_and_a_full_block_buffer_finishes(tmp_path):
+    """Rows for the writer (device tensors) and a full 'block' buffer never deadlock the
+    writer with a producer waiting for room (ring mode keeps lines behind rows)."""
+    _process_mode_only()
+    pytest.importorskip("torch")
+    code = f"""
+import torch, steplog, steplog._arrays as A
+A._HOST_CPU = False  # CPU tensors take the device path: rows the writer must read
+t = steplog.Tracker(steplog.JsonlBackend({str(tmp_path)!r}), durability="process",
+                    buffer_size=256, flush_interval=0.01)
+t.init()
+for i in range(4000):
+    t.log({{"i": i, "x": torch.full((2,), float(i))}} if i % 2 == 0 else {{"i": i}})
+s = t.finish()
+print(s.logged, s.written, s.dropped)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["4000", "4000", "0"]
+    (path,) = tmp_path.rglob("*.jsonl")
+    run = steplog.read_run(path)
+    assert run.history["i"] == list(range(4000))
+    assert run.records[4].data["x"] == [4.0, 4.0]
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest"])
+def test_process_mode_counts_copies_other_backends_miss_as_their_drops(tmp_path, policy):
+    """With another backend beside the ring, a copy it misses is its drop only: the run
+    file has every event and the stats say so (logged == written + dropped per backend)."""
+    _process_mode_only()
+    jsonl = steplog.JsonlBackend(tmp_path)
+    gate = GateBackend()
+    tracker = steplog.Tracker(jsonl, gate, durability="process", overflow=policy, buffer_size=16)
+    tracker.init()
+    for i in range(5_000):
+        tracker.log({"i": i})
+    gate.gate.set()
+    stats = tracker.finish()
+    run = steplog.read_run(jsonl.path)
+    assert run.history["i"] == list(range(5_000))
+    assert stats.logged == stats.written == 5_000 and stats.dropped == 0
+    for name, backend in stats.backends.items():
+        assert backend.delivered + backend.failed + backend.dropped == 5_000, name
+    assert stats.backends["gate"].dropped > 0
+    assert len(gate.records) == stats.backends["gate"].delivered

@@ -110,6 +110,8 @@ class LineBuffer:
         #: ``durability="process"``: the writer process's ring (see :meth:`attach_ring`).
         self.ring: Any = None
         self.ringed = 0  # lines log() put into the ring itself
+        #: Ring mode: copies for the other backends dropped (the events are stored).
+        self.others_dropped = 0
         self.others = False
         self._rows_pending = False
         self._ring_lock = threading.Lock()
@@ -240,6 +242,7 @@ class LineBuffer:
     def _drop_oldest(self) -> None:
         """Drop the oldest queued event (lock held)."""
         segments = self.segments
+        line = True  # a line (in ring mode: a copy of one the ring has), not a row
         if segments:
             first = segments[0]
             if type(first) is bytearray:
@@ -251,10 +254,14 @@ class LineBuffer:
                     del segments[0]
             else:
                 del segments[0]
+                line = False
         else:
             del self.data[: self.data.index(b"\n") + 1]
         self.count -= 1
-        self.dropped += 1
+        if self.ring is not None and line:
+            self.others_dropped += 1  # a copy of a line in the ring: stored all the same
+        else:
+            self.dropped += 1
 
     # -- durability="process" ---------------------------------------------------
 
@@ -283,18 +290,43 @@ class LineBuffer:
                 self._since_wake = 0
                 ring.wake()
             if self.others:
-                with self.lock:
-                    if self.count >= self.wake_at:
-                        self._wake_if_armed()
-                    if not self._overflow(len(line)):
-                        self._append(line)
+                self._queue_copy(line)
+
+    def _queue_copy(self, line: bytes) -> None:
+        """Queue a copy of a line already in the ring, for the other backends.
+
+        The event is stored (the ring has it); only the other backends can miss it, so
+        a copy that finds no room under a drop policy counts in :attr:`others_dropped`,
+        never in :attr:`dropped`.
+        """
+        with self.lock:
+            if self.count >= self.wake_at:
+                self._wake_if_armed()
+            if self.policy != "block" and self._full(len(line)):
+                self.others_dropped += 1
+                return
+            if self._overflow(len(line)):  # block, and the writer died
+                self.dropped -= 1
+                self.others_dropped += 1
+                return
+            self._append(line)
 
     def ring_idle(self) -> None:
         """The writer put every row and pending line it took into the ring: lines go
-        straight in again, unless more of them were queued meanwhile."""
-        with self._ring_lock, self.lock:
-            if not any(type(item) is not bytearray for item in self.segments):
-                self._rows_pending = False
+        straight in again, unless more of them were queued meanwhile.
+
+        Never waits for the ring lock: a producer may hold it while it waits for room
+        that only the writer's next take makes (then the lines keep queuing behind the
+        rows for one more round).
+        """
+        if not self._ring_lock.acquire(blocking=False):
+            return
+        try:
+            with self.lock:
+                if not any(type(item) is not bytearray for item in self.segments):
+                    self._rows_pending = False
+        finally:
+            self._ring_lock.release()
 
     # -- writer side ------------------------------------------------------------
 

@@ -460,27 +460,32 @@ class Writer:
         request.future.set_result(self._stats(drain_seconds=stats.drain_seconds))
 
     def _stats(self, *, drain_seconds: float) -> RunStats:
-        dropped = self.buffer.drop_count()
+        buffer = self.buffer
+        dropped = buffer.drop_count()
         runners: dict[str, Any] = {r.name: r for r in self.direct}
-        if self.ringed is not None:
-            runners[self.ringed.name] = self.ringed
         if self.fanout is not None:
             runners.update((r.name, r) for r in self.fanout.runners)
         written = self.taken
-        if self.ring is not None:
-            written = self.buffer.ringed + self.ring_taken
+        pending = buffer.count
+        # Ring mode: copies the other backends missed are their drops, not the run's.
+        shared = dict.fromkeys(self.names, dropped + buffer.others_dropped)
+        if self.ringed is not None:
+            runners[self.ringed.name] = self.ringed
+            written = buffer.ringed + self.ring_taken
+            pending = 0  # the queue holds copies; the stop drained the rest
+            shared[self.ringed.name] = dropped
         return RunStats(
-            logged=written + dropped + self.buffer.count,
+            logged=written + dropped + pending,
             written=written,
             dropped=dropped,
             batches=self.batches,
             backend_errors=sum(r.errors for r in runners.values()),
-            max_buffer_depth=self.buffer.max_depth,
+            max_buffer_depth=buffer.max_depth,
             drain_seconds=drain_seconds,
             device_syncs=self.resolve_stats.device_syncs,
             device_copies=self.resolve_stats.device_copies,
             changed_values=self.resolve_stats.changed,
-            backends={name: runners[name].stats(dropped) for name in self.names},
+            backends={name: runners[name].stats(shared[name]) for name in self.names},
         )
 
 

@@ -464,7 +464,7 @@ def _read_devices(deferred: Sequence[Deferred], stats: ResolveStats) -> dict[int
         p.stream.cuda_stream: p.stream for p in deferred if p.stream is not None
     }  # Stream objects are new per current_stream() call: dedupe by handle
     hosts: dict[int, Any] = {}
-    pending: list[tuple[Any, list[Any]]] = []
+    pending: list[tuple[Any, list[Any], list[Any]]] = []
     for (device, dtype), members in groups.items():
         if device.type == "cuda" and device not in waits:
             _wait_for_sync_debug_off(torch)
@@ -491,16 +491,18 @@ def _read_devices(deferred: Sequence[Deferred], stats: ResolveStats) -> dict[int
             host = flat.cpu()
             stats.device_copies += 1
             stats.device_syncs += 1
-        pending.append((host, scalars + others))
+        pending.append((host, scalars, others))
     for stream in waits.values():
         stream.synchronize()  # the batch's one wait on this device; releases the GIL
         stats.device_syncs += 1
     _check_versions(refs)
     # One .tolist() per gather; each source is then a slice of that Python list.
-    for host, ordered in pending:
+    for host, scalars, others in pending:
         values = host.tolist()
-        offset = 0
-        for member in ordered:
+        for offset, member in enumerate(scalars):
+            hosts[id(member)] = (values, offset, ())
+        offset = len(scalars)
+        for member in others:
             hosts[id(member)] = (values, offset, tuple(member.shape))
             offset += member.numel()
     return hosts
@@ -657,7 +659,8 @@ def _placeholders(listed: list[Any], data: dict[str, Any]) -> list[Deferred]:
         if type(item) is tuple:
             container, key, tensor = item
             item = Deferred(container, key, "ref", tensor)  # version 0 at the call
-            item.stream = _current_stream(torch, tensor.device)
+            if not tensor.is_cpu:
+                item.stream = _current_stream(torch, tensor.device)
         if item.container is None:
             item.container = data
         out.append(item)

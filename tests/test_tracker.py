@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -509,3 +511,47 @@ def test_a_backend_reading_one_event_gets_it_decoded():
     tracker.finish()
     assert sum(n for n, _, _ in seen) == 100
     assert seen[-1][1:] == (99, {"i": 99, "v": float("inf")})
+
+
+@pytest.mark.parametrize("durability", ["thread", "process"])
+@pytest.mark.parametrize("policy", ["block", "drop_oldest", "drop_newest"])
+def test_log_from_a_signal_handler_never_deadlocks(tmp_path, policy, durability):
+    """A timer signal whose handler logs, interrupting log() calls of the main loop (small
+    buffer), neither deadlocks nor raises; every call is accounted for, per-source order kept."""
+    if sys.platform == "win32":
+        pytest.skip("POSIX timer signals")
+    from steplog._ring import ProcessWriter
+
+    if durability == "process" and not ProcessWriter.supported():
+        pytest.skip("durability='process' needs POSIX on x86-64")
+    code = f"""
+import signal, steplog
+t = steplog.Tracker(steplog.JsonlBackend({str(tmp_path)!r}), buffer_size=64, batch_size=8,
+                    overflow={policy!r}, durability={durability!r})
+t.init()
+fired = [0]
+def handler(signum, frame):
+    t.log({{"src": "timer", "n": fired[0]}})
+    fired[0] += 1
+signal.signal(signal.SIGALRM, handler)
+signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)
+for i in range(60_000):
+    t.log({{"src": "loop", "n": i}})
+signal.setitimer(signal.ITIMER_REAL, 0, 0)
+s = t.finish()
+print(fired[0], s.logged, s.written, s.dropped)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90)
+    assert out.returncode == 0, out.stderr
+    fired, logged, written, dropped = map(int, out.stdout.split())
+    assert fired > 10
+    assert logged == 60_000 + fired == written + dropped
+    (path,) = tmp_path.rglob("*.jsonl")
+    run = steplog.read_run(path)  # whole lines only
+    if policy == "block":
+        assert len(run.records) == written == logged
+    # Under the drop policies the file may hold a few more records than `written` says
+    # when handlers interrupt drops (seen: 3 of 60 000; open, see issue #13 item 8).
+    for src in ("loop", "timer"):
+        ns = [e.data["n"] for e in run.records if e.data["src"] == src]
+        assert ns == sorted(ns)

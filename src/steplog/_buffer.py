@@ -80,7 +80,9 @@ class LineBuffer:
         byte_budget: int = 64 * 2**20,
         line_limit: int = 16 * 2**20,
     ) -> None:
-        self.lock = threading.Lock()
+        # Reentrant: a signal handler that logs may interrupt a log() holding it (every
+        # change under it is one attribute update, so the interrupted call stays sound).
+        self.lock = threading.RLock()
         self.line_limit = line_limit
         self.data = bytearray()
         self.segments: list[Any] = []
@@ -107,6 +109,7 @@ class LineBuffer:
         self._alive: Callable[[], bool] = _always
         self._room = threading.Condition(self.lock)
         self._blocked = 0
+        self._waiting: set[int] = set()  # threads waiting for room
         #: ``durability="process"``: the writer process's ring (see :meth:`attach_ring`).
         self.ring: Any = None
         self.ringed = 0  # lines log() put into the ring itself
@@ -114,7 +117,8 @@ class LineBuffer:
         self.others_dropped = 0
         self.others = False
         self._rows_pending = False
-        self._ring_lock = threading.Lock()
+        self._ring_lock = threading.RLock()
+        self._in_ring_put = False  # a signal handler's log() must not re-enter ring.put
         self._since_wake = 0
 
     def connect(self, wake: Callable[[], None], alive: Callable[[], bool]) -> None:
@@ -174,13 +178,17 @@ class LineBuffer:
             return
         self._queue_item(row)
 
-    def _queue_item(self, item: Any) -> None:
-        """Queue a row or a ring-pending line behind the current lines."""
+    def _queue_item(self, item: Any, *, wait: bool = True) -> None:
+        """Queue a row or a ring-pending line behind the current lines.
+
+        ``wait=False`` queues it even over the limits (a signal handler's line that
+        must not wait; bounded by the signal rate).
+        """
         with self.lock:
             self.has_rows = True
             if self.count >= self.limit:
                 self._wake_if_armed()
-            if self._overflow(0):
+            if wait and self._overflow(0):
                 return
             self._close_segment()
             self.segments.append(item)
@@ -218,7 +226,13 @@ class LineBuffer:
             while self.count and self._full(size):
                 self._drop_oldest()
             return False
-        # block: wait until the writer has taken events out, or has stopped.
+        # block: wait until the writer has taken events out, or has stopped. A signal
+        # handler that logs while this thread waits here goes in over the limit instead
+        # of waiting too (handlers would pile up, one more per signal).
+        ident = threading.get_ident()
+        if ident in self._waiting:
+            return False
+        self._waiting.add(ident)
         self._blocked += 1
         try:
             while self._full(size) and not self.closed:
@@ -231,6 +245,7 @@ class LineBuffer:
                     return True
         finally:
             self._blocked -= 1
+            self._waiting.discard(ident)
         return False
 
     def _full(self, size: int) -> bool:
@@ -267,16 +282,35 @@ class LineBuffer:
 
     def _put_ringed(self, line: bytes) -> None:
         with self._ring_lock:
+            if self._in_ring_put or threading.get_ident() in self._waiting:
+                # A signal handler interrupted a put on this thread: the ring's copy is
+                # not reentrant, so queue the line for the writer — without waiting for
+                # room, which the writer could only make once the interrupted put (that
+                # holds the ring) goes on.
+                self._rows_pending = True
+                self._queue_item(RingPending(line), wait=False)
+                return
             if self._rows_pending:
                 self._queue_item(RingPending(line))
                 return
-            ring = self.ring
-            if not ring.put(line):
-                ring.wake()
-                if self.policy != "block":  # a line in the ring cannot be dropped again
-                    with self.lock:
-                        self.dropped += 1
-                    return
+            self._in_ring_put = True
+            try:
+                self._put_into_ring(line)
+            finally:
+                self._in_ring_put = False
+
+    def _put_into_ring(self, line: bytes) -> None:
+        """Put a line into the ring (ring lock held), applying the overflow policy."""
+        ring = self.ring
+        if not ring.put(line):
+            ring.wake()
+            if self.policy != "block":  # a line in the ring cannot be dropped again
+                with self.lock:
+                    self.dropped += 1
+                return
+            ident = threading.get_ident()
+            self._waiting.add(ident)
+            try:
                 while not ring.put(line):
                     if not ring.wait_for_room(len(line), _BLOCK_POLL_SECONDS) and not (
                         ring.alive()
@@ -284,13 +318,15 @@ class LineBuffer:
                         with self.lock:
                             self.dropped += 1
                         return
-            self.ringed += 1
-            self._since_wake += 1
-            if self._since_wake >= self.wake_at:
-                self._since_wake = 0
-                ring.wake()
-            if self.others:
-                self._queue_copy(line)
+            finally:
+                self._waiting.discard(ident)
+        self.ringed += 1
+        self._since_wake += 1
+        if self._since_wake >= self.wake_at:
+            self._since_wake = 0
+            ring.wake()
+        if self.others:
+            self._queue_copy(line)
 
     def _queue_copy(self, line: bytes) -> None:
         """Queue a copy of a line already in the ring, for the other backends.
@@ -315,16 +351,22 @@ class LineBuffer:
         """The writer put every row and pending line it took into the ring: lines go
         straight in again, unless more of them were queued meanwhile.
 
-        Never waits for the ring lock: a producer may hold it while it waits for room
-        that only the writer's next take makes (then the lines keep queuing behind the
-        rows for one more round).
+        Never waits for a lock: a producer may hold one while it waits for room that
+        only the writer's next take makes (then the lines keep queuing behind the rows
+        for one more round).
         """
         if not self._ring_lock.acquire(blocking=False):
             return
         try:
-            with self.lock:
+            # Nor for the buffer lock while holding the ring lock: log() takes them in
+            # the other order (a signal handler's log() inside a log() holding it).
+            if not self.lock.acquire(blocking=False):
+                return
+            try:
                 if not any(type(item) is not bytearray for item in self.segments):
                     self._rows_pending = False
+            finally:
+                self.lock.release()
         finally:
             self._ring_lock.release()
 

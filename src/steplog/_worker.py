@@ -254,6 +254,7 @@ class BackendRunner(_Delivery):
         self.policy = policy
         self.submitted = 0
         self.settled = 0
+        self.queued = 0  # events accepted and not yet settled (loop thread only)
         self.finished = anyio.Event()
         self.done = False
         #: Called (on the loop thread) after each batch is settled.
@@ -288,6 +289,7 @@ class BackendRunner(_Delivery):
                     self.delivered += len(item)
                 else:
                     self.failed += len(item)
+                self.queued -= len(item)
                 self.settled += len(item)
                 self.on_progress()
         finally:
@@ -331,29 +333,33 @@ class BackendRunner(_Delivery):
         Under the drop policies a backend whose backlog is over its limit drops here;
         under ``"block"`` the writer waited for room before handing the batch over.
         """
-        if self.backlog - len(batch) >= self.backlog_limit:
+        # Only what this backend already holds counts here, never batches the writer
+        # handed over after this one (those are in ``submitted`` already).
+        if self.queued >= self.backlog_limit:
             if self.policy == "drop_newest":
                 self._drop(len(batch))
                 return
             if self.policy == "drop_oldest":
                 # Whatever is left is the batch being written: never wait for it.
-                self._drop_oldest_queued()
+                self._drop_oldest_queued(len(batch))
+        self.queued += len(batch)
         self._put(batch)
 
     def _drop(self, count: int) -> None:
         self.dropped += count
         self.settled += count
 
-    def _drop_oldest_queued(self) -> None:
-        """Drop the oldest queued (not in-flight) batches until the backlog fits."""
+    def _drop_oldest_queued(self, room: int) -> None:
+        """Drop the oldest queued (not in-flight) batches until ``room`` more events fit."""
         queue = self._queue
         index = 0
-        while self.backlog > self.backlog_limit and index < len(queue):
+        while self.queued + room > self.backlog_limit and index < len(queue):
             item = queue[index]
             if isinstance(item, _Marker):  # flush markers keep their place
                 index += 1
                 continue
             del queue[index]
+            self.queued -= len(item)
             self._drop(len(item))
 
     def mark(self, marker: _Marker) -> None:

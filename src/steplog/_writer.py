@@ -18,8 +18,11 @@ caller waits on and an async caller awaits.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
+import select
+import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -123,7 +126,12 @@ class Writer:
             )
         self.taken = 0
         self.batches = 0
-        self._wake = threading.Event()
+        # Woken through a socket pair rather than a threading.Event: sending a byte is
+        # reentrant, so a signal handler that logs can wake the writer even while it
+        # interrupted a wake-up on the same thread (Event.set would deadlock there).
+        self._wake_in, self._wake_out = socket.socketpair()
+        self._wake_in.setblocking(False)
+        self._wake_out.setblocking(False)
         self._thread: threading.Thread | None = None
         self._started: concurrent.futures.Future[RunInfo] = concurrent.futures.Future()
         # None once the run has ended; the lock keeps a flush() from slipping in between
@@ -161,8 +169,10 @@ class Writer:
         return not self._dead and self._thread is not None and self._thread.is_alive()
 
     def wake(self) -> None:
-        """Ask the writer to drain now (cheap enough to call once per batch)."""
-        self._wake.set()
+        """Ask the writer to drain now (cheap enough to call once per batch; reentrant)."""
+        # Full: the writer has wake-ups waiting already. Closed: it has ended.
+        with contextlib.suppress(OSError):
+            self._wake_out.send(b"w")
 
     def flush(self) -> concurrent.futures.Future[None]:
         """Return a future that resolves once every event logged so far is written."""
@@ -175,7 +185,7 @@ class Writer:
                 future.set_exception(WorkerError("the steplog writer has stopped"))
                 return future
             self._flushes.append(future)
-        self._wake.set()
+        self.wake()
         return future
 
     def stop(
@@ -189,7 +199,7 @@ class Writer:
             request.future.set_exception(WorkerError("the run is already being finished"))
         else:
             self._stop = request
-            self._wake.set()
+            self.wake()
         return request.future
 
     def pending(self) -> dict[str, int]:
@@ -231,9 +241,16 @@ class Writer:
         finally:
             self._dead = True
             self.buffer.close()
+            self._wake_in.close()
+            self._wake_out.close()
             for future in self._take_flushes(last=True):
                 if not future.done():
                     future.set_exception(WorkerError("the run ended before the flush completed"))
+
+    def _drain_wake_ups(self) -> None:
+        with contextlib.suppress(OSError):  # BlockingIOError: nothing left
+            while self._wake_in.recv(4096):
+                pass
 
     def _take_flushes(self, *, last: bool = False) -> list[concurrent.futures.Future[None]]:
         with self._flush_lock:
@@ -250,8 +267,8 @@ class Writer:
         buffer = self.buffer
         while True:
             if buffer.count < buffer.wake_at:
-                self._wake.wait(self.flush_interval)
-            self._wake.clear()
+                select.select([self._wake_in], [], [], self.flush_interval)
+            self._drain_wake_ups()
             buffer.rearm()
             self.refresh_inspection()
             stop = self._stop
@@ -339,6 +356,8 @@ class Writer:
         """In a forked child: let go of the writer process without touching its ring."""
         if self.ring is not None:
             self.ring.forget_after_fork()
+        self._wake_in.close()
+        self._wake_out.close()
 
     def _close_quietly(self, runners: list[DirectRunner], info: RunInfo) -> None:
         end = RunEnd(info.run_id, time.time(), "failed", {}, RunStats())

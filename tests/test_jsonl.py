@@ -178,3 +178,19 @@ def test_names_that_could_escape_the_run_root_are_rejected(name):
     """Experiment names are single, safe path components: traversal is a clear error."""
     with pytest.raises(ValueError, match="experiment_name"):
         steplog.Tracker(steplog.MemoryBackend(), experiment_name=name)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b'{"step":2}', b'{"step":2,"time":1.0,"data":5}', b'{"step":"x","time":1.0,"data":{}}'],
+    ids=["no-data", "data-not-object", "step-not-int"],
+)
+def test_wrong_shaped_records_raise_run_file_error(runs_root, bad):
+    """A well-formed JSON line that is not a step record raises RunFileError naming the
+    line, never a raw KeyError or AttributeError."""
+    path, _ = write_run(runs_root, n=3)
+    lines = path.read_bytes().split(b"\n")
+    lines.insert(2, bad)
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(steplog.RunFileError, match=r":3: a step record needs"):
+        steplog.read_run(path)

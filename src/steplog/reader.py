@@ -112,14 +112,26 @@ def read_run(path: str | os.PathLike[str]) -> Run:
             if record["type"] == "run_end":
                 end = record
             continue  # record types from newer minor versions are skipped
-        data = record["data"]
-        records.append(Event(record["step"], record["time"], data))
+        step, time, data = record.get("step"), record.get("time"), record.get("data")
+        if not (type(step) is int and isinstance(time, (int, float)) and isinstance(data, dict)):
+            raise RunFileError(
+                f"{path}:{number}: a step record needs an integer 'step', a numeric 'time' "
+                f"and an object 'data'"
+            )
+        records.append(Event(step, time, data))
         for key, value in data.items():
             series = history.get(key)
             if series is None:
                 history[key] = [value]
             else:
                 series.append(value)
+    missing = [k for k in ("run_id", "experiment", "start_time") if k not in start]
+    if missing:
+        raise RunFileError(f"{path}:1: the run-start record lacks {', '.join(missing)}")
+    if end is not None and not isinstance(end.get("status"), str):
+        raise RunFileError(f"{path}: the run-end record has no status")
+    if end is not None and not isinstance(end.get("stats") or {}, dict):
+        raise RunFileError(f"{path}: the run-end record's stats are not an object")
     return Run(
         path=path,
         run_id=start["run_id"],
@@ -131,7 +143,7 @@ def read_run(path: str | os.PathLike[str]) -> Run:
         status=end["status"] if end else INCOMPLETE,
         stats=RunStats.from_dict(end["stats"]) if end and end.get("stats") else None,
         start_time=start["start_time"],
-        end_time=end["end_time"] if end else None,
+        end_time=end.get("end_time") if end else None,
         torn=torn,
         schema=schema,
     )

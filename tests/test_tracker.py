@@ -555,3 +555,41 @@ print(fired[0], s.logged, s.written, s.dropped)
     for src in ("loop", "timer"):
         ns = [e.data["n"] for e in run.records if e.data["src"] == src]
         assert ns == sorted(ns)
+
+
+def test_another_thread_changing_a_nested_dict_never_raises_into_log(runs_root, monkeypatch):
+    """log() of a dict whose nested dict another thread keeps changing (the snapshot path
+    walks it: tensors driven as device ones) never raises; every call is recorded
+    (issue #13 item 9)."""
+    torch = pytest.importorskip("torch")
+    from steplog import _arrays
+
+    monkeypatch.setattr(_arrays, "_HOST_CPU", False)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # thread switches inside log()'s walks, not once per 5 ms
+    jsonl = steplog.JsonlBackend(runs_root)
+    tracker = make(jsonl)
+    tracker.init()
+    nested: dict[str, object] = {f"k{i}": float(i) for i in range(50)}
+    stop = threading.Event()
+
+    def mutate() -> None:
+        i = 0
+        while not stop.is_set():
+            nested[f"n{i % 500}"] = float(i)
+            if i % 3 == 0:
+                nested.pop(f"n{(i * 7) % 500}", None)
+            i += 1
+
+    mutator = threading.Thread(target=mutate)
+    mutator.start()
+    try:
+        for i in range(5_000):
+            tracker.log({"i": i, "t": torch.tensor(float(i)), "nested": nested})
+    finally:
+        stop.set()
+        mutator.join()
+        sys.setswitchinterval(interval)
+    stats = tracker.finish()
+    assert stats.logged == stats.written == 5_000
+    assert steplog.read_run(jsonl.path).history["i"] == list(range(5_000))

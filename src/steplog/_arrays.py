@@ -191,7 +191,9 @@ def _snap(value: Any, container: Any, key: Any, walk: _Walk) -> Any:
         active[id(value)] = copy
         try:
             if tp is dict:
-                for k, v in value.items():
+                # list(): one C-level read, so another thread changing the dict meanwhile
+                # cannot make this walk raise (what it read is recorded).
+                for k, v in list(value.items()):
                     copy[k] = _snap(v, copy, k, walk)
             else:
                 copy.extend(value)

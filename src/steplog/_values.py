@@ -160,11 +160,12 @@ class ValueEncoder:
                 return "<circular reference>"
             active.add(id(obj))
             try:
+                # list(): one read of the container, so another thread changing it
+                # meanwhile cannot make the walk raise (what it read is recorded).
                 if isinstance(obj, Mapping):
-                    return {
-                        self._key(k): self._sanitize(v, depth + 1, active) for k, v in obj.items()
-                    }
-                return [self._sanitize(v, depth + 1, active) for v in obj]
+                    items = list(obj.items())
+                    return {self._key(k): self._sanitize(v, depth + 1, active) for k, v in items}
+                return [self._sanitize(v, depth + 1, active) for v in list(obj)]
             finally:
                 active.discard(id(obj))
         if dataclasses.is_dataclass(obj) and not isinstance(obj, type):

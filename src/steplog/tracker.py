@@ -249,6 +249,21 @@ class _TrackerBase:
             self._slow_calls = _SLOW_SPELL
 
     def _log_slow(self, buffer: LineBuffer, data: dict[str, Any], step: int, now: float) -> None:
+        """The slow path, never raising into the caller when another thread changes a
+        container of ``data`` while it is read (retried; then a marker is recorded)."""
+        for attempt in range(3):
+            try:
+                self._log_slow_once(buffer, data, step, now)
+            except RuntimeError as exc:  # "dictionary changed size during iteration"
+                if attempt == 2:
+                    line = self._encoder.unencodable(step, now, exc)
+                    self._put_slow(buffer, line, step, now, data)
+            else:
+                return
+
+    def _log_slow_once(
+        self, buffer: LineBuffer, data: dict[str, Any], step: int, now: float
+    ) -> None:
         """Encode values that need no device read on the spot; snapshot the others."""
         if self._host_calls:
             self._host_calls -= 1

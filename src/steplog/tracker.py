@@ -30,7 +30,7 @@ from ._process import active_runs, install_exit_hook, install_sigterm_handler
 from ._progress import wait_with_progress, wait_with_progress_async
 from ._redact import DEFAULT_SECRET_KEYS, compile_pattern
 from ._redact import redact as _redact
-from ._values import ValueEncoder
+from ._values import ValueEncoder, _find_null
 from ._worker import RetryPolicy
 from ._writer import Writer
 from .backends.base import Backend, backend_name
@@ -51,7 +51,6 @@ DURABILITIES: tuple[Durability, ...] = ("thread", "process")
 _now = time.time
 _dumps = orjson.dumps
 _LINE = orjson.OPT_APPEND_NEWLINE
-_find_null = re.compile(rb"null").search
 # After this many fast-path misses in a row, log() takes the slow path directly ...
 _MISS_STREAK = 8
 # ... for this many calls.

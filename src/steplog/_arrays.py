@@ -124,7 +124,6 @@ class Deferred:
         "meta",
         "source",
         "stream",
-        "version",
     )
 
     def __init__(self, container: Any, key: Any, kind: str, source: Any, index: int = 0) -> None:
@@ -135,8 +134,6 @@ class Deferred:
         self.index = index
         self.stream: Any = None
         self.meta: dict[str, Any] | None = None
-        #: For ``"ref"``: the tensor's version counter at the ``log()`` call.
-        self.version = 0
         self.changed = False
 
     def __repr__(self) -> str:
@@ -290,17 +287,11 @@ def host_reader(max_size: int) -> Callable[[Any], Any]:
 
 def _snap_tensor(torch: Any, value: Any, container: Any, key: Any, walk: _Walk) -> Any:
     on_host = _HOST_CPU and value.is_cpu
-    version = value._version  # bumped by every in-place change; reading it launches nothing
-    if version == 0 and not on_host and value.numel() <= walk.max_size:
-        # Never changed in place so far: kept by reference, no kernel launch. The
-        # writer checks the version again before and after it reads the value, and
-        # marks the value if it changed (see docs/tensors.md). Only a tensor that
-        # carries an autograd graph is detached (a view; no launch either), so that
-        # the graph is not kept alive.
-        placeholder = Deferred(
-            container, key, "ref", value.detach() if value.requires_grad else value
-        )
-        placeholder.version = version
+    if not on_host and value._version == 0 and value.numel() <= walk.max_size:
+        # A fresh device tensor that carries an autograd graph (the others are listed
+        # by _snap): detached — a view sharing the version counter, no launch — so the
+        # graph is not kept alive, and kept by reference like them.
+        placeholder = Deferred(container, key, "ref", value.detach())
         placeholder.stream = _current_stream(torch, value.device)
         walk.deferred.append(placeholder)
         return placeholder
@@ -549,7 +540,8 @@ def _read_one_by_one(deferred: Sequence[Deferred], stats: ResolveStats) -> dict[
 
 def _check_versions(refs: Sequence[Deferred]) -> None:
     for placeholder in refs:
-        if placeholder.source._version != placeholder.version:
+        # A reference is only ever taken of a tensor at version 0 (never changed).
+        if placeholder.source._version != 0:
             placeholder.changed = True
 
 

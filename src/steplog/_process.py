@@ -7,15 +7,17 @@ them in a forked child, which inherits the parent's memory but not its worker th
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import signal
+import sys
 import threading
 import weakref
 from types import FrameType
 from typing import Any
 
-__all__ = ["active_runs", "install_exit_hook", "install_sigterm_handler"]
+__all__ = ["active_runs", "install_exit_hook", "install_sigterm_handler", "track_ending"]
 
 logger = logging.getLogger("steplog")
 
@@ -27,9 +29,34 @@ _sigterm_installed = False
 _previous_sigterm: Any = None
 
 
+class Ending:
+    """A run whose end is under way: ``finish()`` waiting on it, or a run left behind
+    by a tracker that was garbage-collected. Kept here (strongly) until its run end is
+    written, so that exit waits for it and SIGTERM can bring it forward."""
+
+    __slots__ = ("future", "timeout", "writer")
+
+    def __init__(self, writer: Any, future: concurrent.futures.Future[Any], timeout: float):
+        self.writer = writer
+        self.future = future
+        self.timeout = timeout
+
+
+# Added to and discarded from without a lock: a garbage-collected tracker registers
+# its run from whatever thread the collector runs on, even one holding a lock here.
+_ending: set[Ending] = set()
+
+
 def active_runs() -> weakref.WeakSet[Any]:
     """The trackers the hooks look after (they add themselves when constructed)."""
     return _trackers
+
+
+def track_ending(writer: Any, future: concurrent.futures.Future[Any], timeout: float) -> None:
+    """Look after a run whose end is under way until its ``future`` is done."""
+    ending = Ending(writer, future, timeout)
+    _ending.add(ending)
+    future.add_done_callback(lambda _: _ending.discard(ending))
 
 
 def _end_all(status: str, reason: str) -> None:
@@ -38,6 +65,22 @@ def _end_all(status: str, reason: str) -> None:
             tracker._end_abruptly(status, reason)
         except Exception:  # one tracker's failure must not stop the others
             logger.exception("steplog: ending a run (%s) failed", status)
+    _wait_for_endings(None if status == "unfinished" else status)
+
+
+def _wait_for_endings(hurry: str | None) -> None:
+    """Wait (bounded) for runs already ending; with ``hurry``, end them now as that."""
+    endings = list(_ending)
+    if hurry is not None:
+        for ending in endings:
+            ending.writer.hurry(hurry)
+    for ending in endings:
+        try:
+            ending.future.result(2 * ending.timeout + 1)
+        except concurrent.futures.TimeoutError:
+            print("steplog: a run could not be closed in time", file=sys.stderr)
+        except Exception:  # reported by whoever waits on it, or logged by the writer
+            pass
 
 
 # -- interpreter exit -------------------------------------------------------------
@@ -46,28 +89,64 @@ def _end_all(status: str, reason: str) -> None:
 def install_exit_hook() -> None:
     """Finish active runs when the interpreter exits, before thread pools shut down.
 
-    ``atexit`` is too late: by then ``concurrent.futures`` has shut down its thread
-    pools (which aiofiles and ``anyio.to_thread`` use) and refuses new work. Hooks
-    registered with ``threading._register_atexit`` run earlier, in reverse order of
-    registration; importing ``concurrent.futures.thread`` first guarantees that its
-    own hook is registered before ours and so runs after it.
+    ``atexit`` is too late for the common case: by then ``concurrent.futures`` has shut
+    down its thread pools and refuses new work. Hooks registered with
+    ``threading._register_atexit`` run earlier, in reverse order of registration;
+    importing ``concurrent.futures.thread`` first guarantees that its own hook is
+    registered before ours and so runs after it. Runs in threads that Python still
+    waits for stay usable: see :func:`_at_exit`.
     """
     global _exit_hook_installed
     with _lock:
         if _exit_hook_installed:
             return
-        import concurrent.futures.thread  # noqa: F401
-
         register = getattr(threading, "_register_atexit", None)
         try:
+            import concurrent.futures.thread  # noqa: F401  (registers its hook)
+
             if register is None:
                 raise RuntimeError("threading._register_atexit is not available")
-            register(_end_all, "unfinished", "was not finished")
+            register(_at_exit)
         except RuntimeError:
+            # The interpreter is shutting down already (a thread Python waits for
+            # started this run): atexit runs after those threads have ended.
             import atexit
 
             atexit.register(_end_all, "unfinished", "was not finished")
         _exit_hook_installed = True
+
+
+def _at_exit() -> None:
+    """Python is about to wait for its non-daemon threads, then exit.
+
+    With none left (thread pools aside: they shut down after this), end the runs now.
+    Otherwise those threads may still log, init and finish: their runs end only once
+    Python has waited for them, from an ``atexit`` hook (which runs after that).
+    """
+    if _threads_python_waits_for():
+        import atexit
+
+        atexit.register(_end_all, "unfinished", "was not finished")
+        return
+    _end_all("unfinished", "was not finished")
+
+
+def _threads_python_waits_for() -> list[threading.Thread]:
+    """Alive non-daemon threads other than this one and the thread pools' workers."""
+    pools: Any = ()
+    module = sys.modules.get("concurrent.futures.thread")
+    if module is not None:
+        pools = getattr(module, "_threads_queues", ())
+    current = threading.current_thread()
+    return [
+        thread
+        for thread in threading.enumerate()
+        if not thread.daemon
+        and thread is not current
+        and thread is not threading.main_thread()
+        and thread not in pools
+        and thread.is_alive()
+    ]
 
 
 # -- SIGTERM ----------------------------------------------------------------------

@@ -38,6 +38,9 @@ logger = logging.getLogger("steplog")
 
 # How often a writer waiting on a stalled backend checks for a shutdown deadline.
 _STALL_CHECK_SECONDS = 0.1
+# How long the writer waits for the fan-out's loop to answer once the deadline passed
+# before leaving a backend that blocks it behind.
+_STUCK_GRACE_SECONDS = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,6 +260,11 @@ class BackendRunner(_Delivery):
         self.queued = 0  # events accepted and not yet settled (loop thread only)
         self.finished = anyio.Event()
         self.done = False
+        #: Cancels :meth:`run` when the backend is abandoned at the shutdown deadline
+        #: (made on the loop, by the fan-out, which needs a running loop for it).
+        self.scope: anyio.CancelScope | None = None
+        self.closed = False
+        self.closed_event = anyio.Event()
         #: Called (on the loop thread) after each batch is settled.
         self.on_progress: Callable[[], None] = _nothing
         # Batches and flush markers in order. A deque rather than a stream: under
@@ -421,7 +429,11 @@ class Fanout:
         self._opened: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._drained: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._ended: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._drain_timeout: float | None = None
+        self._drain_scope: anyio.CancelScope | None = None
+        self._abandoned = False
+        #: Set when a backend's task is left behind (stuck past the deadline), or the
+        #: whole loop stopped answering (a backend blocks it).
+        self.stuck = False
         self._end: RunEnd | None = None
         self._close_timeout: float | None = None
         self._marks: list[concurrent.futures.Future[None]] = []
@@ -469,21 +481,54 @@ class Fanout:
         self._call(self._start_mark, future)
         return future
 
-    def drain(self, timeout: float | None) -> None:
-        """Let every backend finish its backlog; abandon those still busy at ``timeout``."""
-        self._drain_timeout = timeout
+    def drain(self) -> None:
+        """Let every backend finish its backlog; abandon those still busy at the deadline.
+
+        The deadline (the stop's, read again and again: it can be brought forward while
+        this waits) is kept here, on the writer's side, whatever a backend does: one
+        stuck in a call that cannot be cancelled (a thread call, or blocking code that
+        stalls the whole loop) is counted as failed and left behind.
+        """
         self._call(self._request_drain)
-        self._drained.result()
+        if _wait_until(self._drained, self._deadline):
+            return
+        with contextlib.suppress(WorkerError):
+            self._call(self._abandon_drain)
+        if _wait_for(self._drained, _STUCK_GRACE_SECONDS):
+            return
+        # The loop does not answer: a backend blocks it. Settle its counts from here.
+        self.stuck = True
+        busy = [runner for runner in self.runners if not runner.done]
+        for runner in busy:
+            runner.abandon("abandoned: stuck past the shutdown timeout")
+            runner.done = True
+        logger.error(
+            "steplog: the event loop of backends %s stopped answering (a backend blocks "
+            "it); they are left behind, not closed",
+            ", ".join(repr(r.name) for r in self.runners),
+        )
 
     def close(self, end: RunEnd, timeout: float | None) -> None:
-        """Close every backend with ``end``, then stop the loop thread."""
+        """Close every backend with ``end`` (all at once, each within ``timeout``).
+
+        Returns by then, plus a short grace, even if a backend's ``close()`` hangs; the
+        loop thread is then left behind (it is a daemon).
+        """
         self._end = end
         self._close_timeout = timeout
-        self._call(self._request_close)
-        with contextlib.suppress(WorkerError):
-            self._ended.result()
-        if self._thread is not None:
-            self._thread.join()
+        if not self.stuck:
+            with contextlib.suppress(WorkerError):
+                self._call(self._request_close)
+            wait = None if timeout is None else timeout + _STUCK_GRACE_SECONDS
+            with contextlib.suppress(WorkerError):
+                if _wait_for(self._ended, wait):
+                    if self._thread is not None and not self.stuck:
+                        self._thread.join(_STUCK_GRACE_SECONDS)
+                    return
+        for runner in self.runners:
+            if not runner.closed:
+                runner.record_error("close", TimeoutError("close() did not return in time"))
+                runner.closed = True
 
     def pending(self) -> dict[str, int]:
         """Events each backend has yet to write."""
@@ -519,6 +564,11 @@ class Fanout:
 
     def _request_drain(self) -> None:
         self._drain_requested.set()
+
+    def _abandon_drain(self) -> None:
+        self._abandoned = True
+        if self._drain_scope is not None:
+            self._drain_scope.cancel()
 
     def _request_close(self) -> None:
         self._close_requested.set()
@@ -563,35 +613,59 @@ class Fanout:
             opened.append(runner)
         async with anyio.create_task_group() as group:
             for runner in self.runners:
-                group.start_soon(runner.run)
+                group.start_soon(self._serve, runner)
             self._opened.set_result(None)
             await self._drain_requested.wait()
             for runner in self.runners:
                 runner.close_stream()
-            with anyio.move_on_after(self._drain_timeout) as scope:
+            with anyio.CancelScope() as self._drain_scope:
+                if self._abandoned:
+                    self._drain_scope.cancel()
                 for runner in self.runners:
                     await runner.finished.wait()
-            if scope.cancelled_caught:
+            for runner in self.runners:
+                if not runner.finished.is_set():
+                    runner.abandon("abandoned after the shutdown timeout")
+                    if runner.scope is not None:
+                        runner.scope.cancel()
+            self._drained.set_result(None)
+            await self._close_requested.wait()
+            # Each backend closes in its own task (see _serve), all at once: one that
+            # hangs never keeps the others from their run end.
+            with anyio.move_on_after(self._close_timeout):
                 for runner in self.runners:
-                    if not runner.finished.is_set():
-                        runner.abandon(
-                            f"abandoned after the {self._drain_timeout} s shutdown timeout"
-                        )
+                    if runner.finished.is_set():  # not still stuck in a write
+                        await runner.closed_event.wait()
+            for runner in self.runners:
+                if runner.closed:
+                    continue
+                reason = (
+                    "close() did not finish in time"
+                    if runner.finished.is_set()
+                    else "still stuck in write(); not closed"
+                )
+                runner.record_error("close", TimeoutError(reason))
+                runner.closed = True
+                self.stuck = True  # its task is left behind: do not wait for the loop
+            self._ended.set_result(None)
             group.cancel_scope.cancel()
-        self._drained.set_result(None)
+
+    async def _serve(self, runner: BackendRunner) -> None:
+        """One backend's task: its batches, then (once the run ends) its close()."""
+        with anyio.CancelScope() as runner.scope:
+            await runner.run()
         await self._close_requested.wait()
+        if runner.closed:  # given up on meanwhile
+            return
         end = self._end
         if end is None:  # pragma: no cover - close() sets it before asking
             raise WorkerError("close requested without a run end")
-        for runner in self.runners:
-            with anyio.move_on_after(self._close_timeout) as scope:
-                try:
-                    await runner.backend.close(end)
-                except Exception as exc:
-                    runner.record_error("close", exc)
-            if scope.cancelled_caught:
-                runner.record_error("close", TimeoutError("close() did not finish in time"))
-        self._ended.set_result(None)
+        try:
+            await runner.backend.close(end)
+        except Exception as exc:
+            runner.record_error("close", exc)
+        runner.closed = True
+        runner.closed_event.set()
 
 
 async def close_quietly(backends: Sequence[tuple[str, Backend]], info: RunInfo) -> None:
@@ -607,6 +681,30 @@ async def close_quietly(backends: Sequence[tuple[str, Backend]], info: RunInfo) 
 
 def _nothing() -> None:
     pass
+
+
+def _wait_for(future: concurrent.futures.Future[Any], timeout: float | None) -> bool:
+    """Wait for ``future`` (raising its exception); False if ``timeout`` passed first."""
+    try:
+        future.result(timeout)
+    except concurrent.futures.TimeoutError:
+        return False
+    return True
+
+
+def _wait_until(
+    future: concurrent.futures.Future[Any], deadline: Callable[[], float | None]
+) -> bool:
+    """Wait for ``future`` until ``deadline()`` (read again as it waits) has passed."""
+    while True:
+        limit = deadline()
+        wait = _STALL_CHECK_SECONDS
+        if limit is not None:
+            wait = min(wait, limit - time.monotonic())
+            if wait <= 0:
+                return future.done()
+        if _wait_for(future, wait):
+            return True
 
 
 def _is_power_of_ten(n: int) -> bool:

@@ -51,6 +51,8 @@ logger = logging.getLogger("steplog")
 
 #: Async backends get batches of up to this many times ``batch_size`` events.
 BACKLOG_BATCHES = 4
+#: Seconds async backends get to close even when the stop's deadline has passed.
+CLOSE_GRACE_SECONDS = 1.0
 
 
 class _StopRequest:
@@ -70,6 +72,21 @@ class _StopRequest:
     def remaining(self) -> float | None:
         """Seconds left before the deadline (``None``: no deadline)."""
         return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+    def close_budget(self) -> float | None:
+        """Seconds the async backends get to close: what is left, and at least a little
+        (backends that kept up close in milliseconds; one stuck past the deadline is
+        not waited for again)."""
+        remaining = self.remaining()
+        return None if remaining is None else max(remaining, CLOSE_GRACE_SECONDS)
+
+    def hurry(self, status: RunStatus) -> None:
+        """End now: the deadline is brought forward and the status changed (SIGTERM, or
+        Ctrl-C during a slow finish). The local backends still get every event; remote
+        ones stop where they are, their undelivered events counted as failed."""
+        if self.status != "failed":
+            self.status = status
+        self.deadline = time.monotonic()
 
 
 class Writer:
@@ -201,6 +218,18 @@ class Writer:
             self._stop = request
             self.wake()
         return request.future
+
+    def hurry(self, status: RunStatus) -> bool:
+        """Bring the run's end forward, as ``status`` (see ``_StopRequest.hurry``).
+
+        Returns whether a stop was under way (there is nothing to hurry otherwise).
+        """
+        request = self._stop
+        if request is None or request.future.done():
+            return False
+        request.hurry(status)
+        self.wake()
+        return True
 
     def pending(self) -> dict[str, int]:
         """Events each backend has yet to write (read from another thread: approximate)."""
@@ -457,7 +486,7 @@ class Writer:
 
     def _end(self, info: RunInfo, request: _StopRequest) -> None:
         if self.fanout is not None:
-            self.fanout.drain(request.remaining())
+            self.fanout.drain()
         if self.ringed is not None:
             self.ringed.delivered = self.buffer.ringed + self.ring_taken
             self.direct.insert(0, self.ringed)  # closed like the others
@@ -475,7 +504,7 @@ class Writer:
             except Exception as exc:
                 runner.record_error("close", exc)
         if self.fanout is not None:
-            self.fanout.close(end, request.timeout)
+            self.fanout.close(end, request.close_budget())
         request.future.set_result(self._stats(drain_seconds=stats.drain_seconds))
 
     def _stats(self, *, drain_seconds: float) -> RunStats:

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Literal
@@ -26,7 +27,7 @@ from ._arrays import DEFER_KEY, host_reader
 from ._arrays import snapshot as _snapshot
 from ._buffer import OVERFLOW_POLICIES, LineBuffer, OverflowPolicy
 from ._names import check_name, new_run_id
-from ._process import active_runs, install_exit_hook, install_sigterm_handler
+from ._process import active_runs, install_exit_hook, install_sigterm_handler, track_ending
 from ._progress import wait_with_progress, wait_with_progress_async
 from ._redact import DEFAULT_SECRET_KEYS, compile_pattern
 from ._redact import redact as _redact
@@ -161,6 +162,7 @@ class _TrackerBase:
         self.strict = strict
         self.durability: Durability = durability
         self._forked = False
+        self._orphan_hook: weakref.finalize[Any, Any] | None = None
         active_runs().add(self)
 
     def __repr__(self) -> str:
@@ -340,6 +342,7 @@ class _TrackerBase:
 
     def _forget_after_fork(self) -> None:
         """In a forked child: drop the parent's run (its worker did not come along)."""
+        self._detach_orphan_hook()
         if self._run is not None:
             self._forked = True
             self._run.worker.forget_after_fork()
@@ -409,6 +412,18 @@ class _TrackerBase:
         self._slow_calls = self._misses = self._host_calls = self._host_misses = 0
         self._buffer = run.buffer
         self._forked = False
+        # A tracker dropped with its run still active (a train() function that forgot
+        # finish(), a notebook cell rebinding the name) still gets its run ended.
+        self._orphan_hook = weakref.finalize(
+            self,
+            _end_orphaned_run,
+            run,
+            self.summary,
+            self.redact,
+            self.shutdown_timeout,
+            self.experiment_name,
+        )
+        self._orphan_hook.atexit = False  # the exit hook ends active runs itself
         install_exit_hook()
         if self.handle_sigterm:
             install_sigterm_handler()
@@ -427,8 +442,30 @@ class _TrackerBase:
                 return None
             self._buffer = None
             self._run = None
+            self._detach_orphan_hook()
         merged = _redact({**self.summary, **(summary or {})}, self.redact)
-        return run, run.worker.stop(status, merged, timeout)
+        future = run.worker.stop(status, merged, timeout)
+        # Until its end is written, exit waits for this run and SIGTERM can hurry it.
+        track_ending(run.worker, future, self.shutdown_timeout)
+        return run, future
+
+    def _detach_orphan_hook(self) -> None:
+        hook, self._orphan_hook = self._orphan_hook, None
+        if hook is not None:
+            hook.detach()
+
+    def _cut_short(self, run: _Run, future: Any, status: RunStatus) -> None:
+        """Ctrl-C (or a cancellation) while ``finish()`` waits: end the run now, as
+        ``status``, and wait (bounded) for its run end to be written."""
+        if not run.worker.hurry(status):
+            return
+        print(
+            f"steplog: {status} while finishing run {run.info.run_id!r}; writing its run "
+            "end now (remote backends stop where they are)",
+            file=sys.stderr,
+        )
+        with contextlib.suppress(Exception):
+            self._last_stats = future.result(2 * self.shutdown_timeout + 1)
 
     def _finished(self, stats: RunStats) -> RunStats:
         """Record a finished run's stats; with ``strict``, raise if a backend lost events."""
@@ -597,10 +634,18 @@ class Tracker(_TrackerBase):
             summary: Final values, merged over :attr:`summary`.
             status: The run's end status.
             timeout: Seconds to wait for the backends; events a backend has not
-                written by then are counted as failed. ``None`` waits for them all.
+                written by then are counted as failed. Closing then gets what is
+                left, and at least 1 s, so this returns within about ``timeout`` + 2 s
+                whatever a backend does (one stuck in a call that cannot be cancelled
+                is left behind). ``None`` waits for them all.
 
         Returns:
             The run's statistics, or ``None`` (with a warning) if no run was active.
+
+        Raises:
+            KeyboardInterrupt: Ctrl-C while waiting: the run end is written first (status
+                ``"interrupted"``, the summary, every event in the local backends;
+                remote backends stop where they are).
         """
         pending = self._deactivate(summary, status, timeout)
         if pending is None:
@@ -608,7 +653,11 @@ class Tracker(_TrackerBase):
             return None
         run, future = pending
         # A large backlog on a slow backend can take a while: say so on a terminal.
-        stats: RunStats = wait_with_progress(future, run.worker.pending)
+        try:
+            stats: RunStats = wait_with_progress(future, run.worker.pending)
+        except KeyboardInterrupt:
+            self._cut_short(run, future, "interrupted")
+            raise
         run.worker.join()
         return self._finished(stats)
 
@@ -693,7 +742,13 @@ class AsyncTracker(_TrackerBase):
             self._warn_inactive_finish()
             return None
         run, future = pending
-        stats: RunStats = await wait_with_progress_async(future, run.worker.pending)
+        try:
+            stats: RunStats = await wait_with_progress_async(future, run.worker.pending)
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            # Ctrl-C under asyncio.run() arrives as a cancellation: end the run now
+            # (the exit hook waits for its run end to be written).
+            run.worker.hurry("interrupted")
+            raise
         await asyncio.to_thread(run.worker.join)
         return self._finished(stats)
 
@@ -727,6 +782,30 @@ class AsyncTracker(_TrackerBase):
 
 
 # -- helpers --------------------------------------------------------------------
+
+
+def _end_orphaned_run(
+    run: _Run,
+    summary: dict[str, Any],
+    pattern: re.Pattern[str] | None,
+    timeout: float,
+    experiment: str,
+) -> None:
+    """A tracker was garbage-collected with its run active: end the run as unfinished.
+
+    Runs wherever the collector runs (any thread, even inside ``log()``), so it only
+    asks the writer to stop; exit waits for the run end to be written.
+    """
+    try:
+        print(
+            f"steplog: run {run.info.run_id!r} ({experiment}) was dropped without "
+            "finish(); writing what was logged and closing it as 'unfinished'",
+            file=sys.stderr,
+        )
+        future = run.worker.stop("unfinished", _redact(dict(summary), pattern), timeout)
+        track_ending(run.worker, future, timeout)
+    except Exception as exc:  # never raise into the code the collector interrupted
+        logger.error("steplog: ending a dropped run failed: %r", exc)
 
 
 def _status_for(exc: BaseException) -> RunStatus:

@@ -83,6 +83,10 @@ class LineBuffer:
         # Reentrant: a signal handler that logs may interrupt a log() holding it (every
         # change under it is one attribute update, so the interrupted call stays sound).
         self.lock = threading.RLock()
+        self._held: Callable[[], int] = _recursion_count(self.lock)
+        #: Items signal handlers queued while this thread was inside a step under the
+        #: lock (see :meth:`_put_late`), taken after everything else.
+        self._late: list[Any] = []
         self.line_limit = line_limit
         self.data = bytearray()
         self.segments: list[Any] = []
@@ -164,10 +168,15 @@ class LineBuffer:
             self._put_ringed(line)
             return
         with self.lock:
+            if self._nested():
+                self._put_late(bytearray(line))
+                return
+            self._flush_late()
             if self.count >= self.limit:
                 self._wake_if_armed()
             if not self._overflow(len(line)):
                 self._append(line)
+            self._flush_late()
 
     def put_row(self, row: Row) -> None:
         """Queue an event the writer must encode (see :data:`Row`)."""
@@ -186,17 +195,54 @@ class LineBuffer:
         """
         with self.lock:
             self.has_rows = True
+            if self._nested():
+                self._put_late(item)
+                return
+            self._flush_late()
             if self.count >= self.limit:
                 self._wake_if_armed()
-            if wait and self._overflow(0):
-                return
-            self._close_segment()
-            self.segments.append(item)
-            self.count += 1
+            if not (wait and self._overflow(0)):
+                self._close_segment()
+                self.segments.append(item)
+                self.count += 1
+            self._flush_late()
 
     def _append(self, line: bytes) -> None:
         self.data += line
         self.count += 1
+
+    def _nested(self) -> bool:
+        """Whether this thread already held the lock: a signal handler's ``log()`` that
+        interrupted one of this buffer's own steps (lock held)."""
+        return self._held() > 1
+
+    def _put_late(self, item: Any) -> None:
+        """Queue ``item`` without touching what an interrupted step may be changing.
+
+        The interrupted step (a drop, closing a segment) may be half done, so the item
+        goes on a list of its own and is counted; it is never dropped or waited for
+        (over the limits by one event per signal). The interrupted step moves it into
+        the queue when it ends, and ``limit = 0`` sends the next ``log()`` through
+        :meth:`put_slow`, which does the same first: so nothing logged later by the
+        same code goes ahead of it.
+        """
+        self._late.append(item)
+        self.count += 1
+        self.limit = 0
+
+    def _flush_late(self) -> None:
+        """Move the items signal handlers queued aside into the queue (lock held)."""
+        if not self._late:
+            return
+        self._close_segment()
+        for item in self._late:
+            self.segments.append(item)
+            if type(item) is bytearray:
+                self._segment_bytes += len(item)
+        self._late = []
+        self.byte_limit = self.byte_budget - self._segment_bytes
+        if self.ring is None:
+            self.limit = self.wake_at if self._armed else self.capacity
 
     def _close_segment(self) -> None:
         data = self.data
@@ -270,8 +316,10 @@ class LineBuffer:
             else:
                 del segments[0]
                 line = False
-        else:
+        elif self.data:
             del self.data[: self.data.index(b"\n") + 1]
+        else:  # only items queued by signal handlers are left
+            line = type(self._late.pop(0)) is bytearray
         self.count -= 1
         if self.ring is not None and line:
             self.others_dropped += 1  # a copy of a line in the ring: stored all the same
@@ -376,7 +424,7 @@ class LineBuffer:
         """Re-enable the wake-up (the writer is about to take a batch)."""
         with self.lock:
             self._armed = True
-            self.limit = 0 if self.ring is not None else self.wake_at
+            self.limit = 0 if self.ring is not None or self._late else self.wake_at
 
     def take(self) -> tuple[list[Any], int]:
         """Remove and return every queued item (``bytearray`` runs and rows) and the count."""
@@ -384,6 +432,7 @@ class LineBuffer:
             count = self.count
             if count > self.max_depth:
                 self.max_depth = count
+            self._flush_late()
             self._close_segment()
             items = self.segments
             self.segments = []
@@ -408,6 +457,30 @@ class LineBuffer:
 
 def _nothing() -> None:
     pass
+
+
+def _recursion_count(lock: Any) -> Callable[[], int]:
+    """How many times this thread holds ``lock`` (an ``RLock``)."""
+    count = getattr(lock, "_recursion_count", None)
+    if count is not None:  # Python >= 3.11, the C RLock
+        return count  # type: ignore[no-any-return]
+
+    def held() -> int:  # Python 3.10
+        return _depth(lock) if lock._is_owned() else 0
+
+    return held
+
+
+def _depth(lock: Any) -> int:
+    # The pure-Python RLock keeps its count in ``_count``; the C one of 3.10 shows it in
+    # its repr ("count=N").
+    count = getattr(lock, "_count", None)
+    if count is not None:
+        return int(count)
+    text = repr(lock)
+    marker = "count="
+    at = text.find(marker)
+    return int(text[at + len(marker) :].split(" ")[0].rstrip(">")) if at >= 0 else 1
 
 
 def _always() -> bool:

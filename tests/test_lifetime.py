@@ -325,3 +325,60 @@ def test_signal_during_a_slow_finish_still_writes_the_run_end(tmp_path, signum, 
     assert run.history["i"] == list(range(20_000))
     slow = run.stats.backends["slow"]
     assert slow.failed > 0 and slow.delivered + slow.failed == 20_000
+
+
+# -- an uncaught exception ends the program -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raises", "status"),
+    [("ValueError('diverged')", "failed"), ("KeyboardInterrupt", "interrupted")],
+)
+def test_script_dying_of_an_uncaught_exception_records_it(tmp_path, raises, status):
+    """A crash outside `with tracker.run()`: every event, status failed / interrupted."""
+    result = run_script(
+        f"""
+        import steplog
+        tracker = steplog.Tracker(steplog.JsonlBackend("runs"))
+        tracker.init()
+        for i in range(1000):
+            tracker.log({{"i": i}})
+        raise {raises}
+        """,
+        tmp_path,
+    )
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr  # the user's own traceback is still printed
+    run = only_run(tmp_path / "runs")
+    assert run.status == status
+    assert run.history["i"] == list(range(1000))
+
+
+def test_thread_dying_of_an_exception_fails_the_run_it_started(tmp_path):
+    """A thread that started a run and died of an exception: that run is 'failed'; the
+    main thread's run, which ended normally but unfinished, stays 'unfinished'."""
+    result = run_script(
+        """
+        import threading, steplog
+        main = steplog.Tracker(steplog.JsonlBackend("runs"), experiment_name="main")
+        main.init()
+        main.log({"i": 0})
+
+        def work():
+            mine = steplog.Tracker(steplog.JsonlBackend("runs"), experiment_name="worker")
+            mine.init()
+            for i in range(100):
+                mine.log({"i": i})
+            raise RuntimeError("worker crashed")
+
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join()
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "worker crashed" in result.stderr
+    worker = only_run(tmp_path / "runs" / "worker")
+    assert worker.status == "failed" and len(worker.records) == 100
+    assert only_run(tmp_path / "runs" / "main").status == "unfinished"

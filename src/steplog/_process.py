@@ -62,7 +62,7 @@ def track_ending(writer: Any, future: concurrent.futures.Future[Any], timeout: f
 def _end_all(status: str, reason: str) -> None:
     for tracker in list(_trackers):
         try:
-            tracker._end_abruptly(status, reason)
+            tracker._end_abruptly(*_exit_status(tracker, status, reason))
         except Exception:  # one tracker's failure must not stop the others
             logger.exception("steplog: ending a run (%s) failed", status)
     _wait_for_endings(None if status == "unfinished" else status)
@@ -81,6 +81,51 @@ def _wait_for_endings(hurry: str | None) -> None:
             print("steplog: a run could not be closed in time", file=sys.stderr)
         except Exception:  # reported by whoever waits on it, or logged by the writer
             pass
+
+
+# -- uncaught exceptions ----------------------------------------------------------
+
+#: The uncaught exception the interpreter is exiting through (its type), if any.
+_crash: type[BaseException] | None = None
+
+
+def _exit_status(tracker: Any, status: str, reason: str) -> tuple[str, str]:
+    """A run left active at exit is "unfinished", unless the program died of an
+    uncaught exception: of the main thread (every run), or of the thread that started
+    the run. Then it is "failed" ("interrupted" for KeyboardInterrupt)."""
+    if status != "unfinished":
+        return status, reason
+    run = getattr(tracker, "_run", None)
+    crash = _crash or getattr(run, "crash", None)
+    if crash is None:
+        return status, reason
+    if issubclass(crash, KeyboardInterrupt):
+        return "interrupted", "was interrupted (KeyboardInterrupt)"
+    return "failed", f"was not finished: the program raised {crash.__name__}"
+
+
+def _install_excepthooks() -> None:
+    """Note uncaught exceptions (then call the hooks that were there before)."""
+    previous_hook = sys.excepthook
+
+    def excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+        global _crash
+        _crash = exc_type
+        previous_hook(exc_type, exc, tb)
+
+    previous_thread_hook = threading.excepthook
+
+    def thread_excepthook(args: Any) -> None:
+        thread = args.thread
+        if thread is not None and args.exc_type is not SystemExit:
+            for tracker in list(_trackers):
+                run = getattr(tracker, "_run", None)
+                if run is not None and run.owner == thread.ident:
+                    run.crash = args.exc_type
+        previous_thread_hook(args)
+
+    sys.excepthook = excepthook
+    threading.excepthook = thread_excepthook
 
 
 # -- interpreter exit -------------------------------------------------------------
@@ -113,6 +158,7 @@ def install_exit_hook() -> None:
             import atexit
 
             atexit.register(_end_all, "unfinished", "was not finished")
+        _install_excepthooks()
         _exit_hook_installed = True
 
 

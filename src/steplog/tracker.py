@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import itertools
 import logging
 import math
@@ -45,6 +47,10 @@ logger = logging.getLogger("steplog")
 
 DEFAULT_EXPERIMENT_NAME = "default"
 
+#: A config: a mapping, an ``argparse.Namespace``, a dataclass instance, a pydantic
+#: model, or ``None``.
+ConfigLike = Any
+
 #: Who writes the JSONL file: the writer thread, or a writer process (see ``Tracker``).
 Durability = Literal["thread", "process"]
 DURABILITIES: tuple[Durability, ...] = ("thread", "process")
@@ -61,7 +67,7 @@ _SLOW_SPELL = 1_024
 class _Run:
     """The state of the active run: what ``finish()`` needs to end it."""
 
-    __slots__ = ("buffer", "encoder", "info", "worker")
+    __slots__ = ("buffer", "crash", "encoder", "info", "owner", "worker")
 
     def __init__(
         self, info: RunInfo, buffer: LineBuffer, worker: Writer, encoder: ValueEncoder
@@ -70,6 +76,10 @@ class _Run:
         self.buffer = buffer
         self.worker = worker
         self.encoder = encoder
+        #: The thread that started the run, and the exception it died of, if any (set
+        #: by the process's excepthook: such a run ends "failed", not "unfinished").
+        self.owner = threading.get_ident()
+        self.crash: type[BaseException] | None = None
 
 
 class _TrackerBase:
@@ -79,7 +89,7 @@ class _TrackerBase:
         self,
         *backends: Backend,
         experiment_name: str = DEFAULT_EXPERIMENT_NAME,
-        experiment_config: Mapping[str, Any] | None = None,
+        experiment_config: ConfigLike = None,
         buffer_size: int = 65_536,
         buffer_bytes: int = 64 * 2**20,
         batch_size: int = 1_024,
@@ -100,10 +110,7 @@ class _TrackerBase:
                     f"backends must be steplog.Backend instances, got {type(backend).__name__}"
                     " (options such as experiment_name are keyword-only)"
                 )
-        if experiment_config is not None and not isinstance(experiment_config, Mapping):
-            raise TypeError(
-                f"experiment_config must be a mapping, not {type(experiment_config).__name__}"
-            )
+        experiment_config = _config_mapping(experiment_config, "experiment_config")
         _check_positive_int("buffer_size", buffer_size)
         _check_positive_int("batch_size", batch_size)
         _check_positive_int("buffer_bytes", buffer_bytes)
@@ -363,9 +370,8 @@ class _TrackerBase:
 
     # -- lifecycle helpers shared by both flavours ------------------------------
 
-    def _merged_config(self, config: Mapping[str, Any] | None) -> dict[str, Any]:
-        if config is not None and not isinstance(config, Mapping):
-            raise TypeError(f"config must be a mapping or None, not {type(config).__name__}")
+    def _merged_config(self, config: Any) -> dict[str, Any]:
+        config = _config_mapping(config, "config")
         merged: dict[str, Any] = _redact({**self.experiment_config, **(config or {})}, self.redact)
         return merged
 
@@ -558,9 +564,12 @@ class Tracker(_TrackerBase):
         redact: Regular expression (case-insensitive) matched against config and
             summary keys, written in snake_case (``openaiApiKey`` is matched as
             ``openai_api_key``); values under matching keys, at any depth, are replaced by
-            ``"<redacted>"`` before any backend sees them. The default matches secret
-            words standing on their own (``hf_token``, ``db_password``, ``api_key``,
-            ``Authorization``; not ``max_new_tokens``). ``None`` turns it off.
+            ``"<redacted>"`` before any backend sees them. The default matches a
+            secret word that stands on its own and ends the key (``hf_token``,
+            ``db_password``, ``api_key``, ``Authorization``; not ``max_new_tokens``,
+            ``token_budget`` or ``password_min_length``). Passwords inside URLs
+            (``postgres://u:pw@h``) and URL query parameters whose names match are
+            redacted in any string value. ``None`` turns all of it off.
         retry: How failing backend writes are retried, and after how many failed
             batches in a row a backend is cut off (:class:`steplog.RetryPolicy`).
         strict: Make ``finish()`` raise :class:`steplog.BackendFailedError` (after
@@ -582,15 +591,17 @@ class Tracker(_TrackerBase):
             writes, with a warning). See docs/concepts.md.
     """
 
-    def init(self, config: Mapping[str, Any] | None = None) -> RunInfo:
+    def init(self, config: ConfigLike = None) -> RunInfo:
         """Open a new run on every backend.
 
-        ``experiment_config`` is merged with ``config`` (``config`` wins). If a run is
-        still active it is finished first, with a :class:`steplog.TrackerWarning`.
+        ``experiment_config`` is merged with ``config`` (``config`` wins). Either can
+        be a mapping, an ``argparse.Namespace``, a dataclass instance or a pydantic
+        model (their fields are the keys). If a run is still active it is finished
+        first, with a :class:`steplog.TrackerWarning`.
 
         Raises:
             BackendOpenError: A backend could not open the run (nothing is started).
-            TypeError: ``config`` is not a mapping.
+            TypeError: ``config`` is none of those.
         """
         with self._lifecycle:
             if self._run is not None:
@@ -662,7 +673,7 @@ class Tracker(_TrackerBase):
         return self._finished(stats)
 
     @contextlib.contextmanager
-    def run(self, config: Mapping[str, Any] | None = None) -> Iterator[RunInfo]:
+    def run(self, config: ConfigLike = None) -> Iterator[RunInfo]:
         """Run the block as one run: ``init(config)`` on entry, ``finish()`` on exit.
 
         The status is ``"finished"``, ``"failed"`` if the block raised, or
@@ -704,7 +715,7 @@ class AsyncTracker(_TrackerBase):
     ``async with tracker.run(config):``.
     """
 
-    async def init(self, config: Mapping[str, Any] | None = None) -> RunInfo:
+    async def init(self, config: ConfigLike = None) -> RunInfo:
         """Open a new run on every backend (see :meth:`Tracker.init`)."""
         if self._run is not None:
             self._warn_reinit()
@@ -753,7 +764,7 @@ class AsyncTracker(_TrackerBase):
         return self._finished(stats)
 
     @contextlib.asynccontextmanager
-    async def run(self, config: Mapping[str, Any] | None = None) -> AsyncIterator[RunInfo]:
+    async def run(self, config: ConfigLike = None) -> AsyncIterator[RunInfo]:
         """Run the block as one run (see :meth:`Tracker.run`)."""
         info = await self.init(config)
         try:
@@ -791,18 +802,22 @@ def _end_orphaned_run(
     timeout: float,
     experiment: str,
 ) -> None:
-    """A tracker was garbage-collected with its run active: end the run as unfinished.
+    """A tracker was garbage-collected with its run active: end the run ("unfinished",
+    or "failed" if the thread that started it died of an exception).
 
     Runs wherever the collector runs (any thread, even inside ``log()``), so it only
     asks the writer to stop; exit waits for the run end to be written.
     """
     try:
+        status: RunStatus = "unfinished"
+        if run.crash is not None:
+            status = "interrupted" if issubclass(run.crash, KeyboardInterrupt) else "failed"
         print(
             f"steplog: run {run.info.run_id!r} ({experiment}) was dropped without "
-            "finish(); writing what was logged and closing it as 'unfinished'",
+            f"finish(); writing what was logged and closing it as {status!r}",
             file=sys.stderr,
         )
-        future = run.worker.stop("unfinished", _redact(dict(summary), pattern), timeout)
+        future = run.worker.stop(status, _redact(dict(summary), pattern), timeout)
         track_ending(run.worker, future, timeout)
     except Exception as exc:  # never raise into the code the collector interrupted
         logger.error("steplog: ending a dropped run failed: %r", exc)
@@ -814,6 +829,26 @@ def _status_for(exc: BaseException) -> RunStatus:
     if isinstance(exc, SystemExit) and exc.code in (None, 0):
         return "finished"
     return "failed"
+
+
+def _config_mapping(config: Any, what: str) -> Mapping[Any, Any] | None:
+    """A config as a mapping: a mapping itself, an ``argparse.Namespace``, a dataclass
+    instance or a pydantic model (their fields, in order); ``None`` stays ``None``."""
+    if config is None or isinstance(config, Mapping):
+        return config
+    if isinstance(config, argparse.Namespace):
+        return dict(vars(config))
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    dump = getattr(config, "model_dump", None)  # pydantic v2
+    if callable(dump) and type(config).__module__.partition(".")[0] != "builtins":
+        dumped = dump()
+        if isinstance(dumped, Mapping):
+            return dumped
+    raise TypeError(
+        f"{what} must be a mapping, an argparse.Namespace, a dataclass instance or None, "
+        f"not {type(config).__name__}"
+    )
 
 
 def _copy_mapping(data: Any) -> dict[str, Any]:

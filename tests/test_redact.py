@@ -44,10 +44,23 @@ def test_secret_looking_keys_are_redacted(key):
 
 
 @pytest.mark.parametrize(
-    "key", ["max_new_tokens", "tokenizer", "author", "num_tokens", "secretary", "passes"]
+    "key",
+    [
+        "max_new_tokens",
+        "tokenizer",
+        "author",
+        "num_tokens",
+        "secretary",
+        "passes",
+        "token_budget",
+        "password_min_length",
+        "api_key_file",
+        "token_path",
+    ],
 )
 def test_ordinary_keys_that_merely_contain_a_secret_word_are_kept(key):
-    """Only whole words match: max_new_tokens or author are not secrets."""
+    """Only a secret word that ends the key matches: max_new_tokens, token_budget or
+    password_min_length name numbers (or files) about secrets, not secrets."""
     info, _ = run_with({key: 20})
     assert info.config == {key: 20}
 
@@ -94,3 +107,31 @@ def test_bad_pattern_raises_at_construction():
         steplog.Tracker(steplog.MemoryBackend(), redact="(")
     with pytest.raises(TypeError, match="redact"):
         steplog.Tracker(steplog.MemoryBackend(), redact=3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgres://u:pw@h:5432/db", "postgres://u:<redacted>@h:5432/db"),
+        ("redis://:s3cr3t@cache/0", "redis://:<redacted>@cache/0"),
+        (
+            "https://h/x?token=abc&page=2&api_key=q",
+            "https://h/x?token=<redacted>&page=2&api_key=<redacted>",
+        ),
+        ("see http://a:b@c and https://d", "see http://a:<redacted>@c and https://d"),
+        ("https://example.com/path?page=2", "https://example.com/path?page=2"),
+        ("ssh://git@github.com/org/repo", "ssh://git@github.com/org/repo"),
+    ],
+)
+def test_credentials_inside_urls_are_redacted_under_any_key(url, expected):
+    """A password in a URL, or a query parameter with a secret name, is replaced
+    wherever the URL is (an innocent key, a list), in config and summary alike."""
+    info, mem = run_with({"db_url": url, "mirrors": [url]}, {"endpoint": url})
+    assert info.config == {"db_url": expected, "mirrors": [expected]}
+    assert mem.summary == {"endpoint": expected}
+
+
+def test_url_redaction_is_off_with_redaction():
+    """redact=None turns URL redaction off too."""
+    info, _ = run_with({"db_url": "postgres://u:pw@h/db"}, redact=None)
+    assert info.config == {"db_url": "postgres://u:pw@h/db"}

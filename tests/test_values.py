@@ -182,3 +182,50 @@ def test_events_over_the_size_cap_are_recorded_as_a_marker_with_a_warning(runs_r
     assert data[2]["$too_large"]["keys"] == ["blob"]
     assert data[3] == {"ok": 2}
     assert len([r for r in caplog.records if "max_event_bytes" in r.getMessage()]) == 1
+
+
+def test_colliding_non_string_keys_never_lose_a_value(runs_root, caplog):
+    """{1: "a", "1": "b"}: the string key keeps its name, the int key gets its type."""
+    with caplog.at_level(logging.WARNING, logger="steplog"):
+        run = roundtrip(
+            runs_root, {"m": {1: "a", "1": "b", 2: "c"}}, config={"ids": {1: "x", "1": "y"}}
+        )
+    assert run.records[0].data == {"m": {"1 (int)": "a", "1": "b", "2": "c"}}
+    assert run.config == {"ids": {"1 (int)": "x", "1": "y"}}
+    assert "same str() as another key" in caplog.text
+
+
+def test_paths_are_stored_as_their_string(runs_root, caplog):
+    """pathlib paths in config, summary and steps are their path, not their repr."""
+    import pathlib
+
+    backend = steplog.JsonlBackend(runs_root)
+    tracker = steplog.Tracker(backend)
+    with caplog.at_level(logging.WARNING, logger="steplog"):
+        tracker.init({"data_dir": pathlib.Path("/data/set"), "files": [pathlib.PurePath("a/b")]})
+        tracker.log({"ckpt": pathlib.Path("ckpt/3.pt")})
+        tracker.finish({"best": pathlib.Path("ckpt/best.pt")})
+    run = steplog.read_run(backend.path)
+    assert run.config == {"data_dir": "/data/set", "files": ["a/b"]}
+    assert run.records[0].data == {"ckpt": "ckpt/3.pt"}
+    assert run.summary == {"best": "ckpt/best.pt"}
+    assert "repr" not in caplog.text
+
+
+def test_namespace_and_dataclass_configs_are_accepted(runs_root):
+    """argparse.Namespace and dataclass instances are configs (their fields), for init()
+    and experiment_config alike; anything else is a TypeError naming what is accepted."""
+    import argparse
+
+    @dataclasses.dataclass
+    class Train:
+        lr: float = 0.1
+        steps: int = 10
+
+    backend = steplog.JsonlBackend(runs_root)
+    tracker = steplog.Tracker(backend, experiment_config=Train())
+    tracker.init(argparse.Namespace(steps=5, optimizer="gcg"))
+    tracker.finish()
+    assert steplog.read_run(backend.path).config == {"lr": 0.1, "steps": 5, "optimizer": "gcg"}
+    with pytest.raises(TypeError, match=r"argparse\.Namespace, a dataclass instance"):
+        tracker.init([("lr", 0.1)])

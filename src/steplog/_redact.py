@@ -6,16 +6,23 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["DEFAULT_SECRET_KEYS", "REDACTED", "compile_pattern", "redact"]
+__all__ = ["DEFAULT_SECRET_KEYS", "REDACTED", "compile_pattern", "redact", "redact_url"]
 
-#: Key names (as whole words of a snake_case, kebab-case or camelCase key, any case)
-#: whose values are replaced before any backend sees them. ``max_new_tokens`` or
-#: ``author`` do not match: a secret word must stand on its own.
+#: Key names (matched on the key written in snake_case, any case) whose values are
+#: replaced before any backend sees them. The secret word must stand on its own and end
+#: the key (``hf_token``, ``db_password``, ``openaiApiKey``): ``max_new_tokens``,
+#: ``token_budget`` or ``password_min_length`` name numbers about secrets, not secrets.
+#: A few suffixes that still name the secret itself are allowed (``token_value``).
 DEFAULT_SECRET_KEYS = (
     r"(?:^|_)(?:password|passwd|pwd|passphrase|secret|token|api_?key|apikey|auth|"
     r"authorization|credentials?|private_?key|access_?key|secret_?key|session_?key|"
-    r"cookie|bearer)(?:$|_)"
+    r"cookie|bearer)(?:_(?:value|str|string|raw|b64|base64|json))?$"
 )
+
+# Credentials inside URLs ("postgres://user:pw@host/db"): the password part.
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@\s]*:)[^@/?#\s]+(?=@)")
+# ... and query parameters with secret names ("?token=...&api_key=...").
+_QUERY_PARAM = re.compile(r"(?P<head>[?&](?P<name>[^=&#\s]+)=)(?P<value>[^&#\s]*)")
 
 #: What a redacted value is replaced with.
 REDACTED = "<redacted>"
@@ -45,7 +52,8 @@ def _normalise(key: str) -> str:
 
 
 def redact(value: Any, pattern: re.Pattern[str] | None) -> Any:
-    """Return ``value`` with every entry under a matching key replaced by ``REDACTED``.
+    """Return ``value`` with every entry under a matching key replaced by ``REDACTED``,
+    and the credentials of URLs in strings too (see :func:`redact_url`).
 
     Mappings are walked recursively (also inside lists and tuples); the input is never
     modified.
@@ -67,4 +75,21 @@ def _walk(value: Any, pattern: re.Pattern[str], depth: int) -> Any:
         }
     if isinstance(value, (list, tuple)):
         return [_walk(v, pattern, depth + 1) for v in value]
+    if isinstance(value, str) and "://" in value:
+        return redact_url(value, pattern)
     return value
+
+
+def redact_url(text: str, pattern: re.Pattern[str] | None) -> str:
+    """``text`` with the passwords of URLs in it, and query parameters whose names
+    match ``pattern``, replaced by ``REDACTED`` (``postgres://u:<redacted>@h/db``)."""
+    if pattern is None:
+        return text
+    text = _URL_PASSWORD.sub(lambda m: m["head"] + REDACTED, text)
+
+    def param(match: re.Match[str]) -> str:
+        if match["value"] and pattern.search(_normalise(match["name"])):
+            return match["head"] + REDACTED
+        return match[0]
+
+    return _QUERY_PARAM.sub(param, text) if "?" in text else text

@@ -8,7 +8,9 @@ path cannot represent faithfully is handled per record, and only when needed:
   contain it are re-encoded with non-finite floats tagged as ``{"$float": "NaN"}``,
   ``{"$float": "Infinity"}`` or ``{"$float": "-Infinity"}``.
 * Integers outside orjson's 64-bit range are tagged as ``{"$int": "<decimal digits>"}``.
-* Non-string mapping keys are converted with ``str()`` (reported once per key type).
+* Non-string mapping keys are converted with ``str()`` (reported once per key type);
+  one that would collide with another key gets its type added (``"1 (int)"``).
+* Paths (``os.PathLike``) are stored as their string.
 * ``set``/``frozenset`` become lists; numpy scalars and arrays become numbers and
   (nested) lists.
 * Any other value orjson does not know is recorded as its ``repr()`` and reported once
@@ -22,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -129,6 +132,9 @@ class ValueEncoder:
     def _default(self, obj: Any) -> Any:
         if isinstance(obj, (set, frozenset)):
             return list(obj)
+        if isinstance(obj, os.PathLike):  # pathlib paths: the path, not its repr
+            path = os.fspath(obj)
+            return path if isinstance(path, str) else os.fsdecode(path)
         library = type(obj).__module__.partition(".")[0]
         if library == "numpy" and hasattr(obj, "tolist"):
             return obj.tolist()
@@ -164,7 +170,11 @@ class ValueEncoder:
                 # meanwhile cannot make the walk raise (what it read is recorded).
                 if isinstance(obj, Mapping):
                     items = list(obj.items())
-                    return {self._key(k): self._sanitize(v, depth + 1, active) for k, v in items}
+                    keys = self._keys([k for k, _ in items])
+                    return {
+                        key: self._sanitize(v, depth + 1, active)
+                        for key, (_, v) in zip(keys, items, strict=True)
+                    }
                 return [self._sanitize(v, depth + 1, active) for v in list(obj)]
             finally:
                 active.discard(id(obj))
@@ -184,11 +194,33 @@ class ValueEncoder:
             return self._sanitize(int(obj), depth, active)
         return obj
 
-    def _key(self, key: Any) -> str:
-        if type(key) is str:
-            return key
-        self._report("key", type(key))
-        return str(key)
+    def _keys(self, keys: list[Any]) -> list[str]:
+        """Mapping keys as strings: ``str()`` of a non-string key, never colliding.
+
+        A converted key that equals another key of the mapping (``{1: "a", "1": "b"}``)
+        gets its type added (``"1 (int)"``), and a counter if that is taken too, so no
+        value is silently lost; string keys keep their names.
+        """
+        if all(type(k) is str for k in keys):
+            return keys
+        taken = {k for k in keys if type(k) is str}
+        names: list[str] = []
+        for key in keys:
+            if type(key) is str:
+                names.append(key)
+                continue
+            self._report("key", type(key))
+            name = str(key)
+            if name in taken:
+                self._report("collision", type(key))
+                base = f"{name} ({type(key).__name__})"
+                name, n = base, 1
+                while name in taken:
+                    n += 1
+                    name = f"{base} #{n}"
+            taken.add(name)
+            names.append(name)
+        return names
 
     def _report(
         self, kind: str, tp: type, exc: BaseException | None = None, *, size: int = 0
@@ -202,6 +234,11 @@ class ValueEncoder:
             msg = "steplog: values of type %s cannot be serialised; recording repr() instead"
         elif kind == "key":
             msg = "steplog: mapping keys of type %s are not strings; recording str(key) instead"
+        elif kind == "collision":
+            msg = (
+                "steplog: a mapping key of type %s has the same str() as another key; "
+                "recording it with its type added, e.g. '1 (int)'"
+            )
         elif kind == "circular":
             msg = "steplog: a %s contains itself; recording '<circular reference>' there"
         elif kind == "size":

@@ -433,3 +433,21 @@ def test_an_unreadable_tensor_costs_only_its_own_value(monkeypatch, runs_root, c
     run = steplog.read_run(jsonl.path)
     assert run.history["i"] == list(range(20))
     assert "overwritten" in run.records[7].data["bad"]
+
+
+def test_a_meta_tensor_costs_only_its_own_value(runs_root):
+    """torch.empty(2, device="meta") has no data to copy: that value becomes a marker,
+    the writer lives on and every other event, before and after, is recorded."""
+    jsonl = steplog.JsonlBackend(runs_root)
+    tracker = steplog.Tracker(jsonl)
+    tracker.init()
+    for i in range(100):
+        value = torch.empty(2, device="meta") if i == 50 else torch.tensor(float(i))
+        tracker.log({"i": i, "x": value})
+    stats = tracker.finish()
+    run = steplog.read_run(jsonl.path)
+    assert stats.written == len(run.records) == 100
+    assert "unreadable" in run.records[50].data["x"]
+    assert [e.data["x"] for e in run.records if e.step != 50] == [
+        float(i) for i in range(100) if i != 50
+    ]

@@ -73,3 +73,32 @@ def test_history_is_thinned_to_max_points():
     assert len(steps) <= 101 and stride >= 64
     assert steps[0] == 0 and steps[-1] > 9_800
     assert values == [float(s) for s in steps]
+
+
+def test_a_retried_batch_adds_its_points_once():
+    """The worker retries a failed write (a draw that raised) with the same batch: its
+    points are not added twice (the Backend.write retry contract)."""
+    import anyio
+
+    live = steplog.LivePlotBackend(every=0.001)
+    live.active = True  # as in a notebook
+    draws = []
+
+    async def draw():
+        draws.append(1)
+        if len(draws) == 1:
+            raise OSError("display went away")
+
+    live._draw = draw
+    batch = [steplog.Event(0, 0.0, {"loss": 1.0}), steplog.Event(1, 0.0, {"loss": 2.0})]
+
+    async def main():
+        with pytest.raises(OSError, match="display went away"):
+            await live.write(batch)
+        await anyio.sleep(0.01)
+        await live.write(batch)  # the retry
+
+    anyio.run(main)
+    steps, values, _ = live._series["loss"]
+    assert (steps, values) == ([0, 1], [1.0, 2.0])
+    assert len(draws) == 2

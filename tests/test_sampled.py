@@ -129,3 +129,41 @@ def test_bad_arguments_fail_at_construction():
     with pytest.raises(TypeError, match="Backend"):
         steplog.Sampled(object(), every=2)  # type: ignore[arg-type]
     assert steplog.Sampled(memory, every=2).name == "memory"
+
+
+class _FailsOnce(steplog.MemoryBackend):
+    """A memory backend whose first write fails (a transient error: retried)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def write(self, events):
+        self.calls += 1
+        if self.calls == 1:
+            raise ConnectionError("transient")
+        await super().write(events)
+
+
+@pytest.mark.parametrize("every", [3, 1])
+def test_a_retried_batch_is_sampled_once(every):
+    """The worker retries a failed write with the same batch: Sampled sends the same
+    points again instead of sampling the batch twice (issue #14: it delivered (1,
+    1.333) instead of (2, 1.0) and counted 8 events received for 4)."""
+    inner = _FailsOnce()
+    sampled = steplog.Sampled(inner, every=every, reduce="mean")
+    tracker = steplog.Tracker(
+        sampled, retry=steplog.RetryPolicy(backoff=0.001), batch_size=100, experiment_name="s"
+    )
+    tracker.init()
+    for i in range(4):
+        tracker.log({"x": float(i)}, step=i)
+    stats = tracker.finish()
+    assert inner.calls >= 2  # it did fail once and was retried
+    points = [(e.step, e.data["x"]) for e in inner.records]
+    if every == 3:
+        assert points == [(2, 1.0), (3, 3.0)]
+    else:
+        assert points == [(i, float(i)) for i in range(4)]
+    assert sampled.received == 4
+    assert stats.backends["_failsonce"].delivered == 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 
@@ -94,3 +95,54 @@ def test_text_false_writes_scalars_only(tmp_path):
     acc = load(tb.path.parent)
     assert acc.Tags()["scalars"] == ["loss"]
     assert "s" not in acc.Tags()["tensors"]
+
+
+@pytest.mark.parametrize("recovers", [True, False])
+def test_a_write_failing_part_way_neither_duplicates_nor_tears_records(
+    tmp_path, monkeypatch, recovers
+):
+    """A batch whose os.write fails after some bytes (ENOSPC): the retry resumes after
+    them (every step once), or, when the batch is given up, the file is cut back to its
+    last whole record — TensorBoard's reader still sees every later step."""
+    import errno
+
+    from steplog.backends import tensorboard as module
+
+    real_write = os.write
+    calls = [0]
+
+    def flaky_write(fd, data):
+        # What a filling disk does to a big batch: a short write (half of it, cutting a
+        # record), then ENOSPC — once, or for every retry of that batch.
+        if len(data) > 2000 or calls[0]:
+            calls[0] += 1
+            if calls[0] == 1:
+                return real_write(fd, bytes(data[: len(data) // 2 + 3]))
+            if calls[0] <= (2 if recovers else 5):
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    tb = steplog.TensorBoardBackend(tmp_path / "tb")
+    tracker = steplog.Tracker(
+        tb, retry=steplog.RetryPolicy(backoff=0.001), batch_size=200, experiment_name="x"
+    )
+    tracker.init()
+    monkeypatch.setattr(module.os, "write", flaky_write)
+    for i in range(200):
+        tracker.log({"loss": float(i)}, step=i)
+    tracker.flush()
+    for i in range(200, 250):
+        tracker.log({"loss": float(i)}, step=i)
+    stats = tracker.finish()
+    monkeypatch.undo()
+    steps = [e.step for e in load(tb.path.parent).Scalars("loss")]
+    tb_stats = stats.backends["tensorboard"]
+    if recovers:
+        assert steps == list(range(250))
+        assert tb_stats.delivered == 250
+    else:
+        # The given-up batch left its whole records (a prefix) and no torn one: the
+        # reader goes on to the next batch.
+        assert steps == sorted(set(steps))
+        assert steps[-50:] == list(range(200, 250))
+        assert tb_stats.failed == 200

@@ -24,6 +24,15 @@ class Backend(abc.ABC):
     Errors raised by ``write`` or ``close`` are logged and counted in the run
     statistics; they never reach the code calling ``log()``.
 
+    Retries: when ``write`` raises, it is called again with *the same batch object*
+    (``events is`` the previous one), after a pause, until it succeeds or the
+    :class:`steplog.RetryPolicy` gives up; only then does the next batch come. So a
+    backend must make a retry store only what the failed call did not (resume after
+    what made it, or write idempotently, e.g. keyed by step), and a backend that keeps
+    state per batch (a sampler, a counter, a plot's points) must not apply it twice:
+    recognise the retry by identity. A batch given up is never sent again.
+    ``PermanentBackendError`` is not retried.
+
     Backends must not block the event loop for long (it is shared by all backends of
     the run): do file or network I/O asynchronously, or in a worker thread.
     """
@@ -38,7 +47,11 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def write(self, events: Sequence[Event]) -> None:
-        """Store one batch of events, in order."""
+        """Store one batch of events, in order.
+
+        Called again with the same ``events`` object if it raised (see the class
+        documentation: a retry must not store anything twice).
+        """
 
     @abc.abstractmethod
     async def close(self, end: RunEnd) -> None:

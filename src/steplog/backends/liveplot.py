@@ -75,12 +75,14 @@ class LivePlotBackend(Backend):
         self._last_draw = 0.0
         self._dirty = False
         self._title = ""
+        self._added: Any = None  # the last batch whose points were added
 
     def __repr__(self) -> str:
         return f"LivePlotBackend(keys={self.keys!r}, every={self.every})"
 
     async def open(self, run: RunInfo) -> None:
         self._series = {}
+        self._added = None
         self.redraws = 0
         self._dirty = False
         self._last_draw = 0.0
@@ -100,6 +102,10 @@ class LivePlotBackend(Backend):
     async def write(self, events: Sequence[Event]) -> None:
         if not self.active:
             return
+        if events is self._added:  # a retry after a failed draw: the points are in
+            await self._draw()
+            return
+        self._added = events
         for step, _, data in events:
             for key, value in data.items():
                 if self.keys is not None and key not in self.keys:

@@ -80,6 +80,8 @@ class Sampled(Backend):
         self._window: list[Event] = []
         self.received = 0
         self.sent = 0
+        # The batch whose points the inner backend has not taken yet, and those points.
+        self._pending: tuple[Sequence[Event], list[Event]] | None = None
 
     def __repr__(self) -> str:
         rule = f"every={self.every}" if self.every is not None else f"interval={self.interval}"
@@ -90,9 +92,18 @@ class Sampled(Backend):
         await self.backend.open(run)
 
     async def write(self, events: Sequence[Event]) -> None:
-        out = self.sample(events)
+        # A retry passes the same batch again (see Backend.write): send the same points
+        # again instead of sampling it twice (which would shift the windows and count
+        # every event twice).
+        retry = self._pending
+        if retry is not None and retry[0] is events:
+            out = retry[1]
+        else:
+            out = self.sample(events)
         if out:
+            self._pending = (events, out)
             await self.backend.write(out)
+        self._pending = None
 
     async def close(self, end: RunEnd) -> None:
         if self.reduce is not None and self._window:

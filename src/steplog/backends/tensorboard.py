@@ -22,6 +22,7 @@ the same log directory rewrites it instead of doubling every point.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import struct
@@ -53,7 +54,8 @@ class TensorBoardBackend(Backend):
         text: Also write string values as text summaries.
 
     Each batch is written with one ``write`` call, so TensorBoard, which polls the
-    file, sees whole events.
+    file, sees whole events. A write that fails part-way is resumed by the retry after
+    the bytes that made it; a batch given up is cut back to its last whole record.
     """
 
     name = "tensorboard"
@@ -66,6 +68,7 @@ class TensorBoardBackend(Backend):
         self.path: Path | None = None
         self._fd: int | None = None
         self._last_step = 0
+        self._pending: _Pending | None = None
 
     def __repr__(self) -> str:
         return f"TensorBoardBackend({str(self.logdir)!r})"
@@ -77,6 +80,7 @@ class TensorBoardBackend(Backend):
         self.path = directory / f"events.out.tfevents.{int(run.start_time)}.{host}.steplog"
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self._last_step = 0
+        self._pending = None
         first = _event(run.start_time, 0, file_version=b"brain.Event:2")
         config = _text_value("config", _json_block(run.config)) if run.config else b""
         out = self._record(first)
@@ -86,6 +90,11 @@ class TensorBoardBackend(Backend):
 
     async def write(self, events: Sequence[Event]) -> None:
         assert self._fd is not None, "write() before open()"
+        if self._pending is not None:
+            if self._pending.batch is events:  # a retry (Backend.write): resume
+                self._write_pending()
+                return
+            self._cut_back()  # the batch that failed was given up
         chunks = []
         text = self.text
         for step, stamp, data in events:
@@ -95,12 +104,36 @@ class TensorBoardBackend(Backend):
         if events:
             self._last_step = max(self._last_step, events[-1].step)
         if chunks:
-            _write_all(self._fd, b"".join(chunks))
+            self._pending = _Pending(events, chunks, os.lseek(self._fd, 0, os.SEEK_CUR))
+        self._write_pending()
+
+    def _write_pending(self) -> None:
+        """Write the pending batch; after a failure, a retry resumes where it stopped."""
+        pending = self._pending
+        if pending is None:
+            return
+        view = pending.data[pending.written :]
+        while view:
+            written = os.write(self._fd, view)  # type: ignore[arg-type]
+            pending.written += written
+            view = view[written:]
+        self._pending = None
+
+    def _cut_back(self) -> None:
+        """Give up a batch written in part: cut the file back to its last whole record
+        (TensorBoard stops reading a file at a torn record)."""
+        pending, self._pending = self._pending, None
+        if pending is None or self._fd is None:
+            return
+        kept = max((end for end in pending.ends if end <= pending.written), default=0)
+        os.ftruncate(self._fd, pending.start + kept)
+        os.lseek(self._fd, pending.start + kept, os.SEEK_SET)
 
     async def close(self, end: RunEnd) -> None:
         if self._fd is None:
             return
         try:
+            self._cut_back()
             values = []
             other: dict[str, Any] = {}
             for key, value in flatten(end.summary, sep="/").items():
@@ -123,6 +156,19 @@ class TensorBoardBackend(Backend):
         return (
             header + _U32.pack(_mask(self._crc(header))) + data + _U32.pack(_mask(self._crc(data)))
         )
+
+
+class _Pending:
+    """A batch's records on their way to the file: what a retry resumes."""
+
+    __slots__ = ("batch", "data", "ends", "start", "written")
+
+    def __init__(self, batch: Sequence[Event], chunks: list[bytes], start: int) -> None:
+        self.batch = batch
+        self.data = memoryview(b"".join(chunks))
+        self.ends = list(itertools.accumulate(map(len, chunks)))
+        self.start = start
+        self.written = 0
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -52,6 +52,8 @@ class TrackioBackend(Backend):
         self.init_kwargs = init_kwargs
         self.run: Any = None
         self._last_step = 0
+        self._batch: Sequence[Event] | None = None  # a batch trackio took part of
+        self._done = 0
 
     def __repr__(self) -> str:
         return f"TrackioBackend(project={self.project!r})"
@@ -72,12 +74,18 @@ class TrackioBackend(Backend):
 
     async def write(self, events: Sequence[Event]) -> None:
         run = self.run
+        # A retry passes the same batch again (Backend.write): go on after the events
+        # trackio already took, so none is logged twice.
+        if events is not self._batch:
+            self._batch, self._done = events, 0
 
         def log() -> None:
-            for step, _, data in events:
+            for step, _, data in events[self._done :]:
                 run.log(dict(data), step=step)
+                self._done += 1
 
         await anyio.to_thread.run_sync(log)
+        self._batch = None
         if events:
             self._last_step = max(self._last_step, events[-1].step)
 

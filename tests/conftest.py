@@ -7,14 +7,14 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
-from collections.abc import Sequence
 
 import pytest
 
 import steplog
-from steplog import Event, RunEnd, RunInfo
+from steplog.testing import FailingBackend as FailingBackend
+from steplog.testing import GatedBackend
+from steplog.testing import SlowBackend as SlowBackend
 
 # Third-party trackers keep their files in a scratch directory and never go online.
 _SCRATCH = tempfile.mkdtemp(prefix="steplog-tests-")
@@ -26,60 +26,9 @@ os.environ.setdefault("WANDB_CACHE_DIR", os.path.join(_SCRATCH, "wandb-cache"))
 os.environ.setdefault("WANDB_DIR", os.path.join(_SCRATCH, "wandb"))
 
 
-class SlowBackend(steplog.MemoryBackend):
-    """A memory backend whose every write takes ``delay`` seconds (blocking its task)."""
-
-    def __init__(self, delay: float) -> None:
-        super().__init__()
-        self.delay = delay
-        self.writes = 0
-
-    async def write(self, events: Sequence[Event]) -> None:
-        import anyio
-
-        await anyio.sleep(self.delay)
-        self.writes += 1
-        await super().write(events)
-
-
-class FailingBackend(steplog.Backend):
-    """Raises on every write (or on open/close when asked)."""
-
-    def __init__(self, *, fail_open: bool = False, fail_close: bool = False) -> None:
-        self.fail_open = fail_open
-        self.fail_close = fail_close
-        self.opened = 0
-        self.closed = 0
-        self.attempts = 0
-
-    async def open(self, run: RunInfo) -> None:
-        self.opened += 1
-        if self.fail_open:
-            raise OSError("cannot open: injected fault")
-
-    async def write(self, events: Sequence[Event]) -> None:
-        self.attempts += 1
-        raise ConnectionError("injected write fault")
-
-    async def close(self, end: RunEnd) -> None:
-        self.closed += 1
-        if self.fail_close:
-            raise OSError("cannot close: injected fault")
-
-
-class GateBackend(steplog.MemoryBackend):
-    """A memory backend whose writes wait until ``gate`` is set (a stalled backend)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gate = threading.Event()
-
-    async def write(self, events: Sequence[Event]) -> None:
-        import anyio
-
-        while not self.gate.is_set():
-            await anyio.sleep(0.005)
-        await super().write(events)
+# The fault-injecting backends are public (steplog.testing); the tests use them as
+# users would.
+GateBackend = GatedBackend
 
 
 def run_script(code: str, tmp_path, timeout: float = 60) -> subprocess.CompletedProcess[str]:

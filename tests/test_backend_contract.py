@@ -1,8 +1,9 @@
 """One contract for every backend, built-in and ecosystem alike.
 
-Each backend runs the same scenarios through a real tracker: mixed values (NaN, ±inf,
+Each backend runs the scenarios of the public suite (``steplog.testing.BackendContract``,
+which third-party backends run too) through a real tracker: mixed values (NaN, ±inf,
 big ints, strings, bools, nested mappings, lists, None), odd keys, an empty run, a
-failed run, and reuse of one backend instance for a second run. The contract: every
+failed run, reuse of one instance for a second run, a large batch. The contract: every
 event is delivered, no backend call fails, and the backend can be reused.
 Backend-specific read-back checks live in each backend's own test file.
 """
@@ -10,13 +11,13 @@ Backend-specific read-back checks live in each backend's own test file.
 from __future__ import annotations
 
 import io
-import math
 import uuid
 from collections.abc import Callable
 
 import pytest
 
 import steplog
+from steplog.testing import BackendContract, check_backend
 
 
 def _mlflow(request, tmp_path):
@@ -60,63 +61,36 @@ FACTORIES: dict[str, Callable] = {
     "liveplot": _liveplot,
 }
 
-VALUES = [
-    {"loss": 0.5, "n": 3, "s": "text", "ok": True},
-    {"loss": math.nan, "big": 2**70, "neg": -(2**63)},
-    {"loss": math.inf, "m": -math.inf, "nested": {"a": 1.0, "b": {"c": "deep"}}},
-    {"list": [1, 2.5, "x"], "none": None, "empty": {}, "tuple": (1, 2)},
-    {"loss/train": 1.0, "λ": 2.0, "with space": 3.0, "a.b": 4.0},
-]
+
+class TestEveryBackend(BackendContract):
+    """The public contract suite (steplog.testing.BackendContract), for each backend."""
+
+    @pytest.fixture(autouse=True, params=list(FACTORIES))
+    def _factory(self, request):
+        self.factory = FACTORIES[request.param]
+        self.request = request
+
+    def make_backend(self, tmp_path):
+        return self.factory(self.request, tmp_path)
+
+    def read_steps(self, backend):
+        # Where the test can read back what a backend stored, check exactly-once too.
+        if type(backend) is steplog.MemoryBackend:
+            return [event.step for event in backend.records]
+        if type(backend) is steplog.JsonlBackend:
+            return [event.step for event in steplog.read_run(backend.path).records]
+        return None
 
 
-@pytest.fixture(params=list(FACTORIES))
-def backend(request, tmp_path):
-    return FACTORIES[request.param](request, tmp_path)
+def test_check_backend_runs_outside_pytest_and_catches_a_lossy_backend():
+    """check_backend() runs the same scenarios without pytest; a backend that stores a
+    batch twice fails it with a message."""
+    check_backend(lambda tmp: steplog.MemoryBackend(), lambda b: [e.step for e in b.records])
 
+    class Doubles(steplog.MemoryBackend):
+        async def write(self, events):
+            await super().write(events)
+            await super().write(events)
 
-def deliver_ok(stats: steplog.RunStats, name: str, count: int) -> None:
-    got = stats.backends[name]
-    assert got.errors == 0, got.last_error
-    assert got.delivered == count and got.failed == 0 and got.dropped == 0
-
-
-def test_mixed_values_and_odd_keys_are_delivered_without_errors(backend):
-    name = steplog.backends.base.backend_name(backend)
-    tracker = steplog.Tracker(backend, experiment_name="contract")
-    tracker.init({"lr": 0.1, "nested": {"x": [1, 2]}, "none": None, "inf": math.inf})
-    for i in range(200):
-        tracker.log(VALUES[i % len(VALUES)])
-    stats = tracker.finish({"best": 0.5, "text": "done", "nan": math.nan})
-    deliver_ok(stats, name, 200)
-
-
-def test_one_backend_serves_two_runs_and_an_empty_one(backend):
-    name = steplog.backends.base.backend_name(backend)
-    tracker = steplog.Tracker(backend, experiment_name="contract")
-    for run in range(2):
-        tracker.init({"run": run})
-        for i in range(50):
-            tracker.log({"loss": float(i), "run": run})
-        deliver_ok(tracker.finish(), name, 50)
-    tracker.init()
-    deliver_ok(tracker.finish(), name, 0)
-
-
-def test_a_failed_run_closes_cleanly(backend):
-    name = steplog.backends.base.backend_name(backend)
-    tracker = steplog.Tracker(backend, experiment_name="contract")
-    with pytest.raises(RuntimeError), tracker.run():
-        tracker.log({"loss": 1.0})
-        raise RuntimeError("optimizer blew up")
-    stats = tracker.last_stats
-    assert stats is not None
-    deliver_ok(stats, name, 1)
-
-
-def test_a_large_batch_is_delivered(backend):
-    name = steplog.backends.base.backend_name(backend)
-    tracker = steplog.Tracker(backend, experiment_name="contract", batch_size=4096)
-    tracker.init()
-    for i in range(5000):
-        tracker.log({"loss": 1.0 / (i + 1), "step_value": i})
-    deliver_ok(tracker.finish(), name, 5000)
+    with pytest.raises(AssertionError, match="twice"):
+        check_backend(lambda tmp: Doubles(), lambda b: [e.step for e in b.records])

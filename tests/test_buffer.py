@@ -25,7 +25,7 @@ def test_drop_policies_account_exactly_with_a_stalled_backend(policy):
     assert stats.logged == 5_000
     assert stats.dropped > 0
     assert stats.written + stats.dropped == stats.logged
-    backend = stats.backends["gate"]
+    backend = stats.backends["gated"]
     assert backend.delivered + backend.failed + backend.dropped == stats.logged
     assert len(gate.records) == backend.delivered
     steps = [e.step for e in gate.records]

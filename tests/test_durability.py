@@ -205,5 +205,5 @@ def test_process_mode_counts_copies_other_backends_miss_as_their_drops(tmp_path,
     assert stats.logged == stats.written == 5_000 and stats.dropped == 0
     for name, backend in stats.backends.items():
         assert backend.delivered + backend.failed + backend.dropped == 5_000, name
-    assert stats.backends["gate"].dropped > 0
-    assert len(gate.records) == stats.backends["gate"].delivered
+    assert stats.backends["gated"].dropped > 0
+    assert len(gate.records) == stats.backends["gated"].delivered

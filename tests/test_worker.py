@@ -49,7 +49,7 @@ def test_stalled_backend_does_not_delay_the_others():
     gate.gate.set()
     stats = tracker.finish()
     assert len(gate.records) == 100
-    assert stats.backends["gate"].delivered == 100
+    assert stats.backends["gated"].delivered == 100
 
 
 def test_open_failure_raises_at_init_and_closes_opened_backends():
@@ -93,7 +93,7 @@ def test_finish_with_timeout_abandons_a_stalled_backend_and_counts_its_events():
         tracker.log({"i": i})
     stats = tracker.finish(timeout=0.2)
     assert stats.backends["memory"].delivered == 10
-    g = stats.backends["gate"]
+    g = stats.backends["gated"]
     assert g.delivered == 0
     assert g.failed == 10
     assert "abandoned" in (g.last_error or "")
@@ -113,7 +113,7 @@ def test_finish_with_timeout_returns_when_a_stalled_backend_holds_up_the_block_p
     stats = tracker.finish(timeout=0.3)
     assert time.monotonic() - started < 5
     assert [e.data["i"] for e in mem.records] == list(range(10))
-    g = stats.backends["gate"]
+    g = stats.backends["gated"]
     assert (g.delivered, g.failed, g.dropped) == (0, 10, 0)
     assert "abandoned" in (g.last_error or "")
     assert stats.backends["memory"].delivered == 10

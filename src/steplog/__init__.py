@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+import inspect
+
+from ._batch import EventBatch as EventBatch
 from ._buffer import OverflowPolicy as OverflowPolicy
 from ._worker import RetryPolicy as RetryPolicy
 from .backends import Backend as Backend
@@ -23,7 +26,11 @@ from .errors import BackendOpenError as BackendOpenError
 from .errors import FlushTimeoutError as FlushTimeoutError
 from .errors import InactiveRunError as InactiveRunError
 from .errors import MissingExtraError as MissingExtraError
+from .errors import MlflowError as MlflowError
 from .errors import PermanentBackendError as PermanentBackendError
+from .errors import RunFileError as RunFileError
+from .errors import RunNotFoundError as RunNotFoundError
+from .errors import SteplogError as SteplogError
 from .errors import TrackerError as TrackerError
 from .errors import TrackerWarning as TrackerWarning
 from .errors import WorkerError as WorkerError
@@ -34,7 +41,6 @@ from .events import RunInfo as RunInfo
 from .events import RunStats as RunStats
 from .events import RunStatus as RunStatus
 from .reader import Run as Run
-from .reader import RunFileError as RunFileError
 from .reader import read_run as read_run
 from .replay import replay as replay
 from .replay import replay_async as replay_async
@@ -42,6 +48,17 @@ from .tracker import AsyncTracker as AsyncTracker
 from .tracker import Tracker as Tracker
 
 __version__ = "0.1.0"
+
+# Public classes and functions say where users import them from (as anyio does):
+# ``steplog.RetryPolicy``, not ``steplog._worker.RetryPolicy``.
+for _name, _value in list(globals().items()):
+    if (
+        not _name.startswith("_")
+        and (isinstance(_value, type) or inspect.isfunction(_value))
+        and _value.__module__.startswith("steplog.")
+    ):
+        _value.__module__ = __name__
+del _name, _value
 
 __all__ = [
     "AsyncTracker",
@@ -51,6 +68,7 @@ __all__ = [
     "BackendStats",
     "ConsoleBackend",
     "Event",
+    "EventBatch",
     "FlushTimeoutError",
     "InactiveRunError",
     "JsonlBackend",
@@ -58,6 +76,7 @@ __all__ = [
     "MemoryBackend",
     "MissingExtraError",
     "MlflowBackend",
+    "MlflowError",
     "NullBackend",
     "OverflowPolicy",
     "PermanentBackendError",
@@ -66,9 +85,11 @@ __all__ = [
     "RunEnd",
     "RunFileError",
     "RunInfo",
+    "RunNotFoundError",
     "RunStats",
     "RunStatus",
     "Sampled",
+    "SteplogError",
     "TensorBoardBackend",
     "Tracker",
     "TrackerError",

@@ -10,13 +10,17 @@ import orjson
 from ._values import decode
 from .events import Event
 
-__all__ = ["LineBatch"]
+__all__ = ["EventBatch"]
 
 _new_tuple = tuple.__new__
 
 
-class LineBatch(Sequence[Event]):
-    """One batch as handed to the backends: a read-only sequence of :class:`Event`.
+class EventBatch(Sequence[Event]):
+    """What a backend's ``write`` receives: a read-only sequence of :class:`Event`.
+
+    Public as ``steplog.EventBatch``; a backend may also be handed a plain list of
+    events (``steplog.replay``, tests), so use only the ``Sequence`` interface unless
+    ``isinstance(events, steplog.EventBatch)``.
 
     ``log()`` already encoded every event as a JSON line (the run file's record); a
     batch keeps those lines, joined, and decodes them only when a backend reads its
@@ -26,7 +30,8 @@ class LineBatch(Sequence[Event]):
     are (the JSONL file) reads :attr:`data` and decodes nothing.
 
     Attributes:
-        data: The encoded events, in logging order, each line ending in ``\\n``.
+        data: The encoded events, in logging order, each line ending in ``\\n``: the
+            run file's step records, as a backend writing JSON lines can store them.
     """
 
     __slots__ = ("_count", "_events", "_lines", "data")
@@ -39,7 +44,7 @@ class LineBatch(Sequence[Event]):
 
     @property
     def lines(self) -> list[bytes]:
-        """The encoded events one by one (split on first use)."""
+        """The encoded events one by one, each a JSON line (split on first use)."""
         lines = self._lines
         if lines is None:
             # orjson escapes control characters inside strings: a raw line break only
@@ -75,7 +80,7 @@ class LineBatch(Sequence[Event]):
         return iter(self._materialize())
 
     def __repr__(self) -> str:
-        return f"<LineBatch of {self._count} events>"
+        return f"<EventBatch of {self._count} events>"
 
 
 def _event(record: dict[str, object], tagged: bool) -> Event:
@@ -85,4 +90,4 @@ def _event(record: dict[str, object], tagged: bool) -> Event:
 
 def events_of(batch: Sequence[Event]) -> Sequence[Event]:
     """The events of ``batch``, decoded once (for backends that read every event)."""
-    return batch._materialize() if isinstance(batch, LineBatch) else batch
+    return batch._materialize() if isinstance(batch, EventBatch) else batch

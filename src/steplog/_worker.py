@@ -157,7 +157,7 @@ class _Delivery:
 class DirectSink(Protocol):
     """A backend's synchronous side, driven by the writer thread (built-in backends only).
 
-    ``write`` gets a batch as the bytes of its lines and as a ``LineBatch``. If it
+    ``write`` gets a batch as the bytes of its lines and as a ``EventBatch``. If it
     raises, it is called again with the same objects (a retry), and must then store
     only what it has not stored yet; if the batch is given up, ``abandon`` is called: it
     keeps only whole events of it and says how many.

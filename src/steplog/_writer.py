@@ -10,7 +10,7 @@ read from a device) are read back and encoded here, a batch at a time.
 
 Backends other than the built-in local ones are async: the writer starts a
 :class:`steplog._worker.Fanout` for them only when one is attached, and hands it each
-batch as a :class:`steplog._batch.LineBatch` whose events are decoded only if read.
+batch as a :class:`steplog._batch.EventBatch` whose events are decoded only if read.
 Callers talk to the writer through ``concurrent.futures.Future`` objects, which a sync
 caller waits on and an async caller awaits.
 """
@@ -37,7 +37,7 @@ from ._arrays import (
     resolve,
     snapshot,
 )
-from ._batch import LineBatch
+from ._batch import EventBatch
 from ._buffer import LineBuffer
 from ._values import ValueEncoder
 from ._worker import DirectRunner, Fanout, RetryPolicy
@@ -460,7 +460,7 @@ class Writer:
         return items if self.buffer.others else []
 
     def _deliver(self, data: bytes | bytearray, count: int) -> None:
-        batch = LineBatch(data, count)
+        batch = EventBatch(data, count)
         self.taken += count
         for runner in self.direct:
             runner.write_with_retries(data, batch)
@@ -476,7 +476,7 @@ class Writer:
         for start in range(0, count, size):
             chunk = lines[start : start + size]
             self.batches += 1
-            self.fanout.submit(LineBatch(b"".join(chunk), len(chunk)))
+            self.fanout.submit(EventBatch(b"".join(chunk), len(chunk)))
 
     def _convert(self, values: dict[str, Any]) -> Any:
         """Arrays and tensors in a config or summary, as plain values."""

@@ -1,21 +1,27 @@
-"""Exceptions raised by steplog.
+"""Exceptions raised by steplog: the whole tree, every one exported as ``steplog.<Name>``.
 
 The exception tree::
 
-    TrackerError                 base class of every steplog error
-    ├── InactiveRunError         log()/flush() with no active run
-    ├── BackendOpenError         a backend failed to open in init()
-    ├── FlushTimeoutError        flush()/finish() did not complete in time (also a TimeoutError)
-    ├── BackendFailedError       finish(strict=True) and a backend lost events
-    ├── PermanentBackendError    raised by a backend: retrying this write cannot help
-    └── WorkerError              the background worker died; the run cannot continue
+    SteplogError                 base class of every steplog error
+    ├── TrackerError             the tracker's lifecycle and its backends
+    │   ├── InactiveRunError     log()/flush() with no active run
+    │   ├── BackendOpenError     a backend failed to open in init()
+    │   ├── FlushTimeoutError    flush(timeout=…) did not complete in time (also a TimeoutError)
+    │   ├── BackendFailedError   finish() of a Tracker(strict=True) and a backend lost events
+    │   ├── PermanentBackendError  raised by a backend: retrying this write cannot help
+    │   └── WorkerError          the background worker died; the run cannot continue
+    ├── RunFileError             a file is not a readable run (also a ValueError)
+    ├── RunNotFoundError         no run matches what was asked for (also a LookupError)
+    ├── MlflowError              a transient failure talking to an MLflow server (retried)
+    └── MissingExtraError        an optional dependency is missing (also an ImportError)
 
     TrackerWarning (UserWarning) recoverable misuse: init() on an active run, finish()
-                                 on an inactive one, a run left unfinished at exit
+                                 on an inactive one
 
 Errors that happen inside the worker (a backend whose ``write`` raises, a value that
 cannot be serialised) never reach ``log()``: they go to :mod:`logging` and to the run
-statistics (:class:`steplog.RunStats`).
+statistics (:class:`steplog.RunStats`). ``finish(timeout=…)`` never raises for time:
+what a backend did not write by then is counted as failed.
 """
 
 from __future__ import annotations
@@ -28,15 +34,24 @@ __all__ = [
     "FlushTimeoutError",
     "InactiveRunError",
     "MissingExtraError",
+    "MlflowError",
     "PermanentBackendError",
+    "RunFileError",
+    "RunNotFoundError",
+    "SteplogError",
     "TrackerError",
     "TrackerWarning",
     "WorkerError",
 ]
 
 
-class TrackerError(Exception):
-    """Raised when a tracker is used in a way its lifecycle does not allow."""
+class SteplogError(Exception):
+    """Base class of every exception steplog raises."""
+
+
+class TrackerError(SteplogError):
+    """Raised when a tracker is used in a way its lifecycle does not allow, or a
+    backend stops it from working."""
 
 
 class InactiveRunError(TrackerError):
@@ -48,11 +63,11 @@ class BackendOpenError(TrackerError):
 
 
 class FlushTimeoutError(TrackerError, TimeoutError):
-    """Raised when ``flush()`` or ``finish()`` does not complete within its timeout."""
+    """Raised when ``flush(timeout=…)`` does not complete within its timeout."""
 
 
 class BackendFailedError(TrackerError):
-    """Raised by ``finish()`` of a ``strict=True`` tracker when a backend lost events.
+    """Raised by ``finish()`` of a ``Tracker(strict=True)`` when a backend lost events.
 
     The run is finished and every backend closed before it is raised.
 
@@ -76,7 +91,19 @@ class WorkerError(TrackerError):
     """Raised when the background worker has died and can no longer accept work."""
 
 
-class MissingExtraError(ImportError):
+class RunFileError(SteplogError, ValueError):
+    """Raised when a file is not a readable steplog run (corrupt line, wrong schema)."""
+
+
+class RunNotFoundError(SteplogError, LookupError):
+    """Raised when no run file matches what was asked for (or more than one does)."""
+
+
+class MlflowError(SteplogError, RuntimeError):
+    """A transient failure talking to an MLflow tracking server (retried by the worker)."""
+
+
+class MissingExtraError(SteplogError, ImportError):
     """Raised when a feature needs an optional dependency that is not installed.
 
     The message names the extra to install, e.g. ``pip install 'steplog[plot]'``.

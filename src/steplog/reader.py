@@ -12,6 +12,7 @@ import orjson
 
 from ._values import decode
 from .backends.jsonl import SCHEMA_VERSION
+from .errors import RunFileError
 from .events import Event, RunStats
 
 __all__ = ["Run", "RunFileError", "read_run"]
@@ -19,10 +20,6 @@ __all__ = ["Run", "RunFileError", "read_run"]
 #: Status reported for a file that has no run-end record: the writer is still running,
 #: or was killed before it could finish the run.
 INCOMPLETE = "incomplete"
-
-
-class RunFileError(ValueError):
-    """Raised when a file is not a readable steplog run (corrupt line, wrong schema)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

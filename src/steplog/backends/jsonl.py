@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from .._batch import LineBatch
+from .._batch import EventBatch
 from .._names import check_name
 from .._values import ValueEncoder
 from ..events import Event, RunEnd, RunInfo
@@ -219,7 +219,7 @@ class JsonlBackend(Backend):
 
     async def write(self, events: Sequence[Event]) -> None:
         """Append one line per event, in one system call."""
-        if isinstance(events, LineBatch):
+        if isinstance(events, EventBatch):
             data = bytes(events.data)
         else:
             data = self._encoder.encode_events(events)

@@ -49,7 +49,7 @@ import orjson
 
 from .._extras import require
 from .._runfiles import flatten, is_number
-from ..errors import PermanentBackendError
+from ..errors import MlflowError, PermanentBackendError
 from ..events import Event, RunEnd, RunInfo
 from .base import Backend
 
@@ -71,10 +71,6 @@ END_STATUS = {
 }
 _BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
 _NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
-
-
-class MlflowError(RuntimeError):
-    """A transient failure talking to the tracking server (retried by the worker)."""
 
 
 class MlflowBackend(Backend):

@@ -99,8 +99,10 @@ def test_at_most_ten_points_a_second_from_a_fast_loop(tmp_path):
     # At most ~10 points a second; at least one per 0.2 s that saw events. (Under "block"
     # a loop that outruns the sampled backend is paced, leaving gaps in the logging
     # times: a window only closes on an event, so a gap yields one point, not several.)
+    # Both bounds come from the logging times, never from the machine's speed.
     slots = len({int((e.time - records[0].time) / 0.1) for e in records})
-    assert slots // 2 <= len(points) <= 12
+    span = records[-1].time - records[0].time
+    assert slots // 2 <= len(points) <= span / 0.1 + 2
     # Each point is the mean over the steps since the previous point: together the
     # windows cover every step once.
     start = 0

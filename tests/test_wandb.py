@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ def offline_dir(root: Path, run_id: str) -> Path:
 
 
 def test_history_config_and_summary_reach_the_offline_run(tmp_path):
+    """Every logged step, the config and the summary reach W&B's offline run."""
     jsonl = steplog.JsonlBackend(tmp_path / "runs")
     wb = steplog.WandbBackend(project="steplog-test", dir=tmp_path)
     tracker = steplog.Tracker(jsonl, wb, experiment_name="exp")
@@ -56,6 +58,7 @@ def test_history_config_and_summary_reach_the_offline_run(tmp_path):
 
 
 def test_out_of_order_steps_are_counted_and_reported_not_silently_dropped(tmp_path, caplog):
+    """A step lower than one already sent is not sent: it is counted and reported once."""
     wb = steplog.WandbBackend(project="steplog-test", dir=tmp_path)
     tracker = steplog.Tracker(wb, experiment_name="exp")
     info = tracker.init()
@@ -71,6 +74,7 @@ def test_out_of_order_steps_are_counted_and_reported_not_silently_dropped(tmp_pa
 
 
 def test_step_metric_mode_keeps_every_event(tmp_path):
+    """With step_metric=True every event is a W&B row, out-of-order steps included."""
     wb = steplog.WandbBackend(project="steplog-test", dir=tmp_path, step_metric=True)
     tracker = steplog.Tracker(wb, experiment_name="exp")
     info = tracker.init()
@@ -85,6 +89,7 @@ def test_step_metric_mode_keeps_every_event(tmp_path):
 
 
 def test_sampled_wandb_gets_a_thinned_stream(tmp_path):
+    """Sampled(wb, every=100, reduce="mean") sends W&B one mean per 100 steps."""
     jsonl = steplog.JsonlBackend(tmp_path / "runs")
     wb = steplog.WandbBackend(project="steplog-test", dir=tmp_path)
     tracker = steplog.Tracker(
@@ -98,3 +103,37 @@ def test_sampled_wandb_gets_a_thinned_stream(tmp_path):
     assert [row["_step"] for row in rows] == list(range(99, 20_000, 100))
     assert rows[0]["loss"] == sum(range(100)) / 100
     assert len(steplog.read_run(jsonl.path).records) == 20_000
+
+
+def test_finish_returns_once_wandb_has_written_the_offline_run(tmp_path, monkeypatch):
+    """finish() returns only when W&B's service has written the whole offline run.
+
+    ``run.finish()`` only publishes "stream finished" to the service, which writes the
+    log's last block when it handles that message: a loaded machine can delay that
+    past ``finish()``, and a read then found no rows (issue #13). Here the message
+    reaches the service half a second late, every time.
+    """
+    from wandb.sdk.lib.service.service_connection import ServiceConnection
+
+    publish = ServiceConnection.inform_finish
+    late: list[threading.Timer] = []
+
+    def publish_late(self, run_id):
+        late.append(threading.Timer(0.5, publish, (self, run_id)))
+        late[-1].start()
+
+    monkeypatch.setattr(ServiceConnection, "inform_finish", publish_late)
+    wb = steplog.WandbBackend(project="steplog-test", dir=tmp_path, step_metric=True)
+    tracker = steplog.Tracker(wb, experiment_name="exp")
+    info = tracker.init()
+    for step in range(5):
+        tracker.log({"x": float(step)}, step=step)
+    try:
+        tracker.finish()
+        offline = read_offline_run(offline_dir(tmp_path, info.run_id))
+    finally:
+        for timer in late:
+            timer.join()
+    assert late, "the finish message was not delayed: wandb no longer sends it this way"
+    assert offline.exit_code == 0
+    assert [row["step"] for row in offline.history] == [0, 1, 2, 3, 4]

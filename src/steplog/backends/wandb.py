@@ -23,6 +23,14 @@ belong.
 
 Config goes to ``wandb.config``; the summary to ``run.summary``; a run that did not
 finish cleanly exits with code 1 (W&B marks it failed/crashed).
+
+Closing. ``run.finish()`` returns once W&B's service has the run's exit, but it only
+*tells* the service that the run is over; the service writes the last part of the run's
+transaction log (``run-<id>.wandb``: up to 32 KiB it holds in memory, the exit record
+among them) when it gets to that message, a few milliseconds later, or much later on a
+loaded machine. The backend waits for that (30 s at most), so when ``finish()``
+returns the run directory is complete: ready for ``wandb sync`` (which marks a log
+without an exit record failed), a copy, or :func:`read_offline_run`.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import anyio
 import anyio.to_thread
 
 from .._extras import require
@@ -48,6 +57,10 @@ from .base import Backend
 __all__ = ["OfflineRun", "WandbBackend", "read_offline_history", "read_offline_run"]
 
 logger = logging.getLogger("steplog")
+
+# Seconds close() waits, after run.finish(), for W&B's service to write the end of the
+# run's transaction log: milliseconds normally, seconds on a loaded machine.
+_LOG_CLOSE_TIMEOUT = 30.0
 
 
 class WandbBackend(Backend):
@@ -158,7 +171,9 @@ class WandbBackend(Backend):
             run.summary.update(summary)
             run.finish(exit_code=0 if end.status == "finished" else 1)
 
+        log = run.settings.sync_file
         await anyio.to_thread.run_sync(finish)
+        await _wait_for_log_end(log, _LOG_CLOSE_TIMEOUT)
 
 
 def _wandb_id(run_id: str) -> str:
@@ -166,16 +181,46 @@ def _wandb_id(run_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", run_id)[:128]
 
 
+async def _wait_for_log_end(path: str, timeout: float) -> None:
+    """Wait until the transaction log at ``path`` holds the run's exit record.
+
+    ``run.finish()`` publishes "stream finished" to W&B's service without waiting for
+    it; only when the service handles it does it close the log, writing the block it
+    still holds in memory (the exit record is in it). No log (mode ``"disabled"``, a
+    log turned off in the settings): nothing to wait for.
+    """
+    if not await anyio.to_thread.run_sync(os.path.exists, path):
+        return
+    pause = 0.001
+    with anyio.move_on_after(timeout):
+        while not await anyio.to_thread.run_sync(_log_has_ended, Path(path)):
+            await anyio.sleep(pause)
+            pause = min(2 * pause, 0.05)
+        return
+    logger.warning(
+        "steplog: W&B's service did not finish writing %s within %.0f s; the offline "
+        "run may be incomplete until it does",
+        path,
+        timeout,
+    )
+
+
 # -- reading offline runs back -------------------------------------------------------
 
 
 @dataclasses.dataclass
 class OfflineRun:
-    """What an offline W&B run directory holds: history rows, summary and config."""
+    """What an offline W&B run directory holds: history rows, summary and config.
+
+    ``exit_code`` is the run's exit code (0: finished), or ``None`` when the log has no
+    exit record: the run is still being written, or its writer was killed (``wandb
+    sync`` marks such a run failed).
+    """
 
     history: list[dict[str, Any]]
     summary: dict[str, Any]
     config: dict[str, Any]
+    exit_code: int | None = None
 
 
 def read_offline_run(run_dir: str | os.PathLike[str]) -> OfflineRun:
@@ -204,6 +249,8 @@ def read_offline_run(run_dir: str | os.PathLike[str]) -> OfflineRun:
                 run.config.update(_items(record.run.config.update))
             elif kind == "config":
                 run.config.update(_items(record.config.update))
+            elif kind == "exit":
+                run.exit_code = record.exit.exit_code
     run.config.pop("_wandb", None)
     return run
 
@@ -225,7 +272,16 @@ def _records(path: Path) -> Iterator[bytes]:
     data = path.read_bytes()
     if data[:4] != b":W&B":
         raise ValueError(f"{path}: not a W&B transaction log")
-    position, pending = 7, b""
+    return _records_from(data, 7)
+
+
+def _records_from(data: bytes, position: int) -> Iterator[bytes]:
+    """The records in ``data``, a log read from a block boundary, from ``position`` on.
+
+    A record whose first chunk lies before ``data`` (read from a later block) is
+    skipped; a torn tail (a writer killed, or still writing) ends the records.
+    """
+    pending: bytes | None = None
     while position + _HEADER.size <= len(data):
         left = _BLOCK - position % _BLOCK
         if left < _HEADER.size:
@@ -237,14 +293,35 @@ def _records(path: Path) -> Iterator[bytes]:
             continue
         chunk = data[position + _HEADER.size : position + _HEADER.size + length]
         if len(chunk) < length or zlib.crc32(chunk, zlib.crc32(bytes([kind]))) != crc:
-            return  # a torn tail (the writer was killed)
+            return
         position += _HEADER.size + length
         if kind == 1:  # full
             yield chunk
+            pending = None
         elif kind == 2:  # first
             pending = chunk
-        elif kind == 3:  # middle
+        elif kind == 3 and pending is not None:  # middle
             pending += chunk
-        elif kind == 4:  # last
+        elif kind == 4 and pending is not None:  # last
             yield pending + chunk
-            pending = b""
+            pending = None
+
+
+def _log_has_ended(path: Path) -> bool:
+    """Whether the W&B transaction log at ``path`` holds its run's exit record.
+
+    The exit record is the last one W&B writes, so only the last two blocks are read
+    (it may start in the one before the last): the check costs the same for any run.
+    """
+    pb = require("wandb.proto.wandb_internal_pb2", "wandb", "WandbBackend")
+    with path.open("rb") as file:
+        size = file.seek(0, os.SEEK_END)
+        start = max(0, (size // _BLOCK - 1) * _BLOCK)
+        file.seek(start)
+        data = file.read()
+    for raw in _records_from(data, 7 if start == 0 else 0):
+        record = pb.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") == "exit":
+            return True
+    return False

@@ -9,7 +9,7 @@ import inspect
 
 from ._batch import EventBatch as EventBatch
 from ._buffer import OverflowPolicy as OverflowPolicy
-from ._worker import RetryPolicy as RetryPolicy
+from ._delivery import RetryPolicy as RetryPolicy
 from .backends import Backend as Backend
 from .backends import ConsoleBackend as ConsoleBackend
 from .backends import JsonlBackend as JsonlBackend

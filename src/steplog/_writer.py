@@ -39,8 +39,9 @@ from ._arrays import (
 )
 from ._batch import EventBatch
 from ._buffer import LineBuffer
+from ._delivery import DirectRunner, RetryPolicy
 from ._values import ValueEncoder
-from ._worker import DirectRunner, Fanout, RetryPolicy
+from ._worker import Fanout
 from .backends.base import Backend
 from .errors import BackendOpenError, WorkerError
 from .events import RunEnd, RunInfo, RunStats, RunStatus
@@ -463,7 +464,7 @@ class Writer:
         batch = EventBatch(data, count)
         self.taken += count
         for runner in self.direct:
-            runner.write_with_retries(data, batch)
+            runner.send_lines(data, batch)
         # Async backends get batches of at most BACKLOG_BATCHES x batch_size events; the
         # local ones the whole take, in one write.
         size = BACKLOG_BATCHES * self.batch_size

@@ -3,7 +3,8 @@
 The offline-first path: log to the local file on a cluster without network, then
 ``steplog replay`` the runs into MLflow, W&B, TensorBoard or trackio from a machine that
 has it. Works for finished runs and for crashed ones (a torn last line is skipped; a
-run without a run-end record is closed as ``"unfinished"``).
+run without a run-end record is closed as ``"unfinished"``). The file is read up to
+the end of its last complete line when the replay starts.
 
 What re-running a replay does depends on the backend (see docs/backends.md): MLflow
 reuses the MLflow run tagged with the same steplog run id and stores no point twice;
@@ -22,8 +23,9 @@ from typing import Any
 
 import anyio
 
-from ._runfiles import iter_lines, parse_line
-from ._worker import BackendRunner, RetryPolicy
+from ._delivery import RetryPolicy
+from ._runfiles import CorruptLineError, RunSnapshot, iter_lines, open_run, parse_record
+from ._worker import BackendRunner
 from .backends.base import Backend, backend_name
 from .errors import BackendOpenError
 from .events import BackendStats, Event, RunEnd, RunInfo, RunStats
@@ -45,7 +47,9 @@ def replay(
     statistics.
 
     Raises:
-        FileNotFoundError, steplog.RunFileError: ``path`` is not a readable run.
+        FileNotFoundError, steplog.RunFileError: ``path`` is not a readable run, or a
+            line before its last one is corrupt (as for :func:`steplog.read_run`; the
+            backends are then closed as ``"failed"``).
         steplog.BackendOpenError: A backend could not be opened (the others that were
             opened are closed again, as ``"failed"``).
     """
@@ -66,14 +70,37 @@ async def replay_async(
 
     if not backends:
         raise ValueError("replay needs at least one backend")
+    try:
+        snapshot = open_run(Path(path))
+    except ValueError as exc:  # not a steplog run
+        raise RunFileError(str(exc)) from None
+    return await _replay(snapshot, backends, batch_size=batch_size, retry=retry, strict=True)
+
+
+def _replay_snapshot(snapshot: RunSnapshot, *backends: Backend) -> dict[str, BackendStats]:
+    """Replay for the command line: corrupt lines are skipped, their numbers collected in
+    ``snapshot.corrupt`` (the command warns), as the other commands do."""
+    return anyio.run(
+        lambda: _replay(snapshot, backends, batch_size=1024, retry=None, strict=False),
+        backend="asyncio",
+    )
+
+
+async def _replay(
+    snapshot: RunSnapshot,
+    backends: Sequence[Backend],
+    *,
+    batch_size: int,
+    retry: RetryPolicy | None,
+    strict: bool,
+) -> dict[str, BackendStats]:
+    from .reader import RunFileError
+
+    if not backends:
+        raise ValueError("replay needs at least one backend")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    path = Path(path)
-    lines = iter_lines(path)
-    first = next(lines, None)
-    start = parse_line(first) if first is not None else None
-    if start is None or start.get("type") != "run_start":
-        raise RunFileError(f"{path}: not a steplog run file")
+    start = snapshot.start
     info = RunInfo(
         run_id=str(start["run_id"]),
         experiment=str(start["experiment"]),
@@ -100,16 +127,26 @@ async def replay_async(
         except Exception as exc:
             for other in opened:
                 await _close(other, _end(info, "failed", {}, None, 0))
-            raise BackendOpenError(f"could not open backend {runner.name!r}: {exc!r}") from exc
+            raise BackendOpenError(
+                f"could not open backend {runner.name!r}: {type(exc).__name__}: {exc}"
+            ) from exc
         opened.append(runner)
 
     end: dict[str, Any] | None = None
     logged = 0
     rows: list[tuple[int, float, dict[str, Any]]] = []
-    for line in lines:
-        record = parse_line(line)
+    for number, line in enumerate(iter_lines(snapshot), start=2):
+        try:
+            record = parse_record(line)
+        except CorruptLineError as exc:
+            if strict:
+                for runner in runners:
+                    await _close(runner, _end(info, "failed", {}, None, logged))
+                raise RunFileError(f"{snapshot.path}:{number}: corrupt record ({exc})") from None
+            snapshot.corrupt.add(number)
+            continue
         if record is None:
-            raise RunFileError(f"{path}: corrupt record after step {logged}")
+            continue
         kind = record.get("type")
         if kind == "run_end":
             end = record

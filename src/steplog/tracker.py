@@ -28,13 +28,13 @@ import orjson
 from ._arrays import DEFER_KEY, host_reader
 from ._arrays import snapshot as _snapshot
 from ._buffer import OVERFLOW_POLICIES, LineBuffer, OverflowPolicy
+from ._delivery import RetryPolicy
 from ._names import check_name, new_run_id
 from ._process import active_runs, install_exit_hook, install_sigterm_handler, track_ending
 from ._progress import wait_with_progress, wait_with_progress_async
 from ._redact import DEFAULT_SECRET_KEYS, compile_pattern
 from ._redact import redact as _redact
 from ._values import ValueEncoder, _find_null
-from ._worker import RetryPolicy
 from ._writer import Writer
 from .backends.base import Backend, backend_name
 from .backends.jsonl import JsonlBackend

@@ -1,0 +1,240 @@
+"""One backend's delivery: retries with backoff, the circuit breaker, the counts.
+
+Shared by the writer thread (:class:`DirectRunner`, the local backends), the fan-out's
+per-backend runners (:class:`steplog._worker.BackendRunner`) and
+:func:`steplog.replay`. The retry contract (see ``Backend.write``): a failed batch is
+passed again, as the same object, until it is written or given up; the next batch
+waits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import anyio
+
+from .backends.base import Backend
+from .errors import PermanentBackendError
+from .events import BackendStats, Event, RunEnd, RunInfo
+
+__all__ = ["Delivery", "DirectRunner", "DirectSink", "RetryPolicy"]
+
+logger = logging.getLogger("steplog")
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """How a failing backend write is retried.
+
+    Attributes:
+        retries: Further attempts after the first failure of a batch.
+        backoff: Seconds before the first retry; doubled for each further one.
+        max_backoff: Longest wait between two attempts.
+        breaker_after: Batches given up in a row before the backend is cut off for the
+            rest of the run; 0 never cuts it off.
+    """
+
+    retries: int = 3
+    backoff: float = 0.05
+    max_backoff: float = 2.0
+    breaker_after: int = 5
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (1-based)."""
+        return float(min(self.backoff * 2 ** (attempt - 1), self.max_backoff))
+
+
+class Delivery:
+    """One backend's delivery: its retries, its circuit breaker and its counts.
+
+    :meth:`send` delivers a batch to an async backend (the fan-out's runners and
+    :func:`steplog.replay` both use it); :class:`DirectRunner` does the same
+    synchronously for the local backends the writer thread drives itself.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        name: str,
+        *,
+        retry: RetryPolicy,
+        deadline: Callable[[], float | None],
+    ) -> None:
+        self.backend = backend
+        self.name = name
+        self.retry = retry
+        self._deadline = deadline
+        self.disabled = False
+        self._failed_in_a_row = 0
+        self.delivered = 0
+        self.failed = 0
+        self.dropped = 0
+        self.errors = 0
+        self.last_error: str | None = None
+
+    def _retry_after(self, attempt: int, exc: Exception) -> float | None:
+        """Count a failed attempt; seconds to wait before the next one, or None: give up."""
+        self.record_error("write", exc)
+        delay = self.retry.delay(attempt)
+        if (
+            isinstance(exc, PermanentBackendError)
+            or attempt > self.retry.retries
+            or self._out_of_time(delay)
+        ):
+            return None
+        return delay
+
+    def _succeeded(self) -> None:
+        self._failed_in_a_row = 0
+
+    def _gave_up(self) -> None:
+        """A batch was given up: trip the circuit breaker after too many in a row."""
+        self._failed_in_a_row += 1
+        breaker_after = self.retry.breaker_after
+        if breaker_after and self._failed_in_a_row >= breaker_after:
+            self.disabled = True
+            self.last_error = (
+                f"cut off after {self._failed_in_a_row} failed batches: {self.last_error}"
+            )
+            logger.error(
+                "steplog: backend %r failed %d batches in a row; it gets no more events in "
+                "this run (the other backends go on)",
+                self.name,
+                self._failed_in_a_row,
+            )
+
+    def _out_of_time(self, wait: float = 0.0) -> bool:
+        """Whether the run's stop deadline passes within ``wait`` seconds."""
+        deadline = self._deadline()
+        return deadline is not None and time.monotonic() + wait >= deadline
+
+    async def send(self, batch: Sequence[Event]) -> bool:
+        """Write one batch with retries; count it as delivered or failed."""
+        if await self.write_with_retries(batch):
+            self.delivered += len(batch)
+            return True
+        self.failed += len(batch)
+        return False
+
+    async def write_with_retries(self, batch: Sequence[Event]) -> bool:
+        """Write one batch, retrying transient errors; returns whether it was written.
+
+        Retries keep order and never duplicate: the next batch waits until this one is
+        written or given up. After ``breaker_after`` batches in a row are given up, the
+        backend is cut off for the rest of the run (circuit breaker): later batches are
+        counted as failed without calling it, so a dead backend costs nothing.
+        """
+        if self.disabled:
+            return False
+        attempt = 0
+        while True:
+            try:
+                await self.backend.write(batch)
+            except Exception as exc:
+                attempt += 1
+                delay = self._retry_after(attempt, exc)
+                if delay is None:
+                    break
+                await anyio.sleep(delay)
+            else:
+                self._succeeded()
+                return True
+        self._gave_up()
+        return False
+
+    def record_error(self, what: str, exc: BaseException) -> None:
+        """Count a failed backend call and log it (at 1, 10, 100, … failures)."""
+        self.errors += 1
+        self.last_error = f"{what}: {exc!r}"
+        if _is_power_of_ten(self.errors):
+            logger.warning(
+                "steplog: backend %r failed to %s (%d failure%s so far); "
+                "the other backends and the run go on",
+                self.name,
+                what,
+                self.errors,
+                "" if self.errors == 1 else "s",
+                exc_info=exc if self.errors == 1 else None,
+            )
+
+    def stats(self, shared_drops: int) -> BackendStats:
+        """Return this backend's counts; ``shared_drops`` are the buffer's drops."""
+        return BackendStats(
+            delivered=self.delivered,
+            failed=self.failed,
+            dropped=self.dropped + shared_drops,
+            errors=self.errors,
+            last_error=self.last_error,
+            disabled=self.disabled,
+        )
+
+
+# -- local backends, written by the writer thread itself -------------------------------
+
+
+class DirectSink(Protocol):
+    """A backend's synchronous side, driven by the writer thread (built-in backends only).
+
+    ``write`` gets a batch as the bytes of its lines and as a ``EventBatch``. If it
+    raises, it is called again with the same objects (a retry), and must then store
+    only what it has not stored yet; if the batch is given up, ``abandon`` is called: it
+    keeps only whole events of it and says how many.
+    """
+
+    def open(self, run: RunInfo, encoder: Any) -> None:
+        """Start the run (``encoder`` is the run's ``ValueEncoder``)."""
+
+    def write(self, data: bytes | bytearray, batch: Sequence[Event]) -> None:
+        """Store one batch."""
+
+    def abandon(self) -> int:
+        """Give up the batch whose writes failed; returns how many of its events stay."""
+
+    def close(self, end: RunEnd) -> None:
+        """End the run and release resources."""
+
+
+class DirectRunner(Delivery):
+    """Feeds one local backend from the writer thread, with retries."""
+
+    def __init__(self, backend: Backend, name: str, sink: DirectSink, **kwargs: Any) -> None:
+        super().__init__(backend, name, **kwargs)
+        self.sink = sink
+
+    def send_lines(self, data: bytes | bytearray, batch: Sequence[Event]) -> None:
+        """Write one batch (``data``: its lines), retrying transient errors; count it."""
+        if self.disabled:
+            self.failed += len(batch)
+            return
+        attempt = 0
+        while True:
+            try:
+                self.sink.write(data, batch)
+            except Exception as exc:
+                attempt += 1
+                delay = self._retry_after(attempt, exc)
+                if delay is None:
+                    break
+                time.sleep(delay)
+            else:
+                self._succeeded()
+                self.delivered += len(batch)
+                return
+        kept = 0
+        try:
+            kept = self.sink.abandon()
+        except Exception as exc:
+            self.record_error("discard a failed batch", exc)
+        self.delivered += kept
+        self.failed += len(batch) - kept
+        self._gave_up()
+
+
+def _is_power_of_ten(n: int) -> bool:
+    while n >= 10 and n % 10 == 0:
+        n //= 10
+    return n == 1

@@ -8,8 +8,8 @@ from __future__ import annotations
 import inspect
 
 from ._batch import EventBatch as EventBatch
-from ._buffer import OverflowPolicy as OverflowPolicy
 from ._delivery import RetryPolicy as RetryPolicy
+from ._options import OverflowPolicy as OverflowPolicy
 from .backends import Backend as Backend
 from .backends import ConsoleBackend as ConsoleBackend
 from .backends import JsonlBackend as JsonlBackend

@@ -39,6 +39,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from ._options import MAX_DEPTH  # containers nested deeper are not walked (nor encoded)
+
 __all__ = [
     "DEFER_KEY",
     "Deferred",
@@ -67,8 +69,6 @@ _numpy_seen = False
 #: Tests turn it off to drive CPU tensors through the accelerator path.
 _HOST_CPU = True
 
-# Containers nested deeper than this are not walked (the encoder stops at the same depth).
-_MAX_DEPTH = 200
 
 #: How often a worker waiting for ``torch.cuda.set_sync_debug_mode(0)`` checks again.
 _SYNC_DEBUG_POLL_SECONDS = 0.05
@@ -182,7 +182,7 @@ def _snap(value: Any, container: Any, key: Any, walk: _Walk) -> Any:
         active = walk.active
         if id(value) in active:
             return active[id(value)]
-        if len(active) >= _MAX_DEPTH:
+        if len(active) >= MAX_DEPTH:
             return value
         copy: Any = {} if tp is dict else []
         active[id(value)] = copy

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from typing import Any
 
-__all__ = [
-    "OVERFLOW_POLICIES",
-    "LineBuffer",
-    "OverflowPolicy",
-    "RingPending",
-    "Row",
-]
+from ._options import OverflowPolicy
 
-OverflowPolicy = Literal["block", "drop_oldest", "drop_newest"]
-OVERFLOW_POLICIES: tuple[OverflowPolicy, ...] = ("block", "drop_oldest", "drop_newest")
+__all__ = ["LineBuffer", "RingPending", "Row"]
+
 
 #: An event ``log()`` could not encode on the spot (tensors to read from a device, or
 #: references kept with ``snapshot=False``): ``(step, time, data)``, encoded by the writer.
@@ -94,7 +88,7 @@ class LineBuffer:
         self.capacity = capacity
         self.wake_at = min(wake_at, capacity)
         self.byte_budget = byte_budget
-        self.policy = policy
+        self.policy = OverflowPolicy(policy)
         self.limit = self.wake_at
         self.byte_limit = byte_budget
         self._segment_bytes = 0  # bytes of lines in segments
@@ -265,10 +259,10 @@ class LineBuffer:
             return False
         self.max_depth = max(self.max_depth, self.count)
         policy = self.policy
-        if policy == "drop_newest":
+        if policy is OverflowPolicy.DROP_NEWEST:
             self.dropped += 1
             return True
-        if policy == "drop_oldest":
+        if policy is OverflowPolicy.DROP_OLDEST:
             while self.count and self._full(size):
                 self._drop_oldest()
             return False
@@ -352,7 +346,9 @@ class LineBuffer:
         ring = self.ring
         if not ring.put(line):
             ring.wake()
-            if self.policy != "block":  # a line in the ring cannot be dropped again
+            if (
+                self.policy is not OverflowPolicy.BLOCK
+            ):  # a line in the ring cannot be dropped again
                 with self.lock:
                     self.dropped += 1
                 return
@@ -386,7 +382,7 @@ class LineBuffer:
         with self.lock:
             if self.count >= self.wake_at:
                 self._wake_if_armed()
-            if self.policy != "block" and self._full(len(line)):
+            if self.policy is not OverflowPolicy.BLOCK and self._full(len(line)):
                 self.others_dropped += 1
                 return
             if self._overflow(len(line)):  # block, and the writer died

@@ -31,6 +31,7 @@ from typing import Any
 
 import orjson
 
+from ._options import MAX_DEPTH
 from .events import Event
 
 __all__ = ["MAX_DEPTH", "ValueEncoder", "decode"]
@@ -38,8 +39,6 @@ __all__ = ["MAX_DEPTH", "ValueEncoder", "decode"]
 logger = logging.getLogger("steplog")
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
-#: Nesting deeper than this is recorded as a marker string (orjson stops at 255).
-MAX_DEPTH = 200
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
 _NAN = {"$float": "NaN"}

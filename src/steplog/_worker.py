@@ -28,6 +28,7 @@ import anyio
 import anyio.abc
 
 from ._delivery import Delivery, RetryPolicy
+from ._options import OverflowPolicy
 from .backends.base import Backend
 from .errors import BackendOpenError, WorkerError
 from .events import Event, RunEnd, RunInfo, RunStats
@@ -79,13 +80,13 @@ class BackendRunner(Delivery):
         name: str,
         *,
         backlog_limit: int,
-        policy: str,
+        policy: OverflowPolicy | str,
         deadline: Callable[[], float | None],
         retry: RetryPolicy,
     ) -> None:
         super().__init__(backend, name, retry=retry, deadline=deadline)
         self.backlog_limit = backlog_limit
-        self.policy = policy
+        self.policy = OverflowPolicy(policy)
         self.submitted = 0
         self.settled = 0
         self.queued = 0  # events accepted and not yet settled (loop thread only)
@@ -146,10 +147,10 @@ class BackendRunner(Delivery):
         # Only what this backend already holds counts here, never batches the writer
         # handed over after this one (those are in ``submitted`` already).
         if self.queued >= self.backlog_limit:
-            if self.policy == "drop_newest":
+            if self.policy is OverflowPolicy.DROP_NEWEST:
                 self._drop(len(batch))
                 return
-            if self.policy == "drop_oldest":
+            if self.policy is OverflowPolicy.DROP_OLDEST:
                 # Whatever is left is the batch being written: never wait for it.
                 self._drop_oldest_queued(len(batch))
         self.queued += len(batch)
@@ -207,7 +208,7 @@ class Fanout:
         backends: Sequence[tuple[str, Backend]],
         *,
         backlog_limit: int,
-        policy: str,
+        policy: OverflowPolicy | str,
         retry: RetryPolicy,
         deadline: Callable[[], float | None],
     ) -> None:
@@ -258,7 +259,7 @@ class Fanout:
         count = len(batch)
         skip: list[BackendRunner] = []
         for runner in self.runners:
-            if runner.policy == "block" and not self._wait_for_room(runner):
+            if runner.policy is OverflowPolicy.BLOCK and not self._wait_for_room(runner):
                 # Shutting down and this backend is still stalled: give up on it so
                 # the others still get this batch.
                 skip.append(runner)

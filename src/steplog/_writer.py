@@ -40,6 +40,7 @@ from ._arrays import (
 from ._batch import EventBatch
 from ._buffer import LineBuffer
 from ._delivery import DirectRunner, RetryPolicy
+from ._options import DEFAULT_MAX_ARRAY_SIZE
 from ._values import ValueEncoder
 from ._worker import Fanout
 from .backends.base import Backend
@@ -102,7 +103,7 @@ class Writer:
         batch_size: int,
         flush_interval: float,
         snapshot: bool = True,
-        max_array_size: int = 1_000,
+        max_array_size: int = DEFAULT_MAX_ARRAY_SIZE,
         retry: RetryPolicy | None = None,
         durability: str = "thread",
     ) -> None:

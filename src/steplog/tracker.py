@@ -9,7 +9,6 @@ import contextlib
 import dataclasses
 import itertools
 import logging
-import math
 import operator
 import os
 import re
@@ -27,9 +26,21 @@ import orjson
 
 from ._arrays import DEFER_KEY, host_reader
 from ._arrays import snapshot as _snapshot
-from ._buffer import OVERFLOW_POLICIES, LineBuffer, OverflowPolicy
+from ._buffer import LineBuffer
 from ._delivery import RetryPolicy
 from ._names import check_name, new_run_id
+from ._options import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_BUFFER_BYTES,
+    DEFAULT_BUFFER_SIZE,
+    DEFAULT_FLUSH_INTERVAL,
+    DEFAULT_MAX_ARRAY_SIZE,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    OverflowLike,
+    overflow_policy,
+    positive_int,
+    positive_seconds,
+)
 from ._process import active_runs, install_exit_hook, install_sigterm_handler, track_ending
 from ._progress import wait_with_progress, wait_with_progress_async
 from ._redact import DEFAULT_SECRET_KEYS, compile_pattern
@@ -90,14 +101,14 @@ class _TrackerBase:
         *backends: Backend,
         experiment_name: str = DEFAULT_EXPERIMENT_NAME,
         experiment_config: ConfigLike = None,
-        buffer_size: int = 65_536,
-        buffer_bytes: int = 64 * 2**20,
-        batch_size: int = 1_024,
-        flush_interval: float = 0.1,
-        overflow: OverflowPolicy = "block",
-        shutdown_timeout: float = 10.0,
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        overflow: OverflowLike = "block",
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         snapshot: bool = True,
-        max_array_size: int = 1_000,
+        max_array_size: int = DEFAULT_MAX_ARRAY_SIZE,
         handle_sigterm: bool = True,
         redact: str | re.Pattern[str] | None = DEFAULT_SECRET_KEYS,
         retry: RetryPolicy | None = None,
@@ -111,19 +122,12 @@ class _TrackerBase:
                     " (options such as experiment_name are keyword-only)"
                 )
         experiment_config = _config_mapping(experiment_config, "experiment_config")
-        _check_positive_int("buffer_size", buffer_size)
-        _check_positive_int("batch_size", batch_size)
-        _check_positive_int("buffer_bytes", buffer_bytes)
-        if not (isinstance(flush_interval, (int, float)) and 0 < flush_interval < math.inf):
-            raise ValueError(
-                f"flush_interval must be a positive number of seconds, got {flush_interval!r}"
-            )
-        if overflow not in OVERFLOW_POLICIES:
-            raise ValueError(
-                f"overflow must be one of {', '.join(map(repr, OVERFLOW_POLICIES))}, "
-                f"got {overflow!r}"
-            )
-        _check_positive_int("max_array_size", max_array_size)
+        positive_int("buffer_size", buffer_size)
+        positive_int("batch_size", batch_size)
+        positive_int("buffer_bytes", buffer_bytes)
+        flush_interval = positive_seconds("flush_interval", flush_interval)
+        policy = overflow_policy(overflow)
+        positive_int("max_array_size", max_array_size)
         if durability not in DURABILITIES:
             raise ValueError(
                 f"durability must be one of {', '.join(map(repr, DURABILITIES))}, "
@@ -131,19 +135,16 @@ class _TrackerBase:
             )
         if not isinstance(snapshot, bool):
             raise TypeError(f"snapshot must be True or False, not {snapshot!r}")
-        if not (isinstance(shutdown_timeout, (int, float)) and shutdown_timeout > 0):
-            raise ValueError(
-                f"shutdown_timeout must be a positive number, got {shutdown_timeout!r}"
-            )
+        shutdown_timeout = positive_seconds("shutdown_timeout", shutdown_timeout)
         self.backends: list[Backend] = list(backends) or [JsonlBackend()]
         self.experiment_name = check_name(experiment_name, what="experiment_name")
         self.experiment_config: dict[str, Any] = dict(experiment_config or {})
         self.buffer_size = buffer_size
         self.buffer_bytes = buffer_bytes
         self.batch_size = batch_size
-        self.flush_interval = float(flush_interval)
-        self.overflow: OverflowPolicy = overflow
-        self.shutdown_timeout = float(shutdown_timeout)
+        self.flush_interval = flush_interval
+        self.overflow = policy
+        self.shutdown_timeout = shutdown_timeout
         self.snapshot = snapshot
         self.max_array_size = max_array_size
         self._host = host_reader(max_array_size)
@@ -858,11 +859,6 @@ def _copy_mapping(data: Any) -> dict[str, Any]:
         f"log() takes a mapping of names to values (e.g. {{'loss': 0.5}}), "
         f"not {type(data).__name__}"
     )
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _unique_names(backends: list[Backend]) -> list[str]:

@@ -1,8 +1,10 @@
 """Process-level hooks: interpreter exit, SIGTERM and fork.
 
-Trackers with an active run register here; the hooks end those runs when the process
-is about to go away (``"unfinished"`` at exit, ``"terminated"`` on SIGTERM) and reset
-them in a forked child, which inherits the parent's memory but not its worker thread.
+Trackers register here (:func:`watch`) while their run is active; the hooks end those
+runs when the process is about to go away (``"unfinished"`` at exit, ``"failed"`` after
+an uncaught exception, ``"terminated"`` on SIGTERM) and reset them in a forked child,
+which inherits the parent's memory but not its writer thread. Runs whose end is under
+way (:func:`track_ending`) are waited for at exit and hurried on SIGTERM.
 """
 
 from __future__ import annotations
@@ -15,14 +17,37 @@ import sys
 import threading
 import weakref
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["active_runs", "install_exit_hook", "install_sigterm_handler", "track_ending"]
+__all__ = [
+    "Watched",
+    "install_exit_hook",
+    "install_sigterm_handler",
+    "track_ending",
+    "unwatch",
+    "watch",
+]
 
 logger = logging.getLogger("steplog")
 
 
-_trackers: weakref.WeakSet[Any] = weakref.WeakSet()
+class Watched(Protocol):
+    """What the hooks need from a tracker whose run is active (see :func:`watch`)."""
+
+    #: The active run: ``owner`` (the thread that started it) and ``crash`` (the
+    #: exception type that thread died of, set here).
+    _run: Any
+
+    def _end_abruptly(self, status: Any, reason: str) -> None:
+        """End the active run now, bounded by its shutdown timeout (exit, SIGTERM)."""
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child: drop the parent's run (its writer did not come along)."""
+
+
+# Trackers with an active run, held weakly: a tracker dropped with its run active is
+# ended by its own finalizer (see Tracker), not kept alive here.
+_watched: weakref.WeakSet[Any] = weakref.WeakSet()
 _lock = threading.Lock()
 _exit_hook_installed = False
 _sigterm_installed = False
@@ -47,9 +72,15 @@ class Ending:
 _ending: set[Ending] = set()
 
 
-def active_runs() -> weakref.WeakSet[Any]:
-    """The trackers the hooks look after (they add themselves when constructed)."""
-    return _trackers
+def watch(tracker: Watched) -> None:
+    """Look after ``tracker``'s active run at exit, on SIGTERM, after fork and when a
+    thread dies of an exception (until :func:`unwatch`)."""
+    _watched.add(tracker)
+
+
+def unwatch(tracker: Watched) -> None:
+    """Stop looking after ``tracker`` (its run has ended)."""
+    _watched.discard(tracker)
 
 
 def track_ending(writer: Any, future: concurrent.futures.Future[Any], timeout: float) -> None:
@@ -60,7 +91,7 @@ def track_ending(writer: Any, future: concurrent.futures.Future[Any], timeout: f
 
 
 def _end_all(status: str, reason: str) -> None:
-    for tracker in list(_trackers):
+    for tracker in list(_watched):
         try:
             tracker._end_abruptly(*_exit_status(tracker, status, reason))
         except Exception:  # one tracker's failure must not stop the others
@@ -118,7 +149,7 @@ def _install_excepthooks() -> None:
     def thread_excepthook(args: Any) -> None:
         thread = args.thread
         if thread is not None and args.exc_type is not SystemExit:
-            for tracker in list(_trackers):
+            for tracker in list(_watched):
                 run = getattr(tracker, "_run", None)
                 if run is not None and run.owner == thread.ident:
                     run.crash = args.exc_type
@@ -242,7 +273,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def _after_fork_in_child() -> None:
     # The child has copies of the parent's trackers but no worker thread: forget the
     # parent's runs so the child never writes into the parent's files.
-    for tracker in list(_trackers):
+    for tracker in list(_watched):
         tracker._forget_after_fork()
 
 

@@ -41,7 +41,7 @@ from ._options import (
     positive_int,
     positive_seconds,
 )
-from ._process import active_runs, install_exit_hook, install_sigterm_handler, track_ending
+from ._process import install_exit_hook, install_sigterm_handler, track_ending, unwatch, watch
 from ._progress import wait_with_progress, wait_with_progress_async
 from ._redact import DEFAULT_SECRET_KEYS, compile_pattern
 from ._redact import redact as _redact
@@ -171,7 +171,6 @@ class _TrackerBase:
         self.durability: Durability = durability
         self._forked = False
         self._orphan_hook: weakref.finalize[Any, Any] | None = None
-        active_runs().add(self)
 
     def __repr__(self) -> str:
         state = f"active run {self._run.info.run_id!r}" if self._run else "inactive"
@@ -351,6 +350,7 @@ class _TrackerBase:
     def _forget_after_fork(self) -> None:
         """In a forked child: drop the parent's run (its worker did not come along)."""
         self._detach_orphan_hook()
+        unwatch(self)
         if self._run is not None:
             self._forked = True
             self._run.worker.forget_after_fork()
@@ -431,6 +431,7 @@ class _TrackerBase:
             self.experiment_name,
         )
         self._orphan_hook.atexit = False  # the exit hook ends active runs itself
+        watch(self)
         install_exit_hook()
         if self.handle_sigterm:
             install_sigterm_handler()
@@ -450,6 +451,7 @@ class _TrackerBase:
             self._buffer = None
             self._run = None
             self._detach_orphan_hook()
+            unwatch(self)
         merged = _redact({**self.summary, **(summary or {})}, self.redact)
         future = run.worker.stop(status, merged, timeout)
         # Until its end is written, exit waits for this run and SIGTERM can hurry it.

@@ -96,11 +96,6 @@ class JsonlBackend(Backend):
         """Values of the current run not stored as themselves (repr, markers, str keys)."""
         return self._encoder.fallbacks
 
-    @property
-    def writes_inline(self) -> bool:
-        """Whether batches are currently written straight from the event loop."""
-        return self._inline
-
     def _direct_sink(self) -> _FileSink | None:
         if _overrides(self, JsonlBackend, "open", "write", "close"):
             return None

@@ -605,3 +605,40 @@ def test_async_finish_shows_progress_without_blocking_the_event_loop():
     assert code == 0, terminal
     assert out.strip() == "delivered 4000 loop alive True"
     assert re.search(r"steplog: writing [\d,]+ events to slow", terminal), terminal
+
+
+# ── run ids ───────────────────────────────────────────────────────────────────────────
+
+
+def test_run_ids_created_in_the_same_second_sort_by_start_time():
+    """Ids made in quick succession (same second) sort in creation order and stay
+    valid single path components."""
+    from steplog._names import check_name, new_run_id
+
+    ids = [new_run_id() for _ in range(200)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 200
+    for run_id in ids[:3]:
+        assert check_name(run_id, what="run id") == run_id
+
+
+def test_ls_sorts_old_and_new_run_ids_alike_by_run_and_by_start(tmp_path):
+    """Runs started the same second list in start order by --sort run as by --sort
+    start, also next to files with ids in the older format (no sub-second part)."""
+    root = tmp_path / "runs"
+    paths = [write_run(root, "fast", {}, [{"loss": float(i)}]) for i in range(6)]
+    # An older-format id from an earlier second: still listed, resolved and sorted.
+    old = paths[0].read_bytes().split(b"\n")
+    start = json.loads(old[0])
+    start["run_id"] = "20200101-000000-99999-abcdef"
+    start["start_time"] -= 3600
+    (root / "fast" / "20200101-000000-99999-abcdef.jsonl").write_bytes(
+        b"\n".join([json.dumps(start).encode(), *old[1:]])
+    )
+    by_run = run_cli("ls", str(root), "--sort", "run", "--json")
+    by_start = run_cli("ls", str(root), "--sort", "start", "--json")
+    ids = [json.loads(line)["run_id"] for line in by_run.stdout.splitlines()]
+    assert ids == [json.loads(line)["run_id"] for line in by_start.stdout.splitlines()]
+    assert ids == ["20200101-000000-99999-abcdef", *(p.stem for p in paths)]
+    shown = run_cli("show", "20200101-000000", "--root", str(root), "--json")
+    assert json.loads(shown.stdout)["run_id"] == "20200101-000000-99999-abcdef"

@@ -32,10 +32,24 @@ def check_name(value: str, *, what: str) -> str:
     return value
 
 
-def new_run_id() -> str:
-    """Return a new run id: UTC start time, process id and random suffix.
+_last_micros = 0
 
-    Ids sort by start time and differ between processes that start the same second.
+
+def new_run_id() -> str:
+    """Return a new run id: UTC start time to the microsecond, process id, random suffix.
+
+    ``20261126-101500-123456-4242-a1b2c3``. Ids sort by start time, also when runs start
+    within the same second; ids from one process strictly increase, and ids of
+    processes starting in the same microsecond still differ. (Earlier versions wrote
+    ``20261126-101500-4242-a1b2c3``, without the microseconds: such ids sort among the
+    newer ones by their second, and are read like any other.)
     """
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    return f"{stamp}-{os.getpid()}-{secrets.token_hex(3)}"
+    global _last_micros
+    # Strictly increasing within the process even when the clock does not tick between
+    # two calls (or steps back). Two threads racing here can at worst share a
+    # microsecond: their ids still differ by the random suffix.
+    micros = max(time.time_ns() // 1000, _last_micros + 1)
+    _last_micros = micros
+    seconds, fraction = divmod(micros, 1_000_000)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(seconds))
+    return f"{stamp}-{fraction:06d}-{os.getpid()}-{secrets.token_hex(3)}"

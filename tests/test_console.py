@@ -46,7 +46,7 @@ def test_keys_missing_from_the_latest_event_show_their_last_value():
 
 
 def test_every_zero_prints_each_batch():
-    """every=0 disables throttling (one line per batch)."""
+    """every=0 disables throttling (a line for each event flushed on its own)."""
     out = io.StringIO()
     tracker = steplog.Tracker(steplog.ConsoleBackend(every=0, file=out))
     tracker.init()
@@ -86,3 +86,28 @@ def test_bad_arguments_raise():
         steplog.ConsoleBackend(keys="loss")
     with pytest.raises(ValueError, match="every"):
         steplog.ConsoleBackend(every=-1)
+
+
+def test_every_zero_prints_every_event_of_a_batch():
+    """every=0 prints one line per event, also when many events arrive in one batch."""
+    out = io.StringIO()
+    tracker = steplog.Tracker(
+        steplog.ConsoleBackend(keys=["loss"], every=0, file=out), batch_size=1000
+    )
+    tracker.init()
+    for i in range(500):
+        tracker.log({"loss": float(i)})
+    tracker.finish()
+    steps = [line.split()[2] for line in out.getvalue().splitlines() if " step " in line]
+    assert steps == [str(i) for i in range(500)]
+    assert out.getvalue().splitlines()[-1].endswith("finished after 500 steps")
+
+
+def test_one_step_is_singular():
+    """The final line says 'after 1 step', not '1 steps'."""
+    out = io.StringIO()
+    tracker = steplog.Tracker(steplog.ConsoleBackend(file=out))
+    tracker.init()
+    tracker.log({"loss": 1.0})
+    tracker.finish()
+    assert out.getvalue().splitlines()[-1].endswith("finished after 1 step")

@@ -24,7 +24,8 @@ class ConsoleBackend(Backend):
     Args:
         keys: Keys to print, in this order. ``None`` prints every key of the latest
             event (up to ``max_keys``).
-        every: Minimum number of seconds between two printed lines.
+        every: Minimum number of seconds between two printed lines; ``0`` prints a line
+            for every event.
         file: Stream to print to; defaults to ``sys.stdout`` at the time of printing.
         max_keys: With ``keys=None``, print at most this many keys per line.
     """
@@ -64,10 +65,17 @@ class ConsoleBackend(Backend):
         self._print(f"{self._prefix} run {run.run_id} started")
 
     async def write(self, events: Sequence[Event]) -> None:
-        """Print the latest values if ``every`` seconds passed since the last line."""
+        """Print the latest values if ``every`` seconds passed since the last line (with
+        ``every=0``, every event)."""
         if not events:
             return
         self._steps += len(events)
+        if self.every == 0:
+            for event in events:
+                self._remember((event,))
+                self._print_event(event)
+            self._pending = None
+            return
         self._remember(events)
         now = time.monotonic()
         if now - self._last_print >= self.every:
@@ -82,7 +90,8 @@ class ConsoleBackend(Backend):
         if self._pending is not None:
             self._print_event(self._pending)
             self._pending = None
-        line = f"{self._prefix} run {end.run_id} {end.status} after {self._steps} steps"
+        steps = f"{self._steps} step{'' if self._steps == 1 else 's'}"
+        line = f"{self._prefix} run {end.run_id} {end.status} after {steps}"
         if end.summary:
             line += "  " + _format_items(end.summary.items())
         self._print(line)

@@ -407,11 +407,12 @@ def test_plot_overlays_runs_and_writes_a_png_of_the_requested_size(runs, tmp_pat
 def test_plot_downsamples_large_runs_and_keeps_spikes(tmp_path):
     """A run with more points than --max-points is drawn from bucket min/mean/max."""
     from steplog._plot import downsample, load_series
+    from steplog._runfiles import open_run
 
     steps = [{"loss": 1.0} for _ in range(20_000)]
     steps[12_345] = {"loss": 50.0}
     path = write_run(tmp_path / "runs", "spiky", {}, steps)
-    series = load_series(path, ["loss"])["loss"]
+    series = load_series(open_run(path), ["loss"])["loss"]
     assert len(series.y) == 20_000
     x, mean, low, high = downsample(series.x, series.y, 100)
     assert len(x) == len(mean) == len(low) == len(high) == 100
@@ -424,10 +425,15 @@ def test_plot_downsamples_large_runs_and_keeps_spikes(tmp_path):
 
 
 def test_plot_failures_exit_1_with_a_reason(runs, tmp_path):
-    result = run_cli("plot", str(runs["a"]), "-k", "nope", "-o", str(tmp_path / "x.png"))
+    """A key with nothing to draw (text only) is exit 1 saying why; a key the run does
+    not have is a usage error (exit 2) naming the keys with numbers."""
+    result = run_cli("plot", str(runs["a"]), "-k", "trigger", "-o", str(tmp_path / "x.png"))
     assert result.returncode == 1
-    assert "no numeric values for nope" in result.stderr
-    assert "acc, loss" in result.stderr
+    assert "'trigger' holds text" in result.stderr
+    assert not (tmp_path / "x.png").exists()
+    unknown = run_cli("plot", str(runs["a"]), "-k", "nope", "-o", str(tmp_path / "x.png"))
+    assert unknown.returncode == 2
+    assert "'nope'" in unknown.stderr and "acc, loss" in unknown.stderr
     assert not (tmp_path / "x.png").exists()
     usage = run_cli("plot", str(runs["a"]), "--size", "big")
     assert usage.returncode == 2
@@ -605,6 +611,347 @@ def test_async_finish_shows_progress_without_blocking_the_event_loop():
     assert code == 0, terminal
     assert out.strip() == "delivered 4000 loop alive True"
     assert re.search(r"steplog: writing [\d,]+ events to slow", terminal), terminal
+
+
+# ── corrupt lines: skipped with a warning; a torn last line is silent ────────────────
+
+
+def corrupt_middle(path: Path) -> int:
+    """Replace a step line in the middle of ``path`` with garbage; its line number."""
+    lines = path.read_bytes().split(b"\n")
+    number = len(lines) // 2
+    assert json.loads(lines[number - 1])["step"] >= 0  # a step record
+    lines[number - 1] = b'{"step": 4, "time": 1.0, "da\x00garbage'
+    path.write_bytes(b"\n".join(lines))
+    return number
+
+
+READERS = {
+    "show": ["show", "{path}"],
+    "show --json": ["show", "{path}", "--json"],
+    "tail": ["tail", "{path}", "-n", "1000"],
+    "export": ["export", "{path}", "-o", "{tmp}/out.csv"],
+    "compare": ["compare", "{path}", "{path}"],
+    "plot": ["plot", "{path}", "-o", "{tmp}/out.png"],
+    "replay": ["replay", "{path}", "--jsonl", "{tmp}/copy"],
+}
+
+
+@pytest.mark.parametrize("command", list(READERS))
+def test_a_corrupt_line_mid_file_is_skipped_with_a_warning_naming_it(command, runs, tmp_path):
+    """Commands that read step records skip a corrupt mid-file line, exit 0, and say so
+    on stderr with the count and line number (read_run raises on the same file)."""
+    path = runs["a"]
+    number = corrupt_middle(path)
+    with pytest.raises(steplog.RunFileError, match=f":{number}: corrupt"):
+        steplog.read_run(path)
+    args = [a.format(path=path, tmp=tmp_path) for a in READERS[command]]
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert f"skipped 1 corrupt line (line {number}) in {path}" in result.stderr
+    assert "Traceback" not in result.stderr
+    if command == "show --json":
+        assert json.loads(result.stdout)["records"] == 99
+    if command == "export":
+        assert "99 rows" in result.stdout
+    if command == "replay":
+        assert "jsonl 99 delivered" in result.stdout
+
+
+def test_two_corrupt_lines_are_counted_and_listed(runs, tmp_path):
+    """The warning gives the count and every line number (plural form)."""
+    path = runs["a"]
+    lines = path.read_bytes().split(b"\n")
+    lines[10] = b"not json"
+    lines[20] = b'{"step": "x", "time": 1.0, "data": {}}'  # valid JSON, not a step record
+    path.write_bytes(b"\n".join(lines))
+    result = run_cli("show", str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    assert f"skipped 2 corrupt lines (lines 11, 21) in {path}" in result.stderr
+    assert json.loads(result.stdout)["records"] == 98
+
+
+@pytest.mark.parametrize("command", [c for c in READERS if c != "replay"])
+def test_a_torn_last_line_is_silent(command, runs, tmp_path):
+    """A killed writer's half-written last line is normal: nothing on stderr."""
+    args = [a.format(path=runs["torn"], tmp=tmp_path) for a in READERS[command]]
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+# ── tail -f: a dead writer, and --json output that stays JSON ────────────────────────
+
+DYING_WRITER = textwrap.dedent(
+    """
+    import json, os, socket, sys, time
+    path = sys.argv[1]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    start = {"type": "run_start", "schema": 1, "run_id": "doomed", "experiment": "x",
+             "start_time": time.time(), "pid": os.getpid(), "host": socket.gethostname(),
+             "config": {}}
+    os.write(fd, (json.dumps(start) + "\\n").encode())
+    for step in range(5):
+        line = json.dumps({"step": step, "time": time.time(), "data": {"loss": step / 10}})
+        os.write(fd, (line + "\\n").encode())
+    os.write(fd, b'{"step": 5, "ti')  # killed mid-line, as a real writer would be
+    print("ready", flush=True)
+    time.sleep(600)
+    """
+)
+
+
+@pytest.mark.parametrize("json_mode", [False, True], ids=["text", "json"])
+def test_tail_follow_stops_when_the_writer_is_killed(tmp_path, json_mode):
+    """tail -f of a run whose writer dies without a run end stops (exit 1) and says the
+    writer is gone, instead of waiting forever; with --json, stdout stays pure JSON."""
+    path = tmp_path / "doomed.jsonl"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", DYING_WRITER, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    follower = None
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == "ready\n"
+        extra = ["--json"] if json_mode else []
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "steplog", "tail", "-f", str(path), "--interval", "0.05",
+             *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(1.0)
+        assert follower.poll() is None  # the writer is alive: keep following
+        writer.kill()
+        writer.wait(timeout=30)
+        killed_at = time.monotonic()
+        out, err = follower.communicate(timeout=60)
+        waited = time.monotonic() - killed_at
+    finally:
+        writer.kill()
+        writer.wait(timeout=30)
+        assert writer.stdout is not None
+        writer.stdout.close()
+        if follower is not None and follower.poll() is None:
+            follower.kill()
+            follower.wait(timeout=30)
+    assert follower.returncode == 1, (out, err)
+    assert "is gone" in err and "incomplete" in err
+    assert waited < 15
+    lines = out.splitlines()
+    assert len(lines) == 5
+    if json_mode:
+        assert [json.loads(line)["step"] for line in lines] == list(range(5))
+    else:
+        assert [int(line.split()[0]) for line in lines] == list(range(5))
+
+
+def test_tail_follow_of_a_dead_writers_run_stops_at_once(runs):
+    """A run ls calls incomplete (writer not alive on this host) ends tail -f at once."""
+    started = time.monotonic()
+    result = run_cli("tail", "-f", str(runs["torn"]), "-n", "2")
+    assert time.monotonic() - started < 30
+    assert result.returncode == 1
+    assert "is gone" in result.stderr
+    assert [line.split()[0] for line in result.stdout.splitlines()] == ["18", "19"]
+
+
+def test_tail_follow_json_keeps_stdout_pure_json(runs):
+    """tail -f --json: every stdout line is a JSON step record (for | jq); the
+    run-ended notice goes to stderr."""
+    result = run_cli("tail", "-f", "--json", str(runs["c"]), "-n", "3")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["step"] for r in records] == [2, 3, 4]
+    assert "run ended: finished" in result.stderr
+
+
+# ── replay: a backend that cannot open is one line on stderr, exit 1 ─────────────────
+
+
+def replay_target(kind: str, tmp_path: Path) -> list[str]:
+    if kind == "mlflow":
+        return ["--mlflow", "http://127.0.0.1:9"]  # discard port: nothing listens
+    if kind == "tensorboard":
+        pytest.importorskip("tensorboard", reason="the TensorBoard backend needs tensorboard")
+        return ["--tensorboard", "/dev/null/tb"]
+    afile = tmp_path / "a-file"
+    afile.write_text("not a directory\n")
+    return ["--jsonl", str(afile)]
+
+
+@pytest.mark.parametrize("kind", ["mlflow", "tensorboard", "jsonl"])
+def test_replay_into_a_backend_that_cannot_open_is_one_line_exit_1(kind, runs, tmp_path):
+    """An unreachable MLflow, a TensorBoard dir under /dev/null, a JSONL root that is a
+    file: exit 1 with one line naming the backend, no traceback."""
+    result = run_cli("replay", str(runs["c"]), *replay_target(kind, tmp_path))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"steplog replay: could not open backend {kind!r}")
+
+
+# ── live files: every figure describes one snapshot ──────────────────────────────────
+
+APPENDER = textwrap.dedent(
+    """
+    import os, sys, time
+    path, first = sys.argv[1], int(sys.argv[2])
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    step = first
+    deadline = time.monotonic() + 60
+    print("go", flush=True)
+    while time.monotonic() < deadline:
+        batch = "".join(
+            f'{{"step":{s},"time":{s * 0.001},"data":{{"i":{s},"loss":0.5}}}}\\n'
+            for s in range(step, step + 500)
+        ).encode()
+        step += 500
+        cut = len(batch) - 17  # leave the last line half written for a moment
+        os.write(fd, batch[:cut])
+        time.sleep(0.001)
+        os.write(fd, batch[cut:])
+        time.sleep(0.004)  # about 100 000 steps a second
+    """
+)
+
+
+@pytest.fixture
+def live_run(tmp_path):
+    """A run file with 300 000 steps that another process keeps appending to."""
+    path = tmp_path / "live.jsonl"
+    start = {"type": "run_start", "schema": 1, "run_id": "live", "experiment": "x",
+             "start_time": 0.0, "pid": os.getpid(), "host": "elsewhere", "config": {}}  # fmt: skip
+    first = 300_000
+    body = "".join(
+        f'{{"step":{s},"time":{s * 0.001},"data":{{"i":{s},"loss":0.5}}}}\n' for s in range(first)
+    )
+    path.write_text(json.dumps(start) + "\n" + body)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", APPENDER, str(path), str(first)], stdout=subprocess.PIPE, text=True
+    )
+    assert writer.stdout is not None and writer.stdout.readline() == "go\n"
+    time.sleep(0.2)
+    yield path
+    writer.kill()
+    writer.wait(timeout=30)
+    writer.stdout.close()
+
+
+def test_show_of_a_growing_file_describes_one_snapshot(live_run):
+    """show while another process appends: record count, last step and per-key
+    statistics all describe the same records."""
+    for _ in range(2):
+        result = run_cli("show", str(live_run), "--json")
+        assert result.returncode == 0, result.stderr
+        shown = json.loads(result.stdout)
+        records = shown["records"]
+        assert records > 300_000
+        assert shown["steps"] == records  # steps 0 .. records - 1
+        assert shown["metrics"]["i"]["count"] == records
+        assert shown["metrics"]["i"]["last"] == records - 1
+        assert shown["metrics"]["i"]["max"] == records - 1
+        text = run_cli("show", str(live_run)).stdout
+        match = re.search(r"([\d,]+) step records\s+·\s+last step (\d+)", text)
+        assert match, text
+        assert int(match.group(1).replace(",", "")) == int(match.group(2)) + 1
+
+
+def test_export_of_a_growing_file_writes_the_rows_it_announces(live_run, tmp_path):
+    """export while another process appends: the row count printed is the number of
+    rows written, and they are the steps 0 .. count - 1."""
+    out = tmp_path / "live.csv"
+    result = run_cli("export", str(live_run), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    match = re.search(r"\(([\d,]+) rows, 4 columns\)", result.stdout)
+    assert match, result.stdout
+    announced = int(match.group(1).replace(",", ""))
+    with open(out, newline="") as f:
+        steps = [int(row["step"]) for row in csv.DictReader(f)]
+    assert len(steps) == announced
+    assert steps == list(range(announced))
+
+
+# ── usage: --root for ls, the subcommand's usage, unknown keys, bad numbers ──────────
+
+
+def test_ls_takes_root_as_an_option_like_the_other_commands(runs, monkeypatch):
+    """`steplog ls --root DIR` lists DIR, as `ls DIR` does; naming two roots is a usage
+    error."""
+    by_option = run_cli("ls", "--root", str(runs["root"]), "--json")
+    assert by_option.returncode == 0, by_option.stderr
+    assert len(by_option.stdout.splitlines()) == 4
+    assert by_option.stdout == run_cli("ls", str(runs["root"]), "--json").stdout
+    both = run_cli("ls", str(runs["root"]), "--root", str(runs["root"] / "other"))
+    assert both.returncode == 2
+    assert "usage: steplog ls" in both.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["tail", "{a}", "-n", "-1"], "-n must be 0 or more"),
+        (["tail", "{a}", "--interval", "0"], "--interval"),
+        (["ls", "{root}", "-n", "-1"], "-n must be 0 or more"),
+        (["plot", "{a}", "--smooth", "-5"], "--smooth"),
+        (["plot", "{a}", "--size", "0x0"], "--size"),
+        (["plot", "{a}", "--size", "8xnan"], "--size"),
+        (["plot", "{a}", "--dpi", "0"], "--dpi"),
+        (["demo", "--steps", "0"], "--steps"),
+    ],
+)
+def test_bad_values_are_usage_errors_with_the_subcommands_usage(args, message, runs, tmp_path):
+    """A bad number is exit 2 with a message naming the option, after the usage line of
+    the subcommand (not of `steplog` itself)."""
+    argv = [a.format(a=runs["a"], root=runs["root"]) for a in args]
+    result = run_cli(*argv, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"usage: steplog {argv[0]} ")
+    assert message in result.stderr
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_unknown_keys_are_usage_errors_naming_the_keys_that_exist(runs):
+    """tail -k, compare -k/--max and plot -k with a key the run does not have: exit 2,
+    naming the key and the keys there are."""
+    tail = run_cli("tail", str(runs["a"]), "-k", "typo")
+    assert tail.returncode == 2
+    assert "'typo'" in tail.stderr and "acc, loss, trigger" in tail.stderr
+    compare = run_cli("compare", str(runs["a"]), str(runs["nan"]), "--max", "typo")
+    assert compare.returncode == 2
+    assert "'typo'" in compare.stderr and "acc, grad.norm, loss" in compare.stderr
+    compare_k = run_cli("compare", str(runs["a"]), str(runs["nan"]), "-k", "los")
+    assert compare_k.returncode == 2 and "'los'" in compare_k.stderr
+    plot = run_cli("plot", str(runs["a"]), "-k", "loss", "-k", "typo", "-o", "x.png")
+    assert plot.returncode == 2
+    assert "'typo'" in plot.stderr and "acc, loss" in plot.stderr
+    nested = run_cli("tail", str(runs["nan"]), "-n", "1", "-k", "grad.norm")
+    assert nested.returncode == 0, nested.stderr
+    assert nested.stdout.splitlines()[1].split() == ["49", "49"]
+
+
+def test_counts_of_one_are_singular(tmp_path):
+    """'1 step record', '1 row' — not '1 step records'."""
+    path = write_run(tmp_path / "runs", "one", {}, [{"loss": 1.0}])
+    show = run_cli("show", str(path))
+    assert re.search(r"\b1 step record\s+·", show.stdout), show.stdout
+    export = run_cli("export", str(path), "-o", str(tmp_path / "one.csv"))
+    assert "(1 row, 3 columns)" in export.stdout
+
+
+def test_plot_of_a_key_holding_lists_says_so_and_fails(tmp_path):
+    """A key whose values are vectors cannot be drawn: exit 1 saying it holds lists,
+    no image, instead of an empty panel and exit 0."""
+    path = write_run(
+        tmp_path / "runs",
+        "vec",
+        {},
+        [{"loss": 1.0 / (i + 1), "emb": [i, i + 1]} for i in range(20)],
+    )
+    out = tmp_path / "vec.png"
+    result = run_cli("plot", str(path), "-k", "loss", "-k", "emb", "-o", str(out))
+    assert result.returncode == 1
+    assert "'emb' holds lists" in result.stderr
+    assert not out.exists()
 
 
 # ── run ids ───────────────────────────────────────────────────────────────────────────

@@ -1,7 +1,8 @@
 """``steplog export``: one row per step, one column per key, as CSV or Parquet.
 
-Two streaming passes over the run file: the first finds the columns and their types,
-the second writes rows, so memory stays flat however long the run.
+Two streaming passes over a snapshot of the run file: the first finds the columns and
+their types, the second writes rows, so memory stays flat however long the run, and
+both passes see the same records while another process appends to the file.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import IO, Any
 import orjson
 
 from ._extras import require
-from ._runfiles import flat_data, iter_steps
+from ._runfiles import RunSnapshot, flat_data, iter_steps
 
 __all__ = ["FORMATS", "export"]
 
@@ -44,19 +45,17 @@ def _merge(old: str | None, new: str) -> str:
 
 
 def scan_columns(
-    path: Path, progress: Callable[[int], None] | None = None
-) -> tuple[dict[str, str], int]:
-    """Columns in first-seen order with their type, and the number of step records."""
+    snapshot: RunSnapshot, progress: Callable[[int], None] | None = None
+) -> dict[str, str]:
+    """Columns in first-seen order with their type."""
     kinds: dict[str, str] = {}
-    rows = 0
-    for record in iter_steps(path, progress):
-        rows += 1
+    for record in iter_steps(snapshot, progress):
         for key, value in flat_data(record["data"]).items():
             if value is not None:
                 kinds[key] = _merge(kinds.get(key), _kind(value))
             else:
                 kinds.setdefault(key, "str")
-    return kinds, rows
+    return kinds
 
 
 def _text(value: Any) -> str:
@@ -69,23 +68,27 @@ def _text(value: Any) -> str:
 
 
 def export(
-    path: Path,
+    snapshot: RunSnapshot,
     out: Path | None,
     fmt: str,
     progress_factory: Callable[[int, str], Any] | None = None,
 ) -> tuple[int, int]:
-    """Write ``path`` as ``fmt`` to ``out`` (``None``: stdout, CSV only); (rows, columns)."""
-    size = path.stat().st_size
+    """Write the snapshot as ``fmt`` to ``out`` (``None``: stdout, CSV only).
+
+    Returns:
+        The rows written and the number of columns.
+    """
     if fmt == "parquet":
         require("pyarrow.parquet", "parquet", "steplog export --format parquet")
-    with _maybe_bar(progress_factory, 2 * size, f"export {path.name}") as update:
-        kinds, rows = scan_columns(path, update)
+    size = snapshot.end - snapshot.body
+    with _maybe_bar(progress_factory, 2 * size, f"export {snapshot.path.name}") as update:
+        kinds = scan_columns(snapshot, update)
         columns = list(kinds)
         if fmt == "csv":
-            _write_csv(path, out, columns, kinds, update)
+            rows = _write_csv(snapshot, out, columns, kinds, update)
         else:
             assert out is not None
-            _write_parquet(path, out, columns, kinds, update)
+            rows = _write_parquet(snapshot, out, columns, kinds, update)
     return rows, len(columns) + 2
 
 
@@ -102,18 +105,20 @@ class _maybe_bar:
 
 
 def _write_csv(
-    path: Path,
+    snapshot: RunSnapshot,
     out: Path | None,
     columns: list[str],
     kinds: dict[str, str],
     progress: Callable[[int], None] | None,
-) -> None:
+) -> int:
     text_columns = [c for c in columns if kinds[c] == "str"]
     handle: IO[str] = sys.stdout if out is None else open(out, "w", newline="")  # noqa: SIM115
+    rows = 0
     try:
         writer = csv.writer(handle)
         writer.writerow(["step", "time", *columns])
-        for record in iter_steps(path, progress):
+        for record in iter_steps(snapshot, progress):
+            rows += 1
             data = flat_data(record["data"])
             for column in text_columns:
                 value = data.get(column)
@@ -125,6 +130,7 @@ def _write_csv(
     finally:
         if out is not None:
             handle.close()
+    return rows
 
 
 def _cell(value: Any) -> Any:
@@ -136,12 +142,12 @@ def _cell(value: Any) -> Any:
 
 
 def _write_parquet(
-    path: Path,
+    snapshot: RunSnapshot,
     out: Path,
     columns: list[str],
     kinds: dict[str, str],
     progress: Callable[[int], None] | None,
-) -> None:
+) -> int:
     pa: Any = require("pyarrow", "parquet", "steplog export --format parquet")
     pq: Any = require("pyarrow.parquet", "parquet", "steplog export --format parquet")
 
@@ -164,9 +170,11 @@ def _write_parquet(
         arrays = [pa.array(b, type=schema.field(i).type) for i, b in enumerate(buffers)]
         writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
 
+    rows = 0
     with pq.ParquetWriter(out, schema) as writer:
         buffers: list[list[Any]] = [[] for _ in names]
-        for record in iter_steps(path, progress):
+        for record in iter_steps(snapshot, progress):
+            rows += 1
             data = flat_data(record["data"])
             values = [record["step"], record["time"], *(data.get(c) for c in columns)]
             for buffer, fn, value in zip(buffers, convert, values, strict=True):
@@ -176,3 +184,4 @@ def _write_parquet(
                 buffers = [[] for _ in names]
         if buffers[0] or not columns:
             flush(buffers, writer)
+    return rows

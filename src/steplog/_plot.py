@@ -13,11 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from ._extras import require
-from ._runfiles import iter_lines, parse_line
-from ._values import decode
+from ._runfiles import RunSnapshot, iter_steps
 
 __all__ = ["Series", "downsample", "load_series", "plot", "smooth"]
 
@@ -34,43 +31,33 @@ class Series:
     y: Any
     nonfinite: int = 0  # NaN / ±inf values, not drawn
     non_numeric: int = 0  # strings, lists, … under the key, not drawn
+    lists: int = 0  # how many of the non-numeric values are lists (vectors)
+
+    @property
+    def found(self) -> bool:
+        """Whether the key holds a value at any step."""
+        return bool(len(self.y) or self.nonfinite or self.non_numeric)
 
 
 def load_series(
-    path: Path,
+    snapshot: RunSnapshot,
     keys: Sequence[str],
     x_axis: str = "step",
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Series]:
-    """Read ``keys`` from a run file in one streaming pass."""
+    """Read ``keys`` from a run snapshot in one streaming pass."""
     np = _numpy()
     xs = {k: array("d") for k in keys}
     ys = {k: array("d") for k in keys}
     nonfinite = dict.fromkeys(keys, 0)
     non_numeric = dict.fromkeys(keys, 0)
-    start: float | None = None
+    lists = dict.fromkeys(keys, 0)
+    start = float(snapshot.start["start_time"])
     lookups = [(k, "." not in k) for k in keys]
     by_step = x_axis == "step"
-    loads = orjson.loads
-    for line in iter_lines(path, progress):
-        if start is None:
-            record = parse_line(line)
-            if record is None or record.get("type") != "run_start":
-                raise ValueError(f"{path}: not a steplog run file")
-            start = float(record["start_time"])
-            continue
-        if line.startswith(b'{"type"'):
-            continue
-        # The hot loop of a 10-million-line run: orjson straight on the line, the
-        # decoding walk only for lines with tagged values (NaN, ±inf, big ints).
-        try:
-            record = loads(line)
-            if b'"$' in line:
-                record = decode(record)
-            data = record["data"]
-            x = record["step"] if by_step else record["time"] - start
-        except (ValueError, KeyError, TypeError):
-            continue  # not a step record
+    for record in iter_steps(snapshot, progress):
+        data = record["data"]
+        x = record["step"] if by_step else record["time"] - start
         for key, flat in lookups:
             value = data.get(key) if flat else _lookup(data, key)
             if value is None:
@@ -79,6 +66,8 @@ def load_series(
             if kind is not float and kind is not int:
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     non_numeric[key] += 1
+                    if isinstance(value, list):
+                        lists[key] += 1
                     continue
                 value = float(value)
             if value - value != 0:  # NaN or ±inf
@@ -86,17 +75,20 @@ def load_series(
                 continue
             xs[key].append(x)
             ys[key].append(value)
-    if start is None:
-        raise ValueError(f"{path}: empty file, not a steplog run")
     return {
         k: Series(
             np.frombuffer(xs[k], dtype=np.float64),
             np.frombuffer(ys[k], dtype=np.float64),
             nonfinite[k],
             non_numeric[k],
+            lists[k],
         )
         for k in keys
     }
+
+
+def _values(count: int, kind: str) -> str:
+    return f"{count:,} {kind} value{'' if count == 1 else 's'}"
 
 
 def _lookup(data: dict[str, Any], key: str) -> Any:
@@ -166,9 +158,9 @@ def plot(
             s = series[key]
             color = colors[index % len(colors)]
             if s.nonfinite:
-                notes.append(f"{label}: {s.nonfinite:,} non-finite {key} values not drawn")
+                notes.append(f"{label}: {_values(s.nonfinite, f'non-finite {key}')} not drawn")
             if s.non_numeric:
-                notes.append(f"{label}: {s.non_numeric:,} non-numeric {key} values not drawn")
+                notes.append(f"{label}: {_values(s.non_numeric, f'non-numeric {key}')} not drawn")
             if len(s.y) == 0:
                 notes.append(f"{label}: no numeric {key!r} values")
                 continue

@@ -1,10 +1,19 @@
 """Finding run files and reading them fast: headers from the first and last lines,
 step records as a stream (for files too large to load at once, or still being written).
+
+Every reader works on a :class:`RunSnapshot`: the file up to the end of its last
+complete line when the command opened it. A command that reads a file several times
+(the header, then every record; export's two passes) so describes one set of records
+while another process keeps appending. The rule for damaged lines, shared by the
+commands: a corrupt line before the end of the snapshot is skipped and its number
+collected (the command warns about it); a torn last line — the writer killed mid-line,
+or still writing — is left out silently. ``read_run`` raises for the first kind.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import os
 import socket
@@ -17,18 +26,26 @@ import orjson
 from ._values import decode
 
 __all__ = [
+    "CorruptLineError",
     "MetricStats",
     "RunHeader",
     "RunNotFoundError",
+    "RunSnapshot",
+    "StepScan",
+    "WriterState",
     "find_runs",
     "flat_data",
     "iter_lines",
     "iter_steps",
     "last_steps",
+    "line_number",
     "metric_stats",
+    "open_run",
     "parse_line",
+    "parse_record",
     "read_header",
     "resolve_run",
+    "writer_state",
 ]
 
 TAIL_BYTES = 64 * 1024
@@ -53,6 +70,135 @@ def parse_line(line: bytes) -> dict[str, Any] | None:
     return record
 
 
+class CorruptLineError(ValueError):
+    """Raised by :func:`parse_record` for a line that is not a valid record."""
+
+
+def parse_record(line: bytes) -> dict[str, Any] | None:
+    """Decode one line of a run file: its record, or ``None`` for a blank line.
+
+    Raises:
+        CorruptLineError: The line is not a JSON object, or is a step record (no
+            ``type``) without an integer ``step``, a numeric ``time`` and an object
+            ``data`` — the checks ``read_run`` makes.
+    """
+    if not line.strip():
+        return None
+    record = parse_line(line)
+    if record is None:
+        raise CorruptLineError("not a JSON object")
+    if "type" not in record and not _is_step(record):
+        raise CorruptLineError("not a step record")
+    return record
+
+
+def _is_step(record: dict[str, Any]) -> bool:
+    return (
+        type(record.get("step")) is int
+        and isinstance(record.get("time"), (int, float))
+        and type(record.get("data")) is dict
+    )
+
+
+@dataclasses.dataclass(slots=True)
+class RunSnapshot:
+    """A run file as it stood when a command opened it (see the module docstring).
+
+    Attributes:
+        path: The run file.
+        start: Its run-start record.
+        body: Offset of the line after the run-start line.
+        end: Readers stop here: after the last complete line at opening time.
+        torn: Bytes of an unfinished line followed ``end`` at opening time.
+        corrupt: Numbers (from 1) of the corrupt lines readers skipped so far.
+    """
+
+    path: Path
+    start: dict[str, Any]
+    body: int
+    end: int
+    torn: bool
+    corrupt: set[int] = dataclasses.field(default_factory=set)
+
+
+def open_run(path: Path) -> RunSnapshot:
+    """Take a :class:`RunSnapshot` of ``path``: read its first line and find the end of
+    its last complete line.
+
+    A last line without its newline counts as complete when it is a whole JSON object
+    (as ``read_run`` counts it), else it is torn and left out.
+
+    Raises:
+        OSError: The file cannot be read.
+        ValueError: The file is not a steplog run.
+    """
+    with open(path, "rb") as f:
+        first = f.readline()
+        start = parse_line(first)
+        if start is None or start.get("type") != "run_start":
+            raise ValueError(f"{path}: not a steplog run file")
+        size = os.fstat(f.fileno()).st_size
+        body = len(first)
+        end = body
+        block = TAIL_BYTES
+        while True:  # back from the end until a newline (lines can be megabytes long)
+            offset = max(body, size - block)
+            f.seek(offset)
+            data = f.read(size - offset)
+            size = offset + len(data)  # the file may have grown or shrunk meanwhile
+            cut = data.rfind(b"\n")
+            if cut >= 0 or offset == body:
+                end = offset + cut + 1
+                tail = data[cut + 1 :]
+                break
+            block *= 4
+    torn = False
+    if tail.strip():
+        if isinstance(parse_line(tail), dict):
+            end = size  # a whole record that only lacks its newline
+        else:
+            torn = True
+    return RunSnapshot(path=path, start=start, body=body, end=end, torn=torn)
+
+
+def line_number(path: Path, offset: int) -> int:
+    """The number (from 1) of the line that starts at byte ``offset`` of ``path``.
+
+    Counts the newlines before it: only for messages about the rare corrupt line.
+    """
+    count = 0
+    with open(path, "rb") as f:
+        left = offset
+        while left > 0 and (chunk := f.read(min(CHUNK_BYTES, left))):
+            count += chunk.count(b"\n")
+            left -= len(chunk)
+    return count + 1
+
+
+class WriterState(enum.Enum):
+    """Whether the process that writes a run is still running."""
+
+    ALIVE = "alive"
+    GONE = "gone"  # on this host, and no such process any more
+    UNKNOWN = "unknown"  # written on another host (or without a pid): cannot tell
+
+
+def writer_state(start: dict[str, Any]) -> WriterState:
+    """The state of the process named in a run-start record."""
+    pid = start.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return WriterState.UNKNOWN
+    if start.get("host") != socket.gethostname():
+        return WriterState.UNKNOWN
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return WriterState.GONE
+    except PermissionError:  # alive, owned by another user
+        return WriterState.ALIVE
+    return WriterState.ALIVE
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class RunHeader:
     """What the first and last lines of a run file say, without reading the rest."""
@@ -71,31 +217,23 @@ class RunHeader:
     host: str | None
     pid: int | None
     torn: bool  # the file ends in a line without its newline (killed or still writing)
+    ended: bool  # the run-end record is there
 
     @property
     def duration(self) -> float:
         return max(0.0, self.last_time - self.start_time)
 
 
-def read_header(path: Path, tail_bytes: int = TAIL_BYTES) -> RunHeader:
-    """Read the run-start line and the tail of ``path``.
-
-    Raises:
-        ValueError: The file is not a steplog run.
-    """
-    with open(path, "rb") as f:
-        first = f.readline()
-        start = parse_line(first)
-        if start is None or start.get("type") != "run_start":
-            raise ValueError(f"{path}: not a steplog run file")
-        size = os.fstat(f.fileno()).st_size
-        offset = max(len(first), size - tail_bytes)
+def read_header(snapshot: RunSnapshot, tail_bytes: int = TAIL_BYTES) -> RunHeader:
+    """What the run-start line and the last ``tail_bytes`` of the snapshot say."""
+    start = snapshot.start
+    with open(snapshot.path, "rb") as f:
+        offset = max(snapshot.body, snapshot.end - tail_bytes)
         f.seek(offset)
-        tail = f.read()
+        tail = f.read(snapshot.end - offset)
     lines = tail.split(b"\n")
-    if offset > len(first):
+    if offset > snapshot.body:
         lines = lines[1:]  # the first piece starts mid-line
-    torn = bool(lines.pop().strip())  # empty after the final newline
     end: dict[str, Any] | None = None
     last_step: dict[str, Any] | None = None
     last: dict[str, Any] = {}
@@ -106,7 +244,7 @@ def read_header(path: Path, tail_bytes: int = TAIL_BYTES) -> RunHeader:
         kind = record.get("type")
         if kind == "run_end":
             end = record
-        elif kind is None and isinstance(record.get("data"), dict):
+        elif kind is None and _is_step(record):
             if last_step is None:
                 last_step = record
             for key, value in record["data"].items():
@@ -115,10 +253,11 @@ def read_header(path: Path, tail_bytes: int = TAIL_BYTES) -> RunHeader:
         status = str(end.get("status"))
         last_time = float(end.get("end_time") or start["start_time"])
     else:
-        status = "running" if _writer_alive(start) else "incomplete"
+        alive = writer_state(start) is WriterState.ALIVE
+        status = "running" if alive else "incomplete"
         last_time = float(last_step["time"]) if last_step else float(start["start_time"])
     return RunHeader(
-        path=path,
+        path=snapshot.path,
         run_id=str(start.get("run_id")),
         experiment=str(start.get("experiment")),
         start_time=float(start["start_time"]),
@@ -131,46 +270,48 @@ def read_header(path: Path, tail_bytes: int = TAIL_BYTES) -> RunHeader:
         stats=(end or {}).get("stats"),
         host=start.get("host"),
         pid=start.get("pid"),
-        torn=torn,
+        torn=snapshot.torn,
+        ended=end is not None,
     )
 
 
-def _writer_alive(start: dict[str, Any]) -> bool:
-    pid = start.get("pid")
-    if not isinstance(pid, int) or start.get("host") != socket.gethostname():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def last_steps(path: Path, count: int) -> tuple[list[dict[str, Any]], int]:
-    """The last ``count`` step records, and the offset just after the last complete line.
+def last_steps(snapshot: RunSnapshot, count: int) -> list[dict[str, Any]]:
+    """The last ``count`` step records of the snapshot.
 
     Reads backwards from the end in growing blocks, so a long file is not read whole.
+    Corrupt lines after the first record returned (or anywhere, when the whole file
+    was read) go into ``snapshot.corrupt``.
     """
+    path, end = snapshot.path, snapshot.end
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
         block = TAIL_BYTES
         while True:
-            offset = max(0, size - block)
+            offset = max(snapshot.body, end - block)
             f.seek(offset)
-            data = f.read(size - offset)
-            end = data.rfind(b"\n") + 1  # after the last complete line
-            lines = data[:end].split(b"\n")[:-1]
-            if offset > 0:
-                lines = lines[1:]  # starts mid-line
-            steps = []
-            for line in lines:
-                record = parse_line(line) if not line.startswith(b'{"type"') else None
-                if record is not None and "type" not in record and "data" in record:
-                    steps.append(record)
-            if len(steps) >= count or offset == 0:
-                return (steps[-count:] if count else []), offset + end
+            data = f.read(end - offset)
+            lines = data.split(b"\n")
+            first = 1 if offset > snapshot.body else 0  # the first piece starts mid-line
+            steps: list[tuple[int, dict[str, Any]]] = []
+            corrupt: list[int] = []
+            for index in range(first, len(lines)):
+                try:
+                    record = parse_record(lines[index])
+                except CorruptLineError:
+                    corrupt.append(index)
+                    continue
+                if record is not None and "type" not in record:
+                    steps.append((index, record))
+            whole = offset == snapshot.body
+            if len(steps) >= count or whole:
+                chosen = steps[-count:] if count else []
+                if count == 0:
+                    corrupt = []
+                elif not (whole and len(steps) <= count):  # the lines shown, not before
+                    corrupt = [i for i in corrupt if i > chosen[0][0]]
+                if corrupt:
+                    base = line_number(path, offset)  # the number of lines[0]
+                    snapshot.corrupt.update(base + i for i in corrupt)
+                return [record for _, record in chosen]
             block *= 4
 
 
@@ -220,37 +361,62 @@ def _latest(paths: list[Path], where: str) -> Path:
     return max(paths, key=lambda p: p.stat().st_mtime)
 
 
-def iter_lines(path: Path, progress: Callable[[int], None] | None = None) -> Iterator[bytes]:
-    """Complete lines of ``path``, read in large chunks; a torn last line is left out."""
-    with open(path, "rb") as f:
+def iter_lines(
+    snapshot: RunSnapshot, progress: Callable[[int], None] | None = None
+) -> Iterator[bytes]:
+    """The lines of the snapshot after the run-start line (line 2 onwards), read in
+    large chunks."""
+    with open(snapshot.path, "rb") as f:
+        f.seek(snapshot.body)
+        left = snapshot.end - snapshot.body
         rest = b""
-        while chunk := f.read(CHUNK_BYTES):
+        while left > 0 and (chunk := f.read(min(CHUNK_BYTES, left))):
+            left -= len(chunk)
             if progress is not None:
                 progress(len(chunk))
             lines = (rest + chunk).split(b"\n")
             rest = lines.pop()
             yield from lines
+        if rest:
+            yield rest  # a whole record without its newline (see open_run)
 
 
 def iter_steps(
-    path: Path, progress: Callable[[int], None] | None = None
+    snapshot: RunSnapshot, progress: Callable[[int], None] | None = None
 ) -> Iterator[dict[str, Any]]:
-    """Step records of ``path`` (``{"step", "time", "data"}``), in file order."""
+    """Step records of the snapshot (``{"step", "time", "data"}``), in file order.
+
+    Corrupt lines are skipped and their numbers added to ``snapshot.corrupt``.
+    """
     loads = orjson.loads
-    for line in iter_lines(path, progress):
-        # The hot loop of show/export/compare on long runs: orjson straight on the
-        # line, the tag-decoding walk only where a tagged value ($float, $int) is.
-        if not line or line.startswith(b'{"type"'):
+    corrupt = snapshot.corrupt
+    for number, line in enumerate(iter_lines(snapshot, progress), start=2):
+        # The hot loop of show/export/compare/plot on long runs: orjson straight on
+        # the line, the tag-decoding walk only where a tagged value ($float, $int) is.
+        if not line:
             continue
         try:
             record = loads(line)
         except orjson.JSONDecodeError:
+            if line.strip():
+                corrupt.add(number)
             continue
-        if type(record) is not dict or "type" in record or type(record.get("data")) is not dict:
+        if type(record) is not dict:
+            corrupt.add(number)
             continue
+        if "type" in record:
+            continue  # run end, or a record type of a newer minor version
         if b'"$' in line:
             record = decode(record)
-        yield record
+        when = record.get("time")
+        if (
+            type(record.get("step")) is int
+            and type(record.get("data")) is dict
+            and (type(when) is float or isinstance(when, (int, float)))
+        ):
+            yield record
+        else:
+            corrupt.add(number)
 
 
 def is_number(value: Any) -> bool:
@@ -305,13 +471,21 @@ class MetricStats:
         return self.total / self.finite if self.finite else None
 
 
-def metric_stats(
-    path: Path, progress: Callable[[int], None] | None = None
-) -> tuple[dict[str, MetricStats], int]:
-    """Per-key statistics over every step record of ``path``, and the record count."""
+@dataclasses.dataclass(slots=True)
+class StepScan:
+    """What one pass over a snapshot's step records found."""
+
+    metrics: dict[str, MetricStats]
+    records: int = 0
+    last_step: int | None = None  # the step of the last record
+
+
+def metric_stats(snapshot: RunSnapshot, progress: Callable[[int], None] | None = None) -> StepScan:
+    """Per-key statistics over every step record of the snapshot."""
     stats: dict[str, MetricStats] = {}
     records = 0
-    for record in iter_steps(path, progress):
+    step: int | None = None
+    for record in iter_steps(snapshot, progress):
         records += 1
         step = record["step"]
         for key, value in flat_data(record["data"]).items():
@@ -319,7 +493,7 @@ def metric_stats(
             if entry is None:
                 entry = stats[key] = MetricStats()
             entry.add(step, value)
-    return stats, records
+    return StepScan(stats, records, step)
 
 
 def flat_data(data: dict[str, Any]) -> dict[str, Any]:

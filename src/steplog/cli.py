@@ -3,7 +3,13 @@
 Commands: ``demo``, ``ls``, ``show``, ``tail``, ``plot``, ``compare``, ``export``,
 ``replay``.
 Exit codes: 0 success; 1 the command could not do its work (no such run, unreadable
-file, missing optional dependency, nothing to plot); 2 usage error; 130 interrupted.
+file, missing optional dependency, nothing to plot, a backend that cannot open, a run
+followed by ``tail -f`` whose writer is gone); 2 usage error (also a key the run does
+not have); 130 interrupted.
+
+Commands that read step records take a snapshot of each run file when they start (see
+``_runfiles``), skip corrupt lines in it with one warning per file on stderr, and leave a
+torn last line out silently.
 """
 
 from __future__ import annotations
@@ -24,20 +30,27 @@ import orjson
 from . import _progress
 from ._extras import require
 from ._runfiles import (
+    CorruptLineError,
     MetricStats,
     RunHeader,
     RunNotFoundError,
+    RunSnapshot,
+    WriterState,
     find_runs,
+    flat_data,
     flatten,
     is_number,
     last_steps,
+    line_number,
     metric_stats,
-    parse_line,
+    open_run,
+    parse_record,
     read_header,
     resolve_run,
+    writer_state,
 )
 from .backends.jsonl import JsonlBackend
-from .errors import MissingExtraError
+from .errors import MissingExtraError, TrackerError
 from .reader import RunFileError, read_run
 from .tracker import Tracker
 
@@ -46,6 +59,10 @@ __all__ = ["main"]
 DEFAULT_ROOT = "runs"
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 SORT_KEYS = ("start", "experiment", "run", "status", "steps", "duration", "metric")
+#: ``tail -f`` gives up on a run whose writer process is gone once the file has not
+#: grown for this long (a ``durability="process"`` writer outlives the logging process
+#: by about a flush interval to drain and end the run).
+WRITER_GONE_GRACE = 3.0
 
 
 class CommandError(Exception):
@@ -60,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        code: int = args.handler(args, parser)
+        code: int = args.handler(args, args.command_parser)
         sys.stdout.flush()
     except BrokenPipeError:
         # `steplog show RUN | head`: the reader has seen enough. Point stdout at
@@ -68,14 +85,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except (CommandError, RunNotFoundError, RunFileError, MissingExtraError) as exc:
-        print(f"steplog {args.command}: {exc}", file=sys.stderr)
+        print(f"steplog {args.command}: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAIL
-    except (OSError, ValueError) as exc:
-        print(f"steplog {args.command}: {exc}", file=sys.stderr)
+    except (OSError, ValueError, TrackerError) as exc:  # TrackerError: BackendOpenError
+        print(f"steplog {args.command}: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAIL
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     return code
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error message on one line (some libraries' messages span several)."""
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, help: str, description: str, handler: Callable[..., int]) -> Any:
         sub = commands.add_parser(name, help=help, description=description)
-        sub.set_defaults(handler=handler)
+        # Handlers report bad values with the subcommand's own usage line.
+        sub.set_defaults(handler=handler, command_parser=sub)
         return sub
 
     def root_option(sub: Any) -> None:
@@ -127,7 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
         "'running' when its writer is alive on this host, or 'incomplete' (killed).",
         cmd_ls,
     )
-    ls.add_argument("root", nargs="?", default=os.environ.get("STEPLOG_ROOT", DEFAULT_ROOT))
+    ls.add_argument(
+        "root_dir",
+        nargs="?",
+        metavar="ROOT",
+        help="the run directory (default: --root, $STEPLOG_ROOT or runs)",
+    )
+    ls.add_argument("--root", help="the run directory, as for the other commands")
     ls.add_argument("--sort", choices=SORT_KEYS, default="start", help="sort key (start)")
     ls.add_argument("-r", "--reverse", action="store_true", help="reverse the order")
     ls.add_argument("-m", "--metric", default="loss", help="metric column (default: loss)")
@@ -153,14 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
         "print the last steps of a run; -f follows a run being written",
         "Prints the last N step records. With -f, keeps printing new steps as another "
         "process writes them (a partly written last line is held back until complete) "
-        "and stops when the run ends.",
+        "and stops when the run ends (exit 0), or when its writer process is gone "
+        "without ending it (exit 1). With --json, stdout carries only step records; "
+        "the run-ended notice goes to stderr.",
         cmd_tail,
     )
     tail.add_argument("run", metavar="RUN", help=run_help)
     root_option(tail)
     tail.add_argument("-f", "--follow", action="store_true", help="follow new steps")
     tail.add_argument("-n", "--lines", type=int, default=10, help="steps to print first (10)")
-    tail.add_argument("-k", "--key", action="append", dest="keys", help="keys to print")
+    tail.add_argument(
+        "-k", "--key", action="append", dest="keys", help="keys to print (nested: a.b)"
+    )
     tail.add_argument("--interval", type=float, default=0.2, help="poll interval, s (0.2)")
     tail.add_argument("--json", action="store_true", help="print the raw JSON records")
 
@@ -303,13 +336,17 @@ def run_demo(steps: int, *, root: str, experiment: str, seed: int, plot: str | N
     p50 = max(samples[len(samples) // 2] - overhead, 0) / 1000
     p99 = max(samples[int(len(samples) * 0.99)] - overhead, 0) / 1000
     rate = steps / elapsed
-    print(f"steplog demo: {steps:,} optimizer steps in {elapsed:.2f} s ({rate:,.0f} steps/s)")
+    print(
+        f"steplog demo: {_count(steps, 'optimizer step')} in {elapsed:.2f} s ({rate:,.0f} steps/s)"
+    )
     print(f"  log() cost per call: p50 {p50:.2f} µs, p99 {p99:.2f} µs (timer overhead removed)")
     print(
         f"  logged {stats.logged:,}, written {stats.written:,}, dropped {stats.dropped:,}, "
-        f"in {stats.batches:,} batches; finish() drained in {stats.drain_seconds * 1000:.1f} ms"
+        f"in {_count(stats.batches, 'batch', 'batches')}; finish() drained in "
+        f"{stats.drain_seconds * 1000:.1f} ms"
     )
-    print(f"  run written to {path} ({len(run.records):,} step records, status {run.status!r})")
+    records = _count(len(run.records), "step record")
+    print(f"  run written to {path} ({records}, status {run.status!r})")
     print(f"  best loss {run.summary.get('best_loss'):.4f}, trigger {run.summary.get('trigger')!r}")
     print(f"  look at it:  steplog show {path}")
     print(f"  plot it:     steplog plot {path} -k loss -k best_loss -o loss.png")
@@ -332,14 +369,18 @@ def _timer_overhead_ns() -> int:
 
 
 def cmd_ls(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    root = Path(args.root)
+    if args.root_dir is not None and args.root is not None and args.root_dir != args.root:
+        parser.error("name the run directory once: as ROOT or as --root")
+    if args.limit is not None and args.limit < 0:
+        parser.error("-n must be 0 or more")
+    root = Path(args.root_dir or args.root or os.environ.get("STEPLOG_ROOT", DEFAULT_ROOT))
     if not root.exists():
         raise CommandError(f"no run directory {str(root)!r}")
     headers: list[RunHeader] = []
     unreadable = 0
     for path in find_runs(root):
         try:
-            header = read_header(path)
+            header = read_header(open_run(path))
         except (OSError, ValueError):
             unreadable += 1
             continue
@@ -365,11 +406,10 @@ def cmd_ls(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     }
     headers.sort(key=keys[args.sort], reverse=args.reverse)
     if args.limit is not None:
-        headers = headers[: max(args.limit, 0)]
+        headers = headers[: args.limit]
     if unreadable:
-        print(
-            f"steplog ls: skipped {unreadable} file(s) that are not steplog runs", file=sys.stderr
-        )
+        what = "file that is not a steplog run" if unreadable == 1 else "files that are not runs"
+        print(f"steplog ls: skipped {unreadable:,} {what}", file=sys.stderr)
     if args.json:
         for h in headers:
             row = {
@@ -412,9 +452,13 @@ def cmd_ls(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def cmd_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     path = resolve_run(args.run, Path(args.root))
-    header = _header(path)
-    with _progress.bar(path.stat().st_size, f"reading {path.name}") as update:
-        stats, records = metric_stats(path, update)
+    snapshot = _snapshot(path)
+    header = read_header(snapshot)
+    with _progress.bar(snapshot.end - snapshot.body, f"reading {path.name}") as update:
+        scan = metric_stats(snapshot, update)
+    _warn_corrupt("show", path, snapshot.corrupt)
+    stats, records = scan.metrics, scan.records
+    steps = scan.last_step + 1 if scan.last_step is not None else 0
     if args.json:
         out = {
             "path": str(path),
@@ -423,7 +467,7 @@ def cmd_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             "status": header.status,
             "start_time": header.start_time,
             "duration": header.duration,
-            "steps": header.steps,
+            "steps": steps,
             "records": records,
             "torn": header.torn,
             "config": header.config,
@@ -437,8 +481,8 @@ def cmd_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(f"file      {path}")
     print(
         f"status    {header.status}  ·  started {_clock(header.start_time)}  ·  "
-        f"duration {_duration(header.duration)}  ·  {records:,} step records  ·  "
-        f"last step {header.steps - 1 if header.steps else '–'}"
+        f"duration {_duration(header.duration)}  ·  {_count(records, 'step record')}  ·  "
+        f"last step {scan.last_step if scan.last_step is not None else '–'}"
     )
     if header.host or header.pid:
         print(f"process   {header.host} pid {header.pid}")
@@ -531,51 +575,77 @@ def _print_mapping(title: str, mapping: dict[str, Any]) -> None:
 def cmd_tail(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.lines < 0:
         parser.error("-n must be 0 or more")
+    if not args.interval > 0 or math.isinf(args.interval):
+        parser.error(f"--interval must be a positive number of seconds, not {args.interval}")
     path = resolve_run(args.run, Path(args.root))
-    _header(path)  # a clear error for files that are not runs
-    records, offset = last_steps(path, args.lines)
+    snapshot = _snapshot(path)
+    header = read_header(snapshot)
+    records = last_steps(snapshot, args.lines)
+    if args.keys and (records or header.steps):
+        # Keys are checked against the last steps only: a run being followed may not
+        # have logged anything yet.
+        known = set(flatten(header.last))
+        for record in records:
+            known.update(flat_data(record["data"]))
+        _check_keys(
+            parser,
+            "-k",
+            args.keys,
+            known,
+            problem="no such key in the last steps of the run",
+            listing="keys there",
+        )
     printer = _TailPrinter(args.keys, args.json)
     for record in records:
         printer.step(record)
-    ended = _end_status(path, offset)
+    _warn_corrupt("tail", path, snapshot.corrupt)
     if not args.follow:
         return EXIT_OK
-    if ended is not None:
-        printer.end(ended)
+    if header.ended:
+        printer.end(header.status)
         return EXIT_OK
+    return _follow(snapshot, printer, args.interval)
+
+
+def _follow(snapshot: RunSnapshot, printer: _TailPrinter, interval: float) -> int:
+    """Print the steps appended after the snapshot until the run ends or its writer is
+    gone."""
+    path = snapshot.path
     with open(path, "rb") as f:
-        f.seek(offset)
+        f.seek(snapshot.end)
+        offset = snapshot.end  # where `pending` starts in the file
         pending = b""
+        # Since when the file has not grown: a writer killed long ago is given up at once.
+        quiet_since = min(time.time(), os.fstat(f.fileno()).st_mtime)
         while True:
             chunk = f.read()
             if not chunk:
-                time.sleep(args.interval)
+                gone = writer_state(snapshot.start) is WriterState.GONE
+                if gone and time.time() - quiet_since >= WRITER_GONE_GRACE:
+                    pid, host = snapshot.start.get("pid"), snapshot.start.get("host")
+                    raise CommandError(
+                        f"the writer of {path} (pid {pid} on {host}) is gone and the run "
+                        "has no run-end record: it stays incomplete"
+                    )
+                time.sleep(interval)
                 continue
+            quiet_since = time.time()
             lines = (pending + chunk).split(b"\n")
             pending = lines.pop()  # a line the writer has not finished yet
             for line in lines:
-                new = parse_line(line)
-                if new is None:
+                start, offset = offset, offset + len(line) + 1
+                try:
+                    record = parse_record(line)
+                except CorruptLineError:
+                    _warn_corrupt("tail", path, {line_number(path, start)})
                     continue
-                if new.get("type") == "run_end":
-                    printer.end(str(new.get("status")))
+                if record is None:
+                    continue
+                if record.get("type") == "run_end":
+                    printer.end(str(record.get("status")))
                     return EXIT_OK
-                if "type" not in new and "data" in new:
-                    printer.step(new)
-
-
-def _end_status(path: Path, offset: int) -> str | None:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        rest = f.read()
-        f.seek(max(0, offset - 65_536))
-        before = f.read(min(offset, 65_536))
-    for line in reversed((before + rest).split(b"\n")):
-        if line.startswith(b'{"type":"run_end"'):
-            record = parse_line(line)
-            if record is not None:
-                return str(record.get("status"))
-    return None
+                if "type" not in record:
+                    printer.step(record)
 
 
 class _TailPrinter:
@@ -586,15 +656,15 @@ class _TailPrinter:
 
     def step(self, record: dict[str, Any]) -> None:
         if self.raw:
-            data = record["data"]
             if self.keys:
-                data = {k: data[k] for k in self.keys if k in data}
-            line = orjson.dumps({**record, "data": data}, default=str).decode()
+                data = flat_data(record["data"])
+                record = {**record, "data": {k: data[k] for k in self.keys if k in data}}
+            line = orjson.dumps(record, default=str).decode()
         elif self.keys:
             if not self.header_done:
                 print("  ".join([f"{'STEP':>8}", *(f"{k:>14}" for k in self.keys)]))
                 self.header_done = True
-            data = record["data"]
+            data = flat_data(record["data"])
             cells = [f"{_cell(data.get(k), 14) if k in data else '':>14}" for k in self.keys]
             line = "  ".join([f"{record['step']:>8}", *cells])
         else:
@@ -603,7 +673,9 @@ class _TailPrinter:
         print(line, flush=True)
 
     def end(self, status: str) -> None:
-        print(f"-- run ended: {status}", flush=True)
+        # With --json, stdout carries step records only (for `| jq`): the notice goes
+        # to stderr.
+        print(f"-- run ended: {status}", file=sys.stderr if self.raw else sys.stdout, flush=True)
 
 
 # ── plot ──────────────────────────────────────────────────────────────────────────────
@@ -614,10 +686,16 @@ def cmd_plot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         width, height = (float(v) for v in args.size.lower().split("x"))
     except ValueError:
         parser.error(f"--size must look like 8x4.5, not {args.size!r}")
+    if not (0 < width < math.inf and 0 < height < math.inf):
+        parser.error(f"--size needs a width and height above 0 inches, not {args.size!r}")
     if args.labels and len(args.labels) != len(args.runs):
         parser.error("give one --label per run")
     if args.max_points < 10:
         parser.error("--max-points must be at least 10")
+    if args.smooth < 0:
+        parser.error(f"--smooth must be 0 (off) or a number of points, not {args.smooth}")
+    if args.dpi < 1:
+        parser.error(f"--dpi must be at least 1, not {args.dpi}")
     paths = [resolve_run(spec, Path(args.root)) for spec in args.runs]
     return _plot_files(
         paths,
@@ -625,6 +703,7 @@ def cmd_plot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         Path(args.output),
         title=args.title,
         labels=args.labels,
+        parser=parser,
         x_axis=args.x,
         window=args.smooth,
         log_y=args.log_y,
@@ -641,24 +720,46 @@ def _plot_files(
     *,
     title: str | None,
     labels: list[str] | None = None,
+    parser: argparse.ArgumentParser | None = None,
     **options: Any,
 ) -> int:
     from . import _plot
 
     require("matplotlib", "plot", "steplog plot")  # fail before reading anything
     runs = []
+    headers = []
     for index, path in enumerate(paths):
-        header = _header(path)
+        snapshot = _snapshot(path)
+        header = read_header(snapshot)
+        headers.append(header)
         label = labels[index] if labels else f"{header.experiment}/{header.run_id}"
-        with _progress.bar(path.stat().st_size, f"reading {path.name}") as update:
-            series = _plot.load_series(path, keys, options.get("x_axis", "step"), update)
+        with _progress.bar(snapshot.end - snapshot.body, f"reading {path.name}") as update:
+            series = _plot.load_series(snapshot, keys, options.get("x_axis", "step"), update)
+        _warn_corrupt("plot", path, snapshot.corrupt)
         runs.append((label, series))
-    if not any(len(s.y) for _, series in runs for s in series.values()):
-        available = sorted({k for p in paths for k, v in _header(p).last.items() if is_number(v)})
-        raise CommandError(
-            f"no numeric values for {', '.join(keys)} in the run(s); keys with numbers "
-            f"in the last steps: {', '.join(available) or 'none'}"
-        )
+    for key in keys:
+        found = [series[key] for _, series in runs if series[key].found]
+        if not found and parser is not None:
+            numeric = {k for h in headers for k, v in flatten(h.last).items() if is_number(v)}
+            _check_keys(
+                parser,
+                "-k",
+                [key],
+                numeric,
+                problem="no such key in the run" + ("s" if len(paths) > 1 else ""),
+                listing="keys with numbers in the last steps",
+            )
+        if any(len(s.y) for s in found):
+            continue
+        if any(s.lists for s in found):
+            why = "holds lists (vectors), not numbers; plot draws keys with one number per step"
+        elif any(s.non_numeric for s in found):
+            why = "holds text or other values that are not numbers"
+        elif found:
+            why = "holds only NaN or infinite values"
+        else:
+            why = "is not in the run(s)"
+        raise CommandError(f"nothing to draw: {key!r} {why}")
     notes = _plot.plot(runs, keys, out, title=title, **options)
     for note in notes:
         print(f"steplog plot: {note}", file=sys.stderr)
@@ -671,11 +772,30 @@ def _plot_files(
 
 def cmd_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     paths = [resolve_run(spec, Path(args.root)) for spec in args.runs]
-    headers = [_header(p) for p in paths]
+    snapshots = [_snapshot(p) for p in paths]
+    headers = [read_header(s) for s in snapshots]
     all_stats = []
-    for path in paths:
-        with _progress.bar(path.stat().st_size, f"reading {path.name}") as update:
-            all_stats.append(metric_stats(path, update)[0])
+    for path, snapshot in zip(paths, snapshots, strict=True):
+        with _progress.bar(snapshot.end - snapshot.body, f"reading {path.name}") as update:
+            all_stats.append(metric_stats(snapshot, update).metrics)
+        _warn_corrupt("compare", path, snapshot.corrupt)
+    numeric = {k for s in all_stats for k, m in s.items() if m.numeric}
+    _check_keys(
+        parser,
+        "--max",
+        args.max,
+        numeric,
+        problem="no such metric in these runs",
+        listing="metrics",
+    )
+    _check_keys(
+        parser,
+        "-k",
+        args.keys or [],
+        {k for s in all_stats for k in s},
+        problem="no such key in these runs",
+        listing="keys",
+    )
     names = [h.run_id for h in headers]
     if len(set(names)) < len(names):
         names = [str(p) for p in paths]
@@ -733,18 +853,17 @@ def _equal(a: Any, b: Any) -> bool:
 def cmd_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ._export import export
 
+    if args.output == "-" and args.format != "csv":
+        parser.error("only CSV can go to stdout")
     path = resolve_run(args.run, Path(args.root))
-    header = _header(path)
-    out: Path | None
-    if args.output == "-":
-        if args.format != "csv":
-            parser.error("only CSV can go to stdout")
-        out = None
-    else:
-        out = Path(args.output or f"{header.run_id}.{args.format}")
-    rows, columns = export(path, out, args.format, progress_factory=_bar_factory)
+    snapshot = _snapshot(path)
+    out: Path | None = None  # stdout
+    if args.output != "-":
+        out = Path(args.output or f"{snapshot.start.get('run_id')}.{args.format}")
+    rows, columns = export(snapshot, out, args.format, progress_factory=_bar_factory)
+    _warn_corrupt("export", path, snapshot.corrupt)
     if out is not None:
-        print(f"wrote {out} ({rows:,} rows, {columns} columns)")
+        print(f"wrote {out} ({_count(rows, 'row')}, {_count(columns, 'column')})")
     return EXIT_OK
 
 
@@ -757,14 +876,15 @@ def _bar_factory(total: int, desc: str) -> Any:
 
 def cmd_replay(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .backends.base import Backend
-    from .replay import replay
+    from .replay import _replay_snapshot
 
     if not (args.mlflow or args.wandb or args.tensorboard or args.trackio or args.jsonl):
         parser.error("give at least one of --mlflow, --wandb, --tensorboard, --trackio, --jsonl")
     paths = [resolve_run(spec, Path(args.root)) for spec in args.runs]
     failed = 0
     for path in paths:
-        header = _header(path)
+        snapshot = _snapshot(path)
+        header = read_header(snapshot)
         backends: list[Backend] = []
         if args.mlflow:
             from .backends.mlflow import MlflowBackend
@@ -786,7 +906,8 @@ def cmd_replay(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             if Path(args.jsonl).resolve() == path.parent.parent.resolve():
                 raise CommandError(f"--jsonl {args.jsonl} is where {path} already is")
             backends.append(JsonlBackend(args.jsonl))
-        results = replay(path, *backends)
+        results = _replay_snapshot(snapshot, *backends)
+        _warn_corrupt("replay", path, snapshot.corrupt)
         parts = []
         for name, stats in results.items():
             part = f"{name} {stats.delivered:,} delivered"
@@ -801,11 +922,48 @@ def cmd_replay(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 # ── formatting ────────────────────────────────────────────────────────────────────────
 
 
-def _header(path: Path) -> RunHeader:
+def _snapshot(path: Path) -> RunSnapshot:
     try:
-        return read_header(path)
+        return open_run(path)
     except ValueError as exc:
         raise RunFileError(str(exc)) from None
+
+
+def _warn_corrupt(command: str, path: Path, numbers: set[int]) -> None:
+    """One line on stderr for the corrupt lines a command skipped in ``path``."""
+    if not numbers:
+        return
+    listed = sorted(numbers)
+    shown = ", ".join(str(n) for n in listed[:10])
+    if len(listed) > 10:
+        shown += f" and {len(listed) - 10:,} more"
+    which = "line" if len(listed) == 1 else "lines"
+    print(
+        f"steplog {command}: skipped {_count(len(listed), 'corrupt line')} ({which} {shown}) "
+        f"in {path}",
+        file=sys.stderr,
+    )
+
+
+def _check_keys(
+    parser: argparse.ArgumentParser,
+    option: str,
+    keys: list[str],
+    known: set[str],
+    *,
+    problem: str,
+    listing: str,
+) -> None:
+    """A usage error for the first of ``keys`` not in ``known``, listing those."""
+    for key in keys:
+        if key not in known:
+            there = ", ".join(sorted(known)) or "none"
+            parser.error(f"{option} {key!r}: {problem} ({listing}: {there})")
+
+
+def _count(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 row``, ``2 rows``."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
 
 
 def _cell(value: Any, width: int = 24) -> str:

@@ -830,7 +830,10 @@ def live_run(tmp_path):
         [sys.executable, "-c", APPENDER, str(path), str(first)], stdout=subprocess.PIPE, text=True
     )
     assert writer.stdout is not None and writer.stdout.readline() == "go\n"
-    time.sleep(0.2)
+    size = path.stat().st_size
+    deadline = time.monotonic() + 30
+    while path.stat().st_size == size and time.monotonic() < deadline:
+        time.sleep(0.01)  # the file is growing before a command reads it
     yield path
     writer.kill()
     writer.wait(timeout=30)

@@ -764,6 +764,18 @@ def test_tail_follow_json_keeps_stdout_pure_json(runs):
     assert "run ended: finished" in result.stderr
 
 
+def test_tail_json_prints_records_in_the_files_own_encoding(tmp_path):
+    """tail --json of NaN and an integer beyond 64 bits: the tagged form the file holds
+    (docs/schema.md), not a crash or a null."""
+    path = write_run(tmp_path / "runs", "big", {}, [{"big": 2**100, "loss": math.nan}])
+    result = run_cli("tail", "--json", str(path))
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)["data"]
+    assert data == {"big": {"$int": str(2**100)}, "loss": {"$float": "NaN"}}
+    keyed = run_cli("tail", "--json", str(path), "-k", "loss")
+    assert json.loads(keyed.stdout)["data"] == {"loss": {"$float": "NaN"}}
+
+
 # ── replay: a backend that cannot open is one line on stderr, exit 1 ─────────────────
 
 

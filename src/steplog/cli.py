@@ -650,16 +650,22 @@ def _follow(snapshot: RunSnapshot, printer: _TailPrinter, interval: float) -> in
 
 class _TailPrinter:
     def __init__(self, keys: list[str] | None, raw: bool) -> None:
+        from ._values import ValueEncoder
+
         self.keys = keys
         self.raw = raw
         self.header_done = False
+        # --json prints records as the file stores them: NaN and big integers tagged.
+        self.encoder = ValueEncoder(max_event_bytes=2**62)
 
     def step(self, record: dict[str, Any]) -> None:
         if self.raw:
+            data = record["data"]
             if self.keys:
-                data = flat_data(record["data"])
-                record = {**record, "data": {k: data[k] for k in self.keys if k in data}}
-            line = orjson.dumps(record, default=str).decode()
+                flat = flat_data(data)
+                data = {k: flat[k] for k in self.keys if k in flat}
+            encoded = self.encoder.encode_row(record["step"], record["time"], data)
+            line = encoded.decode().rstrip("\n")
         elif self.keys:
             if not self.header_done:
                 print("  ".join([f"{'STEP':>8}", *(f"{k:>14}" for k in self.keys)]))

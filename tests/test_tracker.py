@@ -517,7 +517,8 @@ def test_a_backend_reading_one_event_gets_it_decoded():
 @pytest.mark.parametrize("policy", ["block", "drop_oldest", "drop_newest"])
 def test_log_from_a_signal_handler_never_deadlocks(tmp_path, policy, durability):
     """A timer signal whose handler logs, interrupting log() calls of the main loop (small
-    buffer), neither deadlocks nor raises; every call is accounted for, per-source order kept."""
+    buffer), neither deadlocks nor raises; every call is accounted for, the loop's order
+    kept."""
     if sys.platform == "win32":
         pytest.skip("POSIX timer signals")
     from steplog._ring import ProcessWriter
@@ -531,8 +532,9 @@ t = steplog.Tracker(steplog.JsonlBackend({str(tmp_path)!r}), buffer_size=64, bat
 t.init()
 fired = [0]
 def handler(signum, frame):
-    t.log({{"src": "timer", "n": fired[0]}})
+    n = fired[0]
     fired[0] += 1
+    t.log({{"src": "timer", "n": n}})
 signal.signal(signal.SIGALRM, handler)
 signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)
 for i in range(60_000):
@@ -551,9 +553,15 @@ print(fired[0], s.logged, s.written, s.dropped)
     # Exact under every policy: a handler interrupting a drop under the buffer's lock
     # queues its event aside instead of touching the half-done drop (issue #13 item 8).
     assert len(run.records) == written
-    for src in ("loop", "timer"):
-        ns = [e.data["n"] for e in run.records if e.data["src"] == src]
-        assert ns == sorted(ns)
+    loop = [e.data["n"] for e in run.records if e.data["src"] == "loop"]
+    timer = [e.data["n"] for e in run.records if e.data["src"] == "timer"]
+    # The loop's order is kept. Handler calls are recorded once each, in order too,
+    # except where a handler was itself interrupted by the next signal (Python runs the
+    # next handler inside it): the inner call then finishes, and is queued, first.
+    assert loop == sorted(set(loop))
+    assert len(timer) == len(set(timer)) and set(timer) <= set(range(fired))
+    if policy == "block":
+        assert loop == list(range(60_000)) and sorted(timer) == list(range(fired))
 
 
 def test_another_thread_changing_a_nested_dict_never_raises_into_log(runs_root, monkeypatch):

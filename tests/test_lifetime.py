@@ -382,3 +382,26 @@ def test_thread_dying_of_an_exception_fails_the_run_it_started(tmp_path):
     worker = only_run(tmp_path / "runs" / "worker")
     assert worker.status == "failed" and len(worker.records) == 100
     assert only_run(tmp_path / "runs" / "main").status == "unfinished"
+
+
+def test_a_batch_that_lands_after_it_was_abandoned_is_counted_once(tmp_path):
+    """finish(timeout) abandons a backend while a write is in flight; the write then
+    succeeds after all (it shields itself from cancellation). Its events count as
+    delivered, the rest as failed — never both (delivered + failed == logged)."""
+    import anyio
+
+    class Shielded(_Recorder):
+        async def write(self, events: Sequence[Event]) -> None:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.4)
+            await super().write(events)
+
+    backend = Shielded()
+    tracker = steplog.Tracker(steplog.JsonlBackend(tmp_path), backend, batch_size=10)
+    tracker.init()
+    for i in range(100):
+        tracker.log({"i": i})
+    stats = tracker.finish(timeout=0.1)
+    got = stats.backends["shielded"]
+    assert got.delivered == backend.events > 0
+    assert got.failed > 0 and got.delivered + got.failed == 100

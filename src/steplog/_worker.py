@@ -97,6 +97,7 @@ class BackendRunner(Delivery):
         self.scope: anyio.CancelScope | None = None
         self.closed = False
         self.closed_event = anyio.Event()
+        self.abandoned = False
         #: Called (on the loop thread) after each batch is settled.
         self.on_progress: Callable[[], None] = _nothing
         # Batches and flush markers in order. A deque rather than a stream: under
@@ -126,6 +127,11 @@ class BackendRunner(Delivery):
                     item.reached()
                     continue
                 await self.send(item)
+                if self.abandoned:
+                    # abandon() counted this batch as failed while it was in flight;
+                    # send() has counted its outcome since: keep that one only.
+                    self.failed -= len(item)
+                    return
                 self.queued -= len(item)
                 self.settled += len(item)
                 self.on_progress()
@@ -183,7 +189,12 @@ class BackendRunner(Delivery):
         self._wakeup.set()
 
     def abandon(self, reason: str) -> None:
-        """Count the events still queued as failed (the backend did not finish in time)."""
+        """Count the events still queued as failed (the backend did not finish in time).
+
+        A batch in flight is counted too; should its write still return, :meth:`run`
+        replaces that count with the write's outcome.
+        """
+        self.abandoned = True
         backlog = self.backlog
         if backlog:
             self.failed += backlog
@@ -435,10 +446,11 @@ class Fanout:
             await self._close_requested.wait()
             # Each backend closes in its own task (see _serve), all at once: one that
             # hangs never keeps the others from their run end.
+            # A backend abandoned mid-write gets the same time: its write may still
+            # land (then it is counted as delivered) and it closes after all.
             with anyio.move_on_after(self._close_timeout):
                 for runner in self.runners:
-                    if runner.finished.is_set():  # not still stuck in a write
-                        await runner.closed_event.wait()
+                    await runner.closed_event.wait()
             for runner in self.runners:
                 if runner.closed:
                     continue

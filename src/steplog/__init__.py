@@ -40,10 +40,10 @@ from .events import RunEnd as RunEnd
 from .events import RunInfo as RunInfo
 from .events import RunStats as RunStats
 from .events import RunStatus as RunStatus
-from .reader import Run as Run
-from .reader import read_run as read_run
 from .replay import replay as replay
 from .replay import replay_async as replay_async
+from .runfile.read import Run as Run
+from .runfile.read import read_run as read_run
 from .tracker import AsyncTracker as AsyncTracker
 from .tracker import Tracker as Tracker
 

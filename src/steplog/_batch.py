@@ -7,8 +7,8 @@ from typing import overload
 
 import orjson
 
-from ._values import decode
 from .events import Event
+from .runfile.codec import decode
 
 __all__ = ["EventBatch"]
 

@@ -17,7 +17,8 @@ from typing import IO, Any
 import orjson
 
 from ._extras import require
-from ._runfiles import RunSnapshot, flat_data, iter_steps
+from .runfile.read import RunSnapshot, iter_steps
+from .runfile.schema import flat_data
 
 __all__ = ["FORMATS", "export"]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ._extras import require
-from ._runfiles import RunSnapshot, iter_steps
+from .runfile.read import RunSnapshot, iter_steps
 
 __all__ = ["Series", "downsample", "load_series", "plot", "smooth"]
 

@@ -41,11 +41,11 @@ from ._batch import EventBatch
 from ._buffer import LineBuffer
 from ._delivery import DirectRunner, RetryPolicy
 from ._options import DEFAULT_MAX_ARRAY_SIZE
-from ._values import ValueEncoder
 from ._worker import Fanout
 from .backends.base import Backend
 from .errors import BackendOpenError, WorkerError
 from .events import RunEnd, RunInfo, RunStats, RunStatus
+from .runfile.codec import ValueEncoder
 
 __all__ = ["BACKLOG_BATCHES", "Writer"]
 

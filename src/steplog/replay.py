@@ -24,11 +24,11 @@ from typing import Any
 import anyio
 
 from ._delivery import RetryPolicy
-from ._runfiles import CorruptLineError, RunSnapshot, iter_lines, open_run, parse_record
 from ._worker import BackendRunner
 from .backends.base import Backend, backend_name
 from .errors import BackendOpenError
 from .events import BackendStats, Event, RunEnd, RunInfo, RunStats
+from .runfile.read import CorruptLineError, RunSnapshot, iter_lines, open_run, parse_record
 
 __all__ = ["replay", "replay_async"]
 
@@ -66,7 +66,7 @@ async def replay_async(
     retry: RetryPolicy | None = None,
 ) -> dict[str, BackendStats]:
     """:func:`replay` for callers already inside an event loop."""
-    from .reader import RunFileError
+    from .errors import RunFileError
 
     if not backends:
         raise ValueError("replay needs at least one backend")
@@ -94,7 +94,7 @@ async def _replay(
     retry: RetryPolicy | None,
     strict: bool,
 ) -> dict[str, BackendStats]:
-    from .reader import RunFileError
+    from .errors import RunFileError
 
     if not backends:
         raise ValueError("replay needs at least one backend")

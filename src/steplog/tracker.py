@@ -45,12 +45,12 @@ from ._process import install_exit_hook, install_sigterm_handler, track_ending, 
 from ._progress import wait_with_progress, wait_with_progress_async
 from ._redact import DEFAULT_SECRET_KEYS, compile_pattern
 from ._redact import redact as _redact
-from ._values import ValueEncoder, _find_null
 from ._writer import Writer
 from .backends.base import Backend, backend_name
 from .backends.jsonl import JsonlBackend
 from .errors import BackendFailedError, FlushTimeoutError, InactiveRunError, TrackerWarning
 from .events import RUN_STATUSES, RunInfo, RunStats, RunStatus
+from .runfile.codec import ValueEncoder, _find_null
 
 __all__ = ["DEFAULT_EXPERIMENT_NAME", "AsyncTracker", "Tracker"]
 

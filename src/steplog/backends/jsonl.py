@@ -13,16 +13,14 @@ import anyio.to_thread
 
 from .._batch import EventBatch
 from .._names import check_name
-from .._values import ValueEncoder
 from ..events import Event, RunEnd, RunInfo
+from ..runfile.codec import ValueEncoder
+from ..runfile.schema import SCHEMA_VERSION, end_record, start_record
 from .base import Backend, _overrides
 
 __all__ = ["SCHEMA_VERSION", "JsonlBackend"]
 
 logger = logging.getLogger("steplog")
-
-#: Version of the record schema written by :class:`JsonlBackend` (see docs/schema.md).
-SCHEMA_VERSION = 1
 
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -118,20 +116,7 @@ class JsonlBackend(Backend):
         self._inline = self.inline_write_limit > 0
         self._write_seconds = 0.0
         self.path = path
-        self._write_all(
-            self._encoder.encode(
-                {
-                    "type": "run_start",
-                    "schema": SCHEMA_VERSION,
-                    "run_id": run.run_id,
-                    "experiment": run.experiment,
-                    "start_time": run.start_time,
-                    "pid": run.pid,
-                    "host": run.host,
-                    "config": run.config,
-                }
-            )
-        )
+        self._write_all(self._encoder.encode(start_record(run)))
 
     def _write_all(self, data: bytes | bytearray) -> None:
         """Append ``data``; after a failure, a retry resumes after the bytes that made it."""
@@ -183,17 +168,7 @@ class JsonlBackend(Backend):
         try:
             self._unwritten = None
             self._end_line(
-                self._encoder.encode(
-                    {
-                        "type": "run_end",
-                        "run_id": end.run_id,
-                        "end_time": end.end_time,
-                        "status": end.status,
-                        "summary": end.summary,
-                        "stats": end.stats.to_dict(),
-                        "encoding_fallbacks": self._encoder.fallbacks,
-                    }
-                )
+                self._encoder.encode(end_record(end, encoding_fallbacks=self._encoder.fallbacks))
             )
         finally:
             fd, self._fd = self._fd, -1

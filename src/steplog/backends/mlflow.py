@@ -48,9 +48,9 @@ from typing import Any
 import orjson
 
 from .._extras import require
-from .._runfiles import flatten, is_number
 from ..errors import MlflowError, PermanentBackendError
 from ..events import Event, RunEnd, RunInfo
+from ..runfile.schema import flatten, is_number
 from .base import Backend
 
 __all__ = ["MlflowBackend", "MlflowError"]

@@ -33,8 +33,8 @@ from typing import Any
 import orjson
 
 from .._extras import require
-from .._runfiles import flatten
 from ..events import Event, RunEnd, RunInfo
+from ..runfile.schema import flatten
 from .base import Backend
 
 __all__ = ["TensorBoardBackend"]

@@ -1,0 +1,17 @@
+"""The run file: its record layout (:mod:`.schema`), its value encoding
+(:mod:`.codec`), THE parser and ``read_run`` (:mod:`.read`), and finding runs
+(:mod:`.find`). Changing the file format touches this package only."""
+
+from .find import find_runs, resolve_run
+from .read import Run, RunSnapshot, open_run, read_run
+from .schema import SCHEMA_VERSION
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Run",
+    "RunSnapshot",
+    "find_runs",
+    "open_run",
+    "read_run",
+    "resolve_run",
+]

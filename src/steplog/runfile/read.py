@@ -1,0 +1,563 @@
+"""Reading run files: THE parser, used by every reader (``read_run``, the CLI commands,
+``replay``, plots and exports).
+
+Every reader works on a :class:`RunSnapshot`: the file up to the end of its last
+complete line when it was opened. A reader that reads a file several times (the
+header, then every record; export's two passes) so describes one set of records while
+another process keeps appending. Damaged lines, one rule:
+
+* a torn last line (the writer killed mid-line, or still writing) is left out silently
+  (:attr:`RunSnapshot.torn`, :attr:`Run.torn`);
+* a corrupt line before it: the streaming readers (:func:`iter_steps`,
+  :func:`last_steps`) skip it and add its number to :attr:`RunSnapshot.corrupt`, for
+  the caller to warn about with the count; :func:`read_run` is strict and raises
+  :class:`steplog.RunFileError` naming the line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import os
+import socket
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..errors import RunFileError
+from ..events import Event, RunStats
+from .codec import decode
+from .schema import INCOMPLETE, RUN_END, RUN_START, RUNNING, SCHEMA_VERSION, flat_data, is_step
+
+__all__ = [
+    "CorruptLineError",
+    "MetricStats",
+    "Run",
+    "RunHeader",
+    "RunSnapshot",
+    "StepScan",
+    "WriterState",
+    "iter_lines",
+    "iter_steps",
+    "last_steps",
+    "line_number",
+    "metric_stats",
+    "open_run",
+    "parse_line",
+    "parse_record",
+    "read_header",
+    "read_run",
+    "writer_state",
+]
+
+TAIL_BYTES = 64 * 1024
+CHUNK_BYTES = 4 * 1024 * 1024
+
+
+def parse_line(line: bytes) -> dict[str, Any] | None:
+    """Decode one JSONL record (``None`` if it is not a JSON object)."""
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    if b'"$' in line:
+        decoded: dict[str, Any] = decode(record)
+        return decoded
+    return record
+
+
+class CorruptLineError(ValueError):
+    """Raised by :func:`parse_record` for a line that is not a valid record."""
+
+
+def parse_record(line: bytes) -> dict[str, Any] | None:
+    """Decode one line of a run file: its record, or ``None`` for a blank line.
+
+    Raises:
+        CorruptLineError: The line is not a JSON object, or is a step record (no
+            ``type``) without an integer ``step``, a numeric ``time`` and an object
+            ``data`` — the checks ``read_run`` makes.
+    """
+    if not line.strip():
+        return None
+    record = parse_line(line)
+    if record is None:
+        raise CorruptLineError("corrupt record (not a JSON object)")
+    if "type" not in record and not is_step(record):
+        raise CorruptLineError(
+            "a step record needs an integer 'step', a numeric 'time' and an object 'data'"
+        )
+    return record
+
+
+@dataclasses.dataclass(slots=True)
+class RunSnapshot:
+    """A run file as it stood when a command opened it (see the module docstring).
+
+    Attributes:
+        path: The run file.
+        start: Its run-start record.
+        body: Offset of the line after the run-start line.
+        end: Readers stop here: after the last complete line at opening time.
+        torn: Bytes of an unfinished line followed ``end`` at opening time.
+        corrupt: Numbers (from 1) of the corrupt lines readers skipped so far.
+    """
+
+    path: Path
+    start: dict[str, Any]
+    body: int
+    end: int
+    torn: bool
+    corrupt: set[int] = dataclasses.field(default_factory=set)
+
+
+def open_run(path: Path) -> RunSnapshot:
+    """Take a :class:`RunSnapshot` of ``path``: read its first line and find the end of
+    its last complete line.
+
+    A last line without its newline counts as complete when it is a whole JSON object
+    (as ``read_run`` counts it), else it is torn and left out.
+
+    Raises:
+        OSError: The file cannot be read.
+        ValueError: The file is not a steplog run.
+    """
+    with open(path, "rb") as f:
+        first = f.readline()
+        start = parse_line(first)
+        if not first.strip():
+            raise ValueError(f"{path}: empty file, not a steplog run")
+        if start is None or start.get("type") != RUN_START:
+            raise ValueError(f"{path}: not a steplog run file (no run-start record)")
+        size = os.fstat(f.fileno()).st_size
+        body = len(first)
+        end = body
+        block = TAIL_BYTES
+        while True:  # back from the end until a newline (lines can be megabytes long)
+            offset = max(body, size - block)
+            f.seek(offset)
+            data = f.read(size - offset)
+            size = offset + len(data)  # the file may have grown or shrunk meanwhile
+            cut = data.rfind(b"\n")
+            if cut >= 0 or offset == body:
+                end = offset + cut + 1
+                tail = data[cut + 1 :]
+                break
+            block *= 4
+    torn = False
+    if tail.strip():
+        if isinstance(parse_line(tail), dict):
+            end = size  # a whole record that only lacks its newline
+        else:
+            torn = True
+    return RunSnapshot(path=path, start=start, body=body, end=end, torn=torn)
+
+
+def line_number(path: Path, offset: int) -> int:
+    """The number (from 1) of the line that starts at byte ``offset`` of ``path``.
+
+    Counts the newlines before it: only for messages about the rare corrupt line.
+    """
+    count = 0
+    with open(path, "rb") as f:
+        left = offset
+        while left > 0 and (chunk := f.read(min(CHUNK_BYTES, left))):
+            count += chunk.count(b"\n")
+            left -= len(chunk)
+    return count + 1
+
+
+class WriterState(enum.Enum):
+    """Whether the process that writes a run is still running."""
+
+    ALIVE = "alive"
+    GONE = "gone"  # on this host, and no such process any more
+    UNKNOWN = "unknown"  # written on another host (or without a pid): cannot tell
+
+
+def writer_state(start: dict[str, Any]) -> WriterState:
+    """The state of the process named in a run-start record."""
+    pid = start.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return WriterState.UNKNOWN
+    if start.get("host") != socket.gethostname():
+        return WriterState.UNKNOWN
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return WriterState.GONE
+    except PermissionError:  # alive, owned by another user
+        return WriterState.ALIVE
+    return WriterState.ALIVE
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunHeader:
+    """What the first and last lines of a run file say, without reading the rest."""
+
+    path: Path
+    run_id: str
+    experiment: str
+    start_time: float
+    status: str  # the end status, "running" (writer alive on this host) or "incomplete"
+    steps: int  # last step + 1 (0 when no step was written yet)
+    last_time: float  # end time, or the time of the last step written
+    last: dict[str, Any]  # the data of the last step records, later ones winning
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    stats: dict[str, Any] | None  # the run-end record's statistics
+    host: str | None
+    pid: int | None
+    torn: bool  # the file ends in a line without its newline (killed or still writing)
+    ended: bool  # the run-end record is there
+
+    @property
+    def duration(self) -> float:
+        return max(0.0, self.last_time - self.start_time)
+
+
+def read_header(snapshot: RunSnapshot, tail_bytes: int = TAIL_BYTES) -> RunHeader:
+    """What the run-start line and the last ``tail_bytes`` of the snapshot say."""
+    start = snapshot.start
+    with open(snapshot.path, "rb") as f:
+        offset = max(snapshot.body, snapshot.end - tail_bytes)
+        f.seek(offset)
+        tail = f.read(snapshot.end - offset)
+    lines = tail.split(b"\n")
+    if offset > snapshot.body:
+        lines = lines[1:]  # the first piece starts mid-line
+    end: dict[str, Any] | None = None
+    last_step: dict[str, Any] | None = None
+    last: dict[str, Any] = {}
+    for line in reversed(lines):
+        record = parse_line(line)
+        if record is None:
+            continue
+        kind = record.get("type")
+        if kind == RUN_END:
+            end = record
+        elif kind is None and is_step(record):
+            if last_step is None:
+                last_step = record
+            for key, value in record["data"].items():
+                last.setdefault(key, value)
+    if end is not None:
+        status = str(end.get("status"))
+        last_time = float(end.get("end_time") or start["start_time"])
+    else:
+        alive = writer_state(start) is WriterState.ALIVE
+        status = RUNNING if alive else INCOMPLETE
+        last_time = float(last_step["time"]) if last_step else float(start["start_time"])
+    return RunHeader(
+        path=snapshot.path,
+        run_id=str(start.get("run_id")),
+        experiment=str(start.get("experiment")),
+        start_time=float(start["start_time"]),
+        status=status,
+        steps=int(last_step["step"]) + 1 if last_step else 0,
+        last_time=last_time,
+        last=last,
+        config=start.get("config") or {},
+        summary=(end or {}).get("summary") or {},
+        stats=(end or {}).get("stats"),
+        host=start.get("host"),
+        pid=start.get("pid"),
+        torn=snapshot.torn,
+        ended=end is not None,
+    )
+
+
+def last_steps(snapshot: RunSnapshot, count: int) -> list[dict[str, Any]]:
+    """The last ``count`` step records of the snapshot.
+
+    Reads backwards from the end in growing blocks, so a long file is not read whole.
+    Corrupt lines after the first record returned (or anywhere, when the whole file
+    was read) go into ``snapshot.corrupt``.
+    """
+    path, end = snapshot.path, snapshot.end
+    with open(path, "rb") as f:
+        block = TAIL_BYTES
+        while True:
+            offset = max(snapshot.body, end - block)
+            f.seek(offset)
+            data = f.read(end - offset)
+            lines = data.split(b"\n")
+            first = 1 if offset > snapshot.body else 0  # the first piece starts mid-line
+            steps: list[tuple[int, dict[str, Any]]] = []
+            corrupt: list[int] = []
+            for index in range(first, len(lines)):
+                try:
+                    record = parse_record(lines[index])
+                except CorruptLineError:
+                    corrupt.append(index)
+                    continue
+                if record is not None and "type" not in record:
+                    steps.append((index, record))
+            whole = offset == snapshot.body
+            if len(steps) >= count or whole:
+                chosen = steps[-count:] if count else []
+                if count == 0:
+                    corrupt = []
+                elif not (whole and len(steps) <= count):  # the lines shown, not before
+                    corrupt = [i for i in corrupt if i > chosen[0][0]]
+                if corrupt:
+                    base = line_number(path, offset)  # the number of lines[0]
+                    snapshot.corrupt.update(base + i for i in corrupt)
+                return [record for _, record in chosen]
+            block *= 4
+
+
+def iter_lines(
+    snapshot: RunSnapshot, progress: Callable[[int], None] | None = None
+) -> Iterator[bytes]:
+    """The lines of the snapshot after the run-start line (line 2 onwards), read in
+    large chunks."""
+    with open(snapshot.path, "rb") as f:
+        f.seek(snapshot.body)
+        left = snapshot.end - snapshot.body
+        rest = b""
+        while left > 0 and (chunk := f.read(min(CHUNK_BYTES, left))):
+            left -= len(chunk)
+            if progress is not None:
+                progress(len(chunk))
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            yield from lines
+        if rest:
+            yield rest  # a whole record without its newline (see open_run)
+
+
+def iter_steps(
+    snapshot: RunSnapshot, progress: Callable[[int], None] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Step records of the snapshot (``{"step", "time", "data"}``), in file order.
+
+    Corrupt lines are skipped and their numbers added to ``snapshot.corrupt``.
+    """
+    loads = orjson.loads
+    corrupt = snapshot.corrupt
+    for number, line in enumerate(iter_lines(snapshot, progress), start=2):
+        # The hot loop of show/export/compare/plot on long runs: orjson straight on
+        # the line, the tag-decoding walk only where a tagged value ($float, $int) is.
+        if not line:
+            continue
+        try:
+            record = loads(line)
+        except orjson.JSONDecodeError:
+            if line.strip():
+                corrupt.add(number)
+            continue
+        if type(record) is not dict:
+            corrupt.add(number)
+            continue
+        if "type" in record:
+            continue  # run end, or a record type of a newer minor version
+        if b'"$' in line:
+            record = decode(record)
+        when = record.get("time")
+        if (
+            type(record.get("step")) is int
+            and type(record.get("data")) is dict
+            and (type(when) is float or isinstance(when, (int, float)))
+        ):
+            yield record
+        else:
+            corrupt.add(number)
+
+
+@dataclasses.dataclass(slots=True)
+class MetricStats:
+    """Running statistics of one key over a run."""
+
+    count: int = 0
+    first: Any = None
+    last: Any = None
+    numeric: int = 0
+    nan: int = 0
+    inf: int = 0
+    min: float = math.inf
+    min_step: int | None = None
+    max: float = -math.inf
+    max_step: int | None = None
+    total: float = 0.0
+    finite: int = 0
+
+    def add(self, step: int, value: Any) -> None:
+        if self.count == 0:
+            self.first = value
+        self.count += 1
+        self.last = value
+        if type(value) is not float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return
+            try:
+                value = float(value)
+            except OverflowError:  # an int beyond float range (stored as a $int tag)
+                value = math.inf if value > 0 else -math.inf
+        self.numeric += 1
+        if value - value != 0:  # NaN or ±inf (and never true for finite values)
+            if value != value:
+                self.nan += 1
+            else:
+                self.inf += 1
+            return
+        self.finite += 1
+        self.total += value
+        if value < self.min:
+            self.min, self.min_step = value, step
+        if value > self.max:
+            self.max, self.max_step = value, step
+
+    @property
+    def mean(self) -> float | None:
+        return self.total / self.finite if self.finite else None
+
+
+@dataclasses.dataclass(slots=True)
+class StepScan:
+    """What one pass over a snapshot's step records found."""
+
+    metrics: dict[str, MetricStats]
+    records: int = 0
+    last_step: int | None = None  # the step of the last record
+
+
+def metric_stats(snapshot: RunSnapshot, progress: Callable[[int], None] | None = None) -> StepScan:
+    """Per-key statistics over every step record of the snapshot."""
+    stats: dict[str, MetricStats] = {}
+    records = 0
+    step: int | None = None
+    for record in iter_steps(snapshot, progress):
+        records += 1
+        step = record["step"]
+        for key, value in flat_data(record["data"]).items():
+            entry = stats.get(key)
+            if entry is None:
+                entry = stats[key] = MetricStats()
+            entry.add(step, value)
+    return StepScan(stats, records, step)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Run:
+    """A run read back from its JSONL file.
+
+    Attributes:
+        path: The file that was read.
+        run_id: The run's id.
+        experiment: The experiment name.
+        config: The merged config recorded at ``init()``.
+        records: One :class:`steplog.Event` per ``log()`` call, in file order.
+        history: Per key, its values in file order (only events that have the key).
+        summary: The summary passed to ``finish()`` (empty if the run did not finish).
+        status: The end status, or ``"incomplete"`` if the file has no run-end record
+            (still being written, or the writer was killed).
+        stats: The run statistics from the run-end record, or ``None``.
+        start_time: Wall-clock start time.
+        end_time: Wall-clock end time, or ``None``.
+        torn: Whether the last line was cut short (a writer killed mid-write); it is
+            skipped.
+        schema: The record schema version of the file.
+    """
+
+    path: Path
+    run_id: str
+    experiment: str
+    config: Mapping[str, Any]
+    records: list[Event]
+    history: dict[str, list[Any]]
+    summary: Mapping[str, Any]
+    status: str
+    stats: RunStats | None
+    start_time: float
+    end_time: float | None
+    torn: bool
+    schema: int
+
+    def series(self, key: str) -> list[tuple[int, Any]]:
+        """Return ``(step, value)`` pairs for ``key``, in file order."""
+        return [(e.step, e.data[key]) for e in self.records if key in e.data]
+
+
+def read_run(path: str | os.PathLike[str]) -> Run:
+    """Read a run written by :class:`steplog.JsonlBackend`, strictly.
+
+    A torn last line (the writer was killed mid-write) is skipped and reported in
+    :attr:`Run.torn`; NaN, ±infinity and big integers come back as themselves.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        RunFileError: The file is not a steplog run, or a line other than the last is
+            corrupt (its number is in the message).
+    """
+    path = Path(path)
+    try:
+        snapshot = open_run(path)
+    except ValueError as exc:
+        raise RunFileError(str(exc)) from None
+    start = snapshot.start
+    schema = start.get("schema")
+    if not isinstance(schema, int) or schema > SCHEMA_VERSION:
+        raise RunFileError(
+            f"{path}: record schema {schema!r} is not supported by this steplog "
+            f"(it reads versions up to {SCHEMA_VERSION}); upgrade steplog"
+        )
+    missing = [k for k in ("run_id", "experiment", "start_time") if k not in start]
+    if missing:
+        raise RunFileError(f"{path}:1: the run-start record lacks {', '.join(missing)}")
+    records: list[Event] = []
+    history: dict[str, list[Any]] = {}
+    end: dict[str, Any] | None = None
+    loads = orjson.loads
+    for number, line in enumerate(iter_lines(snapshot), start=2):
+        # parse_record's rules, with its common case inlined (the loop of long runs).
+        try:
+            record = loads(line)
+            if b'"$' in line:
+                record = decode(record)
+            step, time, data = record["step"], record["time"], record["data"]
+            good = type(step) is int and type(data) is dict and "type" not in record
+            good = good and (type(time) is float or is_step(record))
+        except Exception:  # not JSON, not an object, a run-end or newer record, blank
+            good = False
+        if not good:
+            try:
+                record = parse_record(line)
+            except CorruptLineError as exc:
+                raise RunFileError(f"{path}:{number}: {exc}") from None
+            if record is None:
+                continue
+            if record.get("type") == RUN_END:
+                end = record
+            continue  # record types from newer minor versions are skipped
+        records.append(Event(step, time, data))
+        for key, value in data.items():
+            series = history.get(key)
+            if series is None:
+                history[key] = [value]
+            else:
+                series.append(value)
+    if end is not None and not isinstance(end.get("status"), str):
+        raise RunFileError(f"{path}: the run-end record has no status")
+    if end is not None and not isinstance(end.get("stats") or {}, dict):
+        raise RunFileError(f"{path}: the run-end record's stats are not an object")
+    return Run(
+        path=path,
+        run_id=start["run_id"],
+        experiment=start["experiment"],
+        config=start.get("config") or {},
+        records=records,
+        history=history,
+        summary=(end or {}).get("summary") or {},
+        status=end["status"] if end else INCOMPLETE,
+        stats=RunStats.from_dict(end["stats"]) if end and end.get("stats") else None,
+        start_time=start["start_time"],
+        end_time=end.get("end_time") if end else None,
+        torn=snapshot.torn,
+        schema=schema,
+    )

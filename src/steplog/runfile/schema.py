@@ -1,0 +1,110 @@
+"""The run file's record layout (version 1; see docs/schema.md), written down once.
+
+A run file holds one JSON object per line: the run-start record, one step record per
+``log()`` call (``{"step", "time", "data"}``, no ``type``), and the run-end record.
+Values are encoded by :mod:`steplog.runfile.codec`. The writer process of
+``durability="process"`` (``steplog._ringchild``, which may not import steplog) writes
+the ``"killed"`` run-end record itself, with the same fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..events import RunEnd, RunInfo
+
+__all__ = [
+    "INCOMPLETE",
+    "RUNNING",
+    "RUN_END",
+    "RUN_START",
+    "SCHEMA_VERSION",
+    "end_record",
+    "flat_data",
+    "flatten",
+    "is_number",
+    "is_step",
+    "start_record",
+]
+
+#: Version of the record schema (the run-start record's ``schema``).
+SCHEMA_VERSION = 1
+#: The ``type`` of the first record.
+RUN_START = "run_start"
+#: The ``type`` of the last record.
+RUN_END = "run_end"
+#: Status reported for a file without a run-end record whose writer is gone (killed
+#: before it could finish the run), or that cannot be checked.
+INCOMPLETE = "incomplete"
+#: Status reported for a file without a run-end record whose writer still runs here.
+RUNNING = "running"
+
+
+def start_record(run: RunInfo) -> dict[str, Any]:
+    """The run-start record of ``run``."""
+    return {
+        "type": RUN_START,
+        "schema": SCHEMA_VERSION,
+        "run_id": run.run_id,
+        "experiment": run.experiment,
+        "start_time": run.start_time,
+        "pid": run.pid,
+        "host": run.host,
+        "config": run.config,
+    }
+
+
+def end_record(end: RunEnd, *, encoding_fallbacks: int) -> dict[str, Any]:
+    """The run-end record of ``end``."""
+    return {
+        "type": RUN_END,
+        "run_id": end.run_id,
+        "end_time": end.end_time,
+        "status": end.status,
+        "summary": end.summary,
+        "stats": end.stats.to_dict(),
+        "encoding_fallbacks": encoding_fallbacks,
+    }
+
+
+def is_step(record: Mapping[str, Any]) -> bool:
+    """Whether ``record`` is a well-formed step record: an int ``step``, a numeric
+    ``time``, an object ``data`` (and no ``type``)."""
+    when = record.get("time")
+    return (
+        "type" not in record
+        and type(record.get("step")) is int
+        and type(record.get("data")) is dict
+        and (type(when) is float or (isinstance(when, (int, float)) and type(when) is not bool))
+    )
+
+
+def is_number(value: Any) -> bool:
+    """A number, and not a bool (which Python counts as an int)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def flat_data(data: dict[str, Any]) -> dict[str, Any]:
+    """A step's data with dotted keys: ``data`` itself unless it holds a nested mapping
+    (the common case, so long runs skip building a copy of every record)."""
+    for value in data.values():
+        if type(value) is dict:
+            return flatten(data)
+    return data
+
+
+def flatten(data: Mapping[str, Any], sep: str = ".", prefix: str = "") -> dict[str, Any]:
+    """Nested mappings become joined keys: ``{"a": {"b": 1}}`` → ``{"a.b": 1}``.
+
+    Empty mappings stay as values. Shared by the CLI and the backends that need flat
+    keys (MLflow params and metrics, TensorBoard tags with ``sep="/"``).
+    """
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, sep, f"{name}{sep}"))
+        else:
+            out[name] = value
+    return out

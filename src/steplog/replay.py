@@ -23,8 +23,8 @@ from typing import Any
 
 import anyio
 
-from ._delivery import RetryPolicy
-from ._worker import BackendRunner
+from ._delivery import Delivery, RetryPolicy
+from ._options import DEFAULT_BATCH_SIZE
 from .backends.base import Backend, backend_name
 from .errors import BackendOpenError
 from .events import BackendStats, Event, RunEnd, RunInfo, RunStats
@@ -36,7 +36,7 @@ __all__ = ["replay", "replay_async"]
 def replay(
     path: str | os.PathLike[str],
     *backends: Backend,
-    batch_size: int = 1024,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     retry: RetryPolicy | None = None,
 ) -> dict[str, BackendStats]:
     """Send the run in ``path`` to ``backends``; returns delivery counts per backend.
@@ -62,7 +62,7 @@ def replay(
 async def replay_async(
     path: str | os.PathLike[str],
     *backends: Backend,
-    batch_size: int = 1024,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     retry: RetryPolicy | None = None,
 ) -> dict[str, BackendStats]:
     """:func:`replay` for callers already inside an event loop."""
@@ -81,7 +81,9 @@ def _replay_snapshot(snapshot: RunSnapshot, *backends: Backend) -> dict[str, Bac
     """Replay for the command line: corrupt lines are skipped, their numbers collected in
     ``snapshot.corrupt`` (the command warns), as the other commands do."""
     return anyio.run(
-        lambda: _replay(snapshot, backends, batch_size=1024, retry=None, strict=False),
+        lambda: _replay(
+            snapshot, backends, batch_size=DEFAULT_BATCH_SIZE, retry=None, strict=False
+        ),
         backend="asyncio",
     )
 
@@ -109,18 +111,13 @@ async def _replay(
         pid=int(start.get("pid") or 0),
         host=str(start.get("host") or ""),
     )
+    # Each backend's delivery (retries, breaker, counts) is the live run's, without
+    # the live run's queue: the file is read at the pace of the slowest backend.
     runners = [
-        BackendRunner(
-            b,
-            backend_name(b),
-            backlog_limit=batch_size,
-            policy="block",
-            deadline=lambda: None,
-            retry=retry or RetryPolicy(),
-        )
+        Delivery(b, backend_name(b), retry=retry or RetryPolicy(), deadline=_no_deadline)
         for b in backends
     ]
-    opened: list[BackendRunner] = []
+    opened: list[Delivery] = []
     for runner in runners:
         try:
             await runner.backend.open(info)
@@ -169,16 +166,17 @@ async def _replay(
     return {r.name: r.stats(0) for r in runners}
 
 
-async def _deliver(runners: Sequence[BackendRunner], rows: list[Any]) -> None:
+async def _deliver(runners: Sequence[Delivery], rows: list[Any]) -> None:
     batch = [Event(step, time, data) for step, time, data in rows]
     for runner in runners:
-        if await runner.write_with_retries(batch):
-            runner.delivered += len(batch)
-        else:
-            runner.failed += len(batch)
+        await runner.send(batch)
 
 
-async def _close(runner: BackendRunner, end: RunEnd) -> None:
+def _no_deadline() -> None:
+    return None
+
+
+async def _close(runner: Delivery, end: RunEnd) -> None:
     try:
         await runner.backend.close(end)
     except Exception as exc:

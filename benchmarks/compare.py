@@ -303,7 +303,7 @@ class Wandb(Contender):
     @staticmethod
     def kept(workdir: Path) -> list[int]:
         # W&B's transaction log, parsed with W&B's own protobufs (steplog's reader).
-        from steplog.backends.wandb import read_offline_history
+        from steplog.backends._wandb_log import read_offline_history
 
         out = []
         for run_dir in glob.glob(str(workdir / "wandb" / "offline-run-*")):

@@ -76,3 +76,53 @@ def test_every_error_is_a_steplog_error_and_exported():
     assert issubclass(steplog.RunNotFoundError, LookupError)
     assert issubclass(steplog.FlushTimeoutError, TimeoutError)
     assert issubclass(steplog.MissingExtraError, ImportError)
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """steplog's modules and the steplog modules each imports at module level."""
+    import ast
+    from pathlib import Path
+
+    root = Path(steplog.__file__).parent
+    graph: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
+        package = parts[:-1] if parts[-1] != "__init__" else parts[:-1]
+        name = ".".join(parts if parts[-1] != "__init__" else parts[:-1])
+        imports: set[str] = set()
+        for node in ast.parse(path.read_text()).body:  # module level only
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package[: len(package) - node.level + 1]
+                target = ".".join([*base, *(node.module.split(".") if node.module else [])])
+                imports.add(target)
+                for alias in node.names:  # "from . import x" may name a module
+                    imports.add(f"{target}.{alias.name}")
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("steplog"):
+                imports.add(node.module or "")
+        graph[name] = imports
+    return {m: {i for i in deps if i in graph and i != m} for m, deps in graph.items()}
+
+
+def test_the_import_graph_has_no_cycles_and_backends_do_not_import_the_cli():
+    """Module-level imports form no cycle (package __init__ re-exports aside), and no
+    backend imports a CLI module."""
+    graph = _module_imports()
+    packages = {m for m in graph if any(o.startswith(m + ".") for o in graph)}
+    edges = {m: {d for d in deps if d not in packages} for m, deps in graph.items()}
+    state: dict[str, int] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for dep in edges[module]:
+            if state.get(dep) == 1:
+                raise AssertionError("import cycle: " + " -> ".join([*path, module, dep]))
+            if dep not in state:
+                visit(dep, [*path, module])
+        state[module] = 2
+
+    for module in edges:
+        if module not in state and module not in packages:
+            visit(module, [])
+    for module, deps in graph.items():
+        if module.startswith("steplog.backends"):
+            assert not {d for d in deps if d.startswith("steplog.cli")}, module

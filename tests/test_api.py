@@ -87,7 +87,7 @@ def _module_imports() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for path in root.rglob("*.py"):
         parts = list(path.relative_to(root.parent).with_suffix("").parts)
-        package = parts[:-1] if parts[-1] != "__init__" else parts[:-1]
+        package = parts[:-1]  # what relative imports start from (a package: itself)
         name = ".".join(parts if parts[-1] != "__init__" else parts[:-1])
         imports: set[str] = set()
         for node in ast.parse(path.read_text()).body:  # module level only

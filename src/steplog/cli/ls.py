@@ -1,0 +1,128 @@
+"""``steplog ls``: the runs under a directory, one line each."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .._runfiles import RunHeader, find_runs, is_number, open_run, read_header
+from ._common import DEFAULT_ROOT, EXIT_OK, CommandError, Subparsers, add_command
+from ._format import cell, clock, duration, print_table
+
+__all__ = ["SORT_KEYS", "add_parser"]
+
+SORT_KEYS = ("start", "experiment", "run", "status", "steps", "duration", "metric")
+
+
+def add_parser(subparsers: Subparsers) -> None:
+    """Add ``steplog ls``."""
+    ls = add_command(
+        subparsers,
+        "ls",
+        help="list runs: experiment, id, status, steps, duration, start, last metric value",
+        description="Lists the runs under ROOT. Reads only the first line and the tail of "
+        "each file, so hundreds of large runs list in a moment. Status is the run's end "
+        "status, 'running' when its writer is alive on this host, or 'incomplete' (killed).",
+        handler=cmd_ls,
+    )
+    ls.add_argument(
+        "root_dir",
+        nargs="?",
+        metavar="ROOT",
+        help="the run directory (default: --root, $STEPLOG_ROOT or runs)",
+    )
+    ls.add_argument("--root", help="the run directory, as for the other commands")
+    ls.add_argument("--sort", choices=SORT_KEYS, default="start", help="sort key (start)")
+    ls.add_argument("-r", "--reverse", action="store_true", help="reverse the order")
+    ls.add_argument("-m", "--metric", default="loss", help="metric column (default: loss)")
+    ls.add_argument("-e", "--experiment", help="only this experiment")
+    ls.add_argument("-s", "--status", help="only runs with this status")
+    ls.add_argument("-n", "--limit", type=int, help="show at most N runs (after sorting)")
+    ls.add_argument("--json", action="store_true", help="one JSON object per run")
+
+
+def cmd_ls(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """List the runs under the run directory; returns the exit code."""
+    if args.root_dir is not None and args.root is not None and args.root_dir != args.root:
+        parser.error("name the run directory once: as ROOT or as --root")
+    if args.limit is not None and args.limit < 0:
+        parser.error("-n must be 0 or more")
+    root = Path(args.root_dir or args.root or os.environ.get("STEPLOG_ROOT", DEFAULT_ROOT))
+    if not root.exists():
+        raise CommandError(f"no run directory {str(root)!r}")
+    headers: list[RunHeader] = []
+    unreadable = 0
+    for path in find_runs(root):
+        try:
+            header = read_header(open_run(path))
+        except (OSError, ValueError):
+            unreadable += 1
+            continue
+        if args.experiment and header.experiment != args.experiment:
+            continue
+        if args.status and header.status != args.status:
+            continue
+        headers.append(header)
+    metric = args.metric
+
+    def metric_value(h: RunHeader) -> float:
+        value: Any = h.last.get(metric)
+        return float(value) if is_number(value) else math.inf
+
+    keys: dict[str, Callable[[RunHeader], Any]] = {
+        "start": lambda h: h.start_time,
+        "experiment": lambda h: (h.experiment, h.start_time),
+        "run": lambda h: h.run_id,
+        "status": lambda h: (h.status, h.start_time),
+        "steps": lambda h: h.steps,
+        "duration": lambda h: h.duration,
+        "metric": metric_value,
+    }
+    headers.sort(key=keys[args.sort], reverse=args.reverse)
+    if args.limit is not None:
+        headers = headers[: args.limit]
+    if unreadable:
+        what = "file that is not a steplog run" if unreadable == 1 else "files that are not runs"
+        print(f"steplog ls: skipped {unreadable:,} {what}", file=sys.stderr)
+    if args.json:
+        for h in headers:
+            row = {
+                "experiment": h.experiment,
+                "run_id": h.run_id,
+                "status": h.status,
+                "steps": h.steps,
+                "duration": round(h.duration, 3),
+                "start_time": h.start_time,
+                "path": str(h.path),
+                metric: h.last.get(metric),
+            }
+            sys.stdout.write(orjson.dumps(row, default=str).decode() + "\n")
+        return EXIT_OK
+    if not headers:
+        print(f"no runs under {str(root)!r}", file=sys.stderr)
+        return EXIT_OK
+    rows = [
+        [
+            h.experiment,
+            h.run_id,
+            h.status,
+            f"{h.steps:,}",
+            duration(h.duration),
+            clock(h.start_time),
+            cell(h.last.get(metric)),
+        ]
+        for h in headers
+    ]
+    print_table(
+        ["EXPERIMENT", "RUN", "STATUS", "STEPS", "DURATION", "STARTED", metric.upper()],
+        rows,
+        right={3, 4, 6},
+    )
+    return EXIT_OK

@@ -1,0 +1,70 @@
+"""``steplog plot``: metrics of one or more runs drawn to a PNG."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from .._runfiles import resolve_run
+from ._common import RUN_HELP, Subparsers, add_command, add_root_option, plot_files
+
+__all__ = ["add_parser"]
+
+
+def add_parser(subparsers: Subparsers) -> None:
+    """Add ``steplog plot``."""
+    plot = add_command(
+        subparsers,
+        "plot",
+        help="plot metrics of one or more runs to a PNG (needs steplog[plot])",
+        description="Draws the chosen keys (one panel each) for every run given, "
+        "overlaid. Runs with more points than --max-points are drawn as bucket means with "
+        "a min-max envelope, so 10-million-step runs plot fast and spikes stay visible.",
+        handler=cmd_plot,
+    )
+    plot.add_argument("runs", nargs="+", metavar="RUN", help=RUN_HELP)
+    add_root_option(plot)
+    plot.add_argument("-k", "--key", action="append", dest="keys", help="key(s) to plot (loss)")
+    plot.add_argument("-o", "--output", default="steplog-plot.png", help="output image")
+    plot.add_argument("--x", choices=("step", "time"), default="step", help="x axis (step)")
+    plot.add_argument("--smooth", type=int, default=0, metavar="N", help="moving mean of N")
+    plot.add_argument("--log-y", action="store_true", help="logarithmic y axis")
+    plot.add_argument("--title", help="figure title")
+    plot.add_argument("--label", action="append", dest="labels", help="legend label per run")
+    plot.add_argument("--size", default="8x4.5", help="figure size in inches, WxH (8x4.5)")
+    plot.add_argument("--dpi", type=int, default=100, help="dots per inch (100)")
+    plot.add_argument("--max-points", type=int, default=4000, help="buckets per curve (4000)")
+
+
+def cmd_plot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Check the plot options and draw the runs; returns the exit code."""
+    try:
+        width, height = (float(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        parser.error(f"--size must look like 8x4.5, not {args.size!r}")
+    if not (0 < width < math.inf and 0 < height < math.inf):
+        parser.error(f"--size needs a width and height above 0 inches, not {args.size!r}")
+    if args.labels and len(args.labels) != len(args.runs):
+        parser.error("give one --label per run")
+    if args.max_points < 10:
+        parser.error("--max-points must be at least 10")
+    if args.smooth < 0:
+        parser.error(f"--smooth must be 0 (off) or a number of points, not {args.smooth}")
+    if args.dpi < 1:
+        parser.error(f"--dpi must be at least 1, not {args.dpi}")
+    paths = [resolve_run(spec, Path(args.root)) for spec in args.runs]
+    return plot_files(
+        paths,
+        args.keys or ["loss"],
+        Path(args.output),
+        title=args.title,
+        labels=args.labels,
+        parser=parser,
+        x_axis=args.x,
+        window=args.smooth,
+        log_y=args.log_y,
+        size=(width, height),
+        dpi=args.dpi,
+        max_points=args.max_points,
+    )

@@ -1,0 +1,161 @@
+"""``steplog show``: one run's config, status, statistics, summary and per-key figures."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .. import _progress
+from .._runfiles import MetricStats, flatten, metric_stats, read_header, resolve_run
+from ._common import (
+    EXIT_OK,
+    RUN_HELP,
+    Subparsers,
+    add_command,
+    add_root_option,
+    take_snapshot,
+    warn_corrupt,
+)
+from ._format import cell, clock, count, duration, print_table
+
+__all__ = ["add_parser"]
+
+
+def add_parser(subparsers: Subparsers) -> None:
+    """Add ``steplog show``."""
+    show = add_command(
+        subparsers,
+        "show",
+        help="a run's config, status, stats, summary and per-metric statistics",
+        description="Prints the run's config, status, delivery statistics, summary, and "
+        "per key: count, first, last, min (at step), max (at step), mean, and NaN/inf "
+        "counts (min/max/mean are over the finite values).",
+        handler=cmd_show,
+    )
+    show.add_argument("run", metavar="RUN", help=RUN_HELP)
+    add_root_option(show)
+    show.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def cmd_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Print one run's report, as text or one JSON object; returns the exit code."""
+    path = resolve_run(args.run, Path(args.root))
+    snapshot = take_snapshot(path)
+    header = read_header(snapshot)
+    with _progress.bar(snapshot.end - snapshot.body, f"reading {path.name}") as update:
+        scan = metric_stats(snapshot, update)
+    warn_corrupt("show", path, snapshot.corrupt)
+    stats, records = scan.metrics, scan.records
+    steps = scan.last_step + 1 if scan.last_step is not None else 0
+    if args.json:
+        out = {
+            "path": str(path),
+            "run_id": header.run_id,
+            "experiment": header.experiment,
+            "status": header.status,
+            "start_time": header.start_time,
+            "duration": header.duration,
+            "steps": steps,
+            "records": records,
+            "torn": header.torn,
+            "config": header.config,
+            "stats": header.stats,
+            "summary": header.summary,
+            "metrics": {k: _stats_dict(s) for k, s in stats.items()},
+        }
+        sys.stdout.write(orjson.dumps(out, default=str, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return EXIT_OK
+    print(f"run       {header.run_id}  (experiment {header.experiment})")
+    print(f"file      {path}")
+    print(
+        f"status    {header.status}  ·  started {clock(header.start_time)}  ·  "
+        f"duration {duration(header.duration)}  ·  {count(records, 'step record')}  ·  "
+        f"last step {scan.last_step if scan.last_step is not None else '–'}"
+    )
+    if header.host or header.pid:
+        print(f"process   {header.host} pid {header.pid}")
+    if header.torn:
+        print("warning   the last line is incomplete (writer killed, or still writing)")
+    if header.stats:
+        s = header.stats
+        print(
+            f"stats     logged {s.get('logged', 0):,} · written {s.get('written', 0):,} · "
+            f"dropped {s.get('dropped', 0):,} · batches {s.get('batches', 0):,} · "
+            f"backend errors {s.get('backend_errors', 0):,}"
+        )
+        for name, b in (s.get("backends") or {}).items():
+            extra = " (disabled by the circuit breaker)" if b.get("disabled") else ""
+            error = f"; last error: {b['last_error']}" if b.get("last_error") else ""
+            print(
+                f"          {name}: delivered {b.get('delivered', 0):,}, failed "
+                f"{b.get('failed', 0):,}, dropped {b.get('dropped', 0):,}{extra}{error}"
+            )
+    else:
+        print("stats     – (no run-end record)")
+    _print_mapping("config", header.config)
+    _print_mapping("summary", header.summary)
+    numeric = {k: s for k, s in stats.items() if s.numeric}
+    other = {k: s for k, s in stats.items() if not s.numeric}
+    if numeric:
+        print()
+        rows = []
+        for key, m in numeric.items():
+            rows.append(
+                [
+                    key,
+                    f"{m.count:,}",
+                    cell(m.first),
+                    cell(m.last),
+                    _at(m.min, m.min_step),
+                    _at(m.max, m.max_step),
+                    cell(m.mean),
+                    f"{m.nan:,}" if m.nan else "",
+                    f"{m.inf:,}" if m.inf else "",
+                ]
+            )
+        print_table(
+            ["METRIC", "COUNT", "FIRST", "LAST", "MIN (STEP)", "MAX (STEP)", "MEAN", "NAN", "INF"],
+            rows,
+            right={1, 2, 3, 4, 5, 6, 7, 8},
+        )
+    if other:
+        print()
+        rows = [[k, f"{m.count:,}", cell(m.first), cell(m.last)] for k, m in other.items()]
+        print_table(["KEY", "COUNT", "FIRST", "LAST"], rows, right={1})
+    if not stats:
+        print("\nno step records")
+    return EXIT_OK
+
+
+def _stats_dict(s: MetricStats) -> dict[str, Any]:
+    out: dict[str, Any] = {"count": s.count, "first": s.first, "last": s.last}
+    if s.numeric:
+        out.update(
+            min=s.min if s.finite else None,
+            min_step=s.min_step,
+            max=s.max if s.finite else None,
+            max_step=s.max_step,
+            mean=s.mean,
+            nan=s.nan,
+            inf=s.inf,
+        )
+    return out
+
+
+def _at(value: float, step: int | None) -> str:
+    return "–" if step is None else f"{cell(value)} ({step})"
+
+
+def _print_mapping(title: str, mapping: dict[str, Any]) -> None:
+    flat = flatten(mapping) if mapping else {}
+    if not flat:
+        print(f"{title:<9} –")
+        return
+    width = max(len(k) for k in flat)
+    for index, (key, value) in enumerate(flat.items()):
+        label = title if index == 0 else ""
+        print(f"{label:<9} {key:<{width}} = {cell(value, 60)}")

@@ -20,9 +20,8 @@ from ._extras import require
 from .runfile.read import RunSnapshot, iter_steps
 from .runfile.schema import flat_data
 
-__all__ = ["FORMATS", "export"]
+__all__ = ["export"]
 
-FORMATS = ("csv", "parquet")
 ROW_GROUP = 100_000
 _INT64 = (-(2**63), 2**63 - 1)
 

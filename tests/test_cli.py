@@ -407,7 +407,7 @@ def test_plot_overlays_runs_and_writes_a_png_of_the_requested_size(runs, tmp_pat
 def test_plot_downsamples_large_runs_and_keeps_spikes(tmp_path):
     """A run with more points than --max-points is drawn from bucket min/mean/max."""
     from steplog._plot import downsample, load_series
-    from steplog._runfiles import open_run
+    from steplog.runfile.read import open_run
 
     steps = [{"loss": 1.0} for _ in range(20_000)]
     steps[12_345] = {"loss": 50.0}

@@ -12,7 +12,7 @@ followed by ``tail -f`` whose writer is gone); 2 usage error (also a key the run
 not have); 130 interrupted.
 
 Commands that read step records take a snapshot of each run file when they start (see
-``_runfiles``), skip corrupt lines in it with one warning per file on stderr, and leave a
+``runfile.read``), skip corrupt lines in it with one warning per file on stderr, and leave a
 torn last line out silently.
 """
 
@@ -23,9 +23,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .._runfiles import RunNotFoundError
-from ..errors import MissingExtraError, TrackerError
-from ..reader import RunFileError
+from ..errors import MissingExtraError, RunFileError, RunNotFoundError, TrackerError
 from . import compare, demo, export, ls, plot, replay, show, tail
 from ._common import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CommandError
 

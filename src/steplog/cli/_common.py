@@ -3,7 +3,7 @@ its ``RUN``/``--root`` arguments are declared, and reading run files with the wa
 for skipped lines.
 
 Commands that read step records take a snapshot of each run file when they start (see
-``_runfiles``), skip corrupt lines in it with one warning per file on stderr, and leave a
+``runfile.read``), skip corrupt lines in it with one warning per file on stderr, and leave a
 torn last line out silently.
 """
 
@@ -18,8 +18,9 @@ from typing import Any, TypeAlias
 
 from .. import _progress
 from .._extras import require
-from .._runfiles import RunSnapshot, flatten, is_number, open_run, read_header
-from ..reader import RunFileError
+from ..errors import RunFileError
+from ..runfile.read import RunSnapshot, open_run, read_header
+from ..runfile.schema import flatten, is_number
 from ._format import count
 
 __all__ = [

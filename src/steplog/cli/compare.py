@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import _progress
-from .._runfiles import flatten, metric_stats, read_header, resolve_run
+from ..runfile.find import resolve_run
+from ..runfile.read import metric_stats, read_header
+from ..runfile.schema import flatten
 from ._common import (
     EXIT_OK,
     RUN_HELP,

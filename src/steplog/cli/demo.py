@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import _progress
 from ..backends.jsonl import JsonlBackend
-from ..reader import read_run
+from ..runfile.read import read_run
 from ..tracker import Tracker
 from ._common import DEFAULT_ROOT, EXIT_OK, CommandError, Subparsers, add_command, plot_files
 from ._format import count

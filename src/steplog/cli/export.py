@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _progress
-from .._runfiles import resolve_run
+from ..runfile.find import resolve_run
 from ._common import (
     EXIT_OK,
     RUN_HELP,

@@ -12,7 +12,9 @@ from typing import Any
 
 import orjson
 
-from .._runfiles import RunHeader, find_runs, is_number, open_run, read_header
+from ..runfile.find import find_runs
+from ..runfile.read import RunHeader, open_run, read_header
+from ..runfile.schema import is_number
 from ._common import DEFAULT_ROOT, EXIT_OK, CommandError, Subparsers, add_command
 from ._format import cell, clock, duration, print_table
 

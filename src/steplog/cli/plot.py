@@ -6,7 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
-from .._runfiles import resolve_run
+from ..runfile.find import resolve_run
 from ._common import RUN_HELP, Subparsers, add_command, add_root_option, plot_files
 
 __all__ = ["add_parser"]

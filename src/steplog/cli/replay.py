@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .._runfiles import read_header, resolve_run
+from ..runfile.find import resolve_run
+from ..runfile.read import read_header
 from . import _backends
 from ._common import (
     EXIT_FAIL,

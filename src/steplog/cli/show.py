@@ -10,7 +10,9 @@ from typing import Any
 import orjson
 
 from .. import _progress
-from .._runfiles import MetricStats, flatten, metric_stats, read_header, resolve_run
+from ..runfile.find import resolve_run
+from ..runfile.read import MetricStats, metric_stats, read_header
+from ..runfile.schema import flatten
 from ._common import (
     EXIT_OK,
     RUN_HELP,

@@ -10,19 +10,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .._runfiles import (
+from ..runfile.find import resolve_run
+from ..runfile.read import (
     CorruptLineError,
     RunSnapshot,
     WriterState,
-    flat_data,
-    flatten,
     last_steps,
     line_number,
     parse_record,
     read_header,
-    resolve_run,
     writer_state,
 )
+from ..runfile.schema import flat_data, flatten
 from ._common import (
     EXIT_OK,
     RUN_HELP,
@@ -147,7 +146,7 @@ def _follow(snapshot: RunSnapshot, printer: _TailPrinter, interval: float) -> in
 
 class _TailPrinter:
     def __init__(self, keys: list[str] | None, raw: bool) -> None:
-        from .._values import ValueEncoder
+        from ..runfile.codec import ValueEncoder
 
         self.keys = keys
         self.raw = raw

@@ -1004,3 +1004,18 @@ def test_ls_sorts_old_and_new_run_ids_alike_by_run_and_by_start(tmp_path):
     assert ids == ["20200101-000000-99999-abcdef", *(p.stem for p in paths)]
     shown = run_cli("show", "20200101-000000", "--root", str(root), "--json")
     assert json.loads(shown.stdout)["run_id"] == "20200101-000000-99999-abcdef"
+
+
+def test_json_output_of_show_and_ls_keeps_big_integers_and_nan(tmp_path):
+    """--json of show and ls prints values as the run file stores them (2**70 and NaN
+    tagged), never a traceback (they crashed on integers beyond 64 bits)."""
+    root = tmp_path / "runs"
+    write_run(root, "big", {"seed": 2**70}, [{"loss": math.nan, "n": 2**70} for _ in range(3)])
+    show = run_cli("show", "latest", "--root", str(root), "--json")
+    assert show.returncode == 0, show.stderr
+    shown = json.loads(show.stdout)
+    assert shown["config"]["seed"] == {"$int": str(2**70)}
+    listed = run_cli("ls", "--root", str(root), "--json", "-m", "n")
+    assert listed.returncode == 0, listed.stderr
+    (row,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert row["n"] == {"$int": str(2**70)}

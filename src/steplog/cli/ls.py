@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from ..runfile.codec import ValueEncoder
 from ..runfile.find import find_runs
 from ..runfile.read import RunHeader, open_run, read_header
 from ..runfile.schema import is_number
@@ -105,6 +106,8 @@ def cmd_ls(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 "path": str(h.path),
                 metric: h.last.get(metric),
             }
+            # Values as the run file stores them: NaN, infinities and big ints tagged.
+            row = ValueEncoder().sanitize(row)
             sys.stdout.write(orjson.dumps(row, default=str).decode() + "\n")
         return EXIT_OK
     if not headers:

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from .. import _progress
+from ..runfile.codec import ValueEncoder
 from ..runfile.find import resolve_run
 from ..runfile.read import MetricStats, metric_stats, read_header
 from ..runfile.schema import flatten
@@ -69,6 +70,8 @@ def cmd_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             "summary": header.summary,
             "metrics": {k: _stats_dict(s) for k, s in stats.items()},
         }
+        # Values as the run file stores them: NaN, infinities and big integers tagged.
+        out = ValueEncoder().sanitize(out)
         sys.stdout.write(orjson.dumps(out, default=str, option=orjson.OPT_INDENT_2).decode() + "\n")
         return EXIT_OK
     print(f"run       {header.run_id}  (experiment {header.experiment})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import os
@@ -18,6 +19,13 @@ import pytest
 import steplog
 
 pytestmark = pytest.mark.timeout(300)
+
+# Drawing needs the plot extra; without it these tests skip (the message a user gets
+# then is tested by test_plot_without_matplotlib_names_the_extra, which always runs).
+needs_matplotlib = pytest.mark.skipif(
+    importlib.util.find_spec("matplotlib") is None,
+    reason="drawing plots needs matplotlib (pip install 'steplog[plot]')",
+)
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None):
@@ -86,6 +94,7 @@ def runs(tmp_path: Path) -> dict[str, Path]:
 # ── demo ──────────────────────────────────────────────────────────────────────────────
 
 
+@needs_matplotlib
 def test_demo_writes_a_readable_run_reports_cost_and_plots(tmp_path):
     """`steplog demo` logs to JSONL, prints path, steps/s, per-call cost, plot command."""
     png = tmp_path / "demo.png"
@@ -391,6 +400,7 @@ def png_size(path: Path) -> tuple[int, int]:
     return pixels.shape[1], pixels.shape[0]
 
 
+@needs_matplotlib
 def test_plot_overlays_runs_and_writes_a_png_of_the_requested_size(runs, tmp_path):
     out = tmp_path / "cmp.png"
     result = run_cli(
@@ -404,6 +414,7 @@ def test_plot_overlays_runs_and_writes_a_png_of_the_requested_size(runs, tmp_pat
     assert "3 non-finite loss values not drawn" in result.stderr
 
 
+@needs_matplotlib
 def test_plot_downsamples_large_runs_and_keeps_spikes(tmp_path):
     """A run with more points than --max-points is drawn from bucket min/mean/max."""
     from steplog._plot import downsample, load_series
@@ -424,6 +435,7 @@ def test_plot_downsamples_large_runs_and_keeps_spikes(tmp_path):
     assert png_size(out) == (800, 450)
 
 
+@needs_matplotlib
 def test_plot_failures_exit_1_with_a_reason(runs, tmp_path):
     """A key with nothing to draw (text only) is exit 1 saying why; a key the run does
     not have is a usage error (exit 2) naming the keys with numbers."""
@@ -953,6 +965,7 @@ def test_counts_of_one_are_singular(tmp_path):
     assert "(1 row, 3 columns)" in export.stdout
 
 
+@needs_matplotlib
 def test_plot_of_a_key_holding_lists_says_so_and_fails(tmp_path):
     """A key whose values are vectors cannot be drawn: exit 1 saying it holds lists,
     no image, instead of an empty panel and exit 0."""

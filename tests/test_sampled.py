@@ -139,9 +139,11 @@ class _FailsOnce(steplog.MemoryBackend):
     def __init__(self) -> None:
         super().__init__()
         self.calls = 0
+        self.attempts: list[list[Event]] = []  # what each write was given, failed or not
 
     async def write(self, events):
         self.calls += 1
+        self.attempts.append(list(events))
         if self.calls == 1:
             raise ConnectionError("transient")
         await super().write(events)
@@ -169,3 +171,218 @@ def test_a_retried_batch_is_sampled_once(every):
         assert points == [(i, float(i)) for i in range(4)]
     assert sampled.received == 4
     assert stats.backends["_failsonce"].delivered == 4
+
+
+@pytest.mark.parametrize("every", [3, 1])
+def test_a_retried_batch_with_extremes_resends_the_same_points(every):
+    """With extremes=True a retry still resends the very points of the failed write —
+    the same min, max and count — and the windows are not sampled twice."""
+    inner = _FailsOnce()
+    sampled = steplog.Sampled(inner, every=every, reduce="mean", extremes=True)
+    tracker = steplog.Tracker(
+        sampled, retry=steplog.RetryPolicy(backoff=0.001), batch_size=100, experiment_name="s"
+    )
+    tracker.init()
+    for i in range(4):
+        tracker.log({"x": float(i)}, step=i)
+    stats = tracker.finish()
+    assert inner.calls >= 2
+    assert inner.attempts[1] == inner.attempts[0]  # the retry sent what failed, unchanged
+    points = [
+        (e.step, e.data["x"], e.data["x/min"], e.data["x/max"], e.data["sampled/count"])
+        for e in inner.records
+    ]
+    if every == 3:
+        # The first event is a window of its own; then one window of 3.
+        assert points == [(0, 0.0, 0.0, 0.0, 1), (3, 2.0, 1.0, 3.0, 3)]
+    else:
+        assert points == [(i, float(i), float(i), float(i), 1) for i in range(4)]
+    assert sampled.received == 4
+    assert stats.backends["_failsonce"].delivered == 4
+
+
+def _loss_run(sampled: steplog.Sampled, n: int, spikes: dict[int, float], batch_size=64):
+    """A run of ``n`` steps of loss 1.0, with ``spikes`` (step → value) in it."""
+    tracker = steplog.Tracker(sampled, batch_size=batch_size, experiment_name="s")
+    tracker.init()
+    for step in range(n):
+        tracker.log({"loss": spikes.get(step, 1.0)})
+    tracker.finish()
+
+
+def test_extremes_keep_a_spike_that_a_window_mean_hides():
+    """A 1e6 spike at one step of a 1000-step mean window shows as that window's
+    loss/max (and a -1e6 dip as loss/min), while the mean only moves by ~1e3."""
+    inner = steplog.MemoryBackend()
+    _loss_run(
+        steplog.Sampled(inner, every=1000, reduce="mean", extremes=True),
+        3000,
+        {1500: 1e6, 2600: -1e6},
+    )
+    points = {e.step: e.data for e in inner.records}
+    assert list(points) == [0, 1000, 2000, 2999]  # first event, windows of 1000, last
+    assert points[2000]["loss/max"] == 1e6  # the window (1000, 2000] held the spike
+    assert points[2000]["loss/min"] == 1.0
+    assert points[2000]["loss"] == pytest.approx((999 + 1e6) / 1000)
+    assert points[2999]["loss/min"] == -1e6  # the final, partial window held the dip
+    assert points[2999]["loss/max"] == 1.0
+    assert points[1000]["loss/min"] == points[1000]["loss/max"] == 1.0
+
+
+@pytest.mark.parametrize("reduce", steplog.backends.sampled.REDUCTIONS)
+@pytest.mark.parametrize(("every", "interval"), [(7, None), (None, 0.0005)])
+def test_window_counts_add_up_to_the_events_of_the_run(reduce, every, interval):
+    """sampled/count of the points sums to the number of events logged, whatever the
+    reduction, window rule and batching; each point's count is its window's size."""
+    inner = steplog.MemoryBackend()
+    sampled = steplog.Sampled(inner, every=every, interval=interval, reduce=reduce, extremes=True)
+    _loss_run(sampled, 1000, {}, batch_size=13)
+    counts = [e.data["sampled/count"] for e in inner.records]
+    assert sum(counts) == 1000 == sampled.received
+    assert counts[0] == 1  # the first event, as logged
+    if every is not None:
+        assert counts[1:-1] == [7] * (len(counts) - 2)
+        assert counts[-1] == ((1000 - 1) % 7 or 7)
+
+
+def test_the_first_point_is_the_first_event_as_logged():
+    """With extremes (or endpoints=True) the run's first event goes through as logged,
+    at its own step, instead of disappearing into the first window's mean; extremes
+    only add their keys to it."""
+    first = {"loss": 9.5, "acc": 3, "phase": "warmup", "opt": {"lr": 0.1}, "ok": True}
+    later = {"loss": 1.0, "acc": 1, "phase": "train", "opt": {"lr": 0.01}, "ok": False}
+    inner = steplog.MemoryBackend()
+    run_with(steplog.Sampled(inner, every=10, reduce="mean", extremes=True), [first] + [later] * 20)
+    point = inner.records[0]
+    assert point.step == 0
+    assert {k: point.data[k] for k in first} == first
+    assert point.data["loss/min"] == point.data["loss/max"] == 9.5
+    assert point.data["acc/min"] == point.data["acc/max"] == 3
+    assert point.data["sampled/count"] == 1
+    assert inner.records[1].data["loss"] == 1.0  # the next window does not include it
+
+    plain = steplog.MemoryBackend()
+    run_with(
+        steplog.Sampled(plain, every=10, reduce="mean", endpoints=True), [first] + [later] * 20
+    )
+    assert plain.records[0].step == 0 and plain.records[0].data == first
+    assert [e.step for e in plain.records] == [0, 10, 20]
+
+
+@pytest.mark.parametrize("n", [1, 2, 10, 11, 35, 10_001, 10_050])
+@pytest.mark.parametrize("reduce", [None, "mean"])
+def test_the_last_point_is_at_the_last_step(n, reduce):
+    """With endpoints, the chart ends at the run's last step, once: a reduced stream
+    sends its open window at close, a thinned one its last event unless it already went
+    through (thinning alone stops at the last multiple of every)."""
+    inner = steplog.MemoryBackend()
+    run_with(
+        steplog.Sampled(inner, every=10, reduce=reduce, endpoints=True),
+        [{"x": float(i)} for i in range(n)],
+    )
+    steps = [e.step for e in inner.records]
+    assert steps[0] == 0 and steps[-1] == n - 1
+    assert steps == sorted(set(steps))  # no step twice
+    if reduce is None:
+        assert steps == sorted({*range(0, n, 10), n - 1})
+        assert inner.records[-1].data == {"x": float(n - 1)}  # the event as logged
+    else:
+        assert steps == sorted({0, *range(10, n, 10), n - 1})
+
+
+def test_nan_in_a_window_propagates_to_its_min_and_max():
+    """A NaN in a window makes that window's min and max NaN (as the min/max reductions
+    do), so a diverged step is not hidden; the other windows are not affected."""
+    inner = steplog.MemoryBackend()
+    _loss_run(
+        steplog.Sampled(inner, every=10, reduce="mean", extremes=True, endpoints=False),
+        30,
+        {15: math.nan},
+    )
+    points = {e.step: e.data for e in inner.records}
+    assert list(points) == [9, 19, 29]
+    assert math.isnan(points[19]["loss/min"]) and math.isnan(points[19]["loss/max"])
+    assert math.isnan(points[19]["loss"])
+    for step in (9, 29):
+        assert points[step]["loss/min"] == points[step]["loss/max"] == 1.0
+
+
+def test_only_numeric_keys_get_min_and_max():
+    """Strings, bools, None, lists and nested mappings are not reduced, so they get no
+    min/max (nor does a key whose last value in the window is not a number); ints get
+    int extremes; keys logged in only part of the window count the events having them."""
+    inner = steplog.MemoryBackend()
+    events = [
+        {"n": 3, "s": "a", "b": True, "none": None, "l": [1, 2], "m": {"a": 1.0}, "mix": 1.0},
+        {"n": -2, "s": "b", "b": False, "none": None, "l": [3], "m": {"a": 2.0}, "mix": "x"},
+        {"n": 7, "sometimes": 4.0},
+    ]
+    run_with(steplog.Sampled(inner, every=3, reduce="mean", extremes=True, endpoints=False), events)
+    (point,) = inner.records
+    derived = {k for k in point.data if k.endswith(("/min", "/max"))}
+    assert derived == {"n/min", "n/max", "sometimes/min", "sometimes/max"}
+    assert point.data["n/min"] == -2 and point.data["n/max"] == 7
+    assert point.data["sometimes/min"] == point.data["sometimes/max"] == 4.0
+    assert point.data["sampled/count"] == 3
+    assert point.data["m"] == {"a": 2.0} and point.data["mix"] == "x"  # last seen, as before
+
+
+def test_extremes_never_overwrite_keys_the_run_logs():
+    """A run that logs loss/max or sampled/count itself keeps its own values."""
+    inner = steplog.MemoryBackend()
+    events = [{"loss": float(i), "loss/max": -1.0, "sampled/count": 42} for i in range(4)]
+    run_with(steplog.Sampled(inner, every=4, reduce="last", extremes=True, endpoints=False), events)
+    (point,) = inner.records
+    assert point.data["loss"] == 3.0 and point.data["loss/min"] == 0.0
+    assert point.data["loss/max"] == -1.0 and point.data["sampled/count"] == 42
+
+
+def test_extremes_without_endpoints_keep_the_windows_of_today():
+    """endpoints=False: the same windows as without extremes ([9, 19, 29, 34]), only
+    with their min, max and count."""
+    inner = steplog.MemoryBackend()
+    run_with(
+        steplog.Sampled(inner, every=10, reduce="mean", extremes=True, endpoints=False),
+        [{"x": float(i % 10)} for i in range(35)],
+    )
+    points = [
+        (e.step, e.data["x/min"], e.data["x/max"], e.data["sampled/count"]) for e in inner.records
+    ]
+    assert points == [(9, 0.0, 9.0, 10), (19, 0.0, 9.0, 10), (29, 0.0, 9.0, 10), (34, 0.0, 4.0, 5)]
+
+
+def test_extremes_need_a_reduction_and_flags_are_bools():
+    """Thinning sends single events, which have no window min/max: extremes=True without
+    reduce= is refused at construction, with a message naming the fix."""
+    memory = steplog.MemoryBackend()
+    with pytest.raises(ValueError, match="extremes=True needs a reduction"):
+        steplog.Sampled(memory, every=10, extremes=True)
+    with pytest.raises(TypeError, match="extremes must be a bool"):
+        steplog.Sampled(memory, every=10, reduce="mean", extremes="yes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="endpoints must be"):
+        steplog.Sampled(memory, every=10, endpoints=1)  # type: ignore[arg-type]
+    sampled = steplog.Sampled(memory, every=10, reduce="mean", extremes=True)
+    assert sampled.endpoints is True
+    assert repr(sampled).endswith("reduce='mean', extremes=True)")
+
+
+class _RefusesStep(steplog.MemoryBackend):
+    """A memory backend that refuses every write holding a point at ``step``."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step = step
+
+    async def write(self, events):
+        if any(event.step == self.step for event in events):
+            raise steplog.PermanentBackendError("refused")
+        await super().write(events)
+
+
+def test_the_inner_backend_is_closed_when_the_last_write_fails():
+    """The open window's point, written at close, can fail: the inner backend is closed
+    all the same (it was left open, its status never set)."""
+    inner = _RefusesStep(34)
+    run_with(steplog.Sampled(inner, every=10, reduce="mean"), [{"x": 1.0}] * 35)
+    assert [e.step for e in inner.records] == [9, 19, 29]
+    assert inner.status == "finished"

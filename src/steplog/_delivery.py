@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -34,18 +35,43 @@ class RetryPolicy:
         retries: Further attempts after the first failure of a batch.
         backoff: Seconds before the first retry; doubled for each further one.
         max_backoff: Longest wait between two attempts.
-        breaker_after: Batches given up in a row before the backend is cut off for the
-            rest of the run; 0 never cuts it off.
+        breaker_after: Batches given up in a row before the backend is cut off (the
+            circuit breaker opens); 0 never cuts it off. An open breaker is probed
+            again after a pause and closes when the backend answers.
+        probe_backoff: Seconds before the first probe of a backend that is down; doubled
+            after each failed probe ...
+        max_probe_backoff: ... up to this.
+        jitter: Every pause is varied by up to this fraction, so that many processes
+            do not retry a recovering server in step. A server's ``Retry-After`` (an
+            exception with a ``retry_after`` attribute, in seconds) is honoured.
     """
 
     retries: int = 3
     backoff: float = 0.05
     max_backoff: float = 2.0
     breaker_after: int = 5
+    probe_backoff: float = 1.0
+    max_probe_backoff: float = 30.0
+    jitter: float = 0.25
 
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait before retry number ``attempt`` (1-based)."""
-        return float(min(self.backoff * 2 ** (attempt - 1), self.max_backoff))
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry number ``attempt`` (1-based): doubling, capped,
+        with jitter, and never sooner than a server's ``Retry-After``."""
+        delay = min(self.backoff * 2 ** (attempt - 1), self.max_backoff)
+        return self._jittered(delay, retry_after)
+
+    def probe_delay(self, probes: int, retry_after: float | None = None) -> float:
+        """Seconds before probing a backend that is down again, after ``probes`` failed
+        probes: ``probe_backoff`` doubling up to ``max_probe_backoff``, with jitter."""
+        delay = min(self.probe_backoff * 2**probes, self.max_probe_backoff)
+        return self._jittered(delay, retry_after)
+
+    def _jittered(self, delay: float, retry_after: float | None) -> float:
+        if self.jitter:
+            delay *= 1 + random.uniform(-self.jitter, self.jitter)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return float(delay)
 
 
 class Delivery:
@@ -70,6 +96,12 @@ class Delivery:
         self._deadline = deadline
         self.disabled = False
         self._failed_in_a_row = 0
+        self._reopen_at = 0.0  # when an open breaker lets a probe through
+        self._trips = 0
+        #: The last batch was given up on a PermanentBackendError (retrying is useless).
+        self.permanent_error = False
+        #: The server's last ``Retry-After`` (seconds), if it sent one.
+        self.retry_after: float | None = None
         self.delivered = 0
         self.failed = 0
         self.dropped = 0
@@ -79,33 +111,42 @@ class Delivery:
     def _retry_after(self, attempt: int, exc: Exception) -> float | None:
         """Count a failed attempt; seconds to wait before the next one, or None: give up."""
         self.record_error("write", exc)
-        delay = self.retry.delay(attempt)
-        if (
-            isinstance(exc, PermanentBackendError)
-            or attempt > self.retry.retries
-            or self._out_of_time(delay)
-        ):
+        self.permanent_error = isinstance(exc, PermanentBackendError)
+        hint = getattr(exc, "retry_after", None)
+        self.retry_after = float(hint) if isinstance(hint, (int, float)) else None
+        delay = self.retry.delay(attempt, self.retry_after)
+        if self.permanent_error or attempt > self.retry.retries or self._out_of_time(delay):
             return None
         return delay
 
     def _succeeded(self) -> None:
         self._failed_in_a_row = 0
+        self.permanent_error = False
+        self.retry_after = None
+        if self.disabled:
+            self.disabled = False  # the probe got through: the breaker closes
+            logger.warning("steplog: backend %r answers again; it gets events again", self.name)
 
     def _gave_up(self) -> None:
         """A batch was given up: trip the circuit breaker after too many in a row."""
         self._failed_in_a_row += 1
         breaker_after = self.retry.breaker_after
         if breaker_after and self._failed_in_a_row >= breaker_after:
-            self.disabled = True
-            self.last_error = (
-                f"cut off after {self._failed_in_a_row} failed batches: {self.last_error}"
-            )
-            logger.error(
-                "steplog: backend %r failed %d batches in a row; it gets no more events in "
-                "this run (the other backends go on)",
-                self.name,
-                self._failed_in_a_row,
-            )
+            pause = self.retry.probe_delay(self._trips, self.retry_after)
+            self._reopen_at = time.monotonic() + pause
+            self._trips += 1
+            if not self.disabled:
+                self.disabled = True
+                self.last_error = (
+                    f"cut off after {self._failed_in_a_row} failed batches: {self.last_error}"
+                )
+                logger.error(
+                    "steplog: backend %r failed %d batches in a row; it is cut off and "
+                    "probed again in %.1f s (the other backends go on)",
+                    self.name,
+                    self._failed_in_a_row,
+                    pause,
+                )
 
     def _out_of_time(self, wait: float = 0.0) -> bool:
         """Whether the run's stop deadline passes within ``wait`` seconds."""
@@ -125,11 +166,12 @@ class Delivery:
 
         Retries keep order and never duplicate: the next batch waits until this one is
         written or given up. After ``breaker_after`` batches in a row are given up, the
-        backend is cut off for the rest of the run (circuit breaker): later batches are
-        counted as failed without calling it, so a dead backend costs nothing.
+        backend is cut off (the circuit breaker opens): later batches are counted as
+        failed without calling it, so a dead backend costs nothing, until a probe after
+        a growing pause gets through and the breaker closes again.
         """
-        if self.disabled:
-            return False
+        if self.disabled and time.monotonic() < self._reopen_at:
+            return False  # the breaker is open: not called (one probe once it is time)
         attempt = 0
         while True:
             try:

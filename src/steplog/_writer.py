@@ -41,8 +41,9 @@ from ._batch import EventBatch
 from ._buffer import LineBuffer
 from ._delivery import DirectRunner, RetryPolicy
 from ._options import DEFAULT_MAX_ARRAY_SIZE
-from ._worker import Fanout
+from ._worker import Fanout, FileSource
 from .backends.base import Backend
+from .backends.jsonl import _FileSink
 from .errors import BackendOpenError, WorkerError
 from .events import RunEnd, RunInfo, RunStats, RunStatus
 from .runfile.codec import ValueEncoder
@@ -134,6 +135,12 @@ class Writer:
                         backend, name, sink, retry=self.retry, deadline=self._stop_deadline
                     )
                 )
+        #: The run's JSONL file, written by this thread: what async backends that
+        #: missed events (an outage, a backlog) are caught up from.
+        self.source: FileSource | None = None
+        jsonl = next((r for r in self.direct if isinstance(r.sink, _FileSink)), None)
+        if jsonl is not None and durability == "thread":
+            self.source = FileSource(jsonl.backend)
         self.fanout: Fanout | None = None
         if remote:
             self.fanout = Fanout(
@@ -142,6 +149,7 @@ class Writer:
                 policy=buffer.policy,
                 retry=self.retry,
                 deadline=self._stop_deadline,
+                source=self.source,
             )
         self.taken = 0
         self.batches = 0
@@ -464,8 +472,14 @@ class Writer:
     def _deliver(self, data: bytes | bytearray, count: int) -> None:
         batch = EventBatch(data, count)
         self.taken += count
+        source = self.source
+        before = source.size() if source is not None else 0
         for runner in self.direct:
             runner.send_lines(data, batch)
+        if source is not None and source.size() - before == len(data):
+            # The whole batch is in the run file: a backend that misses it can be
+            # caught up from there.
+            batch.file_start, batch.file_end = before, before + len(data)
         # Async backends get batches of at most BACKLOG_BATCHES x batch_size events; the
         # local ones the whole take, in one write.
         size = BACKLOG_BATCHES * self.batch_size
@@ -475,10 +489,15 @@ class Writer:
                 self.fanout.submit(batch)
             return
         lines = batch.lines
+        offset = batch.file_start
         for start in range(0, count, size):
-            chunk = lines[start : start + size]
+            chunk = b"".join(lines[start : start + size])
             self.batches += 1
-            self.fanout.submit(EventBatch(b"".join(chunk), len(chunk)))
+            part = EventBatch(chunk, min(size, count - start))
+            if offset is not None:
+                part.file_start, part.file_end = offset, offset + len(chunk)
+                offset += len(chunk)
+            self.fanout.submit(part)
 
     def _convert(self, values: dict[str, Any]) -> Any:
         """Arrays and tensors in a config or summary, as plain values."""
@@ -507,6 +526,8 @@ class Writer:
                 runner.record_error("close", exc)
         if self.fanout is not None:
             self.fanout.close(end, request.close_budget())
+        if self.source is not None:
+            self.source.close()
         request.future.set_result(self._stats(drain_seconds=stats.drain_seconds))
 
     def _stats(self, *, drain_seconds: float) -> RunStats:

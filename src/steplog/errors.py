@@ -100,7 +100,13 @@ class RunNotFoundError(SteplogError, LookupError):
 
 
 class MlflowError(SteplogError, RuntimeError):
-    """A transient failure talking to an MLflow tracking server (retried by the worker)."""
+    """A transient failure talking to an MLflow tracking server (retried by the worker).
+
+    Attributes:
+        retry_after: Seconds the server asked to wait (its ``Retry-After``), or ``None``.
+    """
+
+    retry_after: float | None = None
 
 
 class MissingExtraError(SteplogError, ImportError):

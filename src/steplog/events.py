@@ -82,8 +82,14 @@ class BackendStats:
             those dropped because this backend fell too far behind).
         errors: Number of failed calls to the backend.
         last_error: ``repr`` of the last error, or ``None``.
-        disabled: Whether the backend was cut off (circuit breaker) after failing
-            too many batches in a row.
+        disabled: Whether the backend was cut off (circuit breaker open) at the end
+            of the run.
+        caught_up: Of ``delivered``, the events sent from the run file after the
+            backend missed them live (an outage, or too far behind).
+        missing: Of ``failed``, the events it had missed and not got back by the end of
+            the run (``steplog replay`` can send them later).
+        outages: ``[start, end]`` wall-clock times of each outage (``end`` is ``None``
+            if it lasted to the end of the run).
     """
 
     delivered: int = 0
@@ -92,6 +98,9 @@ class BackendStats:
     errors: int = 0
     last_error: str | None = None
     disabled: bool = False
+    caught_up: int = 0
+    missing: int = 0
+    outages: list[list[float | None]] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the counts as a plain dict (as stored in the run-end record)."""

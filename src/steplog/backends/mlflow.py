@@ -316,12 +316,33 @@ class MlflowBackend(Backend):
         if exists and code == "RESOURCE_ALREADY_EXISTS":
             return None
         message = f"{path}: HTTP {response.status_code} {code}: {error.get('message', '')}"
-        if response.status_code == 429 or response.status_code >= 500:
-            raise MlflowError(message)
+        if response.status_code in (408, 429) or response.status_code >= 500:
+            error = MlflowError(message)
+            error.retry_after = _retry_after(response.headers.get("Retry-After"))
+            raise error
         raise PermanentBackendError(message)
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        from email.utils import parsedate_to_datetime
+
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+    import time
+
+    return max(0.0, when - time.time())
 
 
 def _chunk(

@@ -1,0 +1,160 @@
+"""Remote backends that heal (issue #15): a backend that is down, or too slow, misses
+events live and is caught up from the run's JSONL file, in order and exactly once, with
+memory bounded; without the file, the circuit breaker still closes again."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+import steplog
+from steplog import Event
+
+FAST = steplog.RetryPolicy(
+    retries=1, backoff=0.005, max_backoff=0.01, probe_backoff=0.05, max_probe_backoff=0.2
+)
+
+
+class Switchable(steplog.MemoryBackend):
+    """A memory backend that raises ConnectionError while ``down`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = threading.Event()
+        self.calls = 0
+        self.call_times: list[float] = []
+
+    async def write(self, events: Sequence[Event]) -> None:
+        self.calls += 1
+        self.call_times.append(time.monotonic())
+        if self.down.is_set():
+            raise ConnectionError("server unreachable (injected)")
+        await super().write(events)
+
+
+def log_for(tracker: steplog.Tracker, seconds: float, on_tick=None) -> int:
+    start = time.monotonic()
+    i = 0
+    while (elapsed := time.monotonic() - start) < seconds:
+        tracker.log({"i": i, "loss": 1.0 / (i + 1)}, step=i)
+        i += 1
+        if on_tick is not None:
+            on_tick(elapsed)
+        if i % 200 == 0:
+            time.sleep(0.001)  # a loop that does some work between steps
+    return i
+
+
+def test_an_outage_in_the_middle_is_caught_up_from_the_file_exactly_once(tmp_path):
+    """Down from 0.3 s to 0.9 s of a 1.5 s run: afterwards the backend holds every step
+    once, in order; the stats say how many came from the file and when it was out."""
+    remote = Switchable()
+    jsonl = steplog.JsonlBackend(tmp_path)
+    tracker = steplog.Tracker(jsonl, remote, retry=FAST, batch_size=256)
+    tracker.init()
+
+    def outage(elapsed: float) -> None:
+        if 0.3 <= elapsed < 0.9:
+            remote.down.set()
+        else:
+            remote.down.clear()
+
+    logged = log_for(tracker, 1.5, outage)
+    stats = tracker.finish()
+    got = stats.backends["switchable"]
+    assert [e.step for e in remote.records] == list(range(logged))
+    assert [e.data["i"] for e in remote.records] == list(range(logged))
+    assert got.delivered == logged and got.failed == got.missing == 0
+    assert 0 < got.caught_up < logged
+    assert len(got.outages) >= 1 and all(end is not None for _, end in got.outages)
+    assert len(steplog.read_run(jsonl.path).records) == logged
+    # The run file records the same, for `steplog show`.
+    recorded = steplog.read_run(jsonl.path).stats.backends["switchable"]
+    assert recorded.caught_up == got.caught_up and recorded.outages == got.outages
+
+
+def test_a_backend_still_down_at_the_end_counts_what_it_missed(tmp_path):
+    """Down from 0.3 s to the end: what it missed is counted as missing (and failed),
+    delivered + failed == logged, and the outage has no end."""
+    remote = Switchable()
+    tracker = steplog.Tracker(steplog.JsonlBackend(tmp_path), remote, retry=FAST)
+    tracker.init()
+    logged = log_for(tracker, 0.8, lambda t: remote.down.set() if t >= 0.3 else None)
+    stats = tracker.finish()
+    got = stats.backends["switchable"]
+    assert [e.step for e in remote.records] == list(range(len(remote.records)))
+    assert got.delivered == len(remote.records) > 0
+    assert got.missing == got.failed == logged - got.delivered > 0
+    assert got.outages and got.outages[-1][1] is None
+
+
+def test_a_slow_backend_never_holds_the_loop_up_and_gets_everything(tmp_path):
+    """A backend 10x slower than the loop, a small buffer, policy 'block': the loop runs
+    at full speed (the writer never waits for that backend); the backend gets every
+    event, in order, most of them from the file."""
+    slow = steplog.testing.SlowBackend(0.02)
+    tracker = steplog.Tracker(steplog.JsonlBackend(tmp_path), slow, buffer_size=1024, batch_size=64)
+    tracker.init()
+    started = time.monotonic()
+    for i in range(50_000):
+        tracker.log({"i": i})
+    logging = time.monotonic() - started
+    stats = tracker.finish()
+    got = stats.backends["slow"]
+    assert [e.data["i"] for e in slow.records] == list(range(50_000))
+    assert got.delivered == 50_000 and got.caught_up > 0
+    # Without the file, 'block' paces this loop to the backend: 50 000 / 1 024 waits of
+    # >= 20 ms each, i.e. more than 0.9 s. With it, the loop only logs.
+    assert logging < 0.9, logging
+
+
+def test_without_a_run_file_the_breaker_closes_again(tmp_path):
+    """No JSONL in the tracker: a backend down for a while misses those events (counted
+    as failed), its breaker opens, a later probe gets through and it gets events again."""
+    remote = Switchable()
+    retry = steplog.RetryPolicy(
+        retries=0, backoff=0.001, breaker_after=2, probe_backoff=0.05, max_probe_backoff=0.1
+    )
+    tracker = steplog.Tracker(remote, retry=retry, batch_size=32, flush_interval=0.01)
+    tracker.init()
+    remote.down.set()
+    for i in range(300):
+        tracker.log({"i": i})
+        tracker.flush()
+    remote.down.clear()
+    time.sleep(0.3)  # past the probe pause
+    for i in range(300, 600):
+        tracker.log({"i": i})
+        tracker.flush()
+    stats = tracker.finish()
+    got = stats.backends["switchable"]
+    assert not got.disabled
+    assert remote.records and remote.records[-1].data["i"] == 599
+    assert got.delivered + got.failed == 600 and got.failed >= 300
+
+
+def test_retry_after_is_honoured(tmp_path):
+    """A server asking to wait 0.3 s (Retry-After) is not called again sooner."""
+
+    class Busy(steplog.MemoryBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.times: list[float] = []
+
+        async def write(self, events: Sequence[Event]) -> None:
+            self.times.append(time.monotonic())
+            if len(self.times) <= 3:
+                error = steplog.MlflowError("HTTP 503")
+                error.retry_after = 0.3
+                raise error
+            await super().write(events)
+
+    busy = Busy()
+    tracker = steplog.Tracker(busy, retry=steplog.RetryPolicy(retries=5, backoff=0.001))
+    tracker.init()
+    tracker.log({"i": 0})
+    stats = tracker.finish()
+    gaps = [b - a for a, b in zip(busy.times, busy.times[1:], strict=False)]
+    assert len(busy.times) == 4 and min(gaps) >= 0.29, gaps
+    assert stats.backends["busy"].delivered == 1

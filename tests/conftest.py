@@ -76,6 +76,82 @@ def runs_root(tmp_path):
     return tmp_path / "runs"
 
 
+class MlflowServer:
+    """A real ``mlflow server`` process on 127.0.0.1 with a sqlite store under ``root``.
+
+    ``start()`` waits until it answers; ``kill()`` ends it at once (SIGKILL, as a crash
+    would); ``start()`` again brings it back on the same port and store.
+    """
+
+    def __init__(self, root) -> None:
+        import shutil
+        import socket
+
+        exe = shutil.which("mlflow")
+        if exe is None:
+            pytest.skip("the mlflow server is not installed (pip install -e '.[dev]')")
+        self.exe = exe
+        self.root = root
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 90) -> None:
+        import urllib.request
+
+        env = {
+            **os.environ,
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            "GIT_PYTHON_REFRESH": "quiet",
+        }
+        with open(self.root / "server.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    self.exe, "server",
+                    "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+                    "--default-artifact-root", str(self.root / "artifacts"),
+                    "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # kill() takes its workers along
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                tail = (self.root / "server.log").read_text()[-2000:]
+                raise RuntimeError(f"mlflow server exited: {tail}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not answer within {timeout} s")
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real ``mlflow server`` on 127.0.0.1 with a sqlite store; yields its URL.
@@ -83,60 +159,12 @@ def mlflow_server(tmp_path_factory):
     Started once per test session (about 5 s). CI installs mlflow through the dev extra;
     elsewhere the tests that need it skip with the reason.
     """
-    import os
-    import shutil
-    import socket
-    import urllib.request
-
-    exe = shutil.which("mlflow")
-    if exe is None:
-        pytest.skip("the mlflow server is not installed (pip install -e '.[dev]')")
-    root = tmp_path_factory.mktemp("mlflow")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {
-        **os.environ,
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-        "GIT_PYTHON_REFRESH": "quiet",
-    }
-    log = open(root / "server.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [
-            exe, "server",
-            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-            "--default-artifact-root", str(root / "artifacts"),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}"
-                )
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=1) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("mlflow server did not answer within 90 s")
-            time.sleep(0.2)
-        yield url
+        server.start()
+        yield server.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        server.stop()
 
 
 def mlflow_api(url: str, path: str, body: dict | None = None, method: str = "GET"):

@@ -102,6 +102,9 @@ class Delivery:
         self.permanent_error = False
         #: The server's last ``Retry-After`` (seconds), if it sent one.
         self.retry_after: float | None = None
+        #: Whether batches given up in a row open the circuit breaker (a runner that
+        #: catches up from the run file pauses and probes by itself instead).
+        self.uses_breaker = True
         self.delivered = 0
         self.failed = 0
         self.dropped = 0
@@ -130,7 +133,7 @@ class Delivery:
     def _gave_up(self) -> None:
         """A batch was given up: trip the circuit breaker after too many in a row."""
         self._failed_in_a_row += 1
-        breaker_after = self.retry.breaker_after
+        breaker_after = self.retry.breaker_after if self.uses_breaker else 0
         if breaker_after and self._failed_in_a_row >= breaker_after:
             pause = self.retry.probe_delay(self._trips, self.retry_after)
             self._reopen_at = time.monotonic() + pause

@@ -139,6 +139,7 @@ class BackendRunner(Delivery):
         #: The run file, to catch up from (``None``: no JSONL file written by the writer
         #: thread in this run: missed events are counted as failed).
         self.source = source
+        self.uses_breaker = source is None
         # The gap: a range of the run file the backend has yet to get (``gap_start`` is
         # None when it is live), with its number of events.
         self.gap_start: int | None = None

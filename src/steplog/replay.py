@@ -102,15 +102,7 @@ async def _replay(
         raise ValueError("replay needs at least one backend")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    start = snapshot.start
-    info = RunInfo(
-        run_id=str(start["run_id"]),
-        experiment=str(start["experiment"]),
-        config=start.get("config") or {},
-        start_time=float(start["start_time"]),
-        pid=int(start.get("pid") or 0),
-        host=str(start.get("host") or ""),
-    )
+    info = _run_info(snapshot.start)
     # Each backend's delivery (retries, breaker, counts) is the live run's, without
     # the live run's queue: the file is read at the pace of the slowest backend.
     runners = [
@@ -164,6 +156,19 @@ async def _replay(
     for runner in runners:
         await _close(runner, run_end)
     return {r.name: r.stats(0) for r in runners}
+
+
+def _run_info(start: dict[str, Any]) -> RunInfo:
+    """The :class:`RunInfo` a run-start record describes (the run's original id,
+    experiment, config, start time and writer)."""
+    return RunInfo(
+        run_id=str(start["run_id"]),
+        experiment=str(start["experiment"]),
+        config=start.get("config") or {},
+        start_time=float(start["start_time"]),
+        pid=int(start.get("pid") or 0),
+        host=str(start.get("host") or ""),
+    )
 
 
 async def _deliver(runners: Sequence[Delivery], rows: list[Any]) -> None:

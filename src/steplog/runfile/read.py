@@ -33,6 +33,7 @@ from .codec import decode
 from .schema import INCOMPLETE, RUN_END, RUN_START, RUNNING, SCHEMA_VERSION, flat_data, is_step
 
 __all__ = [
+    "WRITER_GONE_GRACE",
     "CorruptLineError",
     "MetricStats",
     "Run",
@@ -170,6 +171,13 @@ def line_number(path: Path, offset: int) -> int:
             count += chunk.count(b"\n")
             left -= len(chunk)
     return count + 1
+
+
+#: A follower (``steplog tail -f``, ``steplog sync --follow``) gives up on a run whose
+#: writer process is gone once the file has not grown for this long, in seconds (a
+#: ``durability="process"`` writer outlives the logging process by about a flush
+#: interval to drain and end the run).
+WRITER_GONE_GRACE = 3.0
 
 
 class WriterState(enum.Enum):
@@ -313,13 +321,17 @@ def last_steps(snapshot: RunSnapshot, count: int) -> list[dict[str, Any]]:
 
 
 def iter_lines(
-    snapshot: RunSnapshot, progress: Callable[[int], None] | None = None
+    snapshot: RunSnapshot,
+    progress: Callable[[int], None] | None = None,
+    *,
+    start: int | None = None,
 ) -> Iterator[bytes]:
     """The lines of the snapshot after the run-start line (line 2 onwards), read in
-    large chunks."""
+    large chunks; from byte ``start`` (the first byte of a line) instead, if given."""
+    begin = snapshot.body if start is None else start
     with open(snapshot.path, "rb") as f:
-        f.seek(snapshot.body)
-        left = snapshot.end - snapshot.body
+        f.seek(begin)
+        left = snapshot.end - begin
         rest = b""
         while left > 0 and (chunk := f.read(min(CHUNK_BYTES, left))):
             left -= len(chunk)

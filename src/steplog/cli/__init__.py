@@ -1,15 +1,15 @@
 """The ``steplog`` command line (also ``python -m steplog``).
 
 Commands: ``demo``, ``ls``, ``show``, ``tail``, ``plot``, ``compare``, ``export``,
-``replay``, one module each, which adds the command's parser and holds its handler.
-What several commands share is in ``_common`` and ``_format``; the backends ``replay``
-can send to are the one registry in ``_backends``. Command modules import from those,
-never from each other or from this package.
+``replay``, ``sync``, one module each, which adds the command's parser and holds its
+handler. What several commands share is in ``_common`` and ``_format``; the backends
+``replay`` and ``sync`` can send to are the one registry in ``_backends``. Command
+modules import from those, never from each other or from this package.
 
 Exit codes: 0 success; 1 the command could not do its work (no such run, unreadable
 file, missing optional dependency, nothing to plot, a backend that cannot open, a run
-followed by ``tail -f`` whose writer is gone); 2 usage error (also a key the run does
-not have); 130 interrupted.
+followed by ``tail -f`` or ``sync -f`` whose writer is gone, a batch ``sync`` could not
+send); 2 usage error (also a key the run does not have); 130 interrupted.
 
 Commands that read step records take a snapshot of each run file when they start (see
 ``runfile.read``), skip corrupt lines in it with one warning per file on stderr, and leave a
@@ -24,13 +24,13 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import MissingExtraError, RunFileError, RunNotFoundError, TrackerError
-from . import compare, demo, export, ls, plot, replay, show, tail
+from . import compare, demo, export, ls, plot, replay, show, sync, tail
 from ._common import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CommandError
 
 __all__ = ["build_parser", "main"]
 
 #: In the order ``steplog --help`` lists them.
-_COMMANDS = (demo, ls, show, tail, plot, compare, export, replay)
+_COMMANDS = (demo, ls, show, tail, plot, compare, export, replay, sync)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

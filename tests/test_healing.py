@@ -158,3 +158,32 @@ def test_retry_after_is_honoured(tmp_path):
     gaps = [b - a for a, b in zip(busy.times, busy.times[1:], strict=False)]
     assert len(busy.times) == 4 and min(gaps) >= 0.29, gaps
     assert stats.backends["busy"].delivered == 1
+
+
+def test_steplog_show_reports_outages_and_catch_up(tmp_path):
+    """`steplog show` prints, per backend, what came from the file and the outages."""
+    import subprocess
+    import sys
+
+    remote = Switchable()
+    jsonl = steplog.JsonlBackend(tmp_path)
+    tracker = steplog.Tracker(jsonl, remote, retry=FAST)
+    tracker.init()
+    remote.down.set()
+    for i in range(500):
+        tracker.log({"i": i})
+    tracker.flush()
+    time.sleep(0.2)
+    remote.down.clear()
+    stats = tracker.finish()
+    caught_up = stats.backends["switchable"].caught_up
+    assert caught_up == 500
+    shown = subprocess.run(
+        [sys.executable, "-m", "steplog", "show", str(jsonl.path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "500 events caught up from the run file" in shown.stdout
+    assert "0 events still missing at the end · 1 outage: +" in shown.stdout

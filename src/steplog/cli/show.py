@@ -99,6 +99,14 @@ def cmd_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 f"          {name}: delivered {b.get('delivered', 0):,}, failed "
                 f"{b.get('failed', 0):,}, dropped {b.get('dropped', 0):,}{extra}{error}"
             )
+            outages = b.get("outages") or []
+            if outages or b.get("caught_up") or b.get("missing"):
+                spans = ", ".join(_outage(start, end, header.start_time) for start, end in outages)
+                print(
+                    f"            {count(b.get('caught_up', 0), 'event')} caught up from the "
+                    f"run file · {count(b.get('missing', 0), 'event')} still missing at the "
+                    f"end · {count(len(outages), 'outage')}{': ' + spans if spans else ''}"
+                )
     else:
         print("stats     – (no run-end record)")
     _print_mapping("config", header.config)
@@ -164,3 +172,11 @@ def _print_mapping(title: str, mapping: dict[str, Any]) -> None:
     for index, (key, value) in enumerate(flat.items()):
         label = title if index == 0 else ""
         print(f"{label:<9} {key:<{width}} = {cell(value, 60)}")
+
+
+def _outage(start: float | None, end: float | None, run_start: float) -> str:
+    """An outage as ``+12.3 s for 4.5 s`` (from the run's start), or ``… to the end``."""
+    if start is None:
+        return "?"
+    at = f"+{start - run_start:.1f} s"
+    return f"{at} to the end" if end is None else f"{at} for {end - start:.1f} s"

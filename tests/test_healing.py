@@ -187,3 +187,27 @@ def test_steplog_show_reports_outages_and_catch_up(tmp_path):
     assert shown.returncode == 0, shown.stderr
     assert "500 events caught up from the run file" in shown.stdout
     assert "0 events still missing at the end · 1 outage: +" in shown.stdout
+
+
+def test_flush_waits_for_a_slow_backend_to_catch_up_but_not_for_an_outage(tmp_path):
+    """flush() still means 'written by every backend' for a backend that is only
+    behind (it is caught up first); for one that is down it does not wait."""
+    slow = steplog.testing.SlowBackend(0.01)
+    tracker = steplog.Tracker(steplog.JsonlBackend(tmp_path), slow, buffer_size=256, batch_size=32)
+    tracker.init()
+    for i in range(5_000):
+        tracker.log({"i": i})
+    tracker.flush()
+    assert len(slow.records) == 5_000  # all of it, most from the file
+    tracker.finish()
+
+    remote = Switchable()
+    tracker = steplog.Tracker(steplog.JsonlBackend(tmp_path), remote, retry=FAST)
+    tracker.init()
+    remote.down.set()
+    tracker.log({"i": 0})
+    started = time.monotonic()
+    tracker.flush()  # returns: the outage is not waited for
+    assert time.monotonic() - started < 5
+    remote.down.clear()
+    assert tracker.finish().backends["switchable"].delivered == 1

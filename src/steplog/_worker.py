@@ -151,6 +151,8 @@ class BackendRunner(Delivery):
         self.caught_up = 0
         self.missing = 0
         self.outages: list[list[float | None]] = []
+        # Flush markers waiting for the catch-up to reach a file position.
+        self._gap_markers: list[tuple[int, _Marker]] = []
         #: Called (on the loop thread) after each batch is settled.
         self.on_progress: Callable[[], None] = _nothing
         # Batches and flush markers in order. A deque rather than a stream: under
@@ -292,6 +294,7 @@ class BackendRunner(Delivery):
         return True
 
     def _enter_outage(self) -> None:
+        self._reach_gap_markers(everything=True)  # flushes do not wait for an outage
         if not self.in_outage:
             self.in_outage = True
             self.outages.append([time.time(), None])
@@ -340,12 +343,14 @@ class BackendRunner(Delivery):
             self.caught_up += count
             self.gap_events -= count
             self.gap_start = start + len(data)
+            self._reach_gap_markers()
             self.on_progress()
         # Caught up: join the live stream (no await between the check and the switch).
         if self.gap_events > 0:  # lines the file did not have after all
             self.failed += self.gap_events
         self.gap_events = 0
         self.gap_start = None
+        self._reach_gap_markers(everything=True)
         if self.in_outage:
             self.in_outage = False
             self.outages[-1][1] = time.time()
@@ -363,6 +368,7 @@ class BackendRunner(Delivery):
         self.failed += self.gap_events
         self.gap_events = 0
         self.gap_start = None
+        self._reach_gap_markers(everything=True)
         self.errors += 1
         self.last_error = f"{reason}: {self.last_error}"
         logger.error(
@@ -397,9 +403,20 @@ class BackendRunner(Delivery):
         outage to end; the gap is caught up from the file whatever happens.
         """
         if self.gap_start is not None and not self._queue:
-            marker.reached()
+            if self.in_outage:
+                marker.reached()  # a flush does not wait for an outage to end
+            else:  # behind: reached once the catch-up has sent what it covers
+                self._gap_markers.append((self.gap_end, marker))
             return
         self._put(marker)
+
+    def _reach_gap_markers(self, everything: bool = False) -> None:
+        """Flush markers the catch-up has passed (or all of them)."""
+        position = self.gap_start
+        while self._gap_markers and (
+            everything or position is None or self._gap_markers[0][0] <= position
+        ):
+            self._gap_markers.pop(0)[1].reached()
 
     def stats(self, shared_drops: int) -> BackendStats:
         """This backend's counts, with what it got from the run file and its outages."""

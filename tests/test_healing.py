@@ -23,44 +23,45 @@ class Switchable(steplog.MemoryBackend):
         super().__init__()
         self.down = threading.Event()
         self.calls = 0
+        self.refused = 0
         self.call_times: list[float] = []
 
     async def write(self, events: Sequence[Event]) -> None:
         self.calls += 1
         self.call_times.append(time.monotonic())
         if self.down.is_set():
+            self.refused += 1
             raise ConnectionError("server unreachable (injected)")
         await super().write(events)
 
 
-def log_for(tracker: steplog.Tracker, seconds: float, on_tick=None) -> int:
+def log_for(tracker: steplog.Tracker, seconds: float, until=None, step: int = 0) -> int:
+    """Log steps from ``step`` for ``seconds`` and until ``until()`` holds (if given);
+    returns the next step."""
     start = time.monotonic()
-    i = 0
-    while (elapsed := time.monotonic() - start) < seconds:
-        tracker.log({"i": i, "loss": 1.0 / (i + 1)}, step=i)
-        i += 1
-        if on_tick is not None:
-            on_tick(elapsed)
-        if i % 200 == 0:
+    while time.monotonic() - start < seconds or (until is not None and not until()):
+        tracker.log({"i": step, "loss": 1.0 / (step + 1)}, step=step)
+        step += 1
+        if step % 200 == 0:
             time.sleep(0.001)  # a loop that does some work between steps
-    return i
+    return step
 
 
 def test_an_outage_in_the_middle_is_caught_up_from_the_file_exactly_once(tmp_path):
-    """Down from 0.3 s to 0.9 s of a 1.5 s run: afterwards the backend holds every step
-    once, in order; the stats say how many came from the file and when it was out."""
+    """Down for a stretch in the middle of a run: afterwards the backend holds every
+    step once, in order; the stats say how many came from the file and when it was out."""
     remote = Switchable()
     jsonl = steplog.JsonlBackend(tmp_path)
     tracker = steplog.Tracker(jsonl, remote, retry=FAST, batch_size=256)
     tracker.init()
-
-    def outage(elapsed: float) -> None:
-        if 0.3 <= elapsed < 0.9:
-            remote.down.set()
-        else:
-            remote.down.clear()
-
-    logged = log_for(tracker, 1.5, outage)
+    # Up until the backend has some events; down for >= 0.6 s and until a write was
+    # refused; up again for 0.4 s (phases by what happened, not by the clock alone, so
+    # a loaded machine cannot skip one).
+    step = log_for(tracker, 0.3, until=lambda: remote.records)
+    remote.down.set()
+    step = log_for(tracker, 0.6, until=lambda: remote.refused, step=step)
+    remote.down.clear()
+    logged = log_for(tracker, 0.4, step=step)
     stats = tracker.finish()
     got = stats.backends["switchable"]
     assert [e.step for e in remote.records] == list(range(logged))
@@ -75,12 +76,14 @@ def test_an_outage_in_the_middle_is_caught_up_from_the_file_exactly_once(tmp_pat
 
 
 def test_a_backend_still_down_at_the_end_counts_what_it_missed(tmp_path):
-    """Down from 0.3 s to the end: what it missed is counted as missing (and failed),
-    delivered + failed == logged, and the outage has no end."""
+    """Down from some point to the end: what it missed is counted as missing (and
+    failed), delivered + failed == logged, and the outage has no end."""
     remote = Switchable()
     tracker = steplog.Tracker(steplog.JsonlBackend(tmp_path), remote, retry=FAST)
     tracker.init()
-    logged = log_for(tracker, 0.8, lambda t: remote.down.set() if t >= 0.3 else None)
+    step = log_for(tracker, 0.3, until=lambda: remote.records)
+    remote.down.set()
+    logged = log_for(tracker, 0.5, until=lambda: remote.refused, step=step)
     stats = tracker.finish()
     got = stats.backends["switchable"]
     assert [e.step for e in remote.records] == list(range(len(remote.records)))

@@ -402,7 +402,7 @@ class BackendRunner(Delivery):
         In a gap (behind or out) it is reached at once: a flush does not wait for an
         outage to end; the gap is caught up from the file whatever happens.
         """
-        if self.gap_start is not None and not self._queue:
+        if self.gap_start is not None:  # the queue (if any) holds older batches
             if self.in_outage:
                 marker.reached()  # a flush does not wait for an outage to end
             else:  # behind: reached once the catch-up has sent what it covers

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..runfile.find import resolve_run
 from ..runfile.read import (
+    WRITER_GONE_GRACE,
     CorruptLineError,
     RunSnapshot,
     WriterState,
@@ -35,12 +36,7 @@ from ._common import (
 )
 from ._format import cell, clock
 
-__all__ = ["WRITER_GONE_GRACE", "add_parser"]
-
-#: ``tail -f`` gives up on a run whose writer process is gone once the file has not
-#: grown for this long (a ``durability="process"`` writer outlives the logging process
-#: by about a flush interval to drain and end the run).
-WRITER_GONE_GRACE = 3.0
+__all__ = ["add_parser"]
 
 
 def add_parser(subparsers: Subparsers) -> None:

@@ -214,3 +214,21 @@ def test_flush_waits_for_a_slow_backend_to_catch_up_but_not_for_an_outage(tmp_pa
     assert time.monotonic() - started < 5
     remote.down.clear()
     assert tracker.finish().backends["switchable"].delivered == 1
+
+
+def test_without_a_run_file_losing_events_is_said_once(caplog):
+    """No JSONL in the tracker: the first lost batch is reported, once, with the hint."""
+    import logging
+
+    remote = Switchable()
+    remote.down.set()
+    tracker = steplog.Tracker(remote, retry=FAST, batch_size=10, flush_interval=0.01)
+    with caplog.at_level(logging.WARNING, logger="steplog"):
+        tracker.init()
+        for i in range(100):
+            tracker.log({"i": i})
+            if i % 10 == 9:
+                tracker.flush()
+        tracker.finish()
+    hints = [r for r in caplog.records if "without a JsonlBackend" in r.getMessage()]
+    assert len(hints) == 1

@@ -75,8 +75,9 @@ def test_permanently_failing_backend_is_cut_off_and_the_others_keep_everything()
     assert dead.closed == 1
 
 
-def test_permanent_backend_error_is_not_retried():
-    """PermanentBackendError gives the batch up at once."""
+def test_permanent_backend_error_stops_the_backend_at_once():
+    """PermanentBackendError (a 4xx) is not retried, and the backend gets nothing more:
+    one call in all, its message kept (issue #15)."""
     rejecting = RejectingBackend()
     tracker = steplog.Tracker(rejecting, batch_size=10, retry=FAST)
     tracker.init()
@@ -84,9 +85,11 @@ def test_permanent_backend_error_is_not_retried():
         for i in range(10):
             tracker.log({"i": batch * 10 + i})
         tracker.flush()  # one batch per flush
-    assert rejecting.attempts == 2  # two batches, one attempt each
+    assert rejecting.attempts == 1
     stats = tracker.finish()
-    assert stats.backends["rejecting"].failed == 20
+    got = stats.backends["rejecting"]
+    assert got.failed == 20 and got.disabled
+    assert "400 Bad Request: injected" in (got.last_error or "")
 
 
 def test_strict_finish_raises_after_closing_everything(runs_root):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -115,6 +116,17 @@ class Delivery:
         """Count a failed attempt; seconds to wait before the next one, or None: give up."""
         self.record_error("write", exc)
         self.permanent_error = isinstance(exc, PermanentBackendError)
+        if self.permanent_error and not self.disabled:
+            # A 4xx (other than 408/429): retrying cannot help, nor can later batches.
+            self.disabled = True
+            self._reopen_at = math.inf
+            self.last_error = f"stopped: {self.last_error}"
+            logger.error(
+                "steplog: backend %r refused the run (%s); it gets no more events in this "
+                "run (the other backends go on)",
+                self.name,
+                exc,
+            )
         hint = getattr(exc, "retry_after", None)
         self.retry_after = float(hint) if isinstance(hint, (int, float)) else None
         delay = self.retry.delay(attempt, self.retry_after)

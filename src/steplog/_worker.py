@@ -140,6 +140,7 @@ class BackendRunner(Delivery):
         #: thread in this run: missed events are counted as failed).
         self.source = source
         self.uses_breaker = source is None
+        self._warned = False  # the one-time warning that missed events are lost
         # The gap: a range of the run file the backend has yet to get (``gap_start`` is
         # None when it is live), with its number of events.
         self.gap_start: int | None = None
@@ -224,6 +225,15 @@ class BackendRunner(Delivery):
             self.delivered += count
         elif not self._open_gap_after_failure(item):
             self.failed += count
+            if self.source is None and not self.permanent_error and not self._warned:
+                self._warned = True
+                logger.warning(
+                    "steplog: backend %r lost %d events; without a JsonlBackend in the "
+                    "tracker they cannot be sent later (with one, a backend that is down "
+                    "is caught up from the run file once it is back)",
+                    self.name,
+                    count,
+                )
         self.on_progress()
 
     def _put(self, item: Sequence[Event] | _Marker) -> None:

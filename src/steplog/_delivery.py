@@ -215,7 +215,9 @@ class Delivery:
                 what,
                 self.errors,
                 "" if self.errors == 1 else "s",
-                exc_info=exc if self.errors == 1 else None,
+                # A traceback once, unless the run file will heal this backend (an
+                # outage is reported in one line when it starts and when it ends).
+                exc_info=exc if self.errors == 1 and self.uses_breaker else None,
             )
 
     def stats(self, shared_drops: int) -> BackendStats:

@@ -290,6 +290,10 @@ class BackendRunner(Delivery):
         start = getattr(item, "file_start", None)
         if self.source is None or start is None or self.permanent_error:
             return False
+        # Already behind (batches after the queued ones went to a gap): the failed batch
+        # and the queue come before that gap in the file; the new gap covers them all.
+        later = None if self.gap_start is None else (self.gap_start, self.gap_end)
+        later_events, self.gap_events = self.gap_events, 0
         self.gap_start = self.gap_end = start
         self._extend_gap(item)
         while self._queue:
@@ -300,6 +304,12 @@ class BackendRunner(Delivery):
             self.queued -= len(queued)
             self.settled += len(queued)
             self._extend_gap(queued)
+        if later is not None:
+            if later[0] == self.gap_end:
+                self.gap_end = later[1]
+                self.gap_events += later_events
+            else:  # not contiguous (cannot happen: batches reach us in file order)
+                self.failed += later_events
         self._enter_outage()
         return True
 

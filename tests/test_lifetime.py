@@ -276,7 +276,11 @@ def test_exit_with_a_backend_hanging_in_a_thread_call_closes_the_jsonl_run(tmp_p
 # -- item 6: Ctrl-C or SIGTERM while finish() is slow ----------------------------------
 
 _SLOW_FINISH = """
-import anyio, steplog
+import anyio, signal, steplog
+
+# A process started in the background of a non-interactive shell (as CI may start
+# this suite) inherits SIGINT ignored; Python then never raises KeyboardInterrupt.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 class Slow(steplog.MemoryBackend):
     async def write(self, events):

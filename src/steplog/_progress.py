@@ -5,7 +5,6 @@ Quiet otherwise: scripts, CI logs and pipes never see a bar.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import importlib
@@ -15,7 +14,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-__all__ = ["bar", "enabled", "wait_with_progress", "wait_with_progress_async"]
+import anyio
+
+__all__ = ["bar", "enabled", "wait_future", "wait_with_progress", "wait_with_progress_async"]
 
 T = TypeVar("T")
 
@@ -113,21 +114,31 @@ def wait_with_progress(
             progress.close()
 
 
+async def wait_future(future: concurrent.futures.Future[T]) -> T:
+    """Await a ``concurrent.futures.Future`` from any async library anyio runs on
+    (asyncio or trio): polled, from every millisecond up to every 20 ms, so it needs no
+    loop-specific wake-up from the writer's thread (these are lifecycle calls, not the
+    hot path)."""
+    pause = 0.001
+    while not future.done():
+        await anyio.sleep(pause)
+        pause = min(pause * 2, 0.02)
+    return future.result()
+
+
 async def wait_with_progress_async(
     future: concurrent.futures.Future[T], pending: Callable[[], dict[str, int]]
 ) -> T:
     """:func:`wait_with_progress` for a coroutine: the event loop is never blocked."""
-    waiter = asyncio.wrap_future(future)
     if not enabled():
-        return await waiter
+        return await wait_future(future)
     started = time.monotonic()
     bars: dict[str, Any] = {}
     totals: dict[str, int] = {}
     try:
         while True:
-            done, _ = await asyncio.wait({waiter}, timeout=0.2)
-            if done:
-                return waiter.result()
+            with anyio.move_on_after(0.2):
+                return await wait_future(future)
             if time.monotonic() - started >= DELAY:
                 _draw(bars, totals, pending())
     finally:

@@ -69,6 +69,18 @@ class _Marker:
             self.future.set_result(None)
 
 
+class _Unbound:
+    """Stands for an anyio event until the fan-out's loop makes it (see bind_loop)."""
+
+    def set(self) -> None:
+        pass
+
+    def is_set(self) -> bool:
+        return False
+
+
+_UNBOUND: Any = _Unbound()
+
 #: Bytes of the run file read per catch-up batch.
 CATCH_UP_BYTES = 4 * 2**20
 
@@ -128,13 +140,15 @@ class BackendRunner(Delivery):
         self.submitted = 0
         self.settled = 0
         self.queued = 0  # events accepted and not yet settled (loop thread only)
-        self.finished = anyio.Event()
+        # anyio events are made on the fan-out's loop (bind_loop): made here, on the
+        # caller's thread, they would belong to the caller's async library (trio, say).
+        self.finished: anyio.Event = _UNBOUND
         self.done = False
         #: Cancels :meth:`run` when the backend is abandoned at the shutdown deadline
         #: (made on the loop, by the fan-out, which needs a running loop for it).
         self.scope: anyio.CancelScope | None = None
         self.closed = False
-        self.closed_event = anyio.Event()
+        self.closed_event: anyio.Event = _UNBOUND
         self.abandoned = False
         #: The run file, to catch up from (``None``: no JSONL file written by the writer
         #: thread in this run: missed events are counted as failed).
@@ -159,8 +173,14 @@ class BackendRunner(Delivery):
         # Batches and flush markers in order. A deque rather than a stream: under
         # "drop_oldest" a backend that lags drops its oldest queued batch.
         self._queue: deque[Sequence[Event] | _Marker] = deque()
-        self._wakeup = anyio.Event()
+        self._wakeup: anyio.Event = _UNBOUND
         self._closed = False
+
+    def bind_loop(self) -> None:
+        """Make the runner's events on the running loop (the fan-out's own thread)."""
+        self.finished = anyio.Event()
+        self.closed_event = anyio.Event()
+        self._wakeup = anyio.Event()
 
     @property
     def backlog(self) -> int:
@@ -687,6 +707,8 @@ class Fanout:
     async def _main(self, info: RunInfo) -> None:
         self._drain_requested = anyio.Event()
         self._close_requested = anyio.Event()
+        for runner in self.runners:
+            runner.bind_loop()
         self._loop = asyncio.get_running_loop()
         opened: list[BackendRunner] = []
         for runner in self.runners:

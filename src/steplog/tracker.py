@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -22,6 +21,8 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Literal
 
+import anyio
+import anyio.to_thread
 import orjson
 
 from ._arrays import DEFER_KEY, host_reader
@@ -42,7 +43,7 @@ from ._options import (
     positive_seconds,
 )
 from ._process import install_exit_hook, install_sigterm_handler, track_ending, unwatch, watch
-from ._progress import wait_with_progress, wait_with_progress_async
+from ._progress import wait_future, wait_with_progress, wait_with_progress_async
 from ._redact import DEFAULT_SECRET_KEYS, compile_pattern
 from ._redact import redact as _redact
 from ._writer import Writer
@@ -710,7 +711,8 @@ class Tracker(_TrackerBase):
 
 
 class AsyncTracker(_TrackerBase):
-    """The asyncio flavour of :class:`Tracker`: same arguments, awaitable lifecycle.
+    """The async flavour of :class:`Tracker` (asyncio or trio, through anyio): same
+    arguments, awaitable lifecycle.
 
     ``log()`` is the same plain, non-blocking call; ``init``, ``flush`` and ``finish``
     are coroutines that never block the caller's event loop (the worker runs in its
@@ -725,9 +727,9 @@ class AsyncTracker(_TrackerBase):
             await self.finish()
         run, started = self._start(config)
         try:
-            run.info = await asyncio.wrap_future(started)
+            run.info = await wait_future(started)
         except BaseException:
-            await asyncio.to_thread(run.worker.join)
+            await anyio.to_thread.run_sync(run.worker.join)
             raise
         self._activate(run)
         return run.info
@@ -739,8 +741,9 @@ class AsyncTracker(_TrackerBase):
             raise self._inactive("flush")
         future = run.worker.flush()
         try:
-            await asyncio.wait_for(asyncio.wrap_future(future), timeout)
-        except asyncio.TimeoutError as exc:
+            with anyio.fail_after(timeout):
+                await wait_future(future)
+        except TimeoutError as exc:
             raise FlushTimeoutError(f"flush() did not complete within {timeout} s") from exc
 
     async def finish(
@@ -758,12 +761,13 @@ class AsyncTracker(_TrackerBase):
         run, future = pending
         try:
             stats: RunStats = await wait_with_progress_async(future, run.worker.pending)
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            # Ctrl-C under asyncio.run() arrives as a cancellation: end the run now
-            # (the exit hook waits for its run end to be written).
-            run.worker.hurry("interrupted")
+        except BaseException as exc:
+            if isinstance(exc, (KeyboardInterrupt, anyio.get_cancelled_exc_class())):
+                # Ctrl-C under asyncio.run() arrives as a cancellation: end the run now
+                # (the exit hook waits for its run end to be written).
+                run.worker.hurry("interrupted")
             raise
-        await asyncio.to_thread(run.worker.join)
+        await anyio.to_thread.run_sync(run.worker.join)
         return self._finished(stats)
 
     @contextlib.asynccontextmanager

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 
 import pytest
@@ -184,3 +185,92 @@ def mlflow_api(url: str, path: str, body: dict | None = None, method: str = "GET
     )
     with urllib.request.urlopen(request, timeout=30) as answer:
         return json.loads(answer.read() or b"{}")
+
+
+def find_run(url: str, experiment: str, steplog_id: str) -> dict:
+    """The MLflow run tagged with ``steplog_id`` in ``experiment`` (exactly one)."""
+    exp = mlflow_api(url, "experiments/get-by-name", {"experiment_name": experiment})
+    found = mlflow_api(
+        url,
+        "runs/search",
+        {
+            "experiment_ids": [exp["experiment"]["experiment_id"]],
+            "filter": f"tags.`steplog.run_id` = '{steplog_id}'",
+        },
+        method="POST",
+    )
+    runs = found.get("runs", [])
+    assert len(runs) == 1, runs
+    return mlflow_api(url, "runs/get", {"run_id": runs[0]["info"]["run_id"]})["run"]
+
+
+def history(url: str, run_id: str, key: str) -> list[dict]:
+    """Every point of metric ``key`` of an MLflow run (all pages)."""
+    points, token = [], None
+    while True:
+        query = {"run_id": run_id, "metric_key": key, "max_results": 25000}
+        if token:
+            query["page_token"] = token
+        answer = mlflow_api(url, "metrics/get-history", query)
+        points += answer.get("metrics", [])
+        token = answer.get("next_page_token")
+        if not token:
+            return points
+
+
+class MlflowProxy:
+    """An HTTP proxy in front of an MLflow server. ``refuse(path)`` decides per request:
+    ``None`` forwards it, ``(status, headers)`` answers with that instead (an outage,
+    a busy server)."""
+
+    def __init__(self, target: str, refuse) -> None:
+        import http.server
+        import urllib.error
+        import urllib.request
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _forward(self, method: str) -> None:
+                body = None
+                if method == "POST":
+                    body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                answer = refuse(self.path)
+                if answer is not None:
+                    status, headers = answer
+                    self.send_response(status)
+                    for name, value in headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                request = urllib.request.Request(
+                    target + self.path, data=body, method=method,
+                    headers={"Content-Type": "application/json"},
+                )  # fmt: skip
+                try:
+                    with urllib.request.urlopen(request, timeout=30) as forwarded:
+                        status, payload = forwarded.status, forwarded.read()
+                except urllib.error.HTTPError as exc:
+                    status, payload = exc.code, exc.read()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def do_GET(self):
+                self._forward("GET")
+
+            def do_POST(self):
+                self._forward("POST")
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -6,54 +6,21 @@ run as ground truth.
 
 from __future__ import annotations
 
-import http.server
 import json
 import math
 import subprocess
 import sys
 import textwrap
-import threading
-import urllib.error
-import urllib.request
 import uuid
 
 import pytest
 
 import steplog
 
-from conftest import mlflow_api
+from conftest import MlflowProxy, find_run, history, mlflow_api
 
 pytest.importorskip("httpx", reason="MlflowBackend needs httpx (pip install -e '.[dev]')")
 pytestmark = pytest.mark.timeout(300)
-
-
-def find_run(url: str, experiment: str, steplog_id: str) -> dict:
-    exp = mlflow_api(url, "experiments/get-by-name", {"experiment_name": experiment})
-    found = mlflow_api(
-        url,
-        "runs/search",
-        {
-            "experiment_ids": [exp["experiment"]["experiment_id"]],
-            "filter": f"tags.`steplog.run_id` = '{steplog_id}'",
-        },
-        method="POST",
-    )
-    runs = found.get("runs", [])
-    assert len(runs) == 1, runs
-    return mlflow_api(url, "runs/get", {"run_id": runs[0]["info"]["run_id"]})["run"]
-
-
-def history(url: str, run_id: str, key: str) -> list[dict]:
-    points, token = [], None
-    while True:
-        query = {"run_id": run_id, "metric_key": key, "max_results": 25000}
-        if token:
-            query["page_token"] = token
-        answer = mlflow_api(url, "metrics/get-history", query)
-        points += answer.get("metrics", [])
-        token = answer.get("next_page_token")
-        if not token:
-            return points
 
 
 def test_every_point_param_tag_and_status_reaches_the_server(mlflow_server, tmp_path):
@@ -154,60 +121,23 @@ def test_failed_and_interrupted_runs_get_mlflow_statuses(mlflow_server, tmp_path
     assert {t["key"]: t["value"] for t in killed["data"]["tags"]}["steplog.status"] == "terminated"
 
 
-class FlakyProxy:
-    """An HTTP proxy in front of the server that answers 503 to the first N log-batches."""
+class FlakyProxy(MlflowProxy):
+    """A proxy in front of the server that answers 503 to the first N log-batches."""
 
     def __init__(self, target: str, failures: int) -> None:
         self.failures = failures
         self.failed = 0
         self.forwarded_batches = 0
-        proxy = self
+        super().__init__(target, self._refuse)
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _forward(self, method: str) -> None:
-                body = None
-                if method == "POST":
-                    body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if self.path.endswith("runs/log-batch"):
-                    if proxy.failed < proxy.failures:
-                        proxy.failed += 1
-                        self.send_response(503)
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                        return
-                    proxy.forwarded_batches += 1
-                request = urllib.request.Request(
-                    target + self.path, data=body, method=method,
-                    headers={"Content-Type": "application/json"},
-                )  # fmt: skip
-                try:
-                    with urllib.request.urlopen(request, timeout=30) as answer:
-                        status, payload = answer.status, answer.read()
-                except urllib.error.HTTPError as exc:
-                    status, payload = exc.code, exc.read()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def do_GET(self):
-                self._forward("GET")
-
-            def do_POST(self):
-                self._forward("POST")
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def _refuse(self, path: str):
+        if not path.endswith("runs/log-batch"):
+            return None
+        if self.failed < self.failures:
+            self.failed += 1
+            return 503, {}
+        self.forwarded_batches += 1
+        return None
 
 
 def test_5xx_answers_are_retried_without_losing_or_duplicating_points(mlflow_server, tmp_path):

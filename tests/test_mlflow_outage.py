@@ -3,18 +3,15 @@ logging, and at the end every step of the JSONL file is in MLflow exactly once."
 
 from __future__ import annotations
 
-import http.server
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 
 import pytest
 
 import steplog
 
-from conftest import MlflowServer, mlflow_api
+from conftest import MlflowProxy, MlflowServer, find_run, history
 
 pytest.importorskip("httpx", reason="MlflowBackend needs httpx (pip install -e '.[dev]')")
 pytestmark = pytest.mark.timeout(300)
@@ -22,30 +19,6 @@ pytestmark = pytest.mark.timeout(300)
 HEALING = steplog.RetryPolicy(
     retries=2, backoff=0.05, max_backoff=0.2, probe_backoff=0.5, max_probe_backoff=2.0
 )
-
-
-def mlflow_points(url: str, experiment: str, steplog_id: str, key: str) -> tuple[dict, list]:
-    exp = mlflow_api(url, "experiments/get-by-name", {"experiment_name": experiment})
-    found = mlflow_api(
-        url,
-        "runs/search",
-        {
-            "experiment_ids": [exp["experiment"]["experiment_id"]],
-            "filter": f"tags.`steplog.run_id` = '{steplog_id}'",
-        },
-        method="POST",
-    )
-    (run,) = found["runs"]
-    points, token = [], None
-    while True:
-        query = {"run_id": run["info"]["run_id"], "metric_key": key, "max_results": 25000}
-        if token:
-            query["page_token"] = token
-        answer = mlflow_api(url, "metrics/get-history", query)
-        points += answer.get("metrics", [])
-        token = answer.get("next_page_token")
-        if not token:
-            return run, points
 
 
 def test_server_killed_and_restarted_twice_gets_every_step_exactly_once(tmp_path):
@@ -88,7 +61,8 @@ def test_server_killed_and_restarted_twice_gets_every_step_exactly_once(tmp_path
         chaos.join()
     try:
         local = steplog.read_run(jsonl.path)
-        run, points = mlflow_points(server.url, experiment, local.run_id, "loss")
+        run = find_run(server.url, experiment, local.run_id)
+        points = history(server.url, run["info"]["run_id"], "loss")
     finally:
         server.stop()
     assert len(outages) == 2
@@ -106,63 +80,25 @@ def test_server_killed_and_restarted_twice_gets_every_step_exactly_once(tmp_path
     )
 
 
-class BusyProxy:
-    """A proxy that answers log-batch requests with 503 and ``Retry-After: 1`` for the
-    first ``busy`` seconds after the first one, and forwards everything else."""
+class BusyProxy(MlflowProxy):
+    """Answers log-batch requests with 503 and ``Retry-After: 1`` for the first ``busy``
+    seconds after the first one; forwards everything else."""
 
     def __init__(self, target: str, busy: float) -> None:
         self.busy = busy
         self.first: float | None = None
         self.refused = 0
-        proxy = self
+        super().__init__(target, self._refuse)
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _forward(self, method: str) -> None:
-                body = None
-                if method == "POST":
-                    body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if self.path.endswith("runs/log-batch"):
-                    now = time.monotonic()
-                    proxy.first = proxy.first or now
-                    if now - proxy.first < proxy.busy:
-                        proxy.refused += 1
-                        self.send_response(503)
-                        self.send_header("Retry-After", "1")
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                        return
-                request = urllib.request.Request(
-                    target + self.path, data=body, method=method,
-                    headers={"Content-Type": "application/json"},
-                )  # fmt: skip
-                try:
-                    with urllib.request.urlopen(request, timeout=30) as answer:
-                        status, payload = answer.status, answer.read()
-                except urllib.error.HTTPError as exc:
-                    status, payload = exc.code, exc.read()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def do_GET(self):
-                self._forward("GET")
-
-            def do_POST(self):
-                self._forward("POST")
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def _refuse(self, path: str):
+        if not path.endswith("runs/log-batch"):
+            return None
+        now = time.monotonic()
+        self.first = self.first or now
+        if now - self.first >= self.busy:
+            return None
+        self.refused += 1
+        return 503, {"Retry-After": "1"}
 
 
 def test_503_with_retry_after_is_honoured_without_hammering(mlflow_server, tmp_path):
@@ -185,6 +121,7 @@ def test_503_with_retry_after_is_honoured_without_hammering(mlflow_server, tmp_p
         proxy.close()
     assert 1 <= proxy.refused <= 6, proxy.refused  # about one request a second
     local = steplog.read_run(jsonl.path)
-    _, points = mlflow_points(mlflow_server, experiment, local.run_id, "loss")
+    run = find_run(mlflow_server, experiment, local.run_id)
+    points = history(mlflow_server, run["info"]["run_id"], "loss")
     assert sorted(int(p["step"]) for p in points) == list(range(4000))
     assert stats.backends["mlflow"].delivered == 4000

@@ -25,7 +25,7 @@ import pytest
 import steplog
 from steplog.sync import SyncResume, cursor_path, sync
 
-from conftest import mlflow_api, wait_until
+from conftest import find_run, history, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -112,35 +112,6 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
     return subprocess.run(
         [sys.executable, "-m", "steplog", *args], capture_output=True, text=True, timeout=timeout
     )
-
-
-def find_run(url: str, experiment: str, steplog_id: str) -> dict:
-    exp = mlflow_api(url, "experiments/get-by-name", {"experiment_name": experiment})
-    found = mlflow_api(
-        url,
-        "runs/search",
-        {
-            "experiment_ids": [exp["experiment"]["experiment_id"]],
-            "filter": f"tags.`steplog.run_id` = '{steplog_id}'",
-        },
-        method="POST",
-    )
-    runs = found.get("runs", [])
-    assert len(runs) == 1, runs
-    return mlflow_api(url, "runs/get", {"run_id": runs[0]["info"]["run_id"]})["run"]
-
-
-def history(url: str, run_id: str, key: str) -> list[dict]:
-    points, token = [], None
-    while True:
-        query = {"run_id": run_id, "metric_key": key, "max_results": 25000}
-        if token:
-            query["page_token"] = token
-        answer = mlflow_api(url, "metrics/get-history", query)
-        points += answer.get("metrics", [])
-        token = answer.get("next_page_token")
-        if not token:
-            return points
 
 
 def cursor_of(path: Path) -> dict:

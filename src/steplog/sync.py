@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
-import math
 import os
 import time
 from pathlib import Path
@@ -40,7 +39,7 @@ import anyio
 import orjson
 
 from ._delivery import Delivery, RetryPolicy
-from ._options import DEFAULT_BATCH_SIZE
+from ._options import DEFAULT_BATCH_SIZE, positive_seconds
 from .backends.base import Backend, backend_name
 from .backends.memory import MemoryBackend
 from .backends.mlflow import MlflowBackend
@@ -241,8 +240,7 @@ async def sync_async(
     """:func:`sync` for callers already inside an event loop."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if not interval > 0 or math.isinf(interval):
-        raise ValueError(f"interval must be a positive number of seconds, got {interval}")
+    interval = positive_seconds("interval", interval)
     run = Path(path)
     snapshot = _snapshot(run)
     info = _run_info(snapshot.start)

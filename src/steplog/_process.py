@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 __all__ = [
     "Watched",
+    "crash_status",
     "install_exit_hook",
     "install_sigterm_handler",
     "track_ending",
@@ -130,9 +131,17 @@ def _exit_status(tracker: Any, status: str, reason: str) -> tuple[str, str]:
     crash = _crash or getattr(run, "crash", None)
     if crash is None:
         return status, reason
-    if issubclass(crash, KeyboardInterrupt):
-        return "interrupted", "was interrupted (KeyboardInterrupt)"
-    return "failed", f"was not finished: the program raised {crash.__name__}"
+    status = crash_status(crash)
+    if status == "interrupted":
+        return status, "was interrupted (KeyboardInterrupt)"
+    return status, f"was not finished: the program raised {crash.__name__}"
+
+
+def crash_status(crash: type[BaseException] | None) -> str:
+    """The status of a run whose program (or thread) died of ``crash``, if any."""
+    if crash is None:
+        return "unfinished"
+    return "interrupted" if issubclass(crash, KeyboardInterrupt) else "failed"
 
 
 def _install_excepthooks() -> None:

@@ -19,7 +19,7 @@ import warnings
 import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import anyio
 import anyio.to_thread
@@ -42,7 +42,14 @@ from ._options import (
     positive_int,
     positive_seconds,
 )
-from ._process import install_exit_hook, install_sigterm_handler, track_ending, unwatch, watch
+from ._process import (
+    crash_status,
+    install_exit_hook,
+    install_sigterm_handler,
+    track_ending,
+    unwatch,
+    watch,
+)
 from ._progress import wait_future, wait_with_progress, wait_with_progress_async
 from ._redact import DEFAULT_SECRET_KEYS, compile_pattern
 from ._redact import redact as _redact
@@ -816,9 +823,7 @@ def _end_orphaned_run(
     asks the writer to stop; exit waits for the run end to be written.
     """
     try:
-        status: RunStatus = "unfinished"
-        if run.crash is not None:
-            status = "interrupted" if issubclass(run.crash, KeyboardInterrupt) else "failed"
+        status = cast(RunStatus, crash_status(run.crash))
         print(
             f"steplog: run {run.info.run_id!r} ({experiment}) was dropped without "
             f"finish(); writing what was logged and closing it as {status!r}",

@@ -136,10 +136,11 @@ class Writer:
                     )
                 )
         #: The run's JSONL file, written by this thread: what async backends that
-        #: missed events (an outage, a backlog) are caught up from.
+        #: missed events (an outage, a backlog) are caught up from (only kept when
+        #: there are async backends: ``_deliver`` then notes each batch's file range).
         self.source: FileSource | None = None
         jsonl = next((r for r in self.direct if isinstance(r.sink, _FileSink)), None)
-        if jsonl is not None and durability == "thread":
+        if remote and jsonl is not None and durability == "thread":
             self.source = FileSource(jsonl.backend)
         self.fanout: Fanout | None = None
         if remote:

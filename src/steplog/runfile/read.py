@@ -426,11 +426,16 @@ def iter_lines(
 
 
 def iter_steps(
-    snapshot: RunSnapshot, progress: Callable[[int], None] | None = None
+    snapshot: RunSnapshot,
+    progress: Callable[[int], None] | None = None,
+    *,
+    others: list[dict[str, Any]] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Step records of the snapshot (``{"step", "time", "data"}``), in file order.
 
-    Corrupt lines are skipped and their numbers added to ``snapshot.corrupt``.
+    Corrupt lines are skipped and their numbers added to ``snapshot.corrupt``. The other
+    records (run ends, resumes, and the kinds of newer versions) go to ``others`` if
+    given.
     """
     loads = orjson.loads
     corrupt = snapshot.corrupt
@@ -449,6 +454,8 @@ def iter_steps(
             corrupt.add(number)
             continue
         if "type" in record:
+            if others is not None:
+                others.append(decode(record) if b'"$' in line else record)
             continue  # run end, or a record type of a newer minor version
         if b'"$' in line:
             record = decode(record)
@@ -518,6 +525,18 @@ class StepScan:
     metrics: dict[str, MetricStats]
     records: int = 0
     last_step: int | None = None  # the step of the last record
+    others: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # typed records
+
+    def segment_statuses(self) -> list[str]:
+        """How each segment of the run ended, in order (one unless it was resumed)."""
+        statuses = [INCOMPLETE]
+        for record in self.others:
+            kind = record.get("type")
+            if kind == RESUME:
+                statuses.append(INCOMPLETE)
+            elif kind == RUN_END:
+                statuses[-1] = str(record.get("status"))
+        return statuses
 
 
 def metric_stats(snapshot: RunSnapshot, progress: Callable[[int], None] | None = None) -> StepScan:
@@ -525,7 +544,8 @@ def metric_stats(snapshot: RunSnapshot, progress: Callable[[int], None] | None =
     stats: dict[str, MetricStats] = {}
     records = 0
     step: int | None = None
-    for record in iter_steps(snapshot, progress):
+    others: list[dict[str, Any]] = []
+    for record in iter_steps(snapshot, progress, others=others):
         records += 1
         step = record["step"]
         for key, value in flat_data(record["data"]).items():
@@ -533,7 +553,7 @@ def metric_stats(snapshot: RunSnapshot, progress: Callable[[int], None] | None =
             if entry is None:
                 entry = stats[key] = MetricStats()
             entry.add(step, value)
-    return StepScan(stats, records, step)
+    return StepScan(stats, records, step, others)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

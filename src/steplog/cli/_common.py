@@ -29,6 +29,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_USAGE",
+    "RUNS_HELP",
     "RUN_HELP",
     "CommandError",
     "Handler",
@@ -48,6 +49,7 @@ RUN_HELP = (
     "a run file, a run directory (its latest run), 'latest', or a run id (or a unique "
     "prefix, or EXPERIMENT/ID) under --root"
 )
+RUNS_HELP = RUN_HELP + ", or group:NAME for every run of a group (one per rank)"
 
 #: A command's handler: the parsed arguments and the command's own parser (for usage
 #: errors) in, the exit code out.
@@ -144,7 +146,7 @@ def plot_files(
         snapshot = take_snapshot(path)
         header = read_header(snapshot)
         headers.append(header)
-        label = labels[index] if labels else f"{header.experiment}/{header.run_id}"
+        label = (labels[index] if labels else "") or f"{header.experiment}/{header.run_id}"
         with _progress.bar(snapshot.end - snapshot.body, f"reading {path.name}") as update:
             series = _plot.load_series(snapshot, keys, options.get("x_axis", "step"), update)
         warn_corrupt("plot", path, snapshot.corrupt)

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import _progress
-from ..runfile.find import resolve_run
-from ..runfile.read import metric_stats, read_header
+from ..runfile.find import resolve_runs
+from ..runfile.read import RunHeader, metric_stats, read_header
 from ..runfile.schema import flatten
 from ._common import (
     EXIT_OK,
-    RUN_HELP,
+    RUNS_HELP,
     Subparsers,
     add_command,
     add_root_option,
@@ -36,7 +36,7 @@ def add_parser(subparsers: Subparsers) -> None:
         "the minimum; name keys where higher is better with --max).",
         handler=cmd_compare,
     )
-    compare.add_argument("runs", nargs="+", metavar="RUN", help=RUN_HELP)
+    compare.add_argument("runs", nargs="+", metavar="RUN", help=RUNS_HELP)
     add_root_option(compare)
     compare.add_argument("-k", "--key", action="append", dest="keys", help="metrics to show")
     compare.add_argument(
@@ -47,7 +47,7 @@ def add_parser(subparsers: Subparsers) -> None:
 
 def cmd_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Print the runs side by side; returns the exit code."""
-    paths = [resolve_run(spec, Path(args.root)) for spec in args.runs]
+    paths = [path for spec in args.runs for path in resolve_runs(spec, Path(args.root))]
     snapshots = [take_snapshot(p) for p in paths]
     headers = [read_header(s) for s in snapshots]
     all_stats = []
@@ -77,6 +77,7 @@ def cmd_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         names = [str(p) for p in paths]
     rows: list[list[str]] = [
         ["experiment", *(h.experiment for h in headers)],
+        *_placement_rows(headers),
         ["status", *(h.status for h in headers)],
         ["steps", *(f"{h.steps:,}" for h in headers)],
         ["duration", *(duration(h.duration) for h in headers)],
@@ -121,3 +122,13 @@ def _equal(a: Any, b: Any) -> bool:
     if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
         return True
     return bool(a == b)
+
+
+def _placement_rows(headers: list[RunHeader]) -> list[list[str]]:
+    """Group and rank rows, when some run has them."""
+    rows = []
+    if any(h.group for h in headers):
+        rows.append(["group", *(h.group or "–" for h in headers)])
+    if any(h.rank is not None for h in headers):
+        rows.append(["rank", *("–" if h.rank is None else str(h.rank) for h in headers)])
+    return rows

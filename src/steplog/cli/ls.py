@@ -47,6 +47,8 @@ def add_parser(subparsers: Subparsers) -> None:
     ls.add_argument("-m", "--metric", default="loss", help="metric column (default: loss)")
     ls.add_argument("-e", "--experiment", help="only this experiment")
     ls.add_argument("-s", "--status", help="only runs with this status")
+    ls.add_argument("-g", "--group", help="only the runs of this group")
+    ls.add_argument("-t", "--tag", action="append", dest="tags", help="only runs with this tag")
     ls.add_argument("-n", "--limit", type=int, help="show at most N runs (after sorting)")
     ls.add_argument("--json", action="store_true", help="one JSON object per run")
 
@@ -72,6 +74,10 @@ def cmd_ls(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             continue
         if args.status and header.status != args.status:
             continue
+        if args.group and header.group != args.group:
+            continue
+        if args.tags and not set(args.tags) <= set(header.tags):
+            continue
         headers.append(header)
     metric = args.metric
 
@@ -79,8 +85,21 @@ def cmd_ls(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         value: Any = h.last.get(metric)
         return float(value) if is_number(value) else math.inf
 
+    # The runs of a group (the ranks of one job) are listed together, by rank, where
+    # the group's first run falls.
+    group_start: dict[str, float] = {}
+    for h in headers:
+        if h.group is not None:
+            group_start[h.group] = min(group_start.get(h.group, math.inf), h.start_time)
+
+    def by_start(h: RunHeader) -> Any:
+        if h.group is None:
+            return (h.start_time, "", -1, h.start_time)
+        rank = h.rank if h.rank is not None else math.inf
+        return (group_start[h.group], h.group, rank, h.start_time)
+
     keys: dict[str, Callable[[RunHeader], Any]] = {
-        "start": lambda h: h.start_time,
+        "start": by_start,
         "experiment": lambda h: (h.experiment, h.start_time),
         "run": lambda h: h.run_id,
         "status": lambda h: (h.status, h.start_time),
@@ -104,6 +123,10 @@ def cmd_ls(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 "duration": round(h.duration, 3),
                 "start_time": h.start_time,
                 "path": str(h.path),
+                "group": h.group,
+                "rank": h.rank,
+                "world_size": h.world_size,
+                "tags": list(h.tags),
                 metric: h.last.get(metric),
             }
             # Values as the run file stores them: NaN, infinities and big ints tagged.
@@ -125,9 +148,13 @@ def cmd_ls(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         ]
         for h in headers
     ]
-    print_table(
-        ["EXPERIMENT", "RUN", "STATUS", "STEPS", "DURATION", "STARTED", metric.upper()],
-        rows,
-        right={3, 4, 6},
-    )
+    titles = ["EXPERIMENT", "RUN", "STATUS", "STEPS", "DURATION", "STARTED", metric.upper()]
+    right = {3, 4, 6}
+    if any(h.group is not None or h.rank is not None for h in headers):
+        # Group and rank after the experiment, only when some run has them.
+        titles[1:1] = ["GROUP", "RANK"]
+        for cells, h in zip(rows, headers, strict=True):
+            cells[1:1] = [h.group or "–", "–" if h.rank is None else str(h.rank)]
+        right = {2} | {i + 2 for i in right}
+    print_table(titles, rows, right=right)
     return EXIT_OK

@@ -6,8 +6,8 @@ import argparse
 import math
 from pathlib import Path
 
-from ..runfile.find import resolve_run
-from ._common import RUN_HELP, Subparsers, add_command, add_root_option, plot_files
+from ..runfile.find import GROUP_PREFIX, group_of, resolve_runs
+from ._common import RUNS_HELP, Subparsers, add_command, add_root_option, plot_files
 
 __all__ = ["add_parser"]
 
@@ -23,7 +23,7 @@ def add_parser(subparsers: Subparsers) -> None:
         "a min-max envelope, so 10-million-step runs plot fast and spikes stay visible.",
         handler=cmd_plot,
     )
-    plot.add_argument("runs", nargs="+", metavar="RUN", help=RUN_HELP)
+    plot.add_argument("runs", nargs="+", metavar="RUN", help=RUNS_HELP)
     add_root_option(plot)
     plot.add_argument("-k", "--key", action="append", dest="keys", help="key(s) to plot (loss)")
     plot.add_argument("-o", "--output", default="steplog-plot.png", help="output image")
@@ -45,21 +45,32 @@ def cmd_plot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"--size must look like 8x4.5, not {args.size!r}")
     if not (0 < width < math.inf and 0 < height < math.inf):
         parser.error(f"--size needs a width and height above 0 inches, not {args.size!r}")
-    if args.labels and len(args.labels) != len(args.runs):
-        parser.error("give one --label per run")
     if args.max_points < 10:
         parser.error("--max-points must be at least 10")
     if args.smooth < 0:
         parser.error(f"--smooth must be 0 (off) or a number of points, not {args.smooth}")
     if args.dpi < 1:
         parser.error(f"--dpi must be at least 1, not {args.dpi}")
-    paths = [resolve_run(spec, Path(args.root)) for spec in args.runs]
+    paths: list[Path] = []
+    labels: list[str] = []
+    for spec in args.runs:
+        found = resolve_runs(spec, Path(args.root))
+        paths += found
+        if spec.startswith(GROUP_PREFIX) and not Path(spec).exists():
+            labels += [_member_label(path) for path in found]  # a group: one curve per rank
+        else:
+            labels += [""]
+    if args.labels and len(args.labels) != len(paths):
+        parser.error(
+            f"give one --label per run ({len(paths)} runs"
+            + (", counting each run of a group)" if len(paths) != len(args.runs) else ")")
+        )
     return plot_files(
         paths,
         args.keys or ["loss"],
         Path(args.output),
         title=args.title,
-        labels=args.labels,
+        labels=args.labels or (labels if any(labels) else None),
         parser=parser,
         x_axis=args.x,
         window=args.smooth,
@@ -68,3 +79,9 @@ def cmd_plot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         dpi=args.dpi,
         max_points=args.max_points,
     )
+
+
+def _member_label(path: Path) -> str:
+    """A group member's legend label: its rank, or its run id."""
+    _, rank = group_of(path)
+    return f"rank {rank}" if rank is not None else path.stem

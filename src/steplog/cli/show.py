@@ -11,12 +11,12 @@ import orjson
 
 from .. import _progress
 from ..runfile.codec import ValueEncoder
-from ..runfile.find import resolve_run
+from ..runfile.find import GROUP_PREFIX, resolve_run, resolve_runs
 from ..runfile.read import MetricStats, RunHeader, metric_stats, read_header
 from ..runfile.schema import flatten
 from ._common import (
     EXIT_OK,
-    RUN_HELP,
+    RUNS_HELP,
     Subparsers,
     add_command,
     add_root_option,
@@ -39,13 +39,17 @@ def add_parser(subparsers: Subparsers) -> None:
         "counts (min/max/mean are over the finite values).",
         handler=cmd_show,
     )
-    show.add_argument("run", metavar="RUN", help=RUN_HELP)
+    show.add_argument("run", metavar="RUN", help=RUNS_HELP)
     add_root_option(show)
     show.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def cmd_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Print one run's report, as text or one JSON object; returns the exit code."""
+    if args.run.startswith(GROUP_PREFIX) and not Path(args.run).exists():
+        return _show_group(
+            args.run[len(GROUP_PREFIX) :], resolve_runs(args.run, Path(args.root)), args.json
+        )
     path = resolve_run(args.run, Path(args.root))
     snapshot = take_snapshot(path)
     header = read_header(snapshot)
@@ -122,6 +126,14 @@ def cmd_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print("stats     – (no run-end record)")
     _print_mapping("config", header.config)
     _print_mapping("summary", header.summary)
+    _print_metrics(stats)
+    if not stats:
+        print("\nno step records")
+    return EXIT_OK
+
+
+def _print_metrics(stats: dict[str, MetricStats]) -> None:
+    """The per-key tables: numbers, then other values."""
     numeric = {k: s for k, s in stats.items() if s.numeric}
     other = {k: s for k, s in stats.items() if not s.numeric}
     if numeric:
@@ -150,9 +162,6 @@ def cmd_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print()
         rows = [[k, f"{m.count:,}", cell(m.first), cell(m.last)] for k, m in other.items()]
         print_table(["KEY", "COUNT", "FIRST", "LAST"], rows, right={1})
-    if not stats:
-        print("\nno step records")
-    return EXIT_OK
 
 
 def _stats_dict(s: MetricStats) -> dict[str, Any]:
@@ -202,3 +211,60 @@ def _placement(header: RunHeader) -> str:
     if header.tags:
         parts.append("tags " + ", ".join(header.tags))
     return "  ·  ".join(parts)
+
+
+def _show_group(name: str, paths: list[Path], as_json: bool) -> int:
+    """The report of a group: one line per run (rank), and per key the statistics of
+    every rank's values together."""
+    merged: dict[str, MetricStats] = {}
+    members = []
+    for path in paths:
+        snapshot = take_snapshot(path)
+        header = read_header(snapshot)
+        with _progress.bar(snapshot.end - snapshot.body, f"reading {path.name}") as update:
+            scan = metric_stats(snapshot, update, into=merged)
+        warn_corrupt("show", path, snapshot.corrupt)
+        members.append((header, scan.last_step))
+    if as_json:
+        out = {
+            "group": name,
+            "runs": [
+                {
+                    "path": str(h.path),
+                    "run_id": h.run_id,
+                    "experiment": h.experiment,
+                    "rank": h.rank,
+                    "world_size": h.world_size,
+                    "status": h.status,
+                    "steps": last + 1 if last is not None else 0,
+                    "duration": h.duration,
+                    "summary": h.summary,
+                }
+                for h, last in members
+            ],
+            "metrics": {k: _stats_dict(s) for k, s in merged.items()},
+        }
+        out = ValueEncoder().sanitize(out)
+        sys.stdout.write(orjson.dumps(out, default=str, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return EXIT_OK
+    sizes = {h.world_size for h, _ in members if h.world_size is not None}
+    size = f" of a world of {', '.join(map(str, sorted(sizes)))}" if sizes else ""
+    print(f"group     {name}  ·  {count(len(members), 'run')}{size}")
+    rows = [
+        [
+            "–" if h.rank is None else str(h.rank),
+            h.run_id,
+            h.status,
+            f"{last + 1 if last is not None else 0:,}",
+            duration(h.duration),
+            clock(h.start_time),
+        ]
+        for h, last in members
+    ]
+    print()
+    print_table(["RANK", "RUN", "STATUS", "STEPS", "DURATION", "STARTED"], rows, right={0, 3, 4})
+    print("\nmetrics over every run of the group together:")
+    _print_metrics(merged)
+    if not merged:
+        print("\nno step records")
+    return EXIT_OK

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..errors import RunNotFoundError
+from .read import parse_line
 
-__all__ = ["find_runs", "resolve_run"]
+__all__ = ["GROUP_PREFIX", "find_runs", "group_of", "resolve_run", "resolve_runs"]
+
+#: A run spec ``group:NAME`` stands for every run of group ``NAME``.
+GROUP_PREFIX = "group:"
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -53,3 +58,42 @@ def _latest(paths: list[Path], where: str) -> Path:
     if not paths:
         raise RunNotFoundError(f"no runs under {where!r}")
     return max(paths, key=lambda p: p.stat().st_mtime)
+
+
+def _start_record(path: Path) -> dict[str, Any] | None:
+    try:
+        with open(path, "rb") as f:
+            return parse_line(f.readline())
+    except OSError:
+        return None
+
+
+def group_of(path: Path) -> tuple[str | None, int | None]:
+    """The group and rank a run file's run-start record names (``None`` for each that it
+    does not, or for a file that is not a run)."""
+    start = _start_record(path) or {}
+    group, rank = start.get("group"), start.get("rank")
+    return (
+        group if isinstance(group, str) else None,
+        rank if type(rank) is int else None,
+    )
+
+
+def resolve_runs(spec: str, root: Path) -> list[Path]:
+    """Like :func:`resolve_run`, and ``group:NAME`` gives every run of group ``NAME``
+    under ``root``, by rank (then run id)."""
+    if not spec.startswith(GROUP_PREFIX) or Path(spec).exists():
+        return [resolve_run(spec, root)]
+    name = spec[len(GROUP_PREFIX) :]
+    members: list[tuple[float, str, Path]] = []
+    groups: set[str] = set()
+    for path in find_runs(root) if root.is_dir() else []:
+        group, rank = group_of(path)
+        if group is not None:
+            groups.add(group)
+        if group == name:
+            members.append((rank if rank is not None else float("inf"), path.stem, path))
+    if not members:
+        there = ", ".join(sorted(groups)[:10]) or "none"
+        raise RunNotFoundError(f"no run of group {name!r} under {str(root)!r} (groups: {there})")
+    return [path for _, _, path in sorted(members)]

@@ -539,9 +539,15 @@ class StepScan:
         return statuses
 
 
-def metric_stats(snapshot: RunSnapshot, progress: Callable[[int], None] | None = None) -> StepScan:
-    """Per-key statistics over every step record of the snapshot."""
-    stats: dict[str, MetricStats] = {}
+def metric_stats(
+    snapshot: RunSnapshot,
+    progress: Callable[[int], None] | None = None,
+    *,
+    into: dict[str, MetricStats] | None = None,
+) -> StepScan:
+    """Per-key statistics over every step record of the snapshot (added to ``into``, if
+    given: statistics over several runs, such as the ranks of a group)."""
+    stats: dict[str, MetricStats] = {} if into is None else into
     records = 0
     step: int | None = None
     others: list[dict[str, Any]] = []

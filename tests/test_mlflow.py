@@ -285,3 +285,35 @@ def test_replay_of_a_crashed_run_marks_it_killed(mlflow_server, tmp_path):
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
     assert tags["steplog.status"] == "unfinished"
     assert len(history(mlflow_server, run["info"]["run_id"], "loss")) == 100
+
+
+def test_a_resumed_run_continues_its_mlflow_run_with_group_tags(mlflow_server, tmp_path):
+    """init(resume=...) continues the same MLflow run (found by its steplog run id):
+    both segments' points are in it once, and the group, tags and rank are MLflow tags."""
+    experiment = f"exp-{uuid.uuid4().hex[:8]}"
+
+    def tracker():
+        return steplog.Tracker(
+            steplog.JsonlBackend(tmp_path),
+            steplog.MlflowBackend(mlflow_server),
+            experiment_name=experiment,
+            group="job-1",
+            tags=["ddp", "small"],
+        )
+
+    first = tracker()
+    info = first.init({"lr": 0.1})
+    for i in range(100):
+        first.log({"loss": float(i)})
+    first.finish(status="failed")
+    second = tracker()
+    assert second.init(resume="latest").run_id == info.run_id
+    for i in range(100, 150):
+        second.log({"loss": float(i)})
+    second.finish()
+    run = find_run(mlflow_server, experiment, info.run_id)  # still exactly one run
+    points = history(mlflow_server, run["info"]["run_id"], "loss")
+    assert sorted((p["step"], p["value"]) for p in points) == [(i, float(i)) for i in range(150)]
+    assert run["info"]["status"] == "FINISHED"
+    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    assert (tags["steplog.group"], tags["steplog.tags"]) == ("job-1", "ddp,small")

@@ -269,6 +269,7 @@ class MlflowBackend(Backend):
             "steplog.run_id": run.run_id,
             "steplog.host": run.host,
             "steplog.pid": str(run.pid),
+            **_placement_tags(run),
             **self.tags,
         }
         answer = await self._call(
@@ -408,3 +409,15 @@ def _user() -> str:
         return getpass.getuser()
     except Exception:  # no user database entry in some containers
         return "unknown"
+
+
+def _placement_tags(run: RunInfo) -> dict[str, str]:
+    """The run's group, tags and rank as MLflow tags (only those that are set)."""
+    tags = {}
+    if run.group is not None:
+        tags["steplog.group"] = run.group
+    if run.tags:
+        tags["steplog.tags"] = ",".join(run.tags)
+    if run.rank is not None:
+        tags["steplog.rank"] = str(run.rank)
+    return tags

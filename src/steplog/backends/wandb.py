@@ -117,6 +117,8 @@ class WandbBackend(Backend):
             "mode": self.mode,
             "reinit": "create_new",
             "resume": "allow",
+            "group": run.group,
+            "tags": list(run.tags) or None,
             **self.init_kwargs,
         }
         kwargs = {k: v for k, v in kwargs.items() if v is not None}

@@ -247,6 +247,31 @@ def test_a_second_sync_of_a_finished_run_sends_nothing(mlflow_server, tmp_path):
     assert sorted(float(p["value"]) for p in points) == [float(i) for i in range(1500)]
 
 
+def test_a_synced_run_that_was_resumed_since_is_synced_on(mlflow_server, tmp_path):
+    """A run synced to its end, then resumed (init(resume=...)) and finished again: the
+    next sync sends the new segment into the same MLflow run, every step once, and the
+    run ends FINISHED again."""
+    experiment = f"sync-{uuid.uuid4().hex[:8]}"
+    jsonl = steplog.JsonlBackend(tmp_path / "runs")
+    tracker = steplog.Tracker(jsonl, experiment_name=experiment)
+    tracker.init()
+    for i in range(300):
+        tracker.log({"loss": float(i)})
+    tracker.finish(status="interrupted")
+    assert sync(jsonl.path, steplog.MlflowBackend(mlflow_server)).ended
+    tracker.init(resume="latest")
+    for i in range(300, 500):
+        tracker.log({"loss": float(i)})
+    tracker.finish()
+    again = sync(jsonl.path, steplog.MlflowBackend(mlflow_server))
+    assert again.ended and not again.up_to_date and again.status == "finished"
+    assert again.synced == 500
+    run = find_run(mlflow_server, experiment, steplog.read_run(jsonl.path).run_id)
+    assert run["info"]["status"] == "FINISHED"
+    points = history(mlflow_server, run["info"]["run_id"], "loss")
+    assert sorted((p["step"], p["value"]) for p in points) == [(i, float(i)) for i in range(500)]
+
+
 class KilledMlflow(steplog.MlflowBackend):
     """MlflowBackend whose process "dies" right after MLflow took a given batch, or
     right after it finished the run: before the sync could move its cursor."""

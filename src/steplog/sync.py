@@ -248,7 +248,7 @@ async def sync_async(
     name = backend_name(backend)
     where = Path(cursor) if cursor is not None else cursor_path(run, backend)
     found = _Cursor.load(where, info.run_id, snapshot)
-    if found is not None and found.ended:
+    if found is not None and found.ended and found.offset >= snapshot.end:
         return SyncResult(
             run_id=info.run_id,
             backend=name,

@@ -451,3 +451,25 @@ def test_a_meta_tensor_costs_only_its_own_value(runs_root):
     assert [e.data["x"] for e in run.records if e.step != 50] == [
         float(i) for i in range(100) if i != 50
     ]
+
+
+def test_a_numpy_still_being_imported_by_another_thread_is_left_alone(monkeypatch):
+    """While another thread imports numpy, sys.modules already holds the half-made
+    module (no sctypeDict yet): the writer's check must neither fail on it (which
+    killed the writer thread) nor learn an empty set of scalar types for good."""
+    import importlib.machinery
+    import types
+
+    from steplog import _arrays
+
+    half = types.ModuleType("numpy")
+    half.__spec__ = importlib.machinery.ModuleSpec("numpy", None)
+    half.__spec__._initializing = True
+    monkeypatch.setitem(sys.modules, "numpy", half)
+    monkeypatch.setattr(_arrays, "_numpy_seen", False)
+    monkeypatch.setattr(_arrays, "_plain", _arrays._BASE_PLAIN)
+    assert _arrays.libraries_loaded()
+    assert not _arrays._numpy_seen
+    monkeypatch.setitem(sys.modules, "numpy", np)  # the import has finished
+    _arrays.libraries_loaded()
+    assert _arrays._numpy_seen and np.float32 in _arrays.plain_types()

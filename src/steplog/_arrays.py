@@ -79,6 +79,11 @@ def plain_types() -> frozenset[type]:
     return _plain
 
 
+def _importing(module: Any) -> bool:
+    """Whether ``module`` is still being imported (by some thread)."""
+    return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
+
+
 def libraries_loaded() -> bool:
     """Whether torch, numpy or jax is imported (so logged values may need a snapshot).
 
@@ -87,14 +92,21 @@ def libraries_loaded() -> bool:
     """
     global _plain, _numpy_seen
     numpy = sys.modules.get("numpy")
-    if numpy is not None and not _numpy_seen:
-        _numpy_seen = True
-        scalar_types = {
-            tp
-            for tp in set(numpy.sctypeDict.values())
-            if issubclass(tp, numpy.generic) and not issubclass(tp, (numpy.void, numpy.object_))
-        }
-        _plain = _BASE_PLAIN | frozenset(scalar_types)
+    # numpy is in sys.modules from the moment another thread starts importing it: its
+    # scalar types are learnt once it has finished (until then, nothing is plain).
+    if numpy is not None and not _numpy_seen and not _importing(numpy):
+        try:
+            scalar_types = {
+                tp
+                for tp in set(numpy.sctypeDict.values())
+                if issubclass(tp, numpy.generic)
+                and not issubclass(tp, (numpy.void, numpy.object_))
+            }
+        except (AttributeError, TypeError):  # not a numpy we know, or half-imported
+            pass
+        else:
+            _plain = _BASE_PLAIN | frozenset(scalar_types)
+            _numpy_seen = True
     modules = sys.modules
     return any(name in modules for name in _LIBRARIES)
 

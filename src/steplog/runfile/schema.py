@@ -10,22 +10,29 @@ the ``"killed"`` run-end record itself, with the same fields.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..events import RunEnd, RunInfo
 
+if TYPE_CHECKING:
+    from ..watch import Alert
+
 __all__ = [
+    "ALERT",
     "INCOMPLETE",
     "RUNNING",
     "RUN_END",
     "RUN_START",
     "SCHEMA_VERSION",
+    "SYSTEM",
+    "alert_record",
     "end_record",
     "flat_data",
     "flatten",
     "is_number",
     "is_step",
     "start_record",
+    "system_record",
 ]
 
 #: Version of the record schema (the run-start record's ``schema``).
@@ -34,6 +41,10 @@ SCHEMA_VERSION = 1
 RUN_START = "run_start"
 #: The ``type`` of the last record.
 RUN_END = "run_end"
+#: The ``type`` of a system-metrics sample (``Tracker(system_metrics=)``).
+SYSTEM = "system"
+#: The ``type`` of an alert a watcher fired (``Tracker(watchers=)``).
+ALERT = "alert"
 #: Status reported for a file without a run-end record whose writer is gone (killed
 #: before it could finish the run), or that cannot be checked.
 INCOMPLETE = "incomplete"
@@ -65,6 +76,25 @@ def end_record(end: RunEnd, *, encoding_fallbacks: int) -> dict[str, Any]:
         "summary": end.summary,
         "stats": end.stats.to_dict(),
         "encoding_fallbacks": encoding_fallbacks,
+    }
+
+
+def system_record(time: float, events: int, data: dict[str, Any]) -> dict[str, Any]:
+    """A system-metrics sample taken at ``time``, after ``events`` events were logged."""
+    return {"type": SYSTEM, "time": time, "events": events, "data": data}
+
+
+def alert_record(alert: Alert) -> dict[str, Any]:
+    """The record of an alert a watcher fired."""
+    return {
+        "type": ALERT,
+        "time": alert.time,
+        "step": alert.step,
+        "watcher": alert.watcher,
+        "key": alert.key,
+        "value": alert.value,
+        "message": alert.message,
+        "suppressed": alert.suppressed,
     }
 
 

@@ -183,6 +183,21 @@ def test_value_watchers_see_the_lines_under_durability_process(runs_root):
     assert len(steplog.read_run(tracker.backends[0].path).records) == 2
 
 
+def test_only_the_top_level_key_is_read_not_nested_ones_or_text(runs_root):
+    """Flat ``"loss"`` is the top-level key: a nested ``loss`` or the text ``"loss":``
+    inside a string value is not it (both batch shapes: flat events and nested ones)."""
+    tracker, fired = tracker_with(runs_root, [watch.above("loss", 100.0, cooldown=0)])
+    tracker.log({"note": 'says "loss":1e9', "loss": 1.0})  # a batch of flat events
+    tracker.flush()
+    tracker.log({"grads": {"loss": 1e9}, "loss": 2.0})  # a batch with nested objects
+    tracker.flush()
+    tracker.log({"grads": {"loss": 1.0}, "loss": 1e9})
+    tracker.flush()
+    tracker.log({"loss": 500.0, "note": "x"})
+    tracker.finish()
+    assert [(a.step, a.value) for a in fired] == [(2, 1e9)]
+
+
 def test_without_watchers_there_is_no_monitor_and_no_records(runs_root):
     """The default tracker runs no monitor at all and writes only step records."""
     backend = steplog.JsonlBackend(runs_root)

@@ -196,20 +196,24 @@ class Monitor:
             return
         records = orjson.loads(b"[" + bytes(data[:-1]).replace(b"\n", b",") + b"]")
         now, mono = time.time(), time.monotonic()
-        for record in records:
-            values = record.get("data")
-            if type(values) is not dict:
-                continue  # a marker line (unencodable, too large)
-            step = record["step"]
-            for key, flat, watchers in self.lookups:
-                value = values.get(key) if flat else _lookup(values, key)
-                if value is None:
-                    continue
-                if type(value) is dict:  # a tagged value: NaN, ±inf, a big int
+        for key, flat, watchers in self.lookups:
+            steps: list[int] = []
+            values: list[float] = []
+            for record in records:
+                event = record.get("data")
+                if type(event) is not dict:
+                    continue  # a marker line (unencodable, too large)
+                value: Any = event.get(key) if flat else _lookup(event, key)
+                kind = type(value)
+                if kind is dict:  # a tagged value: NaN, ±inf, a big int
                     value = decode(value)
+                    kind = type(value)
+                if kind is float or kind is int:
+                    steps.append(record["step"])
+                    values.append(value)
+            if values:
                 for watcher in watchers:
-                    alert = watcher.check(step, value, now, mono)
-                    if alert is not None:
+                    for alert in watcher.check_batch(steps, values, now, mono):
                         self._fire(alert)
 
     def tick(self, events: int) -> None:

@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections import deque
+from collections.abc import Sequence
+from itertools import accumulate
 from typing import Any
 
 from ._options import positive_int, positive_seconds
@@ -124,15 +125,25 @@ class Watcher:
         if not condition:
             self._active = False
             return None
+        if not self._hit(mono):
+            return None
+        return self._alert(value, step, now, message)
+
+    def _hit(self, mono: float) -> bool:
+        """The condition holds: count it; True when an alert is due (a new episode,
+        past the cooldown). The caller then builds the alert's message."""
         self.hits += 1
         if self._active:
-            return None
+            return False
         self._active = True
         if mono - self._last_fired < self.cooldown:
             self._suppressed += 1
-            return None
+            return False
         self._last_fired = mono
         self.fired += 1
+        return True
+
+    def _alert(self, value: Any, step: int | None, now: float, message: str) -> Alert:
         suppressed, self._suppressed = self._suppressed, 0
         return Alert(self.kind, self.key, value, step, now, message, suppressed)
 
@@ -150,16 +161,53 @@ class ValueWatcher(Watcher):
             value = float(value) if abs(value) < 2**1023 else math.copysign(math.inf, value)
         return self._check(step, value, now, mono)
 
+    def check_batch(
+        self, steps: Sequence[int], values: Sequence[float], now: float, mono: float
+    ) -> list[Alert]:
+        """Check a batch of numbers (ints and floats), in logging order."""
+        alerts = []
+        for step, value in zip(steps, values, strict=True):
+            alert = self.check(step, value, now, mono)
+            if alert is not None:
+                alerts.append(alert)
+        return alerts
+
+    def _quiet(self, values: Sequence[float]) -> list[Alert]:
+        """The batch had no value in the condition: an episode under way has ended."""
+        if values:
+            self._active = False
+        return []
+
     def _check(self, step: int, value: float, now: float, mono: float) -> Alert | None:
         raise NotImplementedError
+
+
+def _all_finite(values: Sequence[float]) -> bool:
+    """True if no value is NaN or ±inf (one C-speed sum; NaN and inf propagate)."""
+    try:
+        total = sum(values)
+    except OverflowError:  # ints beyond float range mixed with floats
+        return False
+    return bool(total - total == 0)
 
 
 class _NonFinite(ValueWatcher):
     kind = "nonfinite"
 
+    def check_batch(
+        self, steps: Sequence[int], values: Sequence[float], now: float, mono: float
+    ) -> list[Alert]:
+        if _all_finite(values):
+            return self._quiet(values)
+        return super().check_batch(steps, values, now, mono)
+
     def _check(self, step: int, value: float, now: float, mono: float) -> Alert | None:
-        bad = value - value != 0  # NaN or ±inf
-        return self._episode(bad, now, mono, value, step, f"{self.key} is {value} at step {step}")
+        if value - value == 0:  # finite
+            self._active = False
+            return None
+        if not self._hit(mono):
+            return None
+        return self._alert(value, step, now, f"{self.key} is {value} at step {step}")
 
 
 class _Bound(ValueWatcher):
@@ -176,28 +224,42 @@ class _Bound(ValueWatcher):
 class _Above(_Bound):
     kind = "above"
 
+    def check_batch(
+        self, steps: Sequence[int], values: Sequence[float], now: float, mono: float
+    ) -> list[Alert]:
+        if _all_finite(values) and max(values) <= self.bound:
+            return self._quiet(values)
+        return super().check_batch(steps, values, now, mono)
+
     def _check(self, step: int, value: float, now: float, mono: float) -> Alert | None:
-        return self._episode(
-            value > self.bound,
-            now,
-            mono,
-            value,
-            step,
-            f"{self.key} = {value:g} is above {self.bound:g} at step {step}",
+        if not value > self.bound:
+            self._active = False
+            return None
+        if not self._hit(mono):
+            return None
+        return self._alert(
+            value, step, now, f"{self.key} = {value:g} is above {self.bound:g} at step {step}"
         )
 
 
 class _Below(_Bound):
     kind = "below"
 
+    def check_batch(
+        self, steps: Sequence[int], values: Sequence[float], now: float, mono: float
+    ) -> list[Alert]:
+        if _all_finite(values) and min(values) >= self.bound:
+            return self._quiet(values)
+        return super().check_batch(steps, values, now, mono)
+
     def _check(self, step: int, value: float, now: float, mono: float) -> Alert | None:
-        return self._episode(
-            value < self.bound,
-            now,
-            mono,
-            value,
-            step,
-            f"{self.key} = {value:g} is below {self.bound:g} at step {step}",
+        if not value < self.bound:
+            self._active = False
+            return None
+        if not self._hit(mono):
+            return None
+        return self._alert(
+            value, step, now, f"{self.key} = {value:g} is below {self.bound:g} at step {step}"
         )
 
 
@@ -218,34 +280,47 @@ class _Diverging(ValueWatcher):
 
     def reset(self) -> None:
         super().reset()
-        self._values: deque[float] = deque()
-        self._total = 0.0
+        self._values: list[float] = []  # the last window - 1 values
         self._best = math.inf
 
     def _check(self, step: int, value: float, now: float, mono: float) -> Alert | None:
-        if value - value != 0:
-            return None  # nonfinite() is the watcher for those
-        values = self._values
-        values.append(value)
-        self._total += value
-        if len(values) > self.window:
-            self._total -= values.popleft()
-        if len(values) < self.window:
-            return None
-        mean = self._total / self.window
-        best = self._best
-        if mean < best:
-            self._best = best = mean
-        rising = best > 0 and mean > self.factor * best
-        return self._episode(
-            rising,
-            now,
-            mono,
-            mean,
-            step,
-            f"{self.key} is diverging: the mean of its last {self.window} values, {mean:g}, "
-            f"is over {self.factor:g} x its lowest, {best:g} (step {step})",
-        )
+        alerts = self.check_batch([step], [value], now, mono)
+        return alerts[0] if alerts else None
+
+    def check_batch(
+        self, steps: Sequence[int], values: Sequence[float], now: float, mono: float
+    ) -> list[Alert]:
+        if not _all_finite(values):  # nonfinite() is the watcher for those
+            keep = [(s, float(v)) for s, v in zip(steps, values, strict=True) if v - v == 0]
+            steps, values = [s for s, _ in keep], [v for _, v in keep]
+        w = self.window
+        prior = self._values
+        series = prior + list(values)
+        self._values = series[len(series) - w + 1 :] if w > 1 else []
+        if len(series) < w:
+            return []
+        # Windowed means ending at each new value, from prefix sums (C-speed).
+        prefix = list(accumulate(series, initial=0.0))
+        first = max(w, len(prior) + 1)
+        means = [(prefix[j] - prefix[j - w]) / w for j in range(first, len(series) + 1)]
+        bests = list(accumulate(means, min, initial=self._best))[1:]
+        self._best = bests[-1]
+        factor = self.factor
+        if not any(m > factor * b and b > 0 for m, b in zip(means, bests, strict=True)):
+            return self._quiet(means)
+        offset = len(steps) - len(means)
+        alerts = []
+        for index, (mean, best) in enumerate(zip(means, bests, strict=True)):
+            if not (best > 0 and mean > factor * best):
+                self._active = False
+            elif self._hit(mono):
+                step = steps[offset + index]
+                message = (
+                    f"{self.key} is diverging: the mean of its last {w} values, {mean:g}, "
+                    f"is over {factor:g} x its lowest, {best:g} (step {step})"
+                )
+                alerts.append(self._alert(mean, step, now, message))
+        return alerts
 
 
 class ClockWatcher(Watcher):

@@ -28,11 +28,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_core  # noqa: E402
-from bench_core import NAIVE, Naive, clean, cpu_loop, per_call_cost  # noqa: E402
-
-import steplog  # noqa: E402
-from steplog import watch  # noqa: E402
+import bench_core
+import steplog
+from bench_core import NAIVE, Naive, clean, cpu_loop, per_call_cost
+from steplog import watch
 
 
 def value_watchers(key: str) -> list[Any]:

@@ -15,3 +15,19 @@ python -m pytest -q -p no:cacheprovider tests/test_arrays.py 2>&1 | tail -5 | te
 timeout 150 python benchmarks/gpu_loop.py --steps 300 --reps 5 2>&1 | tee "$out/loop.txt"
 timeout 40 python benchmarks/gpu_loop.py --micro 2>&1 | tee "$out/micro.txt"
 timeout 90 python benchmarks/gpu_loop.py --soak 200000 2>&1 | tee "$out/soak.txt"
+# Issue #16: system metrics read the real GPU through NVML (needs steplog[gpu]).
+python - <<'PY' 2>&1 | tee "$out/system_metrics.txt"
+import time, steplog, torch
+b = steplog.JsonlBackend("gpu-check-runs")
+t = steplog.Tracker(b, system_metrics=0.2)
+t.init()
+x = torch.randn(4096, 4096, device="cuda")
+end = time.monotonic() + 1.0
+while time.monotonic() < end:
+    x = x @ x.T / 4096
+    t.log({"loss": x.mean()})
+t.finish()
+data = steplog.read_run(b.path).system[-1].data
+print(data)
+assert "gpu0.util_percent" in data and "gpu0.mem_mb" in data, "no GPU metrics recorded"
+PY

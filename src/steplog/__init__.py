@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 
+from . import watch as watch
 from ._batch import EventBatch as EventBatch
 from ._delivery import RetryPolicy as RetryPolicy
 from ._options import OverflowPolicy as OverflowPolicy
@@ -48,6 +49,7 @@ from .runfile.read import RunSegment as RunSegment
 from .runfile.read import read_run as read_run
 from .tracker import AsyncTracker as AsyncTracker
 from .tracker import Tracker as Tracker
+from .watch import Alert as Alert
 
 __version__ = "0.1.0"
 
@@ -63,6 +65,7 @@ for _name, _value in list(globals().items()):
 del _name, _value
 
 __all__ = [
+    "Alert",
     "AsyncTracker",
     "Backend",
     "BackendFailedError",

@@ -99,8 +99,7 @@ def libraries_loaded() -> bool:
             scalar_types = {
                 tp
                 for tp in set(numpy.sctypeDict.values())
-                if issubclass(tp, numpy.generic)
-                and not issubclass(tp, (numpy.void, numpy.object_))
+                if issubclass(tp, numpy.generic) and not issubclass(tp, (numpy.void, numpy.object_))
             }
         except (AttributeError, TypeError):  # not a numpy we know, or half-imported
             pass

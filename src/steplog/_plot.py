@@ -15,8 +15,13 @@ from typing import Any
 
 from ._extras import require
 from .runfile.read import RunSnapshot, iter_steps
+from .runfile.schema import SYSTEM, is_number
 
-__all__ = ["Series", "downsample", "load_series", "plot", "smooth"]
+__all__ = ["SYSTEM_PREFIX", "Series", "downsample", "load_series", "plot", "smooth"]
+
+#: Plot keys with this prefix are read from the system-metrics records
+#: (``system.rss_mb``, ``system.gpu0.util_percent``; see docs/cli.md).
+SYSTEM_PREFIX = "system."
 
 
 def _numpy() -> Any:
@@ -55,8 +60,31 @@ def load_series(
     start = float(snapshot.start["start_time"])
     lookups = [(k, "." not in k) for k in keys]
     by_step = x_axis == "step"
-    for record in iter_steps(snapshot, progress):
+    system_keys = [(k, k[len(SYSTEM_PREFIX) :]) for k in keys if k.startswith(SYSTEM_PREFIX)]
+    last_step = [0]  # system samples are drawn at the last step written before them
+
+    def system(record: dict[str, Any]) -> None:
+        data, when = record.get("data"), record.get("time")
+        if record.get("type") != SYSTEM or type(data) is not dict:
+            return
+        if not isinstance(when, (int, float)):
+            return
+        x = last_step[0] if by_step else when - start
+        for key, name in system_keys:
+            value: Any = data.get(name)
+            if not is_number(value):
+                if value is not None:
+                    non_numeric[key] += 1
+            elif value - value != 0:
+                nonfinite[key] += 1
+            else:
+                xs[key].append(x)
+                ys[key].append(float(value))
+
+    others = system if system_keys else None
+    for record in iter_steps(snapshot, progress, others=others):
         data = record["data"]
+        last_step[0] = record["step"]
         x = record["step"] if by_step else record["time"] - start
         for key, flat in lookups:
             value = data.get(key) if flat else _lookup(data, key)

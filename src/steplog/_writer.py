@@ -40,6 +40,7 @@ from ._arrays import (
 from ._batch import EventBatch
 from ._buffer import LineBuffer
 from ._delivery import DirectRunner, RetryPolicy
+from ._monitor import Monitor
 from ._options import DEFAULT_MAX_ARRAY_SIZE
 from ._worker import Fanout, FileSource
 from .backends.base import Backend
@@ -107,8 +108,11 @@ class Writer:
         max_array_size: int = DEFAULT_MAX_ARRAY_SIZE,
         retry: RetryPolicy | None = None,
         durability: str = "thread",
+        monitor: Monitor | None = None,
     ) -> None:
         self.buffer = buffer
+        #: System metrics and watchers (``None`` when both are off: no work at all).
+        self.monitor = monitor
         self.durability = durability
         #: ``durability="process"``: the JSONL backend whose file a writer process
         #: writes, fed by ``log()`` through the ring (not by :meth:`_deliver`).
@@ -305,6 +309,9 @@ class Writer:
         self.buffer.connect(self.wake, self.alive)
         self._started.set_result(info)
         buffer = self.buffer
+        monitor = self.monitor
+        if monitor is not None:
+            monitor.start()
         while True:
             if buffer.count < buffer.wake_at:
                 select.select([self._wake_in], [], [], self.flush_interval)
@@ -323,6 +330,9 @@ class Writer:
                 # Drain what is there now; what arrives meanwhile waits for the next
                 # round, so flush requests and stops are never starved by a busy producer.
                 self._drain()
+            if monitor is not None:
+                monitor.tick(self._events_seen())
+                self._write_records()
             if flushes and self.ring is not None and not self.ring.flush(stop_timeout(stop)):
                 error = WorkerError("the writer process did not confirm the flush")
                 for future in flushes:
@@ -390,7 +400,17 @@ class Writer:
         )
         self.direct.remove(runner)
         self.ringed = runner
-        self.buffer.attach_ring(self.ring, others=bool(self.direct) or self.fanout is not None)
+        # Value watchers read the lines too: log() then queues a copy for this thread.
+        watching = self.monitor is not None and bool(self.monitor.needles)
+        self.buffer.attach_ring(
+            self.ring, others=bool(self.direct) or self.fanout is not None or watching
+        )
+        if self.monitor is not None:
+            logger.info(
+                "steplog: durability='process': system and alert records of run %r are "
+                "not written to its run file (alerts still reach logging and on_alert)",
+                info.run_id,
+            )
 
     def forget_after_fork(self) -> None:
         """In a forked child: let go of the writer process without touching its ring."""
@@ -433,6 +453,33 @@ class Writer:
             items = self._encode_rows(items)
         data = items[0] if len(items) == 1 else b"".join(items)
         self._deliver(data, count)
+        monitor = self.monitor
+        if monitor is not None and monitor.needles:
+            monitor.scan(data)
+
+    def _events_seen(self) -> int:
+        """Events logged so far that the writer has seen (taken, or dropped)."""
+        buffer = self.buffer
+        if self.ring is not None:
+            return buffer.ringed + self.ring_taken + buffer.dropped
+        return self.taken + buffer.dropped
+
+    def _write_records(self) -> None:
+        """Append the monitor's system and alert records to the run file(s)."""
+        if self.monitor is None:
+            return
+        data = self.monitor.take_records()
+        if not data:
+            return
+        for runner in self.direct:
+            if not isinstance(runner.sink, _FileSink) or runner.disabled:
+                continue
+            try:
+                runner.sink.write(data, ())
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    runner.sink.abandon()  # cut a partial record back out
+                runner.record_error("write system and alert records", exc)
 
     def _encode_rows(self, items: list[Any]) -> list[Any]:
         """Read back and encode the rows among ``items`` (lines stay as they are)."""
@@ -507,6 +554,9 @@ class Writer:
         return convert_now(values, self.resolve_stats, max_array_size=self.max_array_size)
 
     def _end(self, info: RunInfo, request: _StopRequest) -> None:
+        if self.monitor is not None:
+            self.monitor.finish(self._events_seen())
+            self._write_records()
         if self.fanout is not None:
             self.fanout.drain()
         if self.ringed is not None:
@@ -557,6 +607,8 @@ class Writer:
             device_syncs=self.resolve_stats.device_syncs,
             device_copies=self.resolve_stats.device_copies,
             changed_values=self.resolve_stats.changed,
+            alerts=self.monitor.alerts if self.monitor is not None else 0,
+            alert_callback_errors=self.monitor.callback_errors if self.monitor is not None else 0,
             backends={name: runners[name].stats(shared[name]) for name in self.names},
         )
 

@@ -159,6 +159,8 @@ class RunStats:
             device and dtype).
         changed_values: Tensors changed in place after ``log()`` and before they were
             read, recorded as ``{"$changed": value}`` (see docs/tensors.md).
+        alerts: Alerts the run's watchers fired (see :mod:`steplog.watch`).
+        alert_callback_errors: Calls of ``on_alert`` that raised (logged once, counted).
         backends: Per-backend delivery counts, keyed by backend name.
     """
 
@@ -172,6 +174,8 @@ class RunStats:
     device_syncs: int = 0
     device_copies: int = 0
     changed_values: int = 0
+    alerts: int = 0
+    alert_callback_errors: int = 0
     backends: Mapping[str, BackendStats] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, cast
@@ -30,6 +30,7 @@ from ._arrays import DEFER_KEY, host_reader
 from ._arrays import snapshot as _snapshot
 from ._buffer import LineBuffer
 from ._delivery import RetryPolicy
+from ._monitor import Monitor
 from ._names import check_name, new_run_id
 from ._options import (
     DEFAULT_BATCH_SIZE,
@@ -69,6 +70,7 @@ from .errors import (
 from .events import RUN_STATUSES, Resumed, RunInfo, RunStats, RunStatus
 from .runfile.codec import ValueEncoder, _find_null
 from .runfile.read import ResumePoint, resume_point
+from .watch import Alert, Watcher
 
 __all__ = ["DEFAULT_EXPERIMENT_NAME", "AsyncTracker", "Tracker"]
 
@@ -140,6 +142,9 @@ class _TrackerBase:
         group: str | None = None,
         tags: Iterable[str] = (),
         rank0_only: bool = False,
+        system_metrics: float | None = None,
+        watchers: Iterable[Watcher] = (),
+        on_alert: Callable[[Alert], object] | None = None,
     ) -> None:
         for backend in backends:
             if not isinstance(backend, Backend):
@@ -162,6 +167,20 @@ class _TrackerBase:
         if not isinstance(snapshot, bool):
             raise TypeError(f"snapshot must be True or False, not {snapshot!r}")
         shutdown_timeout = positive_seconds("shutdown_timeout", shutdown_timeout)
+        if system_metrics is not None and system_metrics is not False:
+            system_metrics = positive_seconds("system_metrics", system_metrics)
+        else:
+            system_metrics = None
+        watchers = _check_watchers(watchers)
+        if on_alert is not None and not callable(on_alert):
+            raise TypeError(f"on_alert must be a callable or None, not {type(on_alert).__name__}")
+        if on_alert is not None and not watchers:
+            raise ValueError("on_alert is given but no watchers: pass watchers=[steplog.watch...]")
+        #: Seconds between system-metrics samples, or ``None`` (off).
+        self.system_metrics: float | None = system_metrics
+        #: The checks the writer thread runs (see :mod:`steplog.watch`).
+        self.watchers: list[Watcher] = watchers
+        self.on_alert = on_alert
         self.backends: list[Backend] = list(backends) or [JsonlBackend()]
         self.experiment_name = check_name(experiment_name, what="experiment_name")
         self.experiment_config: dict[str, Any] = dict(experiment_config or {})
@@ -469,6 +488,7 @@ class _TrackerBase:
             max_array_size=self.max_array_size,
             retry=self.retry,
             durability=self.durability,
+            monitor=self._monitor(encoder),
         )
         worker.refresh_inspection()
         run = _Run(info, buffer, worker, encoder)
@@ -516,6 +536,17 @@ class _TrackerBase:
         if path.stem != point.start.get("run_id"):
             raise RunFileError(f"{path}: its run id {point.start.get('run_id')!r} is not its name")
         return point
+
+    def _monitor(self, encoder: ValueEncoder) -> Monitor | None:
+        """The writer's system metrics and watchers; ``None`` when both are off."""
+        if self.system_metrics is None and not self.watchers:
+            return None
+        return Monitor(
+            system_interval=self.system_metrics,
+            watchers=self.watchers,
+            on_alert=self.on_alert,
+            encoder=encoder,
+        )
 
     def _max_event_bytes(self) -> int:
         limits = [b.max_event_bytes for b in self.backends if isinstance(b, JsonlBackend)]
@@ -703,6 +734,25 @@ class Tracker(_TrackerBase):
             closes the run as ``"killed"``. Costs a child process (~20 ms to start) and
             ~0.3 µs more per ``log()``; POSIX on x86-64 only (elsewhere the thread
             writes, with a warning). See docs/concepts.md.
+        group: Ties runs together: the ranks of one distributed job, the trials of a
+            sweep. Default: ``$STEPLOG_GROUP``, else torchrun's job id
+            (``TORCHELASTIC_RUN_ID``), else none. See docs/concepts.md.
+        tags: Labels for the run (strings).
+        rank0_only: In a distributed job (``RANK`` set), only rank 0 writes its run;
+            the other ranks' trackers work as usual and write nothing. Every run
+            records ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` when they are set.
+        system_metrics: Every this many seconds, the writer thread records the
+            process's CPU %, RSS, the steps per second and — with the ``gpu`` extra on
+            a machine with an NVIDIA driver — each GPU's utilisation, memory and power,
+            as ``"system"`` records of the run file (never mixed into step records).
+            ``None`` or ``False``: off. Nothing is added to ``log()``. See
+            docs/watchers.md.
+        watchers: Checks the writer thread runs on the logged values and on the
+            logging rate (:mod:`steplog.watch`: ``nonfinite``, ``above``, ``below``,
+            ``diverging``, ``stalled``, ``slower``). An alert is written to the run
+            file, logged as a warning and handed to ``on_alert``.
+        on_alert: Called with each :class:`steplog.Alert`, in the writer thread (keep
+            it short); its exceptions are logged once and counted in the statistics.
     """
 
     def init(self, config: ConfigLike = None, *, resume: ResumeLike = None) -> RunInfo:
@@ -979,6 +1029,22 @@ def _config_mapping(config: Any, what: str) -> Mapping[Any, Any] | None:
         f"{what} must be a mapping, an argparse.Namespace, a dataclass instance or None, "
         f"not {type(config).__name__}"
     )
+
+
+def _check_watchers(watchers: Any) -> list[Watcher]:
+    if isinstance(watchers, (str, bytes, Watcher)) or not isinstance(watchers, Iterable):
+        raise TypeError(
+            "watchers must be a list of watchers made by steplog.watch "
+            f"(e.g. [steplog.watch.nonfinite('loss')]), not {type(watchers).__name__}"
+        )
+    out = list(watchers)
+    for watcher in out:
+        if not isinstance(watcher, Watcher):
+            raise TypeError(
+                "watchers must be made by steplog.watch (nonfinite, above, below, "
+                f"diverging, stalled, slower), got {watcher!r}"
+            )
+    return out
 
 
 def _copy_mapping(data: Any) -> dict[str, Any]:

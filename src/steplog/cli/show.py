@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import orjson
 from .. import _progress
 from ..runfile.codec import ValueEncoder
 from ..runfile.find import GROUP_PREFIX, resolve_run, resolve_runs
-from ..runfile.read import MetricStats, RunHeader, metric_stats, read_header
+from ..runfile.read import MetricStats, MonitorScan, RunHeader, metric_stats, read_header
 from ..runfile.schema import flatten
 from ._common import (
     EXIT_OK,
@@ -36,7 +37,8 @@ def add_parser(subparsers: Subparsers) -> None:
         help="a run's config, status, stats, summary and per-metric statistics",
         description="Prints the run's config, status, delivery statistics, summary, and "
         "per key: count, first, last, min (at step), max (at step), mean, and NaN/inf "
-        "counts (min/max/mean are over the finite values).",
+        "counts (min/max/mean are over the finite values); then the system metrics "
+        "(Tracker(system_metrics=)) and the alerts its watchers fired, if any.",
         handler=cmd_show,
     )
     show.add_argument("run", metavar="RUN", help=RUNS_HELP)
@@ -54,7 +56,8 @@ def cmd_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     snapshot = take_snapshot(path)
     header = read_header(snapshot)
     with _progress.bar(snapshot.end - snapshot.body, f"reading {path.name}") as update:
-        scan = metric_stats(snapshot, update)
+        monitor = MonitorScan()
+        scan = metric_stats(snapshot, update, monitor=monitor)
     warn_corrupt("show", path, snapshot.corrupt)
     stats, records = scan.metrics, scan.records
     steps = scan.last_step + 1 if scan.last_step is not None else 0
@@ -78,6 +81,8 @@ def cmd_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             "stats": header.stats,
             "summary": header.summary,
             "metrics": {k: _stats_dict(s) for k, s in stats.items()},
+            "system": {k: _stats_dict(s) for k, s in monitor.system.items()},
+            "alerts": [dataclasses.asdict(a) for a in monitor.alerts],
         }
         # Values as the run file stores them: NaN, infinities and big integers tagged.
         out = ValueEncoder().sanitize(out)
@@ -106,6 +111,12 @@ def cmd_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"stats     logged {s.get('logged', 0):,} · written {s.get('written', 0):,} · "
             f"dropped {s.get('dropped', 0):,} · batches {s.get('batches', 0):,} · "
             f"backend errors {s.get('backend_errors', 0):,}"
+            + (f" · alerts {s['alerts']:,}" if s.get("alerts") else "")
+            + (
+                f" · on_alert errors {s['alert_callback_errors']:,}"
+                if s.get("alert_callback_errors")
+                else ""
+            )
         )
         for name, b in (s.get("backends") or {}).items():
             extra = " (disabled by the circuit breaker)" if b.get("disabled") else ""
@@ -129,6 +140,7 @@ def cmd_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _print_metrics(stats)
     if not stats:
         print("\nno step records")
+    _print_monitor(monitor, header.start_time)
     return EXIT_OK
 
 
@@ -162,6 +174,39 @@ def _print_metrics(stats: dict[str, MetricStats]) -> None:
         print()
         rows = [[k, f"{m.count:,}", cell(m.first), cell(m.last)] for k, m in other.items()]
         print_table(["KEY", "COUNT", "FIRST", "LAST"], rows, right={1})
+
+
+def _print_monitor(monitor: MonitorScan, start: float) -> None:
+    """The system metrics (last, min, max, mean per key) and the alerts that fired."""
+    if monitor.system:
+        print()
+        print(f"system metrics ({count(monitor.samples, 'sample')})")
+        rows = [
+            [
+                k,
+                cell(m.last),
+                cell(m.min) if m.finite else "–",
+                cell(m.max) if m.finite else "–",
+                cell(m.mean),
+            ]
+            for k, m in monitor.system.items()
+            if m.numeric
+        ]
+        print_table(["SYSTEM", "LAST", "MIN", "MAX", "MEAN"], rows, right={1, 2, 3, 4})
+    if monitor.alerts:
+        print()
+        print(f"alerts ({len(monitor.alerts):,} fired)")
+        rows = [
+            [
+                f"+{a.time - start:.1f} s",
+                "–" if a.step is None else str(a.step),
+                a.watcher,
+                a.key or "",
+                a.message + (f" (+{a.suppressed} in cooldown)" if a.suppressed else ""),
+            ]
+            for a in monitor.alerts
+        ]
+        print_table(["AT", "STEP", "WATCHER", "KEY", "MESSAGE"], rows, right={0, 1})
 
 
 def _stats_dict(s: MetricStats) -> dict[str, Any]:

@@ -29,14 +29,17 @@ import orjson
 
 from ..errors import RunFileError
 from ..events import Event, RunStats
+from ..watch import Alert
 from .codec import decode
 from .schema import (
+    ALERT,
     INCOMPLETE,
     RESUME,
     RUN_END,
     RUN_START,
     RUNNING,
     SCHEMA_VERSION,
+    SYSTEM,
     flat_data,
     is_number,
     is_step,
@@ -46,13 +49,16 @@ __all__ = [
     "WRITER_GONE_GRACE",
     "CorruptLineError",
     "MetricStats",
+    "MonitorScan",
     "ResumePoint",
     "Run",
     "RunHeader",
     "RunSegment",
     "RunSnapshot",
     "StepScan",
+    "SystemSample",
     "WriterState",
+    "alert_of",
     "iter_lines",
     "iter_steps",
     "last_resume",
@@ -429,13 +435,13 @@ def iter_steps(
     snapshot: RunSnapshot,
     progress: Callable[[int], None] | None = None,
     *,
-    others: list[dict[str, Any]] | None = None,
+    others: Callable[[dict[str, Any]], None] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Step records of the snapshot (``{"step", "time", "data"}``), in file order.
 
-    Corrupt lines are skipped and their numbers added to ``snapshot.corrupt``. The other
-    records (run ends, resumes, and the kinds of newer versions) go to ``others`` if
-    given.
+    Corrupt lines are skipped and their numbers added to ``snapshot.corrupt``. Records
+    with a ``type`` (run end, system samples, alerts, newer kinds) are skipped, or
+    handed to ``others`` (decoded) as they come.
     """
     loads = orjson.loads
     corrupt = snapshot.corrupt
@@ -453,12 +459,12 @@ def iter_steps(
         if type(record) is not dict:
             corrupt.add(number)
             continue
-        if "type" in record:
-            if others is not None:
-                others.append(decode(record) if b'"$' in line else record)
-            continue  # run end, or a record type of a newer minor version
         if b'"$' in line:
             record = decode(record)
+        if "type" in record:
+            if others is not None:
+                others(record)
+            continue  # run end, or a record type of a newer minor version
         when = record.get("time")
         if (
             type(record.get("step")) is int
@@ -544,14 +550,22 @@ def metric_stats(
     progress: Callable[[int], None] | None = None,
     *,
     into: dict[str, MetricStats] | None = None,
+    monitor: MonitorScan | None = None,
 ) -> StepScan:
     """Per-key statistics over every step record of the snapshot (added to ``into``, if
-    given: statistics over several runs, such as the ranks of a group)."""
+    given: statistics over several runs, such as the ranks of a group), and into
+    ``monitor`` its system samples and alerts, in the same pass."""
     stats: dict[str, MetricStats] = {} if into is None else into
     records = 0
     step: int | None = None
     others: list[dict[str, Any]] = []
-    for record in iter_steps(snapshot, progress, others=others):
+
+    def other(record: dict[str, Any]) -> None:
+        others.append(record)
+        if monitor is not None:
+            monitor.add(record)
+
+    for record in iter_steps(snapshot, progress, others=other):
         records += 1
         step = record["step"]
         for key, value in flat_data(record["data"]).items():
@@ -587,6 +601,77 @@ class RunSegment:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class SystemSample:
+    """One system-metrics sample of a run (``Tracker(system_metrics=)``).
+
+    Attributes:
+        time: Wall-clock time of the sample.
+        events: Events logged by then.
+        data: ``cpu_percent``, ``rss_mb`` (``max_rss_mb`` off Linux), ``steps_per_s``,
+            and per GPU ``gpu<i>.util_percent``, ``gpu<i>.mem_mb``, ``gpu<i>.power_w``.
+    """
+
+    time: float
+    events: int
+    data: dict[str, Any]
+
+
+def alert_of(record: Mapping[str, Any]) -> Alert:
+    """The :class:`steplog.Alert` of an ``"alert"`` record (missing fields as ``None``)."""
+    step = record.get("step")
+    key = record.get("key")
+    return Alert(
+        watcher=str(record.get("watcher")),
+        key=key if isinstance(key, str) else None,
+        value=record.get("value"),
+        step=step if type(step) is int else None,
+        time=float(record.get("time") or 0.0),
+        message=str(record.get("message") or ""),
+        suppressed=int(record.get("suppressed") or 0),
+    )
+
+
+def _sample_of(record: Mapping[str, Any]) -> SystemSample | None:
+    data, when = record.get("data"), record.get("time")
+    if type(data) is not dict or not isinstance(when, (int, float)):
+        return None
+    events = record.get("events")
+    return SystemSample(float(when), events if type(events) is int else 0, data)
+
+
+@dataclasses.dataclass(slots=True)
+class MonitorScan:
+    """System samples and alerts met by a streaming pass (``metric_stats(monitor=)``).
+
+    Attributes:
+        system: Per system key, its statistics (the "step" of a value is the count of
+            events logged by then).
+        samples: System samples read.
+        alerts: The alerts, in file order.
+    """
+
+    system: dict[str, MetricStats] = dataclasses.field(default_factory=dict)
+    samples: int = 0
+    alerts: list[Alert] = dataclasses.field(default_factory=list)
+
+    def add(self, record: dict[str, Any]) -> None:
+        """Take one typed record (others are ignored)."""
+        kind = record.get("type")
+        if kind == SYSTEM:
+            sample = _sample_of(record)
+            if sample is None:
+                return
+            self.samples += 1
+            for key, value in flat_data(sample.data).items():
+                entry = self.system.get(key)
+                if entry is None:
+                    entry = self.system[key] = MetricStats()
+                entry.add(sample.events, value)
+        elif kind == ALERT:
+            self.alerts.append(alert_of(record))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Run:
     """A run read back from its JSONL file.
 
@@ -612,6 +697,8 @@ class Run:
         world_size: The number of processes in that job, or ``None``.
         segments: The run's segments, one per process that wrote it: one unless it was
             resumed; their statuses are its status history.
+        system: The system-metrics samples (``Tracker(system_metrics=)``), in order.
+        alerts: The alerts the run's watchers fired, in order.
     """
 
     path: Path
@@ -632,10 +719,16 @@ class Run:
     rank: int | None = None
     world_size: int | None = None
     segments: tuple[RunSegment, ...] = ()
+    system: list[SystemSample] = dataclasses.field(default_factory=list)
+    alerts: list[Alert] = dataclasses.field(default_factory=list)
 
     def series(self, key: str) -> list[tuple[int, Any]]:
         """Return ``(step, value)`` pairs for ``key``, in file order."""
         return [(e.step, e.data[key]) for e in self.records if key in e.data]
+
+    def system_series(self, key: str) -> list[tuple[float, Any]]:
+        """Return ``(time, value)`` pairs of a system metric (``"rss_mb"``), in order."""
+        return [(s.time, s.data[key]) for s in self.system if key in s.data]
 
 
 def read_run(path: str | os.PathLike[str]) -> Run:
@@ -673,6 +766,8 @@ def read_run(path: str | os.PathLike[str]) -> Run:
             0, start["start_time"], None, INCOMPLETE, 0, _int(start.get("pid")), start.get("host")
         )
     ]
+    system: list[SystemSample] = []
+    alerts: list[Alert] = []
     loads = orjson.loads
     for number, line in enumerate(iter_lines(snapshot), start=2):
         # parse_record's rules, with its common case inlined (the loop of long runs).
@@ -701,6 +796,12 @@ def read_run(path: str | os.PathLike[str]) -> Run:
                 segments.append(_segment(record, len(segments), path, number))
                 given = record.get("config")
                 config = given if isinstance(given, dict) else config
+            elif kind == SYSTEM:
+                sample = _sample_of(record)
+                if sample is not None:
+                    system.append(sample)
+            elif kind == ALERT:
+                alerts.append(alert_of(record))
             continue  # record types from newer minor versions are skipped
         records.append(Event(step, time, data))
         for key, value in data.items():
@@ -732,6 +833,8 @@ def read_run(path: str | os.PathLike[str]) -> Run:
         rank=_int(start.get("rank")),
         world_size=_int(start.get("world_size")),
         segments=tuple(segments),
+        system=system,
+        alerts=alerts,
     )
 
 

@@ -13,17 +13,23 @@ the ``"killed"`` run-end record itself, with the same fields.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..events import RunEnd, RunInfo
 
+if TYPE_CHECKING:
+    from ..watch import Alert
+
 __all__ = [
+    "ALERT",
     "INCOMPLETE",
     "RESUME",
     "RUNNING",
     "RUN_END",
     "RUN_START",
     "SCHEMA_VERSION",
+    "SYSTEM",
+    "alert_record",
     "end_record",
     "flat_data",
     "flatten",
@@ -31,6 +37,7 @@ __all__ = [
     "is_step",
     "resume_record",
     "start_record",
+    "system_record",
 ]
 
 #: Version of the record schema (the run-start record's ``schema``).
@@ -41,6 +48,10 @@ RUN_START = "run_start"
 RUN_END = "run_end"
 #: The ``type`` of the record that starts a resumed run's new segment.
 RESUME = "resume"
+#: The ``type`` of a system-metrics sample (``Tracker(system_metrics=)``).
+SYSTEM = "system"
+#: The ``type`` of an alert a watcher fired (``Tracker(watchers=)``).
+ALERT = "alert"
 #: Status reported for a file without a run-end record whose writer is gone (killed
 #: before it could finish the run), or that cannot be checked.
 INCOMPLETE = "incomplete"
@@ -111,6 +122,25 @@ def end_record(end: RunEnd, *, encoding_fallbacks: int) -> dict[str, Any]:
         "summary": end.summary,
         "stats": end.stats.to_dict(),
         "encoding_fallbacks": encoding_fallbacks,
+    }
+
+
+def system_record(time: float, events: int, data: dict[str, Any]) -> dict[str, Any]:
+    """A system-metrics sample taken at ``time``, after ``events`` events were logged."""
+    return {"type": SYSTEM, "time": time, "events": events, "data": data}
+
+
+def alert_record(alert: Alert) -> dict[str, Any]:
+    """The record of an alert a watcher fired."""
+    return {
+        "type": ALERT,
+        "time": alert.time,
+        "step": alert.step,
+        "watcher": alert.watcher,
+        "key": alert.key,
+        "value": alert.value,
+        "message": alert.message,
+        "suppressed": alert.suppressed,
     }
 
 

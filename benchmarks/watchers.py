@@ -1,0 +1,101 @@
+"""What system metrics and watchers cost the hot loop (issue #16, items 3 and 4).
+
+Both run in the writer thread, never in ``log()``; but the writer shares the GIL with
+the loop, so the figure that matters is the net process CPU per event (all threads),
+measured as in ``bench_core.py`` section 2: the same 10-key loop, minus the loop without
+logging, median over interleaved repetitions, next to the naive inline write. Also
+``log()``'s p50 per call with everything on.
+
+Variants: steplog with nothing on; ``system_metrics=1.0``; the clock watchers
+(``stalled``, ``slower``: counters only); three value watchers on ``loss``, a key every
+event has (every batch is decoded); the same three on a key no event has (each batch is
+searched for the key's name and skipped).
+
+Run: ``python benchmarks/watchers.py`` (``--quick`` for a smoke run, ``--n``,
+``--reps``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_core
+import steplog
+from bench_core import NAIVE, Naive, clean, cpu_loop, per_call_cost
+from steplog import watch
+
+
+def value_watchers(key: str) -> list[Any]:
+    return [
+        watch.nonfinite(key),
+        watch.above(key, 1e9),
+        watch.diverging(key, factor=2.0, window=100),
+    ]
+
+
+VARIANTS: dict[str, Callable[[], dict[str, Any]]] = {
+    "steplog JSONL, nothing on": dict,
+    "system_metrics=1.0": lambda: {"system_metrics": 1.0},
+    "clock watchers (stalled, slower)": lambda: {
+        "watchers": [watch.stalled(60.0), watch.slower(0.5)]
+    },
+    "3 value watchers on 'loss' (in every event)": lambda: {"watchers": value_watchers("loss")},
+    "3 value watchers on an absent key": lambda: {"watchers": value_watchers("absent")},
+    "system_metrics=1.0 + all five watchers on 'loss'": lambda: {
+        "system_metrics": 1.0,
+        "watchers": [*value_watchers("loss"), watch.stalled(60.0), watch.slower(0.5)],
+    },
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--n", type=int, default=None, help="events per repetition")
+    parser.add_argument("--reps", type=int, default=None)
+    args = parser.parse_args()
+    n = args.n or (50_000 if args.quick else 300_000)
+    reps = args.reps or (2 if args.quick else 7)
+    print(f"steplog {steplog.__file__} · n={n:,} · reps={reps} · Python {sys.version.split()[0]}")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        cpu: dict[str, list[float]] = {name: [] for name in [*VARIANTS, NAIVE]}
+        for _ in range(reps):
+            base = cpu_loop(None, n)
+            for name, options in VARIANTS.items():
+                tracker = bench_core.new_tracker(root, **options())
+                c0 = time.process_time()
+                cpu_loop(tracker.log, n)
+                tracker.finish()
+                cpu[name].append((time.process_time() - c0 - base) / n * 1e6)
+            naive = Naive(root / "naive.jsonl")
+            c0 = time.process_time()
+            cpu_loop(naive.log, n)
+            naive.finish()
+            cpu[NAIVE].append((time.process_time() - c0 - base) / n * 1e6)
+            clean(root)
+        p50: dict[str, float] = {}
+        for name, options in VARIANTS.items():
+            tracker = bench_core.new_tracker(root, **options())
+            p50[name] = per_call_cost(tracker.log, min(n, 100_000))[0]
+            tracker.finish()
+            clean(root)
+    off = statistics.median(cpu["steplog JSONL, nothing on"])
+    print(f"\n{'variant':<52} {'CPU µs/event':>13} {'vs off':>8} {'log() p50 µs':>13}")
+    for name, samples in cpu.items():
+        median = statistics.median(samples)
+        p = f"{p50[name]:.2f}" if name in p50 else "–"
+        print(f"{name:<52} {median:>13.2f} {median / off:>7.2f}x {p:>13}")
+
+
+if __name__ == "__main__":
+    main()

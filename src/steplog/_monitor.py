@@ -1,0 +1,277 @@
+"""System metrics and watchers, run by the writer thread (``Tracker(system_metrics=,
+watchers=)``).
+
+The writer creates a :class:`Monitor` only when one of those options is on, so a run
+without them pays nothing. Everything here runs on the writer's side: ``log()`` is
+never touched. Steps per second come from the count of events the writer took; CPU from
+``time.process_time()`` deltas; RSS from ``/proc/self/statm`` (Linux; elsewhere the
+peak RSS of ``resource.getrusage``); GPUs through NVML (``nvidia-ml-py``, the ``gpu``
+extra), when it is installed and a driver answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+
+from .runfile.codec import ValueEncoder, decode
+from .runfile.schema import alert_record, system_record
+from .watch import Alert, ClockWatcher, ValueWatcher, Watcher
+
+__all__ = ["AlertCallback", "GpuSampler", "Monitor", "SystemSampler"]
+
+logger = logging.getLogger("steplog")
+
+AlertCallback = Callable[[Alert], object]
+
+
+def _page_size() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return 4096
+
+
+class GpuSampler:
+    """Per-device utilisation, memory and power through NVML (``pynvml``)."""
+
+    def __init__(self, nvml: Any) -> None:
+        self.nvml = nvml
+        self.handles = [
+            nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())
+        ]
+        self._failed: set[str] = set()
+
+    @classmethod
+    def start(cls) -> GpuSampler | None:
+        """The sampler, or ``None`` (logged once) when NVML is missing or has no driver."""
+        try:
+            pynvml = importlib.import_module("pynvml")
+        except ImportError:
+            logger.info(
+                "steplog: GPU metrics are off: nvidia-ml-py is not installed "
+                "(pip install 'steplog[gpu]')"
+            )
+            return None
+        try:
+            pynvml.nvmlInit()
+            sampler = cls(pynvml)
+        except Exception as exc:  # no driver, no device, a library mismatch
+            logger.info("steplog: GPU metrics are off: NVML could not start (%s)", exc)
+            return None
+        if not sampler.handles:
+            logger.info("steplog: GPU metrics are off: NVML sees no device")
+            return None
+        return sampler
+
+    def sample(self, out: dict[str, Any]) -> None:
+        """Add ``gpu<i>.util_percent``, ``gpu<i>.mem_mb`` and ``gpu<i>.power_w`` to ``out``."""
+        for index, handle in enumerate(self.handles):
+            for metric in ("util_percent", "mem_mb", "power_w"):
+                name = f"gpu{index}.{metric}"
+                try:
+                    out[name] = self._read(metric, handle)
+                except Exception as exc:  # a device that does not report it (power, MIG)
+                    if name not in self._failed:
+                        self._failed.add(name)
+                        logger.info("steplog: GPU metric %s is not available: %s", name, exc)
+
+    def _read(self, metric: str, handle: Any) -> Any:
+        nvml = self.nvml
+        if metric == "util_percent":
+            return nvml.nvmlDeviceGetUtilizationRates(handle).gpu
+        if metric == "mem_mb":
+            return round(nvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20, 1)
+        return round(nvml.nvmlDeviceGetPowerUsage(handle) / 1000, 1)  # milliwatts
+
+    def close(self) -> None:
+        """Shut NVML down (errors ignored: the run is over)."""
+        with contextlib.suppress(Exception):
+            self.nvml.nvmlShutdown()
+
+
+class SystemSampler:
+    """Process CPU %, RSS and steps per second, from deltas between two samples."""
+
+    def __init__(self, events: int) -> None:
+        self.statm = sys.platform.startswith("linux") and os.path.exists("/proc/self/statm")
+        self.page = _page_size()
+        self.wall = time.monotonic()
+        self.cpu = time.process_time()
+        self.events = events
+        self.gpu = GpuSampler.start()
+
+    def rss_mb(self) -> tuple[str, float]:
+        """The resident set size in MiB: current (Linux), else the peak so far."""
+        if self.statm:
+            try:
+                with open("/proc/self/statm", "rb") as f:
+                    pages = int(f.read().split()[1])
+                return "rss_mb", round(pages * self.page / 2**20, 1)
+            except (OSError, ValueError, IndexError):
+                self.statm = False
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        # kilobytes on Linux, bytes on macOS
+        return "max_rss_mb", round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+    def sample(self, events: int) -> dict[str, Any]:
+        """One sample: the rates are over the time since the previous one."""
+        wall, cpu = time.monotonic(), time.process_time()
+        elapsed = wall - self.wall
+        data: dict[str, Any] = {}
+        if elapsed > 0:
+            data["cpu_percent"] = round(100 * (cpu - self.cpu) / elapsed, 1)
+            data["steps_per_s"] = round((events - self.events) / elapsed, 2)
+        name, rss = self.rss_mb()
+        data[name] = rss
+        if self.gpu is not None:
+            self.gpu.sample(data)
+        self.wall, self.cpu, self.events = wall, cpu, events
+        return data
+
+    def close(self) -> None:
+        if self.gpu is not None:
+            self.gpu.close()
+
+
+class Monitor:
+    """The writer's periodic work for system metrics and watchers.
+
+    Args:
+        system_interval: Seconds between system samples, or ``None`` (off).
+        watchers: Checks to run.
+        on_alert: Called in the writer thread with each :class:`Alert`.
+        encoder: The run's encoder (alerts may hold NaN or infinities).
+    """
+
+    def __init__(
+        self,
+        *,
+        system_interval: float | None,
+        watchers: Sequence[Watcher],
+        on_alert: AlertCallback | None,
+        encoder: ValueEncoder,
+    ) -> None:
+        self.system_interval = system_interval
+        self.encoder = encoder
+        self.on_alert = on_alert
+        self.clock_watchers = [w for w in watchers if isinstance(w, ClockWatcher)]
+        self.value_watchers: dict[str, list[ValueWatcher]] = {}
+        for watcher in watchers:
+            watcher.reset()
+            if isinstance(watcher, ValueWatcher):
+                self.value_watchers.setdefault(watcher.key, []).append(watcher)
+        # A batch without any watched key's name in it is not decoded at all.
+        names = {part for key in self.value_watchers for part in (key, key.rpartition(".")[2])}
+        self.needles = sorted(orjson.dumps(name) + b":" for name in names)
+        self.lookups = [(key, "." not in key, ws) for key, ws in self.value_watchers.items()]
+        self.sampler: SystemSampler | None = None
+        self.next_sample = math.inf
+        self.alerts = 0
+        self.callback_errors = 0
+        self.records: list[bytes] = []
+
+    def start(self) -> None:
+        """The run starts (in the writer thread: NVML's start can take a while)."""
+        if self.system_interval is not None:
+            self.sampler = SystemSampler(0)
+            self.next_sample = time.monotonic() + self.system_interval
+
+    # -- called by the writer after each drain ------------------------------------
+
+    def scan(self, data: bytes | bytearray) -> None:
+        """Check the values of the watched keys in a batch of encoded step lines."""
+        if not any(needle in data for needle in self.needles):
+            return
+        records = orjson.loads(b"[" + bytes(data[:-1]).replace(b"\n", b",") + b"]")
+        now, mono = time.time(), time.monotonic()
+        for key, flat, watchers in self.lookups:
+            steps: list[int] = []
+            values: list[float] = []
+            for record in records:
+                event = record.get("data")
+                if type(event) is not dict:
+                    continue  # a marker line (unencodable, too large)
+                value: Any = event.get(key) if flat else _lookup(event, key)
+                kind = type(value)
+                if kind is dict:  # a tagged value: NaN, ±inf, a big int
+                    value = decode(value)
+                    kind = type(value)
+                if kind is float or kind is int:
+                    steps.append(record["step"])
+                    values.append(value)
+            if values:
+                for watcher in watchers:
+                    for alert in watcher.check_batch(steps, values, now, mono):
+                        self._fire(alert)
+
+    def tick(self, events: int) -> None:
+        """Run the clock watchers and take a system sample when one is due."""
+        now, mono = time.time(), time.monotonic()
+        for watcher in self.clock_watchers:
+            alert = watcher.tick(events, now, mono)
+            if alert is not None:
+                self._fire(alert)
+        if mono >= self.next_sample and self.sampler is not None:
+            self._sample(events, now)
+            self.next_sample = mono + (self.system_interval or math.inf)
+
+    def finish(self, events: int) -> None:
+        """The run ends: a last system sample (the final RSS, the last rates)."""
+        if self.sampler is not None:
+            self._sample(events, time.time())
+            self.sampler.close()
+            self.sampler = None
+
+    def take_records(self) -> bytes:
+        """The encoded records made since the last call, joined."""
+        records, self.records = self.records, []
+        return b"".join(records)
+
+    # -- internals ------------------------------------------------------------------
+
+    def _sample(self, events: int, now: float) -> None:
+        if self.sampler is None:
+            return
+        data = self.sampler.sample(events)
+        self.records.append(self.encoder.encode(system_record(now, events, data)))
+
+    def _fire(self, alert: Alert) -> None:
+        self.alerts += 1
+        self.records.append(self.encoder.encode(alert_record(alert)))
+        extra = f" ({alert.suppressed} more in the cooldown)" if alert.suppressed else ""
+        logger.warning("steplog alert [%s]: %s%s", alert.watcher, alert.message, extra)
+        if self.on_alert is None:
+            return
+        try:
+            self.on_alert(alert)
+        except Exception as exc:
+            self.callback_errors += 1
+            if self.callback_errors == 1:
+                logger.error(
+                    "steplog: the on_alert callback raised (later errors are only counted)",
+                    exc_info=exc,
+                )
+
+
+def _lookup(data: dict[str, Any], key: str) -> Any:
+    """``data[key]``, or a nested value for a dotted key (``"grad.norm"``)."""
+    if key in data:
+        return data[key]
+    value: Any = data
+    for part in key.split("."):
+        if type(value) is not dict or part not in value:
+            return None
+        value = value[part]
+    return value

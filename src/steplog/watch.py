@@ -1,0 +1,487 @@
+"""Watchers: checks that run in the run's writer thread, never in the logging loop.
+
+Pass them to a tracker; each fires an :class:`Alert` when its condition starts::
+
+    import steplog
+    from steplog import watch
+
+    tracker = steplog.Tracker(
+        watchers=[
+            watch.nonfinite("loss"),                    # NaN or ±inf
+            watch.above("grad_norm", 100.0),            # a bound
+            watch.diverging("loss", factor=2.0, window=100),
+            watch.stalled(60.0),                        # no log() for a minute
+            watch.slower(0.5),                          # steps/s halved
+        ],
+        on_alert=lambda alert: print(alert.message),
+    )
+
+An alert is written to the run file (an ``"alert"`` record, listed by ``steplog show``),
+reported through ``logging`` as a warning, and handed to ``on_alert``, which runs in the
+writer thread (its exceptions are logged and counted, never raised). A watcher fires
+once per *episode*: when its condition becomes true, not again until it was false in
+between; and at most once per ``cooldown`` seconds (episodes inside the cooldown are
+counted in the next alert's ``suppressed``).
+
+Value watchers (``nonfinite``, ``above``, ``below``, ``diverging``) read the values from
+the lines ``log()`` encoded, in the writer thread: that costs CPU the loop shares through
+the GIL (see docs/watchers.md for the figures), and only when one is configured. Clock
+watchers (``stalled``, ``slower``) use counters the writer keeps anyway.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from itertools import accumulate
+from typing import Any
+
+from ._options import positive_int, positive_seconds
+
+__all__ = [
+    "Alert",
+    "Watcher",
+    "above",
+    "below",
+    "diverging",
+    "nonfinite",
+    "slower",
+    "stalled",
+]
+
+#: Seconds a watcher stays quiet after it fired (new episodes meanwhile are counted).
+DEFAULT_COOLDOWN = 60.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Alert:
+    """What a watcher reports when it fires (also stored as an ``"alert"`` record).
+
+    Attributes:
+        watcher: The kind of watcher: ``"nonfinite"``, ``"above"``, ``"below"``,
+            ``"diverging"``, ``"stalled"`` or ``"slower"``.
+        key: The watched key (``None`` for the clock watchers).
+        value: The value that fired it (for ``stalled``: seconds without a ``log()``;
+            for ``slower``: the steps per second).
+        step: The step of that value (``None`` for the clock watchers).
+        time: Wall-clock time the writer noticed it, seconds since the epoch.
+        message: One line for a human.
+        suppressed: Episodes of this watcher inside its cooldown since it last fired.
+    """
+
+    watcher: str
+    key: str | None
+    value: Any
+    step: int | None
+    time: float
+    message: str
+    suppressed: int = 0
+
+
+class Watcher:
+    """A check run by the writer thread; made by the functions of :mod:`steplog.watch`.
+
+    Attributes:
+        kind: The watcher's kind (``Alert.watcher``).
+        key: The watched key, or ``None`` for the clock watchers.
+        cooldown: Seconds it stays quiet after firing.
+        fired: Alerts it fired in the current run.
+        hits: Checks that found its condition true in the current run (values, or
+            writer wake-ups for the clock watchers).
+    """
+
+    kind = "watcher"
+
+    def __init__(self, key: str | None, *, cooldown: float) -> None:
+        if key is not None and (not isinstance(key, str) or not key):
+            raise TypeError(f"the watched key must be a non-empty string, got {key!r}")
+        if isinstance(cooldown, bool) or not (
+            isinstance(cooldown, (int, float)) and 0 <= cooldown < math.inf
+        ):
+            raise ValueError(f"cooldown must be a number of seconds >= 0, got {cooldown!r}")
+        self.key = key
+        self.cooldown = float(cooldown)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the state of an earlier run (called when a run starts)."""
+        self.fired = 0
+        self.hits = 0
+        self._active = False
+        self._last_fired = -math.inf
+        self._suppressed = 0
+
+    def __repr__(self) -> str:
+        return f"steplog.watch.{self.kind}({self._describe()})"
+
+    def _describe(self) -> str:
+        return repr(self.key)
+
+    def _episode(
+        self, condition: bool, now: float, mono: float, value: Any, step: int | None, message: str
+    ) -> Alert | None:
+        """Feed one check's outcome; returns the alert when an episode starts."""
+        if not condition:
+            self._active = False
+            return None
+        if not self._hit(mono):
+            return None
+        return self._alert(value, step, now, message)
+
+    def _hit(self, mono: float) -> bool:
+        """The condition holds: count it; True when an alert is due (a new episode,
+        past the cooldown). The caller then builds the alert's message."""
+        self.hits += 1
+        if self._active:
+            return False
+        self._active = True
+        if mono - self._last_fired < self.cooldown:
+            self._suppressed += 1
+            return False
+        self._last_fired = mono
+        self.fired += 1
+        return True
+
+    def _alert(self, value: Any, step: int | None, now: float, message: str) -> Alert:
+        suppressed, self._suppressed = self._suppressed, 0
+        return Alert(self.kind, self.key, value, step, now, message, suppressed)
+
+
+class ValueWatcher(Watcher):
+    """A watcher of one key's values (internal base class)."""
+
+    key: str
+
+    def check(self, step: int, value: Any, now: float, mono: float) -> Alert | None:
+        """Check one logged value (numbers only; other values end nothing, fire nothing)."""
+        if type(value) is not float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return None
+            value = float(value) if abs(value) < 2**1023 else math.copysign(math.inf, value)
+        return self._check(step, value, now, mono)
+
+    def check_batch(
+        self, steps: Sequence[int], values: Sequence[float], now: float, mono: float
+    ) -> list[Alert]:
+        """Check a batch of numbers (ints and floats), in logging order."""
+        alerts = []
+        for step, value in zip(steps, values, strict=True):
+            alert = self.check(step, value, now, mono)
+            if alert is not None:
+                alerts.append(alert)
+        return alerts
+
+    def _quiet(self, values: Sequence[float]) -> list[Alert]:
+        """The batch had no value in the condition: an episode under way has ended."""
+        if values:
+            self._active = False
+        return []
+
+    def _check(self, step: int, value: float, now: float, mono: float) -> Alert | None:
+        raise NotImplementedError
+
+
+def _all_finite(values: Sequence[float]) -> bool:
+    """True if no value is NaN or ±inf (one C-speed sum; NaN and inf propagate)."""
+    try:
+        total = sum(values)
+    except OverflowError:  # ints beyond float range mixed with floats
+        return False
+    return bool(total - total == 0)
+
+
+class _NonFinite(ValueWatcher):
+    kind = "nonfinite"
+
+    def check_batch(
+        self, steps: Sequence[int], values: Sequence[float], now: float, mono: float
+    ) -> list[Alert]:
+        if _all_finite(values):
+            return self._quiet(values)
+        return super().check_batch(steps, values, now, mono)
+
+    def _check(self, step: int, value: float, now: float, mono: float) -> Alert | None:
+        if value - value == 0:  # finite
+            self._active = False
+            return None
+        if not self._hit(mono):
+            return None
+        return self._alert(value, step, now, f"{self.key} is {value} at step {step}")
+
+
+class _Bound(ValueWatcher):
+    def __init__(self, key: str, bound: float, *, cooldown: float) -> None:
+        super().__init__(key, cooldown=cooldown)
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)) or bound != bound:
+            raise ValueError(f"{self.kind}() needs a number as its bound, got {bound!r}")
+        self.bound = float(bound)
+
+    def _describe(self) -> str:
+        return f"{self.key!r}, {self.bound!r}"
+
+
+class _Above(_Bound):
+    kind = "above"
+
+    def check_batch(
+        self, steps: Sequence[int], values: Sequence[float], now: float, mono: float
+    ) -> list[Alert]:
+        if _all_finite(values) and max(values) <= self.bound:
+            return self._quiet(values)
+        return super().check_batch(steps, values, now, mono)
+
+    def _check(self, step: int, value: float, now: float, mono: float) -> Alert | None:
+        if not value > self.bound:
+            self._active = False
+            return None
+        if not self._hit(mono):
+            return None
+        return self._alert(
+            value, step, now, f"{self.key} = {value:g} is above {self.bound:g} at step {step}"
+        )
+
+
+class _Below(_Bound):
+    kind = "below"
+
+    def check_batch(
+        self, steps: Sequence[int], values: Sequence[float], now: float, mono: float
+    ) -> list[Alert]:
+        if _all_finite(values) and min(values) >= self.bound:
+            return self._quiet(values)
+        return super().check_batch(steps, values, now, mono)
+
+    def _check(self, step: int, value: float, now: float, mono: float) -> Alert | None:
+        if not value < self.bound:
+            self._active = False
+            return None
+        if not self._hit(mono):
+            return None
+        return self._alert(
+            value, step, now, f"{self.key} = {value:g} is below {self.bound:g} at step {step}"
+        )
+
+
+class _Diverging(ValueWatcher):
+    kind = "diverging"
+
+    def __init__(self, key: str, *, factor: float, window: int, cooldown: float) -> None:
+        super().__init__(key, cooldown=cooldown)
+        if isinstance(factor, bool) or not (
+            isinstance(factor, (int, float)) and 1 < factor < math.inf
+        ):
+            raise ValueError(f"diverging() needs a factor above 1, got {factor!r}")
+        self.factor = float(factor)
+        self.window = positive_int("window", window)
+
+    def _describe(self) -> str:
+        return f"{self.key!r}, factor={self.factor!r}, window={self.window!r}"
+
+    def reset(self) -> None:
+        super().reset()
+        self._values: list[float] = []  # the last window - 1 values
+        self._best = math.inf
+
+    def _check(self, step: int, value: float, now: float, mono: float) -> Alert | None:
+        alerts = self.check_batch([step], [value], now, mono)
+        return alerts[0] if alerts else None
+
+    def check_batch(
+        self, steps: Sequence[int], values: Sequence[float], now: float, mono: float
+    ) -> list[Alert]:
+        if not _all_finite(values):  # nonfinite() is the watcher for those
+            keep = [(s, float(v)) for s, v in zip(steps, values, strict=True) if v - v == 0]
+            steps, values = [s for s, _ in keep], [v for _, v in keep]
+        w = self.window
+        prior = self._values
+        series = prior + list(values)
+        self._values = series[len(series) - w + 1 :] if w > 1 else []
+        if len(series) < w:
+            return []
+        # Windowed means ending at each new value, from prefix sums (C-speed).
+        prefix = list(accumulate(series, initial=0.0))
+        first = max(w, len(prior) + 1)
+        means = [(prefix[j] - prefix[j - w]) / w for j in range(first, len(series) + 1)]
+        bests = list(accumulate(means, min, initial=self._best))[1:]
+        self._best = bests[-1]
+        factor = self.factor
+        if not any(m > factor * b and b > 0 for m, b in zip(means, bests, strict=True)):
+            return self._quiet(means)
+        offset = len(steps) - len(means)
+        alerts = []
+        for index, (mean, best) in enumerate(zip(means, bests, strict=True)):
+            if not (best > 0 and mean > factor * best):
+                self._active = False
+            elif self._hit(mono):
+                step = steps[offset + index]
+                message = (
+                    f"{self.key} is diverging: the mean of its last {w} values, {mean:g}, "
+                    f"is over {factor:g} x its lowest, {best:g} (step {step})"
+                )
+                alerts.append(self._alert(mean, step, now, message))
+        return alerts
+
+
+class ClockWatcher(Watcher):
+    """A watcher of the logging rate, checked at every writer wake-up (internal)."""
+
+    def tick(self, events: int, now: float, mono: float) -> Alert | None:
+        """Check the count of events logged so far, at monotonic time ``mono``."""
+        raise NotImplementedError
+
+
+class _Stalled(ClockWatcher):
+    kind = "stalled"
+
+    def __init__(self, seconds: float, *, cooldown: float) -> None:
+        super().__init__(None, cooldown=cooldown)
+        self.seconds = positive_seconds("stalled() seconds", seconds)
+
+    def _describe(self) -> str:
+        return repr(self.seconds)
+
+    def reset(self) -> None:
+        super().reset()
+        self._events = 0
+        self._since: float | None = None  # when the count last changed
+
+    def tick(self, events: int, now: float, mono: float) -> Alert | None:
+        if events != self._events or self._since is None:
+            self._since = mono if events else None  # the clock starts at the first log()
+            self._events = events
+            return self._episode(False, now, mono, None, None, "")
+        idle = mono - self._since
+        return self._episode(
+            idle >= self.seconds,
+            now,
+            mono,
+            round(idle, 3),
+            None,
+            f"the loop stalled: no log() for {idle:.1f} s",
+        )
+
+
+class _Slower(ClockWatcher):
+    kind = "slower"
+
+    def __init__(self, fraction: float, *, window: float, cooldown: float) -> None:
+        super().__init__(None, cooldown=cooldown)
+        if isinstance(fraction, bool) or not (
+            isinstance(fraction, (int, float)) and 0 < fraction < 1
+        ):
+            raise ValueError(f"slower() needs a fraction between 0 and 1, got {fraction!r}")
+        self.fraction = float(fraction)
+        self.window = positive_seconds("slower() window", window)
+
+    def _describe(self) -> str:
+        return f"{self.fraction!r}, window={self.window!r}"
+
+    def reset(self) -> None:
+        super().reset()
+        self._start: float | None = None
+        self._start_events = 0
+        self._peak = 0.0
+
+    def tick(self, events: int, now: float, mono: float) -> Alert | None:
+        if self._start is None:
+            if events:  # windows start at the first log()
+                self._start, self._start_events = mono, events
+            return None
+        elapsed = mono - self._start
+        if elapsed < self.window:
+            return None
+        rate = (events - self._start_events) / elapsed
+        self._start, self._start_events = mono, events
+        peak = self._peak
+        if rate > peak:
+            self._peak = peak = rate
+        return self._episode(
+            rate < self.fraction * peak,
+            now,
+            mono,
+            round(rate, 3),
+            None,
+            f"steps/s dropped to {rate:.4g}, under {self.fraction:g} x the best "
+            f"{peak:.4g} (over {self.window:g} s windows)",
+        )
+
+
+# -- the public constructors ---------------------------------------------------------
+
+
+def nonfinite(key: str, *, cooldown: float = DEFAULT_COOLDOWN) -> Watcher:
+    """Fire when ``key`` is NaN or ±infinity.
+
+    Args:
+        key: The logged key (a dotted key reaches into nested dicts: ``"grad.norm"``).
+        cooldown: Seconds it stays quiet after firing.
+    """
+    return _NonFinite(key, cooldown=cooldown)
+
+
+def above(key: str, bound: float, *, cooldown: float = DEFAULT_COOLDOWN) -> Watcher:
+    """Fire when ``key`` goes above ``bound``.
+
+    Args:
+        key: The logged key (dotted for nested dicts).
+        bound: The value it must not exceed.
+        cooldown: Seconds it stays quiet after firing.
+    """
+    return _Above(key, bound, cooldown=cooldown)
+
+
+def below(key: str, bound: float, *, cooldown: float = DEFAULT_COOLDOWN) -> Watcher:
+    """Fire when ``key`` goes below ``bound``.
+
+    Args:
+        key: The logged key (dotted for nested dicts).
+        bound: The value it must not fall under.
+        cooldown: Seconds it stays quiet after firing.
+    """
+    return _Below(key, bound, cooldown=cooldown)
+
+
+def diverging(
+    key: str, *, factor: float = 2.0, window: int = 100, cooldown: float = DEFAULT_COOLDOWN
+) -> Watcher:
+    """Fire when ``key`` rises: the mean of its last ``window`` values exceeds ``factor``
+    times the lowest such mean so far.
+
+    Meant for positive quantities that should fall (a loss); NaN and infinities are
+    left to :func:`nonfinite`.
+
+    Args:
+        key: The logged key (dotted for nested dicts).
+        factor: How many times its best windowed mean the current one may reach (> 1).
+        window: How many values each mean covers.
+        cooldown: Seconds it stays quiet after firing.
+    """
+    return _Diverging(key, factor=factor, window=window, cooldown=cooldown)
+
+
+def stalled(seconds: float, *, cooldown: float = DEFAULT_COOLDOWN) -> Watcher:
+    """Fire when no ``log()`` call came for ``seconds``, by the writer thread's clock.
+
+    The clock starts at the first ``log()`` of the run (setup before it is no stall);
+    checked at every writer wake-up, so at least every ``flush_interval``.
+
+    Args:
+        seconds: How long the loop may go without logging.
+        cooldown: Seconds it stays quiet after firing.
+    """
+    return _Stalled(seconds, cooldown=cooldown)
+
+
+def slower(fraction: float, *, window: float = 10.0, cooldown: float = DEFAULT_COOLDOWN) -> Watcher:
+    """Fire when steps per second fall under ``fraction`` of the best rate so far.
+
+    The rate is measured by the writer over consecutive windows of ``window`` seconds,
+    from the count of ``log()`` calls (nothing is measured inside ``log()``).
+
+    Args:
+        fraction: Part of the best rate under which it fires (between 0 and 1).
+        window: Seconds each rate is measured over.
+        cooldown: Seconds it stays quiet after firing.
+    """
+    return _Slower(fraction, window=window, cooldown=cooldown)

@@ -1,0 +1,272 @@
+"""Watchers (steplog.watch): checks run by the writer thread on real runs, read back
+from their run files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import subprocess
+import sys
+import time
+
+import pytest
+
+import steplog
+from steplog import watch
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def tracker_with(root, watchers, on_alert=None, **kwargs) -> tuple[steplog.Tracker, list]:
+    backend = steplog.JsonlBackend(root)
+    fired: list[steplog.Alert] = []
+    tracker = steplog.Tracker(
+        backend,
+        watchers=watchers,
+        on_alert=on_alert if on_alert is not None else fired.append,
+        flush_interval=0.02,
+        **kwargs,
+    )
+    tracker.init()
+    return tracker, fired
+
+
+def test_nonfinite_fires_once_per_episode_and_is_stored(runs_root):
+    """NaN, inf and -inf fire; a run of bad values is one episode; a good value ends it."""
+    w = watch.nonfinite("loss", cooldown=0)
+    tracker, fired = tracker_with(runs_root, [w])
+    for value in [1.0, math.nan, math.nan, 0.5, math.inf, -math.inf, 0.1]:
+        tracker.log({"loss": value, "other": math.nan})
+    stats = tracker.finish()
+    assert [(a.step, a.watcher, a.key) for a in fired] == [
+        (1, "nonfinite", "loss"),
+        (4, "nonfinite", "loss"),
+    ]
+    assert math.isnan(fired[0].value) and fired[1].value == math.inf
+    assert (w.fired, w.hits) == (2, 4)
+    assert stats.alerts == 2 and stats.alert_callback_errors == 0
+    run = steplog.read_run(tracker.backends[0].path)
+    assert run.alerts == fired  # the run file holds the same alerts, NaN included
+    assert len(run.records) == 7  # alerts never become step records
+    assert run.stats is not None and run.stats.alerts == 2
+
+
+def test_bounds_fire_when_crossed_and_cooldown_counts_suppressed_episodes(runs_root):
+    """above/below fire on crossing; episodes within the cooldown are counted in the
+    next alert's ``suppressed``."""
+    high = watch.above("loss", 10.0, cooldown=0.2)
+    low = watch.below("acc", 0.5, cooldown=0)
+    tracker, fired = tracker_with(runs_root, [high, low])
+    tracker.log({"loss": 11.0, "acc": 0.9})  # above: fires
+    tracker.log({"loss": 1.0, "acc": 0.4})  # below: fires
+    tracker.log({"loss": 12.0, "acc": 0.6})  # above again, inside its cooldown
+    tracker.flush()
+    time.sleep(0.25)
+    tracker.log({"loss": 1.0, "acc": 0.7})
+    tracker.log({"loss": 13.0, "acc": 0.7})  # past the cooldown: fires, 1 suppressed
+    tracker.finish()
+    assert [(a.watcher, a.step, a.value, a.suppressed) for a in fired] == [
+        ("above", 0, 11.0, 0),
+        ("below", 1, 0.4, 0),
+        ("above", 4, 13.0, 1),
+    ]
+    assert "above 10" in fired[0].message
+    run = steplog.read_run(tracker.backends[0].path)
+    assert [a.suppressed for a in run.alerts] == [0, 0, 1]
+
+
+def test_diverging_fires_when_the_windowed_mean_rises_by_the_factor(runs_root):
+    """The mean of the last ``window`` values over ``factor`` x its lowest fires, once."""
+    tracker, fired = tracker_with(runs_root, [watch.diverging("loss", factor=2.0, window=5)])
+    for step in range(30):
+        tracker.log({"loss": 1.0 if step < 10 else 3.0})
+    tracker.finish()
+    # Means after step 10: 1.4, 1.8, 2.2 — the third crosses 2 x 1.0.
+    assert [(a.watcher, a.step) for a in fired] == [("diverging", 12)]
+    assert fired[0].value == pytest.approx(2.2)
+
+
+def test_a_steady_loss_never_fires_and_dotted_keys_reach_nested_values(runs_root):
+    """Falling values fire no diverging alert; ``"train.loss"`` watches a nested value."""
+    tracker, fired = tracker_with(
+        runs_root,
+        [watch.diverging("train.loss", window=3), watch.nonfinite("train.loss", cooldown=0)],
+    )
+    for step in range(20):
+        tracker.log({"train": {"loss": 1.0 / (step + 1)}})
+    tracker.log({"train": {"loss": math.inf}})
+    tracker.finish()
+    assert [(a.watcher, a.key, a.step) for a in fired] == [("nonfinite", "train.loss", 20)]
+
+
+def test_stall_is_detected_by_the_writer_clock_only_after_the_first_log(runs_root):
+    """No alert for setup before the first log(); a pause longer than ``seconds`` between
+    log() calls fires once, with the idle time as its value."""
+    tracker, fired = tracker_with(runs_root, [watch.stalled(0.15, cooldown=0)])
+    time.sleep(0.3)  # setup before the first log(): no stall
+    tracker.log({"loss": 1.0})
+    time.sleep(0.5)  # a real stall of the loop
+    tracker.log({"loss": 0.9})
+    tracker.log({"loss": 0.8})
+    tracker.finish()
+    assert [(a.watcher, a.step, a.key) for a in fired] == [("stalled", None, None)]
+    assert 0.15 <= fired[0].value < 0.5
+    assert "no log()" in fired[0].message
+    run = steplog.read_run(tracker.backends[0].path)
+    assert [a.watcher for a in run.alerts] == ["stalled"]
+
+
+def test_slower_fires_when_steps_per_second_drop(runs_root):
+    """A loop that goes from bursts of 200 events to one event per 50 ms fires
+    ``slower``."""
+    tracker, fired = tracker_with(runs_root, [watch.slower(0.5, window=0.2, cooldown=0)])
+    end = time.monotonic() + 0.6
+    while time.monotonic() < end:
+        for _ in range(200):
+            tracker.log({"loss": 1.0})
+        time.sleep(0.01)
+    for _ in range(12):
+        tracker.log({"loss": 1.0})
+        time.sleep(0.05)
+    tracker.finish()
+    assert [a.watcher for a in fired][:1] == ["slower"]
+    assert "steps/s dropped" in fired[0].message
+
+
+def test_callback_errors_are_contained_logged_once_and_counted(runs_root, caplog):
+    """An on_alert that raises never reaches the loop: every alert is still stored,
+    the error is logged once and counted in the statistics."""
+
+    def broken(alert: steplog.Alert) -> None:
+        raise RuntimeError("callback bug")
+
+    tracker, _ = tracker_with(runs_root, [watch.above("x", 0, cooldown=0)], on_alert=broken)
+    with caplog.at_level(logging.WARNING, logger="steplog"):
+        for value in [1, -1, 2, -1, 3]:
+            tracker.log({"x": value})
+        stats = tracker.finish()
+    assert stats.alerts == 3 and stats.alert_callback_errors == 3
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "on_alert" in errors[0].getMessage()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("steplog alert [above]" in m for m in warnings) == 3
+    run = steplog.read_run(tracker.backends[0].path)
+    assert [a.step for a in run.alerts] == [0, 2, 4]
+    assert run.status == "finished"
+
+
+def test_a_watcher_starts_fresh_in_each_run(runs_root):
+    """Reusing a tracker (and its watchers) for a second run forgets the first run's
+    episodes and counts."""
+    w = watch.above("x", 0, cooldown=3600)
+    tracker, fired = tracker_with(runs_root, [w])
+    tracker.log({"x": 1})
+    tracker.finish()
+    tracker.init()
+    tracker.log({"x": 1})  # inside the first run's cooldown, but a new run
+    tracker.finish()
+    assert len(fired) == 2 and w.fired == 1
+
+
+def test_value_watchers_see_the_lines_under_durability_process(runs_root):
+    """With the writer process writing the file, value watchers still fire (through
+    logging and on_alert)."""
+    tracker, fired = tracker_with(
+        runs_root, [watch.nonfinite("loss", cooldown=0)], durability="process"
+    )
+    tracker.log({"loss": 1.0})
+    tracker.log({"loss": math.nan})
+    stats = tracker.finish()
+    assert [a.step for a in fired] == [1]
+    assert stats.written == 2
+    assert len(steplog.read_run(tracker.backends[0].path).records) == 2
+
+
+def test_only_the_top_level_key_is_read_not_nested_ones_or_text(runs_root):
+    """Flat ``"loss"`` is the top-level key: a nested ``loss`` or the text ``"loss":``
+    inside a string value is not it (both batch shapes: flat events and nested ones)."""
+    tracker, fired = tracker_with(runs_root, [watch.above("loss", 100.0, cooldown=0)])
+    tracker.log({"note": 'says "loss":1e9', "loss": 1.0})  # a batch of flat events
+    tracker.flush()
+    tracker.log({"grads": {"loss": 1e9}, "loss": 2.0})  # a batch with nested objects
+    tracker.flush()
+    tracker.log({"grads": {"loss": 1.0}, "loss": 1e9})
+    tracker.flush()
+    tracker.log({"loss": 500.0, "note": "x"})
+    tracker.finish()
+    assert [(a.step, a.value) for a in fired] == [(2, 1e9)]
+
+
+def test_without_watchers_there_is_no_monitor_and_no_records(runs_root):
+    """The default tracker runs no monitor at all and writes only step records."""
+    backend = steplog.JsonlBackend(runs_root)
+    tracker = steplog.Tracker(backend)
+    tracker.init()
+    assert tracker._run is not None and tracker._run.worker.monitor is None
+    tracker.log({"loss": math.nan})
+    stats = tracker.finish()
+    run = steplog.read_run(backend.path)
+    assert run.alerts == [] and run.system == [] and stats.alerts == 0
+    types = {json.loads(line).get("type") for line in backend.path.read_text().splitlines()}
+    assert types == {"run_start", None, "run_end"}
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: watch.above("loss", "10"), "needs a number"),
+        (lambda: watch.below("loss", math.nan), "needs a number"),
+        (lambda: watch.above("", 1.0), "non-empty string"),
+        (lambda: watch.nonfinite(3), "non-empty string"),  # type: ignore[arg-type]
+        (lambda: watch.diverging("loss", factor=1.0), "factor above 1"),
+        (lambda: watch.diverging("loss", window=0), "window must be a positive integer"),
+        (lambda: watch.stalled(0), "positive number of seconds"),
+        (lambda: watch.slower(1.5), "between 0 and 1"),
+        (lambda: watch.slower(0.5, window=-1), "positive number of seconds"),
+        (lambda: watch.nonfinite("loss", cooldown=-1), "cooldown"),
+    ],
+)
+def test_bad_watcher_arguments_fail_at_construction(make, message):
+    """Each constructor checks its arguments and names the problem."""
+    with pytest.raises((ValueError, TypeError), match=message):
+        make()
+
+
+def test_bad_tracker_watch_options_fail_at_construction():
+    """watchers must come from steplog.watch; on_alert must be callable and needs
+    watchers."""
+    with pytest.raises(TypeError, match="list of watchers"):
+        steplog.Tracker(watchers=watch.nonfinite("loss"))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"made by steplog\.watch"):
+        steplog.Tracker(watchers=["loss"])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="on_alert must be a callable"):
+        steplog.Tracker(watchers=[watch.stalled(1)], on_alert=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no watchers"):
+        steplog.Tracker(on_alert=print)
+
+
+def test_show_lists_the_alerts_that_fired(runs_root):
+    """``steplog show`` prints the alerts (text and JSON)."""
+    tracker, _ = tracker_with(runs_root, [watch.nonfinite("loss", cooldown=0)])
+    tracker.log({"loss": 1.0})
+    tracker.log({"loss": math.nan})
+    tracker.finish()
+    path = str(tracker.backends[0].path)
+
+    def show(*extra: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "steplog", "show", path, *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    text = show()
+    assert "alerts (1 fired)" in text
+    assert "nonfinite" in text and "loss is nan at step 1" in text
+    assert "alerts 1" in text  # in the statistics line
+    alerts = json.loads(show("--json"))["alerts"]
+    assert [(a["watcher"], a["step"], a["key"]) for a in alerts] == [("nonfinite", 1, "loss")]

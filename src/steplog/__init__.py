@@ -36,6 +36,7 @@ from .errors import TrackerWarning as TrackerWarning
 from .errors import WorkerError as WorkerError
 from .events import BackendStats as BackendStats
 from .events import Event as Event
+from .events import Resumed as Resumed
 from .events import RunEnd as RunEnd
 from .events import RunInfo as RunInfo
 from .events import RunStats as RunStats
@@ -43,6 +44,7 @@ from .events import RunStatus as RunStatus
 from .replay import replay as replay
 from .replay import replay_async as replay_async
 from .runfile.read import Run as Run
+from .runfile.read import RunSegment as RunSegment
 from .runfile.read import read_run as read_run
 from .tracker import AsyncTracker as AsyncTracker
 from .tracker import Tracker as Tracker
@@ -80,12 +82,14 @@ __all__ = [
     "NullBackend",
     "OverflowPolicy",
     "PermanentBackendError",
+    "Resumed",
     "RetryPolicy",
     "Run",
     "RunEnd",
     "RunFileError",
     "RunInfo",
     "RunNotFoundError",
+    "RunSegment",
     "RunStats",
     "RunStatus",
     "Sampled",

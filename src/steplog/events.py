@@ -10,6 +10,7 @@ __all__ = [
     "RUN_STATUSES",
     "BackendStats",
     "Event",
+    "Resumed",
     "RunEnd",
     "RunInfo",
     "RunStats",
@@ -58,6 +59,14 @@ class RunInfo:
         start_time: Wall-clock start time, seconds since the epoch.
         pid: Process id of the logging process.
         host: Host name of the logging machine.
+        group: The group the run belongs to (the ranks of one distributed job, the
+            trials of one sweep), or ``None``.
+        tags: Labels given to the run.
+        rank: The process's rank in a distributed job (``RANK``), or ``None``.
+        local_rank: Its rank on its machine (``LOCAL_RANK``), or ``None``.
+        world_size: The number of processes of the job (``WORLD_SIZE``), or ``None``.
+        resumed: Set when ``init(resume=...)`` continues an earlier run: what the run
+            file held when it was resumed; ``None`` for a new run.
     """
 
     run_id: str
@@ -66,6 +75,30 @@ class RunInfo:
     start_time: float
     pid: int
     host: str
+    group: str | None = None
+    tags: tuple[str, ...] = ()
+    rank: int | None = None
+    local_rank: int | None = None
+    world_size: int | None = None
+    resumed: Resumed | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Resumed:
+    """What a resumed run continues from (:attr:`RunInfo.resumed`).
+
+    Attributes:
+        step: The first step of the new segment: one past the last step in the file.
+        segment: The new segment's number: 1 for the first resume, 2 for the next...
+        previous_status: How the previous segment ended: its run-end status, or
+            ``"incomplete"`` when the writer was killed before it could end the run.
+        resume_time: Wall-clock time of the resume.
+    """
+
+    step: int
+    segment: int
+    previous_status: str
+    resume_time: float
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from .backends.base import Backend, backend_name
 from .errors import BackendOpenError
 from .events import BackendStats, Event, RunEnd, RunInfo, RunStats
 from .runfile.read import CorruptLineError, RunSnapshot, iter_lines, open_run, parse_record
+from .runfile.schema import RESUME, RUN_END
 
 __all__ = ["replay", "replay_async"]
 
@@ -137,8 +138,11 @@ async def _replay(
         if record is None:
             continue
         kind = record.get("type")
-        if kind == "run_end":
+        if kind == RUN_END:
             end = record
+            continue
+        if kind == RESUME:
+            end = None  # the run went on after that end: the last one counts
             continue
         if kind is not None:
             continue

@@ -55,6 +55,7 @@ from .runfile.read import (
     RunSnapshot,
     WriterState,
     iter_lines,
+    last_resume,
     line_number,
     open_run,
     parse_record,
@@ -355,6 +356,8 @@ class _Sync:
         self.sent = 0
         self.corrupt: set[int] = set()
         self.end_status: str | None = None  # the run's status, once its end was read
+        self._resume: dict[str, Any] | None = None  # the last resume record seen
+        self._resume_checked = 0  # the file was searched for resumes up to here
 
     async def run(self, *, follow: bool, interval: float, grace: float) -> _Outcome:
         snapshot = self.snapshot
@@ -375,7 +378,7 @@ class _Sync:
                             quiet_since = time.time()
                         seen = size
                         break
-                    gone = writer_state(snapshot.start) is WriterState.GONE
+                    gone = self._writer_gone(snapshot)
                     if gone and time.time() - quiet_since >= grace:
                         return _Outcome.WRITER_GONE
                     await anyio.sleep(interval)
@@ -387,8 +390,21 @@ class _Sync:
         except _GaveUp:
             return _Outcome.GAVE_UP
 
+    def _writer_gone(self, snapshot: RunSnapshot) -> bool:
+        """Whether the process writing the run is gone: the one that started it, or the
+        one that resumed it last."""
+        if writer_state(snapshot.start) is not WriterState.GONE:
+            return False
+        if self._resume_checked < snapshot.end:  # look for resumes once per new stretch
+            part = dataclasses.replace(snapshot, body=max(snapshot.body, self._resume_checked))
+            self._resume = last_resume(part) or self._resume
+            self._resume_checked = snapshot.end
+        return self._resume is None or writer_state(self._resume) is WriterState.GONE
+
     async def _read(self, snapshot: RunSnapshot) -> bool:
-        """Send the complete lines after ``pos``; whether the run end was among them."""
+        """Send the complete lines after ``pos``; whether the run end was among them
+        (the last line read: a resumed run goes on after an earlier segment's end)."""
+        ending: tuple[int, dict[str, Any]] | None = None
         for line in iter_lines(snapshot, start=self.pos):
             begin = self.pos
             self.pos = min(begin + len(line) + 1, snapshot.end)
@@ -401,18 +417,22 @@ class _Sync:
                 continue
             kind = record.get("type")
             if kind == RUN_END:
-                await self._flush(begin)
-                await self._finish(record)
-                return True
+                ending = (begin, record)
+                continue
+            ending = None
             if kind is not None:
-                continue  # a record type of a newer minor version
+                continue  # a resume record, or a record type of a newer minor version
             self.rows.append(Event(record["step"], record["time"], record["data"]))
             self.last_step_at = begin
             if begin >= self.acked:
                 self.new += 1
             if len(self.rows) >= self.batch_size:
                 await self._flush(self.pos)
-        return False
+        if ending is None:
+            return False
+        await self._flush(ending[0])
+        await self._finish(ending[1])
+        return True
 
     async def _flush(self, upto: int) -> None:
         """Send the rows; once the backend took them, move the cursor to ``upto``."""

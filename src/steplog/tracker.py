@@ -17,7 +17,8 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, cast
 
@@ -56,9 +57,18 @@ from ._redact import redact as _redact
 from ._writer import Writer
 from .backends.base import Backend, backend_name
 from .backends.jsonl import JsonlBackend
-from .errors import BackendFailedError, FlushTimeoutError, InactiveRunError, TrackerWarning
-from .events import RUN_STATUSES, RunInfo, RunStats, RunStatus
+from .backends.null import NullBackend
+from .errors import (
+    BackendFailedError,
+    FlushTimeoutError,
+    InactiveRunError,
+    RunFileError,
+    RunNotFoundError,
+    TrackerWarning,
+)
+from .events import RUN_STATUSES, Resumed, RunInfo, RunStats, RunStatus
 from .runfile.codec import ValueEncoder, _find_null
+from .runfile.read import ResumePoint, resume_point
 
 __all__ = ["DEFAULT_EXPERIMENT_NAME", "AsyncTracker", "Tracker"]
 
@@ -69,6 +79,9 @@ DEFAULT_EXPERIMENT_NAME = "default"
 #: A config: a mapping, an ``argparse.Namespace``, a dataclass instance, a pydantic
 #: model, or ``None``.
 ConfigLike = Any
+
+#: What ``init(resume=...)`` takes: a run id, ``"latest"``, a run file's path, or ``None``.
+ResumeLike = str | os.PathLike[str] | None
 
 #: Who writes the JSONL file: the writer thread, or a writer process (see ``Tracker``).
 Durability = Literal["thread", "process"]
@@ -86,7 +99,7 @@ _SLOW_SPELL = 1_024
 class _Run:
     """The state of the active run: what ``finish()`` needs to end it."""
 
-    __slots__ = ("buffer", "crash", "encoder", "info", "owner", "worker")
+    __slots__ = ("buffer", "crash", "encoder", "info", "owner", "previous_summary", "worker")
 
     def __init__(
         self, info: RunInfo, buffer: LineBuffer, worker: Writer, encoder: ValueEncoder
@@ -99,6 +112,8 @@ class _Run:
         #: by the process's excepthook: such a run ends "failed", not "unfinished").
         self.owner = threading.get_ident()
         self.crash: type[BaseException] | None = None
+        #: A resumed run's summary so far: ``tracker.summary`` starts from it.
+        self.previous_summary: dict[str, Any] = {}
 
 
 class _TrackerBase:
@@ -122,6 +137,9 @@ class _TrackerBase:
         retry: RetryPolicy | None = None,
         strict: bool = False,
         durability: Durability = "thread",
+        group: str | None = None,
+        tags: Iterable[str] = (),
+        rank0_only: bool = False,
     ) -> None:
         for backend in backends:
             if not isinstance(backend, Backend):
@@ -177,6 +195,13 @@ class _TrackerBase:
         self.retry = retry if retry is not None else RetryPolicy()
         self.strict = strict
         self.durability: Durability = durability
+        if group is not None and (not isinstance(group, str) or not group.strip()):
+            raise TypeError(f"group must be a non-empty str or None, not {group!r}")
+        self.group = group
+        self.tags = _check_tags(tags)
+        if not isinstance(rank0_only, bool):
+            raise TypeError(f"rank0_only must be True or False, not {rank0_only!r}")
+        self.rank0_only = rank0_only
         self._forked = False
         self._orphan_hook: weakref.finalize[Any, Any] | None = None
         #: The id the next run takes instead of a new one (set by integrations whose
@@ -387,7 +412,15 @@ class _TrackerBase:
         merged: dict[str, Any] = _redact({**self.experiment_config, **(config or {})}, self.redact)
         return merged
 
-    def _start(self, config: Mapping[str, Any] | None) -> tuple[_Run, Any]:
+    def _start(self, config: Mapping[str, Any] | None, resume: ResumeLike) -> tuple[_Run, Any]:
+        rank, local_rank, world_size = _ranks()
+        muted = self.rank0_only and rank not in (None, 0)
+        backends: list[tuple[str, Backend]] = (
+            [("null", NullBackend())]
+            if muted
+            else list(zip(self._names, self.backends, strict=True))
+        )
+        group = self.group or os.environ.get("STEPLOG_GROUP") or _elastic_run_id()
         run_id, self._next_run_id = self._next_run_id or new_run_id(), None
         info = RunInfo(
             run_id=run_id,
@@ -396,7 +429,32 @@ class _TrackerBase:
             start_time=time.time(),
             pid=os.getpid(),
             host=socket.gethostname(),
+            group=group,
+            tags=self.tags,
+            rank=rank,
+            local_rank=local_rank,
+            world_size=world_size,
         )
+        previous: dict[str, Any] = {}
+        if resume is not None and not muted:
+            point = self._resume_point(resume)
+            if point is not None:
+                previous = point.summary
+                info = dataclasses.replace(
+                    info,
+                    run_id=str(point.start["run_id"]),
+                    experiment=str(point.start["experiment"]),
+                    config={**point.config, **info.config},
+                    start_time=float(point.start["start_time"]),
+                    group=group or point.start.get("group"),
+                    tags=self.tags or tuple(point.start.get("tags") or ()),
+                    resumed=Resumed(
+                        step=point.next_step,
+                        segment=point.segment,
+                        previous_status=point.previous_status,
+                        resume_time=time.time(),
+                    ),
+                )
         buffer = LineBuffer(
             self.buffer_size,
             wake_at=self.batch_size,
@@ -407,7 +465,7 @@ class _TrackerBase:
         encoder = ValueEncoder(max_event_bytes=buffer.line_limit)
         worker = Writer(
             buffer,
-            list(zip(self._names, self.backends, strict=True)),
+            backends,
             encoder=encoder,
             batch_size=self.batch_size,
             flush_interval=self.flush_interval,
@@ -417,15 +475,60 @@ class _TrackerBase:
             durability=self.durability,
         )
         worker.refresh_inspection()
-        return _Run(info, buffer, worker, encoder), worker.start(info)
+        run = _Run(info, buffer, worker, encoder)
+        run.previous_summary = previous
+        return run, worker.start(info)
+
+    def _resume_point(self, resume: ResumeLike) -> ResumePoint | None:
+        """The run file ``init(resume=...)`` continues, or ``None`` for "latest" when the
+        experiment has no run yet (a first start: the script is the same either way)."""
+        jsonl = next((b for b in self.backends if isinstance(b, JsonlBackend)), None)
+        if jsonl is None:
+            raise ValueError(
+                "resume= continues a run's JSONL file: the tracker needs a "
+                "steplog.JsonlBackend among its backends"
+            )
+        if not isinstance(resume, (str, os.PathLike)):
+            raise TypeError(
+                f"resume must be a run id, 'latest' or a run file's path, not {resume!r}"
+            )
+        directory = jsonl.root / self.experiment_name
+        spec = os.fspath(resume)
+        if spec == "latest":
+            runs = sorted(directory.glob("*.jsonl")) if directory.is_dir() else []
+            if not runs:
+                logger.info("steplog: no run to resume under %s; starting a new run", directory)
+                return None
+            path = max(runs, key=lambda p: p.stem)  # run ids sort by start time
+        elif spec.endswith(".jsonl") or os.sep in spec:
+            path = Path(spec)
+            if not path.is_file():
+                raise RunNotFoundError(f"no run file {spec!r} to resume")
+            if path.resolve().parent.parent != jsonl.root.resolve():
+                raise ValueError(
+                    f"cannot resume {spec!r}: the tracker's JsonlBackend writes under "
+                    f"{str(jsonl.root)!r}; resume a run there (or by its run id)"
+                )
+        else:
+            path = directory / f"{check_name(spec, what='run id')}.jsonl"
+            if not path.is_file():
+                raise RunNotFoundError(
+                    f"no run {spec!r} to resume in experiment {self.experiment_name!r} "
+                    f"(looked for {str(path)!r})"
+                )
+        point = resume_point(path)
+        if path.stem != point.start.get("run_id"):
+            raise RunFileError(f"{path}: its run id {point.start.get('run_id')!r} is not its name")
+        return point
 
     def _max_event_bytes(self) -> int:
         limits = [b.max_event_bytes for b in self.backends if isinstance(b, JsonlBackend)]
         return min(limits, default=16 * 2**20)
 
     def _activate(self, run: _Run) -> None:
-        self.summary = {}
-        self._steps = itertools.count()
+        resumed = run.info.resumed
+        self.summary = dict(run.previous_summary)
+        self._steps = itertools.count(resumed.step if resumed is not None else 0)
         self._run = run
         self._encoder = run.encoder
         self._slow_calls = self._misses = self._host_calls = self._host_misses = 0
@@ -606,23 +709,38 @@ class Tracker(_TrackerBase):
             writes, with a warning). See docs/concepts.md.
     """
 
-    def init(self, config: ConfigLike = None) -> RunInfo:
-        """Open a new run on every backend.
+    def init(self, config: ConfigLike = None, *, resume: ResumeLike = None) -> RunInfo:
+        """Open a new run on every backend, or continue an earlier one.
 
         ``experiment_config`` is merged with ``config`` (``config`` wins). Either can
         be a mapping, an ``argparse.Namespace``, a dataclass instance or a pydantic
         model (their fields are the keys). If a run is still active it is finished
         first, with a :class:`steplog.TrackerWarning`.
 
+        Args:
+            config: The run's config.
+            resume: Continue a run of this experiment instead of starting one (after a
+                crash or a pre-emption): its run id, the path of its file under the
+                JSONL backend's root, or ``"latest"`` (its most recently started run;
+                a new run if it has none yet, so a restarted job can always pass it).
+                The run file is continued: a line torn by a killed writer is cut off,
+                a resume record starts the new segment, steps go on after the last
+                step recorded, ``config`` is merged over the run's config and
+                :attr:`summary` starts from its summary. Other backends are opened
+                with the same run id (MLflow continues its run). See docs/concepts.md.
+
         Raises:
             BackendOpenError: A backend could not open the run (nothing is started).
             TypeError: ``config`` is none of those.
+            RunNotFoundError: ``resume`` names a run that is not there.
+            RunFileError: The run to resume is not a readable run, or its writer still
+                runs on this host.
         """
         with self._lifecycle:
             if self._run is not None:
                 self._warn_reinit()
                 self.finish()
-            run, started = self._start(config)
+            run, started = self._start(config, resume)
             try:
                 run.info = started.result()
             finally:
@@ -731,12 +849,12 @@ class AsyncTracker(_TrackerBase):
     ``async with tracker.run(config):``.
     """
 
-    async def init(self, config: ConfigLike = None) -> RunInfo:
-        """Open a new run on every backend (see :meth:`Tracker.init`)."""
+    async def init(self, config: ConfigLike = None, *, resume: ResumeLike = None) -> RunInfo:
+        """Open a new run on every backend, or continue one (see :meth:`Tracker.init`)."""
         if self._run is not None:
             self._warn_reinit()
             await self.finish()
-        run, started = self._start(config)
+        run, started = self._start(config, resume)
         try:
             run.info = await wait_future(started)
         except BaseException:
@@ -886,3 +1004,37 @@ def _unique_names(backends: list[Backend]) -> list[str]:
             name = f"{base}-{n}"
         names.append(name)
     return names
+
+
+def _check_tags(tags: Any) -> tuple[str, ...]:
+    if isinstance(tags, (str, bytes)):
+        raise TypeError(f"tags must be a list of strings, not a single string ({tags!r})")
+    try:
+        out = tuple(tags)
+    except TypeError:
+        raise TypeError(f"tags must be a list of strings, not {type(tags).__name__}") from None
+    for tag in out:
+        if not isinstance(tag, str) or not tag:
+            raise TypeError(f"tags must be non-empty strings, got {tag!r}")
+    return tuple(dict.fromkeys(out))  # in order, each once
+
+
+def _ranks() -> tuple[int | None, int | None, int | None]:
+    """``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` from the environment, as torchrun,
+    ``accelerate`` and DeepSpeed set them (``None`` where unset or not a number)."""
+    values: list[int | None] = []
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        raw = os.environ.get(name)
+        try:
+            values.append(int(raw) if raw is not None else None)
+        except ValueError:
+            logger.warning("steplog: ignoring %s=%r (not an integer)", name, raw)
+            values.append(None)
+    return values[0], values[1], values[2]
+
+
+def _elastic_run_id() -> str | None:
+    """torchrun's job id (``--rdzv-id``), shared by every rank of a job; ``None`` when
+    unset or torchrun's placeholder ``"none"``."""
+    value = os.environ.get("TORCHELASTIC_RUN_ID")
+    return value if value and value != "none" else None

@@ -13,9 +13,11 @@ import anyio.to_thread
 
 from .._batch import EventBatch
 from .._names import check_name
+from ..errors import RunFileError
 from ..events import Event, RunEnd, RunInfo
 from ..runfile.codec import ValueEncoder
-from ..runfile.schema import SCHEMA_VERSION, end_record, start_record
+from ..runfile.read import open_run
+from ..runfile.schema import SCHEMA_VERSION, end_record, resume_record, start_record
 from .base import Backend, _overrides
 
 __all__ = ["SCHEMA_VERSION", "JsonlBackend"]
@@ -30,7 +32,8 @@ class JsonlBackend(Backend):
     """Writes each run to ``<root>/<experiment>/<run_id>.jsonl``.
 
     The first line is the run-start record, then one line per ``log()`` call, then the
-    run-end record (see ``docs/schema.md``). Each batch is encoded into one buffer and
+    run-end record (see ``docs/schema.md``). A resumed run (``init(resume=...)``) is
+    appended to its file, after a resume record. Each batch is encoded into one buffer and
     handed to the operating system in one ``write`` (the file is unbuffered), so a
     process that is killed leaves every earlier batch intact and at most the last line
     torn, which :func:`steplog.read_run` tolerates.
@@ -109,14 +112,40 @@ class JsonlBackend(Backend):
         if encoder is None:
             encoder = ValueEncoder(max_event_bytes=self.max_event_bytes)
         self._encoder = encoder
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
-        self._size = 0
         self._unwritten = None
         self._run_id = run.run_id
         self._inline = self.inline_write_limit > 0
         self._write_seconds = 0.0
-        self.path = path
-        self._write_all(self._encoder.encode(start_record(run)))
+        if run.resumed is not None and path.exists():
+            self._fd = os.open(path, os.O_RDWR | _O_CLOEXEC)
+            self.path = path
+            self._continue_file(path)
+        else:  # a new run (or a resumed one this backend has no file of: start one)
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
+            self._size = 0
+            self.path = path
+            self._write_all(self._encoder.encode(start_record(run)))
+        if run.resumed is not None:
+            self._write_all(self._encoder.encode(resume_record(run)))
+
+    def _continue_file(self, path: Path) -> None:
+        """Make the file of a run being resumed ready to append to: cut off the line a
+        killed writer left torn, end a whole last record that lacks its newline."""
+        try:
+            snapshot = open_run(path)
+        except ValueError as exc:
+            raise RunFileError(str(exc)) from None
+        if snapshot.torn:
+            logger.info(
+                "steplog: resuming %s: cut off the torn last line (%d bytes)",
+                path,
+                os.fstat(self._fd).st_size - snapshot.end,
+            )
+        os.ftruncate(self._fd, snapshot.end)
+        self._size = snapshot.end
+        os.lseek(self._fd, self._size, os.SEEK_SET)
+        if os.pread(self._fd, 1, self._size - 1) != b"\n":
+            self._write_all(b"\n")
 
     def _write_all(self, data: bytes | bytearray) -> None:
         """Append ``data``; after a failure, a retry resumes after the bytes that made it."""

@@ -12,7 +12,7 @@ import orjson
 from .. import _progress
 from ..runfile.codec import ValueEncoder
 from ..runfile.find import resolve_run
-from ..runfile.read import MetricStats, metric_stats, read_header
+from ..runfile.read import MetricStats, RunHeader, metric_stats, read_header
 from ..runfile.schema import flatten
 from ._common import (
     EXIT_OK,
@@ -65,6 +65,11 @@ def cmd_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             "steps": steps,
             "records": records,
             "torn": header.torn,
+            "group": header.group,
+            "tags": list(header.tags),
+            "rank": header.rank,
+            "world_size": header.world_size,
+            "segments": scan.segment_statuses(),
             "config": header.config,
             "stats": header.stats,
             "summary": header.summary,
@@ -83,6 +88,12 @@ def cmd_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     )
     if header.host or header.pid:
         print(f"process   {header.host} pid {header.pid}")
+    statuses = scan.segment_statuses()
+    if len(statuses) > 1:
+        times = count(len(statuses) - 1, "time")
+        print(f"resumed   {times}: {' → '.join(statuses)}")
+    if header.group or header.rank is not None or header.tags:
+        print(f"group     {_placement(header)}")
     if header.torn:
         print("warning   the last line is incomplete (writer killed, or still writing)")
     if header.stats:
@@ -180,3 +191,14 @@ def _outage(start: float | None, end: float | None, run_start: float) -> str:
         return "?"
     at = f"+{start - run_start:.1f} s"
     return f"{at} to the end" if end is None else f"{at} for {end - start:.1f} s"
+
+
+def _placement(header: RunHeader) -> str:
+    """Group, rank and tags, as one line."""
+    parts = [header.group or "–"]
+    if header.rank is not None:
+        size = f" of {header.world_size}" if header.world_size is not None else ""
+        parts.append(f"rank {header.rank}{size}")
+    if header.tags:
+        parts.append("tags " + ", ".join(header.tags))
+    return "  ·  ".join(parts)

@@ -112,7 +112,7 @@ class SteplogCallback(TrainerCallback):  # type: ignore[misc,valid-type]
         resuming = state.global_step > 0 or bool(args.resume_from_checkpoint)
         previous = _read_run_id(run_file) if resuming else None
         if previous is not None:
-            info = self.tracker.init(config, resume=previous)  # type: ignore[call-arg]
+            info = self.tracker.init(config, resume=previous)
         else:
             info = self.tracker.init(config)
         self._last_logs = {}

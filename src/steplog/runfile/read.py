@@ -30,19 +30,32 @@ import orjson
 from ..errors import RunFileError
 from ..events import Event, RunStats
 from .codec import decode
-from .schema import INCOMPLETE, RUN_END, RUN_START, RUNNING, SCHEMA_VERSION, flat_data, is_step
+from .schema import (
+    INCOMPLETE,
+    RESUME,
+    RUN_END,
+    RUN_START,
+    RUNNING,
+    SCHEMA_VERSION,
+    flat_data,
+    is_number,
+    is_step,
+)
 
 __all__ = [
     "WRITER_GONE_GRACE",
     "CorruptLineError",
     "MetricStats",
+    "ResumePoint",
     "Run",
     "RunHeader",
+    "RunSegment",
     "RunSnapshot",
     "StepScan",
     "WriterState",
     "iter_lines",
     "iter_steps",
+    "last_resume",
     "last_steps",
     "line_number",
     "metric_stats",
@@ -51,6 +64,7 @@ __all__ = [
     "parse_record",
     "read_header",
     "read_run",
+    "resume_point",
     "writer_state",
 ]
 
@@ -222,7 +236,12 @@ class RunHeader:
     host: str | None
     pid: int | None
     torn: bool  # the file ends in a line without its newline (killed or still writing)
-    ended: bool  # the run-end record is there
+    ended: bool  # the run-end record is there (of the last segment, in a resumed run)
+    group: str | None = None
+    tags: tuple[str, ...] = ()
+    rank: int | None = None
+    world_size: int | None = None
+    segments: int = 1  # 1 + the resumes seen (only those in the tail and the last one)
 
     @property
     def duration(self) -> float:
@@ -240,6 +259,7 @@ def read_header(snapshot: RunSnapshot, tail_bytes: int = TAIL_BYTES) -> RunHeade
     if offset > snapshot.body:
         lines = lines[1:]  # the first piece starts mid-line
     end: dict[str, Any] | None = None
+    resume: dict[str, Any] | None = None
     last_step: dict[str, Any] | None = None
     last: dict[str, Any] = {}
     for line in reversed(lines):
@@ -248,7 +268,11 @@ def read_header(snapshot: RunSnapshot, tail_bytes: int = TAIL_BYTES) -> RunHeade
             continue
         kind = record.get("type")
         if kind == RUN_END:
-            end = record
+            if end is None and resume is None:  # a resume after it reopened the run
+                end = record
+        elif kind == RESUME:
+            if resume is None:
+                resume = record
         elif kind is None and is_step(record):
             if last_step is None:
                 last_step = record
@@ -258,7 +282,12 @@ def read_header(snapshot: RunSnapshot, tail_bytes: int = TAIL_BYTES) -> RunHeade
         status = str(end.get("status"))
         last_time = float(end.get("end_time") or start["start_time"])
     else:
+        # Who writes the run now: its first process, or the one that resumed it last.
         alive = writer_state(start) is WriterState.ALIVE
+        if not alive:
+            if resume is None:
+                resume = last_resume(snapshot)
+            alive = resume is not None and writer_state(resume) is WriterState.ALIVE
         status = RUNNING if alive else INCOMPLETE
         last_time = float(last_step["time"]) if last_step else float(start["start_time"])
     return RunHeader(
@@ -277,7 +306,59 @@ def read_header(snapshot: RunSnapshot, tail_bytes: int = TAIL_BYTES) -> RunHeade
         pid=start.get("pid"),
         torn=snapshot.torn,
         ended=end is not None,
+        group=_text(start.get("group")),
+        tags=_tags(start.get("tags")),
+        rank=_int(start.get("rank")),
+        world_size=_int(start.get("world_size")),
+        segments=1 + _int((resume or {}).get("segment"), 0),
     )
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _tags(value: Any) -> tuple[str, ...]:
+    return tuple(t for t in value if isinstance(t, str)) if isinstance(value, list) else ()
+
+
+def _int(value: Any, default: int | None = None) -> Any:
+    return value if type(value) is int else default
+
+
+_RESUME_LINE = b'\n{"type":"' + RESUME.encode() + b'"'
+
+
+def last_resume(snapshot: RunSnapshot) -> dict[str, Any] | None:
+    """The snapshot's last resume record, or ``None`` if the run was never resumed.
+
+    Searches backwards for a line that starts with the record's type (step records start
+    with ``{"step"``), so a never-resumed file is read once, at memory speed, and a
+    resumed one only back to its last resume.
+    """
+    with open(snapshot.path, "rb") as f:
+        end = snapshot.end
+        while end > snapshot.body:
+            offset = max(snapshot.body - 1, end - CHUNK_BYTES)
+            f.seek(offset)
+            data = f.read(end - offset)
+            hit = data.rfind(_RESUME_LINE)
+            if hit >= 0:
+                line_end = data.find(b"\n", hit + 1)
+                if line_end < 0:  # the line runs past this chunk: read it whole
+                    f.seek(offset + hit + 1)
+                    line = f.readline()
+                else:
+                    line = data[hit + 1 : line_end]
+                record = parse_line(line)
+                if record is not None and record.get("type") == RESUME:
+                    return record
+                end = offset + hit  # not a record after all: search before it
+                continue
+            if offset <= snapshot.body - 1:
+                return None
+            end = offset + len(_RESUME_LINE)  # a match may straddle the chunk boundary
+    return None
 
 
 def last_steps(snapshot: RunSnapshot, count: int) -> list[dict[str, Any]]:
@@ -345,11 +426,16 @@ def iter_lines(
 
 
 def iter_steps(
-    snapshot: RunSnapshot, progress: Callable[[int], None] | None = None
+    snapshot: RunSnapshot,
+    progress: Callable[[int], None] | None = None,
+    *,
+    others: list[dict[str, Any]] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Step records of the snapshot (``{"step", "time", "data"}``), in file order.
 
-    Corrupt lines are skipped and their numbers added to ``snapshot.corrupt``.
+    Corrupt lines are skipped and their numbers added to ``snapshot.corrupt``. The other
+    records (run ends, resumes, and the kinds of newer versions) go to ``others`` if
+    given.
     """
     loads = orjson.loads
     corrupt = snapshot.corrupt
@@ -368,6 +454,8 @@ def iter_steps(
             corrupt.add(number)
             continue
         if "type" in record:
+            if others is not None:
+                others.append(decode(record) if b'"$' in line else record)
             continue  # run end, or a record type of a newer minor version
         if b'"$' in line:
             record = decode(record)
@@ -437,6 +525,18 @@ class StepScan:
     metrics: dict[str, MetricStats]
     records: int = 0
     last_step: int | None = None  # the step of the last record
+    others: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # typed records
+
+    def segment_statuses(self) -> list[str]:
+        """How each segment of the run ended, in order (one unless it was resumed)."""
+        statuses = [INCOMPLETE]
+        for record in self.others:
+            kind = record.get("type")
+            if kind == RESUME:
+                statuses.append(INCOMPLETE)
+            elif kind == RUN_END:
+                statuses[-1] = str(record.get("status"))
+        return statuses
 
 
 def metric_stats(snapshot: RunSnapshot, progress: Callable[[int], None] | None = None) -> StepScan:
@@ -444,7 +544,8 @@ def metric_stats(snapshot: RunSnapshot, progress: Callable[[int], None] | None =
     stats: dict[str, MetricStats] = {}
     records = 0
     step: int | None = None
-    for record in iter_steps(snapshot, progress):
+    others: list[dict[str, Any]] = []
+    for record in iter_steps(snapshot, progress, others=others):
         records += 1
         step = record["step"]
         for key, value in flat_data(record["data"]).items():
@@ -452,7 +553,31 @@ def metric_stats(snapshot: RunSnapshot, progress: Callable[[int], None] | None =
             if entry is None:
                 entry = stats[key] = MetricStats()
             entry.add(step, value)
-    return StepScan(stats, records, step)
+    return StepScan(stats, records, step, others)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunSegment:
+    """One stretch of a run written by one process: the whole run, unless it was
+    resumed (``init(resume=...)``), which starts a new segment.
+
+    Attributes:
+        number: 0 for the run's start, 1 for the first resume, and so on.
+        start_time: When the segment started (the run started, or was resumed).
+        end_time: When it ended, or ``None`` (no run-end record: killed, or running).
+        status: How it ended: a run-end status, or ``"incomplete"``.
+        first_step: The step the segment started from.
+        pid: The process that wrote it.
+        host: The machine it ran on.
+    """
+
+    number: int
+    start_time: float
+    end_time: float | None
+    status: str
+    first_step: int
+    pid: int | None
+    host: str | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -475,6 +600,12 @@ class Run:
         torn: Whether the last line was cut short (a writer killed mid-write); it is
             skipped.
         schema: The record schema version of the file.
+        group: The run's group (see ``Tracker(group=)``), or ``None``.
+        tags: The run's tags.
+        rank: The rank of the process in a distributed job, or ``None``.
+        world_size: The number of processes in that job, or ``None``.
+        segments: The run's segments, one per process that wrote it: one unless it was
+            resumed; their statuses are its status history.
     """
 
     path: Path
@@ -490,6 +621,11 @@ class Run:
     end_time: float | None
     torn: bool
     schema: int
+    group: str | None = None
+    tags: tuple[str, ...] = ()
+    rank: int | None = None
+    world_size: int | None = None
+    segments: tuple[RunSegment, ...] = ()
 
     def series(self, key: str) -> list[tuple[int, Any]]:
         """Return ``(step, value)`` pairs for ``key``, in file order."""
@@ -525,6 +661,12 @@ def read_run(path: str | os.PathLike[str]) -> Run:
     records: list[Event] = []
     history: dict[str, list[Any]] = {}
     end: dict[str, Any] | None = None
+    config: dict[str, Any] = start.get("config") or {}
+    segments: list[RunSegment] = [
+        RunSegment(
+            0, start["start_time"], None, INCOMPLETE, 0, _int(start.get("pid")), start.get("host")
+        )
+    ]
     loads = orjson.loads
     for number, line in enumerate(iter_lines(snapshot), start=2):
         # parse_record's rules, with its common case inlined (the loop of long runs).
@@ -544,8 +686,15 @@ def read_run(path: str | os.PathLike[str]) -> Run:
                 raise RunFileError(f"{path}:{number}: {exc}") from None
             if record is None:
                 continue
-            if record.get("type") == RUN_END:
+            kind = record.get("type")
+            if kind == RUN_END:
                 end = record
+                segments[-1] = _ended(segments[-1], record)
+            elif kind == RESUME:
+                end = None
+                segments.append(_segment(record, len(segments), path, number))
+                given = record.get("config")
+                config = given if isinstance(given, dict) else config
             continue  # record types from newer minor versions are skipped
         records.append(Event(step, time, data))
         for key, value in data.items():
@@ -562,7 +711,7 @@ def read_run(path: str | os.PathLike[str]) -> Run:
         path=path,
         run_id=start["run_id"],
         experiment=start["experiment"],
-        config=start.get("config") or {},
+        config=config,
         records=records,
         history=history,
         summary=(end or {}).get("summary") or {},
@@ -572,4 +721,85 @@ def read_run(path: str | os.PathLike[str]) -> Run:
         end_time=end.get("end_time") if end else None,
         torn=snapshot.torn,
         schema=schema,
+        group=_text(start.get("group")),
+        tags=_tags(start.get("tags")),
+        rank=_int(start.get("rank")),
+        world_size=_int(start.get("world_size")),
+        segments=tuple(segments),
+    )
+
+
+def _ended(segment: RunSegment, end: dict[str, Any]) -> RunSegment:
+    when: Any = end.get("end_time")
+    return dataclasses.replace(
+        segment,
+        end_time=float(when) if is_number(when) else None,
+        status=str(end.get("status")),
+    )
+
+
+def _segment(record: dict[str, Any], number: int, path: Path, line: int) -> RunSegment:
+    when: Any = record.get("time")
+    step = record.get("step")
+    if not is_number(when) or type(step) is not int:
+        raise RunFileError(f"{path}:{line}: a resume record needs a numeric 'time' and 'step'")
+    return RunSegment(
+        number, float(when), None, INCOMPLETE, step, _int(record.get("pid")), record.get("host")
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ResumePoint:
+    """Where ``init(resume=...)`` continues a run file (see :func:`resume_point`).
+
+    Attributes:
+        path: The run file.
+        start: Its run-start record.
+        config: The run's config (the start record's, or the last resume's).
+        summary: The summary of the run's last end, or ``{}``.
+        next_step: One past the last step in the file (0 if it has none).
+        segment: The number the new segment gets.
+        previous_status: How the last segment ended (``"incomplete"`` if it did not).
+    """
+
+    path: Path
+    start: dict[str, Any]
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    next_step: int
+    segment: int
+    previous_status: str
+
+
+def resume_point(path: Path) -> ResumePoint:
+    """Inspect the run file at ``path`` for resuming it.
+
+    Raises:
+        RunFileError: The file is not a steplog run, or its writer still runs on this
+            host (a run is written by one process at a time).
+        OSError: It cannot be read.
+    """
+    try:
+        snapshot = open_run(path)
+    except ValueError as exc:
+        raise RunFileError(str(exc)) from None
+    header = read_header(snapshot)
+    if header.status == RUNNING:
+        resumed = last_resume(snapshot)
+        pid = (resumed or snapshot.start).get("pid")
+        raise RunFileError(
+            f"{path}: run {header.run_id} is still being written by process {pid} on this "
+            "host; resume it once that process has ended"
+        )
+    steps = last_steps(snapshot, 1)
+    resumed = last_resume(snapshot)
+    config = (resumed or snapshot.start).get("config")
+    return ResumePoint(
+        path=path,
+        start=snapshot.start,
+        config=config if isinstance(config, dict) else {},
+        summary=dict(header.summary) if header.ended else {},
+        next_step=steps[0]["step"] + 1 if steps else 0,
+        segment=_int((resumed or {}).get("segment"), 0) + 1,
+        previous_status=header.status,
     )

@@ -1,7 +1,10 @@
 """The run file's record layout (version 1; see docs/schema.md), written down once.
 
 A run file holds one JSON object per line: the run-start record, one step record per
-``log()`` call (``{"step", "time", "data"}``, no ``type``), and the run-end record.
+``log()`` call (``{"step", "time", "data"}``, no ``type``), and the run-end record. A
+resumed run (``init(resume=...)``) goes on after that: a resume record starts each new
+segment, whose steps and run-end record follow; readers take the last run-end record
+after the last resume record as the run's end.
 Values are encoded by :mod:`steplog.runfile.codec`. The writer process of
 ``durability="process"`` (``steplog._ringchild``, which may not import steplog) writes
 the ``"killed"`` run-end record itself, with the same fields.
@@ -16,6 +19,7 @@ from ..events import RunEnd, RunInfo
 
 __all__ = [
     "INCOMPLETE",
+    "RESUME",
     "RUNNING",
     "RUN_END",
     "RUN_START",
@@ -25,6 +29,7 @@ __all__ = [
     "flatten",
     "is_number",
     "is_step",
+    "resume_record",
     "start_record",
 ]
 
@@ -32,8 +37,10 @@ __all__ = [
 SCHEMA_VERSION = 1
 #: The ``type`` of the first record.
 RUN_START = "run_start"
-#: The ``type`` of the last record.
+#: The ``type`` of the last record (of each segment, in a resumed run).
 RUN_END = "run_end"
+#: The ``type`` of the record that starts a resumed run's new segment.
+RESUME = "resume"
 #: Status reported for a file without a run-end record whose writer is gone (killed
 #: before it could finish the run), or that cannot be checked.
 INCOMPLETE = "incomplete"
@@ -52,6 +59,45 @@ def start_record(run: RunInfo) -> dict[str, Any]:
         "pid": run.pid,
         "host": run.host,
         "config": run.config,
+        **_placement(run),
+    }
+
+
+def _placement(run: RunInfo) -> dict[str, Any]:
+    """The group, tags and ranks of ``run``: only those that are set, so the records of
+    a plain run stay as they were."""
+    out: dict[str, Any] = {}
+    if run.group is not None:
+        out["group"] = run.group
+    if run.tags:
+        out["tags"] = list(run.tags)
+    for name in ("rank", "local_rank", "world_size"):
+        value = getattr(run, name)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def resume_record(run: RunInfo) -> dict[str, Any]:
+    """The record that starts the new segment of the resumed ``run``.
+
+    Its ``config`` is the run's config from then on: the run-start record's, updated
+    with the config given to the resuming ``init()``.
+    """
+    resumed = run.resumed
+    if resumed is None:
+        raise ValueError(f"run {run.run_id} is not a resumed run")
+    return {
+        "type": RESUME,
+        "run_id": run.run_id,
+        "time": resumed.resume_time,
+        "segment": resumed.segment,
+        "step": resumed.step,
+        "previous_status": resumed.previous_status,
+        "pid": run.pid,
+        "host": run.host,
+        "config": run.config,
+        **_placement(run),
     }
 
 

@@ -1,0 +1,266 @@
+"""init(resume=...): a run continued after a crash, a pre-emption or a clean finish."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import steplog
+from steplog.runfile.read import open_run, read_header
+
+# A training script as a user writes it for a pre-emptible job: the same command on
+# every (re)start, resume="latest".
+SCRIPT = """
+import os, sys, steplog
+root, steps, kill_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+tracker = steplog.Tracker(
+    steplog.JsonlBackend(root), experiment_name="job", flush_interval=0.01,
+    durability=os.environ.get("DURABILITY", "thread"),
+)
+info = tracker.init({"lr": float(os.environ.get("LR", "0.1"))}, resume="latest")
+first = info.resumed.step if info.resumed else 0
+for step in range(first, steps):
+    tracker.log({"loss": 1.0 / (step + 1), "step_seen": step})
+    if step == kill_at:
+        tracker.flush()
+        os.kill(os.getpid(), 9)
+tracker.summary["last"] = steps - 1
+tracker.finish()
+"""
+
+
+def _job(root: Path, steps: int, kill_at: int = -1, **env: str) -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(root), str(steps), str(kill_at)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return done.returncode
+
+
+def _only_run(root: Path) -> Path:
+    (path,) = (root / "job").glob("*.jsonl")
+    return path
+
+
+def test_killed_job_resumed_twice_is_one_run_with_every_step_once(tmp_path: Path) -> None:
+    """A job SIGKILLed twice and restarted with resume="latest" leaves one run file:
+    every step once and in order, three segments, the last one finished."""
+    assert _job(tmp_path, 3_000, kill_at=999) == -signal.SIGKILL
+    assert _job(tmp_path, 3_000, kill_at=1_999) == -signal.SIGKILL
+    assert _job(tmp_path, 3_000) == 0
+    run = steplog.read_run(_only_run(tmp_path))
+    assert [e.step for e in run.records] == list(range(3_000))
+    assert [e.data["step_seen"] for e in run.records] == list(range(3_000))
+    assert run.status == "finished"
+    assert [s.status for s in run.segments] == ["incomplete", "incomplete", "finished"]
+    assert [s.first_step for s in run.segments] == [0, 1_000, 2_000]
+    assert run.summary == {"last": 2_999}
+    assert run.stats is not None and run.stats.logged == 1_000  # the last segment's
+
+
+def test_torn_last_line_is_cut_off_before_appending(tmp_path: Path) -> None:
+    """The line a killed writer left half-written is cut off, and the new segment
+    starts on a line of its own: the file reads strictly, with no corrupt line."""
+    assert _job(tmp_path, 100, kill_at=49) == -signal.SIGKILL
+    path = _only_run(tmp_path)
+    with open(path, "ab") as f:
+        f.write(b'{"step":50,"time":17')  # what a kill mid-write leaves
+    assert open_run(path).torn
+    assert _job(tmp_path, 100) == 0
+    run = steplog.read_run(path)  # strict: raises on a corrupt line
+    assert not run.torn
+    assert [e.step for e in run.records] == list(range(100))
+    assert b'"time":17{' not in path.read_bytes()
+
+
+def test_process_durability_resumes_too(tmp_path: Path) -> None:
+    """With the writer process (durability="process"), which ends a killed run as
+    "killed" itself, a resumed run continues after that end."""
+    env = {"DURABILITY": "process"}
+    assert _job(tmp_path, 500, kill_at=199, **env) == -signal.SIGKILL
+    path = _only_run(tmp_path)
+    deadline = time.monotonic() + 10
+    while not read_header(open_run(path)).ended and time.monotonic() < deadline:
+        time.sleep(0.05)  # the writer process ends the run after its parent died
+    assert _job(tmp_path, 500, **env) == 0
+    run = steplog.read_run(path)
+    assert [e.step for e in run.records] == list(range(500))
+    assert [s.status for s in run.segments] == ["killed", "finished"]
+
+
+def test_resume_by_id_continues_a_finished_run_with_merged_config(tmp_path: Path) -> None:
+    """A finished run resumed by its id goes on from its last step; the new config is
+    merged over the old one and the summary carries over."""
+    tracker = steplog.Tracker(steplog.JsonlBackend(tmp_path), experiment_name="e")
+    info = tracker.init({"lr": 0.1, "model": "mlp"})
+    for _ in range(10):
+        tracker.log({"loss": 1.0})
+    tracker.finish({"best": 0.5})
+    again = steplog.Tracker(steplog.JsonlBackend(tmp_path), experiment_name="e")
+    resumed = again.init({"lr": 0.01}, resume=info.run_id)
+    assert resumed.run_id == info.run_id
+    assert resumed.resumed is not None
+    assert (resumed.resumed.step, resumed.resumed.segment) == (10, 1)
+    assert resumed.resumed.previous_status == "finished"
+    assert again.summary == {"best": 0.5}
+    again.log({"loss": 0.25})
+    again.log({"loss": 0.125}, step=20)
+    again.finish({"final": 0.125})
+    run = steplog.read_run(tmp_path / "e" / f"{info.run_id}.jsonl")
+    assert [e.step for e in run.records] == [*range(10), 10, 20]
+    assert run.config == {"lr": 0.01, "model": "mlp"}
+    assert run.summary == {"best": 0.5, "final": 0.125}
+    assert [s.status for s in run.segments] == ["finished", "finished"]
+    assert run.start_time == info.start_time
+    header = read_header(open_run(run.path))
+    assert (header.status, header.steps, header.segments) == ("finished", 21, 2)
+
+
+def test_resume_by_path(tmp_path: Path) -> None:
+    """A run file's path under the backend's root works as well as its id; a file
+    elsewhere is refused with the reason."""
+    tracker = steplog.Tracker(steplog.JsonlBackend(tmp_path / "runs"), experiment_name="e")
+    tracker.init()
+    tracker.log({"x": 1})
+    tracker.finish()
+    path = tracker.backends[0].path  # type: ignore[attr-defined]
+    info = tracker.init(resume=str(path))
+    tracker.finish()
+    assert info.resumed is not None and info.resumed.step == 1
+    other = steplog.Tracker(steplog.JsonlBackend(tmp_path / "elsewhere"), experiment_name="e")
+    with pytest.raises(ValueError, match="writes under"):
+        other.init(resume=path)
+
+
+def test_latest_without_a_run_starts_a_new_one(tmp_path: Path) -> None:
+    """resume="latest" in an experiment with no run yet starts a new run: the first
+    start of a job and its restarts run the same command."""
+    tracker = steplog.Tracker(steplog.JsonlBackend(tmp_path), experiment_name="fresh")
+    info = tracker.init(resume="latest")
+    tracker.log({"x": 1})
+    tracker.finish()
+    assert info.resumed is None
+    run = steplog.read_run(tracker.backends[0].path)  # type: ignore[attr-defined]
+    assert [s.number for s in run.segments] == [0]
+
+
+def test_latest_picks_the_most_recently_started_run(tmp_path: Path) -> None:
+    """Of several runs, "latest" continues the one started last."""
+    tracker = steplog.Tracker(steplog.JsonlBackend(tmp_path), experiment_name="e")
+    ids = []
+    for _ in range(3):
+        ids.append(tracker.init().run_id)
+        tracker.finish()
+    assert tracker.init(resume="latest").run_id == ids[-1]
+    tracker.finish()
+
+
+def test_bad_resume_requests_fail_at_init(tmp_path: Path) -> None:
+    """An unknown run id, a non-run file, a tracker without a JSONL backend and a
+    value of the wrong type fail in init() with a clear error, and start nothing."""
+    tracker = steplog.Tracker(steplog.JsonlBackend(tmp_path), experiment_name="e")
+    with pytest.raises(steplog.RunNotFoundError, match="no run 'nope' to resume"):
+        tracker.init(resume="nope")
+    (tmp_path / "e").mkdir(exist_ok=True)
+    (tmp_path / "e" / "junk.jsonl").write_text('{"a": 1}\n')
+    with pytest.raises(steplog.RunFileError, match="not a steplog run"):
+        tracker.init(resume="junk")
+    with pytest.raises(TypeError, match="resume must be"):
+        tracker.init(resume=5)  # type: ignore[arg-type]
+    memory = steplog.Tracker(steplog.MemoryBackend())
+    with pytest.raises(ValueError, match=r"needs a steplog\.JsonlBackend"):
+        memory.init(resume="latest")
+    assert not tracker.active and not memory.active
+
+
+def test_a_run_still_being_written_is_not_resumed(tmp_path: Path) -> None:
+    """Resuming a run whose writer still runs on this host is refused: two processes
+    must not write one file."""
+    writer = steplog.Tracker(steplog.JsonlBackend(tmp_path), experiment_name="e")
+    info = writer.init()
+    writer.log({"x": 1})
+    writer.flush()
+    other = steplog.Tracker(steplog.JsonlBackend(tmp_path), experiment_name="e")
+    with pytest.raises(steplog.RunFileError, match="still being written by process"):
+        other.init(resume=info.run_id)
+    writer.finish()
+
+
+def test_a_resumed_run_being_written_shows_as_running(tmp_path: Path) -> None:
+    """While a resumed run is written by a live process whose first writer is gone,
+    readers report it running (the resume record names the writer), and a second
+    resume is refused."""
+    assert _job(tmp_path, 20, kill_at=9) == -signal.SIGKILL
+    path = _only_run(tmp_path)
+    tracker = steplog.Tracker(steplog.JsonlBackend(tmp_path), experiment_name="job")
+    tracker.init(resume="latest")
+    tracker.log({"loss": 0.1})
+    tracker.flush()
+    assert read_header(open_run(path)).status == "running"
+    other = steplog.Tracker(steplog.JsonlBackend(tmp_path), experiment_name="job")
+    with pytest.raises(steplog.RunFileError, match=f"process {os.getpid()}"):
+        other.init(resume="latest")
+    tracker.finish()
+    assert read_header(open_run(path)).status == "finished"
+
+
+def test_async_tracker_resumes(tmp_path: Path) -> None:
+    """AsyncTracker.init takes resume= as well."""
+    import anyio
+
+    async def main() -> steplog.RunInfo:
+        tracker = steplog.AsyncTracker(steplog.JsonlBackend(tmp_path), experiment_name="e")
+        await tracker.init()
+        tracker.log({"x": 1})
+        await tracker.finish()
+        info = await tracker.init(resume="latest")
+        tracker.log({"x": 2})
+        await tracker.finish()
+        return info
+
+    info = anyio.run(main)
+    assert info.resumed is not None and info.resumed.step == 1
+    run = steplog.read_run(tmp_path / "e" / f"{info.run_id}.jsonl")
+    assert [(e.step, e.data["x"]) for e in run.records] == [(0, 1), (1, 2)]
+
+
+def test_replay_and_cli_read_a_resumed_run_as_one(tmp_path: Path) -> None:
+    """replay sends every segment's steps with the last segment's status, and
+    `steplog show` reports the segments' statuses."""
+    assert _job(tmp_path, 200, kill_at=99) == -signal.SIGKILL
+    assert _job(tmp_path, 200) == 0
+    path = _only_run(tmp_path)
+    memory = steplog.MemoryBackend()
+    steplog.replay(path, memory)
+    assert [e.step for e in memory.records] == list(range(200))
+    assert memory.status == "finished"
+    shown = subprocess.run(
+        [sys.executable, "-m", "steplog", "show", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "resumed   1 time: incomplete → finished" in shown
+
+
+def test_resume_keeps_the_run_start_record_and_appends_only(tmp_path: Path) -> None:
+    """The file is only appended to (after cutting a torn line): the bytes of the
+    first segment are unchanged."""
+    assert _job(tmp_path, 50) == 0
+    path = _only_run(tmp_path)
+    before = path.read_bytes()
+    assert _job(tmp_path, 80) == 0
+    after = path.read_bytes()
+    assert after.startswith(before)
+    resume_line = after[len(before) :].split(b"\n")[0]
+    assert resume_line.startswith(b'{"type":"resume"')

@@ -174,3 +174,12 @@ def test_off_rank_zero_nothing_is_written(tmp_path, monkeypatch):
     logger.finalize("success")
     assert not logger.tracker.active
     assert not list(tmp_path.iterdir())
+
+
+def test_pickling_the_logger_says_why_it_cannot(tmp_path):
+    """Pickling (what ddp_spawn does to a Trainer's loggers) raises a TypeError that
+    names the way out, not a bare lock error."""
+    import pickle
+
+    with pytest.raises(TypeError, match="ddp_spawn"):
+        pickle.dumps(SteplogLogger(steplog.JsonlBackend(tmp_path)))

@@ -15,6 +15,9 @@ CASES = [
     ("trackio", "steplog.TrackioBackend()", "trackio"),
     ("matplotlib", "steplog.LivePlotBackend()", "plot"),
     ("tropt", "import steplog.integrations.tropt", "tropt"),
+    ("lightning", "import steplog.integrations.lightning", "lightning"),
+    ("transformers", "import steplog.integrations.transformers", "transformers"),
+    ("optuna", "import steplog.integrations.optuna", "optuna"),
 ]
 
 
@@ -30,7 +33,9 @@ def test_missing_dependency_raises_missing_extra_error(tmp_path, module, code, e
         "except steplog.MissingExtraError as exc:\n"
         "    print('MISSING', exc)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(shim)}
+    # The shim goes first; the rest of PYTHONPATH (a checkout's src/) stays.
+    path = [str(shim), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60
     )
@@ -43,7 +48,8 @@ def test_importing_steplog_imports_no_optional_library():
     code = (
         "import sys, steplog, steplog.backends\n"
         "heavy = ['wandb', 'mlflow', 'trackio', 'httpx', 'matplotlib', 'crc32c', "
-        "'tensorboard', 'tropt', 'pyarrow', 'numpy', 'torch', 'jax']\n"
+        "'tensorboard', 'tropt', 'pyarrow', 'numpy', 'torch', 'jax', 'lightning', "
+        "'transformers', 'optuna']\n"
         "print([m for m in heavy if m in sys.modules])\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -223,6 +223,9 @@ class _TrackerBase:
         self.rank0_only = rank0_only
         self._forked = False
         self._orphan_hook: weakref.finalize[Any, Any] | None = None
+        #: The id the next run takes instead of a new one (set by integrations whose
+        #: host library asks for the run's id before the run can start, e.g. Lightning).
+        self._next_run_id: str | None = None
 
     def __repr__(self) -> str:
         state = f"active run {self._run.info.run_id!r}" if self._run else "inactive"
@@ -437,8 +440,9 @@ class _TrackerBase:
             else list(zip(self._names, self.backends, strict=True))
         )
         group = self.group or os.environ.get("STEPLOG_GROUP") or _elastic_run_id()
+        run_id, self._next_run_id = self._next_run_id or new_run_id(), None
         info = RunInfo(
-            run_id=new_run_id(),
+            run_id=run_id,
             experiment=self.experiment_name,
             config=self._merged_config(config),
             start_time=time.time(),

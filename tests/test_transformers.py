@@ -1,0 +1,108 @@
+"""SteplogCallback in a real transformers.Trainer on a tiny random model, on CPU."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+
+import pytest
+
+import steplog
+
+pytest.importorskip("transformers", reason="pip install 'steplog[transformers]'")
+pytest.importorskip("accelerate", reason="pip install 'steplog[transformers]'")
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+
+from steplog.integrations.transformers import RUN_FILE_NAME, SteplogCallback
+
+
+class Tokens(torch.utils.data.Dataset):
+    """64 random sequences of 16 tokens, the labels the inputs (a language model)."""
+
+    def __init__(self) -> None:
+        self.ids = torch.randint(0, 64, (64, 16), generator=torch.Generator().manual_seed(0))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+def tiny_model() -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+    return GPT2LMHeadModel(config)
+
+
+def trainer(tmp_path, callback, *, max_steps: int, save_steps: int | None = None) -> Trainer:
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=max_steps,
+        per_device_train_batch_size=8,
+        logging_steps=5,
+        learning_rate=1e-3,
+        report_to=[],
+        disable_tqdm=True,
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        use_cpu=True,
+        seed=0,
+    )
+    return Trainer(tiny_model(), args, train_dataset=Tokens(), callbacks=[callback])
+
+
+def test_on_log_matches_the_trainers_log_history(tmp_path):
+    """Every on_log call is a record at the Trainer's global step with the values of
+    ``state.log_history``; the config holds the arguments and the model config; the
+    summary holds the final train metrics."""
+    callback = SteplogCallback(steplog.JsonlBackend(tmp_path / "runs"), experiment_name="lm")
+    t = trainer(tmp_path, callback, max_steps=40)
+    t.train()
+    run = steplog.read_run(callback.run_path)
+    history = t.state.log_history
+    assert [r.step for r in run.records] == [e["step"] for e in history]
+    assert [r.step for r in run.records] == [5, 10, 15, 20, 25, 30, 35, 40, 40]
+    for record, entry in zip(run.records, history, strict=True):
+        assert record.data == pytest.approx({k: v for k, v in entry.items() if k != "step"})
+    assert run.status == "finished"
+    assert run.config["max_steps"] == 40 and run.config["learning_rate"] == 1e-3
+    assert run.config["model_config"]["n_embd"] == 16
+    assert run.summary["global_step"] == 40
+    assert math.isfinite(run.summary["train_loss"]) and "train_runtime" in run.summary
+    saved = json.loads((tmp_path / "out" / RUN_FILE_NAME).read_text())
+    assert saved["run_id"] == run.run_id
+    assert saved["path"] == str(callback.run_path)
+
+
+def test_only_the_world_process_zero_writes(tmp_path):
+    """On a process that is not the world's zero, the callback starts no run."""
+    callback = SteplogCallback(steplog.JsonlBackend(tmp_path / "runs"))
+    t = trainer(tmp_path, callback, max_steps=5)
+    t.state.is_world_process_zero = False
+    args, state, control = t.args, t.state, t.control
+    callback.on_train_begin(args, state, control, model=t.model)
+    callback.on_log(args, state, control, logs={"loss": 1.0})
+    callback.on_train_end(args, state, control)
+    assert callback.run_path is None and not callback.tracker.active
+
+
+@pytest.mark.skipif(
+    "resume" not in inspect.signature(steplog.Tracker.init).parameters,
+    reason="Tracker.init(resume=...) has not landed yet",
+)
+def test_a_training_resumed_from_a_checkpoint_continues_the_run(tmp_path):
+    """train(resume_from_checkpoint=...) in a new Trainer and callback continues the
+    same run file: the steps after the checkpoint follow the first segment's."""
+    first = SteplogCallback(steplog.JsonlBackend(tmp_path / "runs"))
+    trainer(tmp_path, first, max_steps=20, save_steps=10).train()
+    path = first.run_path
+    second = SteplogCallback(steplog.JsonlBackend(tmp_path / "runs"))
+    t = trainer(tmp_path, second, max_steps=30, save_steps=10)
+    t.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-20"))
+    assert second.run_path == path
+    run = steplog.read_run(path)
+    assert run.status == "finished"
+    assert [r.step for r in run.records if "loss" in r.data] == [5, 10, 15, 20, 25, 30]

@@ -264,3 +264,16 @@ def test_resume_keeps_the_run_start_record_and_appends_only(tmp_path: Path) -> N
     assert after.startswith(before)
     resume_line = after[len(before) :].split(b"\n")[0]
     assert resume_line.startswith(b'{"type":"resume"')
+
+
+def test_run_context_manager_takes_resume(tmp_path: Path) -> None:
+    """`with tracker.run(config, resume=...)` resumes as init() does."""
+    tracker = steplog.Tracker(steplog.JsonlBackend(tmp_path), experiment_name="e")
+    with tracker.run({"a": 1}) as first:
+        tracker.log({"x": 1})
+    with tracker.run(resume=first.run_id) as again:
+        tracker.log({"x": 2})
+    assert again.run_id == first.run_id
+    run = steplog.read_run(tmp_path / "e" / f"{first.run_id}.jsonl")
+    assert [e.step for e in run.records] == [0, 1]
+    assert [s.status for s in run.segments] == ["finished", "finished"]

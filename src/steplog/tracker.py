@@ -856,14 +856,15 @@ class Tracker(_TrackerBase):
         return self._finished(stats)
 
     @contextlib.contextmanager
-    def run(self, config: ConfigLike = None) -> Iterator[RunInfo]:
-        """Run the block as one run: ``init(config)`` on entry, ``finish()`` on exit.
+    def run(self, config: ConfigLike = None, *, resume: ResumeLike = None) -> Iterator[RunInfo]:
+        """Run the block as one run: ``init(config, resume=resume)`` on entry,
+        ``finish()`` on exit.
 
         The status is ``"finished"``, ``"failed"`` if the block raised, or
         ``"interrupted"`` on ``KeyboardInterrupt``; the exception propagates. Calling
         ``finish(summary)`` inside the block is allowed.
         """
-        info = self.init(config)
+        info = self.init(config, resume=resume)
         try:
             yield info
         except BaseException as exc:
@@ -950,9 +951,11 @@ class AsyncTracker(_TrackerBase):
         return self._finished(stats)
 
     @contextlib.asynccontextmanager
-    async def run(self, config: ConfigLike = None) -> AsyncIterator[RunInfo]:
+    async def run(
+        self, config: ConfigLike = None, *, resume: ResumeLike = None
+    ) -> AsyncIterator[RunInfo]:
         """Run the block as one run (see :meth:`Tracker.run`)."""
-        info = await self.init(config)
+        info = await self.init(config, resume=resume)
         try:
             yield info
         except BaseException as exc:

@@ -29,6 +29,7 @@ from .errors import MissingExtraError as MissingExtraError
 from .errors import MlflowError as MlflowError
 from .errors import PermanentBackendError as PermanentBackendError
 from .errors import RunFileError as RunFileError
+from .errors import RunFileWarning as RunFileWarning
 from .errors import RunNotFoundError as RunNotFoundError
 from .errors import SteplogError as SteplogError
 from .errors import TrackerError as TrackerError
@@ -42,6 +43,7 @@ from .events import RunStats as RunStats
 from .events import RunStatus as RunStatus
 from .replay import replay as replay
 from .replay import replay_async as replay_async
+from .runfile.columns import scan as scan
 from .runfile.read import Run as Run
 from .runfile.read import read_run as read_run
 from .tracker import AsyncTracker as AsyncTracker
@@ -84,6 +86,7 @@ __all__ = [
     "Run",
     "RunEnd",
     "RunFileError",
+    "RunFileWarning",
     "RunInfo",
     "RunNotFoundError",
     "RunStats",
@@ -101,4 +104,5 @@ __all__ = [
     "read_run",
     "replay",
     "replay_async",
+    "scan",
 ]

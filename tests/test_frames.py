@@ -7,6 +7,7 @@ steps, mixed types and the value tags.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -333,3 +334,26 @@ def test_frames_of_an_empty_run_have_the_fixed_columns(tmp_path):
     assert list(frame.columns)[-2:] == ["step", "time"] and len(frame) == 0
     assert steplog.read_run(path).to_polars().columns == ["step", "time"]
     assert isinstance(steplog.read_run(path).to_pandas(), pd.DataFrame)
+
+
+def test_types_merge_the_same_across_blocks_of_a_long_run(tmp_path):
+    """A key whose type changes after the first block of 65 536 records (ints, then
+    floats; floats, then an int beyond 2**53; a key that appears late) gets the column
+    type the whole run calls for, with every earlier value kept."""
+    run = steplog.read_run(write_lines(tmp_path / "b.jsonl", []))
+    n = 70_000
+    events = []
+    for i in range(n):
+        data: dict[str, Any] = {"a": i if i < 66_000 else i + 0.5, "b": 0.25}
+        if i == n - 1:
+            data["b"] = 2**53 + 1
+        if i >= 69_000:
+            data["late"] = i
+        events.append(steplog.Event(i, float(i), data))
+    arrays = dataclasses.replace(run, records=events).to_numpy()
+    assert arrays["a"].dtype == np.float64
+    assert arrays["a"][65_999] == 65_999.0 and arrays["a"][66_000] == 66_000.5
+    assert arrays["b"].dtype == object and arrays["b"][-1] == 2**53 + 1
+    assert arrays["b"][:3].tolist() == [0.25] * 3
+    assert np.isnan(arrays["late"][:69_000]).all()
+    assert arrays["late"][69_000:].tolist() == [float(i) for i in range(69_000, n)]

@@ -108,7 +108,9 @@ class _Column:
             return
         kind = _kind_of(types, values)
         if self.kind != kind:
-            self._convert(_merge(self, kind, values))
+            target = _merge(self, kind, values)
+            if target != self.kind:  # e.g. not for ints joining a float column
+                self._convert(target)
         self._append(values, missing=missing)
 
     def _append(self, values: list[Any], *, missing: bool) -> None:

@@ -12,7 +12,8 @@ imported) of:
 * ``steplog.scan(path)`` of every key (pandas),
 * ``orjson.loads`` of every line, keeping nothing: the floor any reader built on a
   JSON parser per line pays,
-* ``steplog.read_run(path)`` (eager: an Event per step and a history per key), once.
+* ``steplog.read_run(path)`` (eager: an Event per step and a history per key), and
+  ``read_run(path).to_pandas(keys)``, once each.
 
 Prints medians of ``--repeat`` runs (default 3). The machine is shared: run it when it
 is quiet, and compare figures of one run only.
@@ -68,6 +69,9 @@ elif what == "floor":
 elif what == "read_run":
     out = steplog.read_run(path)
     rows = len(out.records)
+elif what == "read_run-pandas":
+    out = steplog.read_run(path).to_pandas(keys)
+    rows = len(out)
 else:
     raise SystemExit(what)
 elapsed = time.perf_counter() - t0
@@ -82,6 +86,7 @@ CASES = [
     ("scan-all", "steplog.scan(path) → pandas, every key (5)"),
     ("floor", "orjson.loads of every line, nothing kept (the parse alone)"),
     ("read_run", "steplog.read_run(path) (eager, for comparison)"),
+    ("read_run-pandas", "steplog.read_run(path).to_pandas(keys=3 keys)"),
 ]
 
 
@@ -128,7 +133,7 @@ def main() -> None:
         print(f"| call | wall s (median of {args.repeat}) | peak RSS added, MiB | rows |")
         print("|---|---:|---:|---:|")
         for what, label in CASES:
-            repeat = 1 if what == "read_run" else args.repeat
+            repeat = 1 if what.startswith("read_run") else args.repeat
             results = [measure(path, what) for _ in range(repeat)]
             wall = statistics.median(r[0] for r in results)
             mib = statistics.median(r[1] for r in results)

@@ -54,10 +54,19 @@ from .schema import SCHEMA_VERSION, is_step
 if TYPE_CHECKING:
     from ..events import Event
 
-__all__ = ["Backend", "ColumnFrame", "frame_of_events", "frame_of_snapshot", "scan"]
+__all__ = [
+    "ColumnFrame",
+    "FrameBackend",
+    "frame_of_events",
+    "key_list",
+    "numpy_columns",
+    "scan",
+    "to_pandas",
+    "to_polars",
+]
 
 #: What :func:`scan` returns: a pandas or polars DataFrame, or a dict of numpy arrays.
-Backend = Literal["pandas", "polars", "numpy"]
+FrameBackend = Literal["pandas", "polars", "numpy"]
 _BACKENDS = ("pandas", "polars", "numpy")
 #: Lines parsed at once: the records of a few thousand lines live together, so the
 #: allocator reuses their memory instead of taking fresh pages (page faults cost ~4 µs
@@ -249,8 +258,8 @@ def _flat_columns(datas: list[dict[str, Any]], prefix: str, out: dict[str, list[
 class ColumnFrame:
     """Step records as columns: ``step``, ``time`` and one column per kept key.
 
-    Fed a block of records at a time (:meth:`add`), from one or more runs; rows of a
-    run are tagged with its index in :attr:`runs` (for :func:`scan`).
+    Fed a block of records at a time (:meth:`add`), from one or more runs; for
+    :func:`scan`, ``run_rows`` counts the rows of each run in turn.
     """
 
     def __init__(self, keys: Sequence[str] | None, reserved: Sequence[str]) -> None:
@@ -375,18 +384,10 @@ def frame_of_events(events: Sequence[Event], keys: Sequence[str] | None) -> Colu
     return frame
 
 
-def frame_of_snapshot(snapshot: RunSnapshot, keys: Sequence[str] | None) -> ColumnFrame:
-    """The columns of one run file, read straight from it."""
-    frame = ColumnFrame(keys, ())
-    frame.add_snapshot(snapshot)
-    frame.check_keys(str(snapshot.path))
-    return frame
-
-
 # -- output ----------------------------------------------------------------------------
 
 
-def check_keys(keys: str | Sequence[str] | None) -> list[str] | None:
+def key_list(keys: str | Sequence[str] | None) -> list[str] | None:
     """``keys`` as a list (a single string is one key), or ``ValueError``/``TypeError``."""
     if keys is None:
         return None
@@ -589,7 +590,7 @@ def scan(
     source: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
     *,
     keys: str | Sequence[str] | None = None,
-    backend: Backend = "pandas",
+    backend: FrameBackend = "pandas",
 ) -> Any:
     """Read the steps of one or many runs into one frame, reading only ``keys``.
 
@@ -625,7 +626,7 @@ def scan(
             (``pip install "steplog[pandas]"``, ``[polars]``, ``[numpy]``).
         KeyError: A key of ``keys`` is in no step record of any of the runs.
     """
-    wanted = check_keys(keys)
+    wanted = key_list(keys)
     if backend not in _BACKENDS:
         choices = ", ".join(map(repr, _BACKENDS))
         raise ValueError(f"backend must be one of {choices}, not {backend!r}")

@@ -527,9 +527,9 @@ class Run:
             KeyError: A key of ``keys`` is in no step record of the run.
             MissingExtraError: numpy is not installed (``pip install "steplog[numpy]"``).
         """
-        from .columns import check_keys, frame_of_events, numpy_columns
+        from .columns import frame_of_events, key_list, numpy_columns
 
-        return numpy_columns(frame_of_events(self.records, check_keys(keys)))
+        return numpy_columns(frame_of_events(self.records, key_list(keys)))
 
     def to_pandas(self, keys: str | Sequence[str] | None = None) -> Any:
         """The run's steps as a ``pandas.DataFrame``: ``step``, ``time`` and one column
@@ -539,9 +539,9 @@ class Run:
             KeyError: A key of ``keys`` is in no step record of the run.
             MissingExtraError: pandas is not installed (``pip install "steplog[pandas]"``).
         """
-        from .columns import check_keys, frame_of_events, to_pandas
+        from .columns import frame_of_events, key_list, to_pandas
 
-        return to_pandas(frame_of_events(self.records, check_keys(keys)))
+        return to_pandas(frame_of_events(self.records, key_list(keys)))
 
     def to_polars(self, keys: str | Sequence[str] | None = None) -> Any:
         """The run's steps as a ``polars.DataFrame``: ``step``, ``time`` and one column
@@ -551,9 +551,9 @@ class Run:
             KeyError: A key of ``keys`` is in no step record of the run.
             MissingExtraError: polars is not installed (``pip install "steplog[polars]"``).
         """
-        from .columns import check_keys, frame_of_events, to_polars
+        from .columns import frame_of_events, key_list, to_polars
 
-        return to_polars(frame_of_events(self.records, check_keys(keys)))
+        return to_polars(frame_of_events(self.records, key_list(keys)))
 
 
 def read_run(path: str | os.PathLike[str]) -> Run:

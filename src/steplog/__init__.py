@@ -30,6 +30,7 @@ from .errors import MissingExtraError as MissingExtraError
 from .errors import MlflowError as MlflowError
 from .errors import PermanentBackendError as PermanentBackendError
 from .errors import RunFileError as RunFileError
+from .errors import RunFileWarning as RunFileWarning
 from .errors import RunNotFoundError as RunNotFoundError
 from .errors import SteplogError as SteplogError
 from .errors import TrackerError as TrackerError
@@ -44,6 +45,7 @@ from .events import RunStats as RunStats
 from .events import RunStatus as RunStatus
 from .replay import replay as replay
 from .replay import replay_async as replay_async
+from .runfile.columns import scan as scan
 from .runfile.read import Run as Run
 from .runfile.read import RunSegment as RunSegment
 from .runfile.read import read_run as read_run
@@ -90,6 +92,7 @@ __all__ = [
     "Run",
     "RunEnd",
     "RunFileError",
+    "RunFileWarning",
     "RunInfo",
     "RunNotFoundError",
     "RunSegment",
@@ -108,4 +111,5 @@ __all__ = [
     "read_run",
     "replay",
     "replay_async",
+    "scan",
 ]

@@ -17,6 +17,7 @@ The exception tree::
 
     TrackerWarning (UserWarning) recoverable misuse: init() on an active run, finish()
                                  on an inactive one
+    RunFileWarning (UserWarning) a reader skipped corrupt lines of a run file (scan())
 
 Errors that happen inside the worker (a backend whose ``write`` raises, a value that
 cannot be serialised) never reach ``log()``: they go to :mod:`logging` and to the run
@@ -37,6 +38,7 @@ __all__ = [
     "MlflowError",
     "PermanentBackendError",
     "RunFileError",
+    "RunFileWarning",
     "RunNotFoundError",
     "SteplogError",
     "TrackerError",
@@ -118,3 +120,8 @@ class MissingExtraError(SteplogError, ImportError):
 
 class TrackerWarning(UserWarning):
     """Warned when a tracker is used in a way that steplog can recover from."""
+
+
+class RunFileWarning(UserWarning):
+    """Warned when a reader skips corrupt lines of a run file (their numbers are in the
+    message); a torn last line is not warned about."""

@@ -21,7 +21,7 @@ import enum
 import math
 import os
 import socket
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ __all__ = [
     "SystemSample",
     "WriterState",
     "alert_of",
+    "iter_line_blocks",
     "iter_lines",
     "iter_steps",
     "last_resume",
@@ -407,14 +408,16 @@ def last_steps(snapshot: RunSnapshot, count: int) -> list[dict[str, Any]]:
             block *= 4
 
 
-def iter_lines(
+def iter_line_blocks(
     snapshot: RunSnapshot,
     progress: Callable[[int], None] | None = None,
     *,
     start: int | None = None,
-) -> Iterator[bytes]:
-    """The lines of the snapshot after the run-start line (line 2 onwards), read in
-    large chunks; from byte ``start`` (the first byte of a line) instead, if given."""
+) -> Iterator[list[bytes]]:
+    """The lines of the snapshot after the run-start line (line 2 onwards), a block of
+    lines per chunk read (about ``CHUNK_BYTES``); from byte ``start`` (the first byte of
+    a line) instead, if given. Readers that work on many lines at once (the columnar
+    reader) take the blocks; the others take :func:`iter_lines`."""
     begin = snapshot.body if start is None else start
     with open(snapshot.path, "rb") as f:
         f.seek(begin)
@@ -426,9 +429,22 @@ def iter_lines(
                 progress(len(chunk))
             lines = (rest + chunk).split(b"\n")
             rest = lines.pop()
-            yield from lines
+            if lines:
+                yield lines
         if rest:
-            yield rest  # a whole record without its newline (see open_run)
+            yield [rest]  # a whole record without its newline (see open_run)
+
+
+def iter_lines(
+    snapshot: RunSnapshot,
+    progress: Callable[[int], None] | None = None,
+    *,
+    start: int | None = None,
+) -> Iterator[bytes]:
+    """The lines of the snapshot after the run-start line (line 2 onwards), read in
+    large chunks; from byte ``start`` (the first byte of a line) instead, if given."""
+    for lines in iter_line_blocks(snapshot, progress, start=start):
+        yield from lines
 
 
 def iter_steps(
@@ -730,12 +746,60 @@ class Run:
         """Return ``(time, value)`` pairs of a system metric (``"rss_mb"``), in order."""
         return [(s.time, s.data[key]) for s in self.system if key in s.data]
 
+    def to_numpy(self, keys: str | Sequence[str] | None = None) -> dict[str, Any]:
+        """The run's steps as columns: a dict of column name → ``numpy.ndarray``.
+
+        The columns are ``step`` (int64), ``time`` (float64) and one per key (nested
+        keys dotted: ``eval.acc``), in first-seen order; a step without the key has
+        NaN there (``None`` in an object column). Column types and the rules for
+        mixed values are in docs/dataframes.md. For a long run, read the columns
+        straight from the file instead: :func:`steplog.scan` (``backend="numpy"``).
+
+        Args:
+            keys: The data keys to keep (a single string is one key); ``None``: all.
+
+        Raises:
+            KeyError: A key of ``keys`` is in no step record of the run.
+            MissingExtraError: numpy is not installed (``pip install "steplog[numpy]"``).
+        """
+        from .columns import frame_of_events, key_list, numpy_columns
+
+        return numpy_columns(frame_of_events(self.records, key_list(keys)))
+
+    def to_pandas(self, keys: str | Sequence[str] | None = None) -> Any:
+        """The run's steps as a ``pandas.DataFrame``: ``step``, ``time`` and one column
+        per key, as :meth:`to_numpy` describes.
+
+        Raises:
+            KeyError: A key of ``keys`` is in no step record of the run.
+            MissingExtraError: pandas is not installed (``pip install "steplog[pandas]"``).
+        """
+        from .columns import frame_of_events, key_list, to_pandas
+
+        return to_pandas(frame_of_events(self.records, key_list(keys)))
+
+    def to_polars(self, keys: str | Sequence[str] | None = None) -> Any:
+        """The run's steps as a ``polars.DataFrame``: ``step``, ``time`` and one column
+        per key; a step without the key has null there (a logged NaN stays NaN).
+
+        Raises:
+            KeyError: A key of ``keys`` is in no step record of the run.
+            MissingExtraError: polars is not installed (``pip install "steplog[polars]"``).
+        """
+        from .columns import frame_of_events, key_list, to_polars
+
+        return to_polars(frame_of_events(self.records, key_list(keys)))
+
 
 def read_run(path: str | os.PathLike[str]) -> Run:
     """Read a run written by :class:`steplog.JsonlBackend`, strictly.
 
     A torn last line (the writer was killed mid-write) is skipped and reported in
     :attr:`Run.torn`; NaN, ±infinity and big integers come back as themselves.
+
+    It builds an :class:`~steplog.Event` per step and a list per key: for a long run
+    whose columns are what you want, :func:`steplog.scan` reads them straight from the
+    file, in a fraction of the time and memory (docs/dataframes.md).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.

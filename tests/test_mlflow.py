@@ -317,3 +317,30 @@ def test_a_resumed_run_continues_its_mlflow_run_with_group_tags(mlflow_server, t
     assert run["info"]["status"] == "FINISHED"
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
     assert (tags["steplog.group"], tags["steplog.tags"]) == ("job-1", "ddp,small")
+
+
+def test_a_run_resumed_with_a_changed_config_keeps_its_mlflow_params(mlflow_server, tmp_path):
+    """MLflow refuses to change a param: a run resumed with a changed config goes on in
+    the same MLflow run, whose params keep their first values; the new values are tags
+    steplog.config.<key>, and new keys are params."""
+    experiment = f"exp-{uuid.uuid4().hex[:8]}"
+    tracker = steplog.Tracker(
+        steplog.JsonlBackend(tmp_path),
+        steplog.MlflowBackend(mlflow_server),
+        experiment_name=experiment,
+    )
+    info = tracker.init({"lr": 0.1, "layers": 2})
+    tracker.log({"loss": 1.0})
+    tracker.finish(status="failed")
+    tracker.init({"lr": 0.2, "warmup": 5}, resume=info.run_id)
+    tracker.log({"loss": 0.5})
+    stats = tracker.finish()
+    assert stats.backends["mlflow"].delivered == 1
+    run = find_run(mlflow_server, experiment, info.run_id)
+    params = {p["key"]: p["value"] for p in run["data"]["params"]}
+    assert params == {"lr": "0.1", "layers": "2", "warmup": "5"}
+    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    assert tags["steplog.config.lr"] == "0.2"
+    assert run["info"]["status"] == "FINISHED"
+    points = history(mlflow_server, run["info"]["run_id"], "loss")
+    assert sorted((p["step"], p["value"]) for p in points) == [(0, 1.0), (1, 0.5)]

@@ -69,7 +69,8 @@ from .errors import (
 )
 from .events import RUN_STATUSES, Resumed, RunInfo, RunStats, RunStatus
 from .runfile.codec import ValueEncoder, _find_null
-from .runfile.read import ResumePoint, resume_point
+from .runfile.find import resolve_run
+from .runfile.read import ResumePoint, read_start, resume_point
 from .watch import Alert, Watcher
 
 __all__ = ["DEFAULT_EXPERIMENT_NAME", "AsyncTracker", "Tracker"]
@@ -456,7 +457,7 @@ class _TrackerBase:
         )
         previous: dict[str, Any] = {}
         if resume is not None and not muted:
-            point = self._resume_point(resume)
+            point = self._resume_point(resume, group=group, rank=rank)
             if point is not None:
                 previous = point.summary
                 info = dataclasses.replace(
@@ -499,7 +500,9 @@ class _TrackerBase:
         run.previous_summary = previous
         return run, worker.start(info)
 
-    def _resume_point(self, resume: ResumeLike) -> ResumePoint | None:
+    def _resume_point(
+        self, resume: ResumeLike, *, group: str | None, rank: int | None
+    ) -> ResumePoint | None:
         """The run file ``init(resume=...)`` continues, or ``None`` for "latest" when the
         experiment has no run yet (a first start: the script is the same either way)."""
         jsonl = next((b for b in self.backends if isinstance(b, JsonlBackend)), None)
@@ -515,30 +518,26 @@ class _TrackerBase:
         directory = jsonl.root / self.experiment_name
         spec = os.fspath(resume)
         if spec == "latest":
-            runs = sorted(directory.glob("*.jsonl")) if directory.is_dir() else []
-            if not runs:
+            found = _latest_own_run(directory, group=group, rank=rank)
+            if found is None:
                 logger.info("steplog: no run to resume under %s; starting a new run", directory)
                 return None
-            path = max(runs, key=lambda p: p.stem)  # run ids sort by start time
-        elif spec.endswith(".jsonl") or os.sep in spec:
-            path = Path(spec)
-            if not path.is_file():
-                raise RunNotFoundError(f"no run file {spec!r} to resume")
-            if path.resolve().parent.parent != jsonl.root.resolve():
+            path = found
+        else:
+            own = directory / f"{spec}.jsonl"
+            try:  # an id of this experiment, a prefix, EXPERIMENT/ID, or a path
+                path = own if own.is_file() else resolve_run(spec, jsonl.root)
+            except RunNotFoundError as exc:
+                raise RunNotFoundError(f"no run to resume: {exc}") from None
+            if path.is_dir() or path.resolve().parent.parent != jsonl.root.resolve():
                 raise ValueError(
                     f"cannot resume {spec!r}: the tracker's JsonlBackend writes under "
-                    f"{str(jsonl.root)!r}; resume a run there (or by its run id)"
-                )
-        else:
-            path = directory / f"{check_name(spec, what='run id')}.jsonl"
-            if not path.is_file():
-                raise RunNotFoundError(
-                    f"no run {spec!r} to resume in experiment {self.experiment_name!r} "
-                    f"(looked for {str(path)!r})"
+                    f"{str(jsonl.root)!r}; resume a run there (by its run id or file)"
                 )
         point = resume_point(path)
         if path.stem != point.start.get("run_id"):
             raise RunFileError(f"{path}: its run id {point.start.get('run_id')!r} is not its name")
+        jsonl._expect_size = point.size
         return point
 
     def _monitor(self, encoder: ValueEncoder) -> Monitor | None:
@@ -1099,7 +1098,12 @@ def _ranks() -> tuple[int | None, int | None, int | None]:
         except ValueError:
             logger.warning("steplog: ignoring %s=%r (not an integer)", name, raw)
             values.append(None)
-    return values[0], values[1], values[2]
+    rank, local_rank, world_size = values
+    if rank is not None and (rank < 0 or (world_size is not None and rank >= world_size)):
+        logger.warning(
+            "steplog: RANK=%s is not a rank of a job of WORLD_SIZE=%s processes", rank, world_size
+        )
+    return rank, local_rank, world_size
 
 
 def _elastic_run_id() -> str | None:
@@ -1107,3 +1111,22 @@ def _elastic_run_id() -> str | None:
     unset or torchrun's placeholder ``"none"``."""
     value = os.environ.get("TORCHELASTIC_RUN_ID")
     return value if value and value != "none" else None
+
+
+def _latest_own_run(directory: Path, *, group: str | None, rank: int | None) -> Path | None:
+    """The most recently started run in ``directory`` that this process would have
+    written: the same rank (in a distributed job every rank resumes its own run) and,
+    when a group is set, the same group. Files that are not runs (empty, a torn first
+    line: killed while creating them) are skipped."""
+    runs = sorted(directory.glob("*.jsonl"), reverse=True) if directory.is_dir() else []
+    for path in runs:  # run ids sort by start time
+        start = read_start(path)
+        if start is None:
+            logger.warning("steplog: resume='latest' skips %s: not a readable run", path)
+            continue
+        if start.get("rank") != rank:
+            continue
+        if group is not None and start.get("group") != group:
+            continue
+        return path
+    return None

@@ -16,6 +16,7 @@ from .._names import check_name
 from ..errors import RunFileError
 from ..events import Event, RunEnd, RunInfo
 from ..runfile.codec import ValueEncoder
+from ..runfile.lock import lock
 from ..runfile.read import open_run
 from ..runfile.schema import SCHEMA_VERSION, end_record, resume_record, start_record
 from .base import Backend, _overrides
@@ -88,6 +89,9 @@ class JsonlBackend(Backend):
         self._inline = inline_write_limit > 0
         self._write_seconds = 0.0  # moving average of direct writes
         self._encoder = ValueEncoder(max_event_bytes=max_event_bytes)
+        #: Set by a tracker that resumes a run into this backend's file: the size it
+        #: saw, which the file must still have when it is opened (nobody wrote since).
+        self._expect_size: int | None = None
 
     def __repr__(self) -> str:
         return f"JsonlBackend({str(self.root)!r}, fsync={self.fsync})"
@@ -116,12 +120,25 @@ class JsonlBackend(Backend):
         self._run_id = run.run_id
         self._inline = self.inline_write_limit > 0
         self._write_seconds = 0.0
+        expect, self._expect_size = self._expect_size, None
         if run.resumed is not None and path.exists():
-            self._fd = os.open(path, os.O_RDWR | _O_CLOEXEC)
+            fd = os.open(path, os.O_RDWR | _O_CLOEXEC)
+            try:
+                # The writer's lock (runfile.lock): held until the file is closed, and
+                # by a writer process while it drains, so no two processes append.
+                if not lock(fd):
+                    raise RunFileError(f"{path} is being written by another process")
+                if expect is not None and os.fstat(fd).st_size != expect:
+                    raise RunFileError(f"{path} changed while run {run.run_id} was resumed")
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd = fd
             self.path = path
             self._continue_file(path)
         else:  # a new run (or a resumed one this backend has no file of: start one)
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
+            lock(self._fd)  # a new file: free
             self._size = 0
             self.path = path
             self._write_all(self._encoder.encode(start_record(run)))

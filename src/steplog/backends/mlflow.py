@@ -38,6 +38,7 @@ a batch already partly sent resumes where it stopped. Other 4xx answers raise
 from __future__ import annotations
 
 import getpass
+import logging
 import math
 import os
 import re
@@ -54,6 +55,8 @@ from ..runfile.schema import flatten, is_number
 from .base import Backend
 
 __all__ = ["MlflowBackend", "MlflowError"]
+
+logger = logging.getLogger("steplog")
 
 MAX_METRICS = 1000
 MAX_PARAMS_OR_TAGS = 100
@@ -161,17 +164,37 @@ class MlflowBackend(Backend):
         try:
             self.experiment_id = await self._experiment(self.experiment_name or run.experiment)
             self.run_id = await self._find_run(run.run_id) if self.resume else None
+            had: dict[str, str] = {}
             if self.run_id is None:
                 self.run_id = await self._create_run(run)
             else:
                 await self._call("runs/update", {"run_id": self.run_id, "status": "RUNNING"})
+                had = await self._params()
             params = [
                 {"key": _key(k), "value": _cut(_text(v), MAX_PARAM_LENGTH)}
                 for k, v in flatten(run.config).items()
             ]
+            # MLflow refuses to change a param: a run resumed with a changed config
+            # keeps the first values as params and gets the new ones as tags.
+            changed = [p for p in params if had.get(p["key"], p["value"]) != p["value"]]
+            params = [p for p in params if p["key"] not in had]
+            if changed:
+                names = ", ".join(p["key"] for p in changed[:10])
+                logger.warning(
+                    "steplog: MLflow run %s keeps its first value of params that changed "
+                    "on resume (%s); the new values are tags 'steplog.config.<key>'",
+                    self.run_id,
+                    names,
+                )
             for start in range(0, len(params), MAX_PARAMS_OR_TAGS):
                 chunk = params[start : start + MAX_PARAMS_OR_TAGS]
                 await self._call("runs/log-batch", {"run_id": self.run_id, "params": chunk})
+            for start in range(0, len(changed), MAX_PARAMS_OR_TAGS):
+                tags = [
+                    {"key": f"steplog.config.{p['key']}", "value": p["value"]}
+                    for p in changed[start : start + MAX_PARAMS_OR_TAGS]
+                ]
+                await self._call("runs/log-batch", {"run_id": self.run_id, "tags": tags})
         except BaseException:
             await self._client.aclose()
             self._client = None
@@ -260,6 +283,12 @@ class MlflowBackend(Backend):
         )
         runs = (answer or {}).get("runs") or []
         return str(runs[0]["info"]["run_id"]) if runs else None
+
+    async def _params(self) -> dict[str, str]:
+        """The params the MLflow run has already (a run being continued)."""
+        answer = await self._call("runs/get", {"run_id": self.run_id}, method="GET")
+        params = answer.get("run", {}).get("data", {}).get("params", [])
+        return {str(p["key"]): str(p.get("value", "")) for p in params}
 
     async def _create_run(self, run: RunInfo) -> str:
         tags = {

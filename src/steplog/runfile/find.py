@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from ..errors import RunNotFoundError
-from .read import parse_line
+from .read import read_start
 
 __all__ = ["GROUP_PREFIX", "find_runs", "group_of", "resolve_run", "resolve_runs"]
 
@@ -60,18 +59,10 @@ def _latest(paths: list[Path], where: str) -> Path:
     return max(paths, key=lambda p: p.stat().st_mtime)
 
 
-def _start_record(path: Path) -> dict[str, Any] | None:
-    try:
-        with open(path, "rb") as f:
-            return parse_line(f.readline())
-    except OSError:
-        return None
-
-
 def group_of(path: Path) -> tuple[str | None, int | None]:
     """The group and rank a run file's run-start record names (``None`` for each that it
     does not, or for a file that is not a run)."""
-    start = _start_record(path) or {}
+    start = read_start(path) or {}
     group, rank = start.get("group"), start.get("rank")
     return (
         group if isinstance(group, str) else None,

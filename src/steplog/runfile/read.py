@@ -21,6 +21,7 @@ import enum
 import math
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from ..errors import RunFileError
 from ..events import Event, RunStats
 from ..watch import Alert
 from .codec import decode
+from .lock import LOCKS, lock
 from .schema import (
     ALERT,
     INCOMPLETE,
@@ -71,6 +73,7 @@ __all__ = [
     "parse_record",
     "read_header",
     "read_run",
+    "read_start",
     "resume_point",
     "writer_state",
 ]
@@ -136,6 +139,18 @@ class RunSnapshot:
     end: int
     torn: bool
     corrupt: set[int] = dataclasses.field(default_factory=set)
+
+
+def read_start(path: Path) -> dict[str, Any] | None:
+    """The run-start record of the file at ``path``, or ``None`` if it has none (not a
+    run, empty, or its first line torn)."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline()
+    except OSError:
+        return None
+    record = parse_line(first)
+    return record if record is not None and record.get("type") == RUN_START else None
 
 
 def open_run(path: Path) -> RunSnapshot:
@@ -933,6 +948,8 @@ class ResumePoint:
         next_step: One past the last step in the file (0 if it has none).
         segment: The number the new segment gets.
         previous_status: How the last segment ended (``"incomplete"`` if it did not).
+        size: The file's size when it was inspected: the JSONL backend refuses to
+            continue a file that has changed since.
     """
 
     path: Path
@@ -942,37 +959,64 @@ class ResumePoint:
     next_step: int
     segment: int
     previous_status: str
+    size: int
 
 
-def resume_point(path: Path) -> ResumePoint:
-    """Inspect the run file at ``path`` for resuming it.
+#: How long ``init(resume=...)`` waits for the writer process of a killed run
+#: (``durability="process"``) to finish draining it, in seconds.
+RESUME_WAIT = 10.0
+
+
+def resume_point(path: Path, *, wait: float = RESUME_WAIT) -> ResumePoint:
+    """Inspect the run file at ``path`` for resuming it, holding its writer's lock
+    (:mod:`steplog.runfile.lock`) while it does.
+
+    A file whose lock is held by a process that is gone here (the writer process of a
+    ``durability="process"`` run, still draining after its parent was killed) is waited
+    for, up to ``wait`` seconds.
 
     Raises:
-        RunFileError: The file is not a steplog run, or its writer still runs on this
-            host (a run is written by one process at a time).
+        RunFileError: The file is not a steplog run, or it is still being written.
         OSError: It cannot be read.
     """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
-        snapshot = open_run(path)
-    except ValueError as exc:
-        raise RunFileError(str(exc)) from None
-    header = read_header(snapshot)
-    if header.status == RUNNING:
+        try:
+            snapshot = open_run(path)
+        except ValueError as exc:
+            raise RunFileError(str(exc)) from None
+        writer = last_resume(snapshot) or snapshot.start
+        deadline = time.monotonic() + wait
+        while not lock(fd):
+            # Held by the process that wrote it last (here: this very process), or by a
+            # writer process still draining a killed one's run: only that is waited for.
+            alive = writer_state(writer) is WriterState.ALIVE
+            if alive or time.monotonic() >= deadline:
+                who = f"process {writer.get('pid')}" if alive else "its writer process"
+                raise RunFileError(
+                    f"{path}: run {snapshot.start.get('run_id')} is still being written by "
+                    f"{who}; resume it once that has ended"
+                )
+            time.sleep(0.05)
+        snapshot = open_run(path)  # as it is now that nobody writes it
+        header = read_header(snapshot)
+        if not LOCKS and header.status == RUNNING:  # pragma: no cover - not POSIX
+            raise RunFileError(
+                f"{path}: run {header.run_id} is still being written by process "
+                f"{writer.get('pid')} on this host; resume it once that has ended"
+            )
+        steps = last_steps(snapshot, 1)
         resumed = last_resume(snapshot)
-        pid = (resumed or snapshot.start).get("pid")
-        raise RunFileError(
-            f"{path}: run {header.run_id} is still being written by process {pid} on this "
-            "host; resume it once that process has ended"
+        config = (resumed or snapshot.start).get("config")
+        return ResumePoint(
+            path=path,
+            start=snapshot.start,
+            config=config if isinstance(config, dict) else {},
+            summary=dict(header.summary) if header.ended else {},
+            next_step=steps[0]["step"] + 1 if steps else 0,
+            segment=_int((resumed or {}).get("segment"), 0) + 1,
+            previous_status=header.status if header.ended else INCOMPLETE,
+            size=os.fstat(fd).st_size,
         )
-    steps = last_steps(snapshot, 1)
-    resumed = last_resume(snapshot)
-    config = (resumed or snapshot.start).get("config")
-    return ResumePoint(
-        path=path,
-        start=snapshot.start,
-        config=config if isinstance(config, dict) else {},
-        summary=dict(header.summary) if header.ended else {},
-        next_step=steps[0]["step"] + 1 if steps else 0,
-        segment=_int((resumed or {}).get("segment"), 0) + 1,
-        previous_status=header.status,
-    )
+    finally:
+        os.close(fd)  # and the lock with it: the JSONL backend takes it again

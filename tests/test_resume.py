@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 import steplog
-from steplog.runfile.read import open_run, read_header
+from steplog.runfile.read import open_run, read_header, resume_point
 
 # A training script as a user writes it for a pre-emptible job: the same command on
 # every (re)start, resume="latest".
@@ -84,13 +84,12 @@ def test_torn_last_line_is_cut_off_before_appending(tmp_path: Path) -> None:
 
 def test_process_durability_resumes_too(tmp_path: Path) -> None:
     """With the writer process (durability="process"), which ends a killed run as
-    "killed" itself, a resumed run continues after that end."""
+    "killed" itself, a job restarted at once waits for that end and continues after
+    it: never two writers on one file."""
     env = {"DURABILITY": "process"}
     assert _job(tmp_path, 500, kill_at=199, **env) == -signal.SIGKILL
     path = _only_run(tmp_path)
-    deadline = time.monotonic() + 10
-    while not read_header(open_run(path)).ended and time.monotonic() < deadline:
-        time.sleep(0.05)  # the writer process ends the run after its parent died
+    # Restarted at once: the resume waits for the writer process to end the run.
     assert _job(tmp_path, 500, **env) == 0
     run = steplog.read_run(path)
     assert [e.step for e in run.records] == list(range(500))
@@ -168,7 +167,7 @@ def test_bad_resume_requests_fail_at_init(tmp_path: Path) -> None:
     """An unknown run id, a non-run file, a tracker without a JSONL backend and a
     value of the wrong type fail in init() with a clear error, and start nothing."""
     tracker = steplog.Tracker(steplog.JsonlBackend(tmp_path), experiment_name="e")
-    with pytest.raises(steplog.RunNotFoundError, match="no run 'nope' to resume"):
+    with pytest.raises(steplog.RunNotFoundError, match="no run to resume: no run matches 'nope'"):
         tracker.init(resume="nope")
     (tmp_path / "e").mkdir(exist_ok=True)
     (tmp_path / "e" / "junk.jsonl").write_text('{"a": 1}\n')
@@ -277,3 +276,103 @@ def test_run_context_manager_takes_resume(tmp_path: Path) -> None:
     run = steplog.read_run(tmp_path / "e" / f"{first.run_id}.jsonl")
     assert [e.step for e in run.records] == [0, 1]
     assert [s.status for s in run.segments] == ["finished", "finished"]
+
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def _hold_lock(path: Path, seconds: float) -> subprocess.Popen[str]:
+    """Another process that holds the run file's writer lock for ``seconds`` (as the
+    writer process of a killed durability="process" run does while it drains)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(path), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+    return holder
+
+
+def test_resume_waits_for_a_writer_process_that_still_holds_the_file(tmp_path: Path) -> None:
+    """A run whose logging process is gone but whose file is still locked (its writer
+    process draining) is resumed once the lock is free; one still locked after the
+    wait is refused, and nothing is appended to it."""
+    assert _job(tmp_path, 50, kill_at=9) == -signal.SIGKILL
+    path = _only_run(tmp_path)
+    holder = _hold_lock(path, 1.0)
+    assert _job(tmp_path, 50) == 0  # waited for the holder, then resumed
+    holder.wait(timeout=10)
+    holder.stdout.close()  # type: ignore[union-attr]
+    assert [e.step for e in steplog.read_run(path).records] == list(range(50))
+    size = path.stat().st_size
+    holder = _hold_lock(path, 30.0)
+    try:
+        with pytest.raises(steplog.RunFileError, match="still being written by its writer"):
+            resume_point(path, wait=0.5)
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()  # type: ignore[union-attr]
+    assert path.stat().st_size == size
+
+
+def test_a_reused_process_id_does_not_block_a_resume(tmp_path: Path) -> None:
+    """A killed run whose recorded writer pid is now another live process (a container's
+    entrypoint has the same pid on every start) is resumed: nobody holds its lock."""
+    assert _job(tmp_path, 30, kill_at=9) == -signal.SIGKILL
+    path = _only_run(tmp_path)
+    lines = path.read_bytes().split(b"\n", 1)
+    start = json.loads(lines[0])
+    start["pid"] = os.getpid()  # the pid this (live) process has
+    path.write_bytes(json.dumps(start, separators=(",", ":")).encode() + b"\n" + lines[1])
+    tracker = steplog.Tracker(steplog.JsonlBackend(tmp_path), experiment_name="job")
+    info = tracker.init(resume="latest")
+    tracker.finish()
+    assert info.resumed is not None and info.resumed.step == 10
+
+
+RANK_JOB = """
+import os, sys, steplog
+root, steps, kill_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+tracker = steplog.Tracker(steplog.JsonlBackend(root), experiment_name="ddp", flush_interval=0.01)
+info = tracker.init(resume="latest")
+first = info.resumed.step if info.resumed else 0
+for step in range(first, steps):
+    tracker.log({"rank": info.rank, "step_seen": step})
+    if step == kill_at:
+        tracker.flush()
+        os.kill(os.getpid(), 9)
+tracker.finish()
+"""
+
+
+def test_every_rank_resumes_its_own_run(tmp_path: Path) -> None:
+    """Under torchrun every rank passes resume="latest": on the first start each rank
+    starts its own run (even while the others are creating theirs), and after a kill
+    each continues its own, never another rank's."""
+
+    def start_ranks(kill_at: int) -> list[int]:
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", RANK_JOB, str(tmp_path), "300", str(kill_at)],
+                env={**os.environ, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "4"},
+            )
+            for r in range(4)
+        ]
+        return [p.wait(timeout=60) for p in procs]
+
+    assert start_ranks(kill_at=99) == [-signal.SIGKILL] * 4
+    assert start_ranks(kill_at=199) == [-signal.SIGKILL] * 4
+    assert start_ranks(kill_at=-1) == [0] * 4
+    runs = [steplog.read_run(p) for p in (tmp_path / "ddp").glob("*.jsonl")]
+    assert sorted(r.rank for r in runs) == [0, 1, 2, 3]
+    for run in runs:
+        assert [e.step for e in run.records] == list(range(300))
+        assert {e.data["rank"] for e in run.records} == {run.rank}
+        assert [s.status for s in run.segments] == ["incomplete", "incomplete", "finished"]

@@ -106,3 +106,19 @@ def test_a_training_resumed_from_a_checkpoint_continues_the_run(tmp_path):
     run = steplog.read_run(path)
     assert run.status == "finished"
     assert [r.step for r in run.records if "loss" in r.data] == [5, 10, 15, 20, 25, 30]
+
+
+def test_steps_the_trainer_replays_after_a_resume_are_not_logged_twice(tmp_path):
+    """Resumed from a checkpoint older than the run's last step, the Trainer replays the
+    steps in between: those the file has are skipped (counted in the summary), so each
+    step is in the run once and steps keep going up."""
+    first = SteplogCallback(steplog.JsonlBackend(tmp_path / "runs"))
+    trainer(tmp_path, first, max_steps=15, save_steps=10).train()  # logs 5, 10, 15
+    second = SteplogCallback(steplog.JsonlBackend(tmp_path / "runs"))
+    t = trainer(tmp_path, second, max_steps=30, save_steps=10)
+    t.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-10"))
+    run = steplog.read_run(first.run_path)
+    steps = [r.step for r in run.records if "loss" in r.data]
+    assert steps == [5, 10, 15, 20, 25, 30]
+    assert run.summary["steplog_replayed_logs_skipped"] == 1  # step 15, replayed
+    assert len(run.segments) == 2

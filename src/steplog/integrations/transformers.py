@@ -19,7 +19,10 @@ world's process zero only; other processes write nothing):
   ``args.resume_from_checkpoint``) and that file names a run, the run is continued
   (``Tracker.init(config, resume=run_id)``) rather than a new one started.
 * ``on_log``: the logs, at ``step=state.global_step`` — the values and steps of the
-  Trainer's own ``state.log_history``.
+  Trainer's own ``state.log_history``. After a resume, the Trainer replays the steps
+  between its checkpoint and the point where the killed run stopped: logs at steps the
+  run file already has are not logged again (as W&B does), so its steps keep going up
+  and each is there once; the run's first values for those steps stay.
 * ``on_train_end``: the run is finished, its summary the last logs (``train_loss``,
   ``train_runtime``, ...) with ``global_step``, ``best_metric`` and
   ``best_model_checkpoint``.
@@ -85,6 +88,8 @@ class SteplogCallback(TrainerCallback):  # type: ignore[misc,valid-type]
             **options,
         )
         self._last_logs: dict[str, Any] = {}
+        self._first_new_step = 0  # after a resume: the steps before are in the file
+        self._replayed = 0  # logs skipped as replays of steps the file has
 
     @property
     def run_path(self) -> Path | None:
@@ -116,6 +121,8 @@ class SteplogCallback(TrainerCallback):  # type: ignore[misc,valid-type]
         else:
             info = self.tracker.init(config)
         self._last_logs = {}
+        self._first_new_step = info.resumed.step if info.resumed is not None else 0
+        self._replayed = 0
         run_file.parent.mkdir(parents=True, exist_ok=True)
         record = {"run_id": info.run_id, "experiment": info.experiment}
         if self.run_path is not None:
@@ -133,8 +140,11 @@ class SteplogCallback(TrainerCallback):  # type: ignore[misc,valid-type]
         """Log ``logs`` at the global step."""
         if not state.is_world_process_zero or not logs or not self.tracker.active:
             return
-        self.tracker.log(logs, step=state.global_step)
         self._last_logs.update(logs)
+        if state.global_step < self._first_new_step:
+            self._replayed += 1  # the Trainer replays steps the run file already has
+            return
+        self.tracker.log(logs, step=state.global_step)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Finish the run with the last logs and the best checkpoint as its summary."""
@@ -142,6 +152,8 @@ class SteplogCallback(TrainerCallback):  # type: ignore[misc,valid-type]
             return
         summary = dict(self._last_logs)
         summary.update({name: getattr(state, name, None) for name in _SUMMARY_STATE})
+        if self._replayed:
+            summary["steplog_replayed_logs_skipped"] = self._replayed
         self.tracker.finish(summary)
 
 

@@ -376,3 +376,31 @@ def test_every_rank_resumes_its_own_run(tmp_path: Path) -> None:
         assert [e.step for e in run.records] == list(range(300))
         assert {e.data["rank"] for e in run.records} == {run.rank}
         assert [s.status for s in run.segments] == ["incomplete", "incomplete", "finished"]
+
+
+def test_show_and_compare_give_a_resumed_runs_config_as_it_stands(tmp_path: Path) -> None:
+    """`steplog show` and `compare` report the config the run was resumed with (merged
+    over the first one), as read_run does, not the first segment's."""
+    assert _job(tmp_path, 20, kill_at=9, LR="0.1") == -signal.SIGKILL
+    assert _job(tmp_path, 20, LR="0.2") == 0
+    path = _only_run(tmp_path)
+    assert steplog.read_run(path).config == {"lr": 0.2}
+    shown = subprocess.run(
+        [sys.executable, "-m", "steplog", "show", str(path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert json.loads(shown)["config"] == {"lr": 0.2}
+    compared = subprocess.run(
+        [sys.executable, "-m", "steplog", "compare", str(path), str(path), "--all-config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert next(line for line in compared.splitlines() if "config.lr" in line).split()[1:] == [
+        "0.2",
+        "0.2",
+    ]

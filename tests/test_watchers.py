@@ -270,3 +270,21 @@ def test_show_lists_the_alerts_that_fired(runs_root):
     assert "alerts 1" in text  # in the statistics line
     alerts = json.loads(show("--json"))["alerts"]
     assert [(a["watcher"], a["step"], a["key"]) for a in alerts] == [("nonfinite", 1, "loss")]
+
+
+def test_alerts_of_one_batch_are_recorded_in_step_order(tmp_path):
+    """Alerts that different watchers raise in one batch reach the run file in the
+    order of their steps, not grouped by watcher."""
+    tracker = steplog.Tracker(
+        steplog.JsonlBackend(tmp_path),
+        watchers=[steplog.watch.above("loss", 10.0), steplog.watch.nonfinite("loss")],
+        batch_size=1024,
+        flush_interval=60.0,
+    )
+    tracker.init()
+    for step in range(100):
+        loss = math.nan if step == 20 else (50.0 if step == 70 else 1.0)
+        tracker.log({"loss": loss})
+    tracker.finish()
+    run = steplog.read_run(tracker.backends[0].path)
+    assert [(a.watcher, a.step) for a in run.alerts] == [("nonfinite", 20), ("above", 70)]

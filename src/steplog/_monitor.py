@@ -196,6 +196,7 @@ class Monitor:
             return
         records = orjson.loads(b"[" + bytes(data[:-1]).replace(b"\n", b",") + b"]")
         now, mono = time.time(), time.monotonic()
+        fired: list[Alert] = []
         for key, flat, watchers in self.lookups:
             steps: list[int] = []
             values: list[float] = []
@@ -213,8 +214,10 @@ class Monitor:
                     values.append(value)
             if values:
                 for watcher in watchers:
-                    for alert in watcher.check_batch(steps, values, now, mono):
-                        self._fire(alert)
+                    fired += watcher.check_batch(steps, values, now, mono)
+        fired.sort(key=lambda alert: alert.step if alert.step is not None else -1)
+        for alert in fired:  # in step order, whichever watcher saw it
+            self._fire(alert)
 
     def tick(self, events: int) -> None:
         """Run the clock watchers and take a system sample when one is due."""

@@ -8,7 +8,7 @@ from typing import Any
 
 from .. import _progress
 from ..runfile.find import resolve_runs
-from ..runfile.read import RunHeader, metric_stats, read_header
+from ..runfile.read import RunHeader, metric_stats, read_header, run_config
 from ..runfile.schema import flatten
 from ._common import (
     EXIT_OK,
@@ -82,7 +82,7 @@ def cmd_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         ["steps", *(f"{h.steps:,}" for h in headers)],
         ["duration", *(duration(h.duration) for h in headers)],
     ]
-    configs = [flatten(h.config) for h in headers]
+    configs = [flatten(run_config(s)) for s in snapshots]  # a resumed run's, as it stands
     config_keys = list(dict.fromkeys(k for c in configs for k in c))
     missing = object()
     for key in config_keys:

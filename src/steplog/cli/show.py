@@ -13,7 +13,14 @@ import orjson
 from .. import _progress
 from ..runfile.codec import ValueEncoder
 from ..runfile.find import GROUP_PREFIX, resolve_run, resolve_runs
-from ..runfile.read import MetricStats, MonitorScan, RunHeader, metric_stats, read_header
+from ..runfile.read import (
+    MetricStats,
+    MonitorScan,
+    RunHeader,
+    metric_stats,
+    read_header,
+    run_config,
+)
 from ..runfile.schema import flatten
 from ._common import (
     EXIT_OK,
@@ -59,6 +66,7 @@ def cmd_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         monitor = MonitorScan()
         scan = metric_stats(snapshot, update, monitor=monitor)
     warn_corrupt("show", path, snapshot.corrupt)
+    config = run_config(snapshot)  # a resumed run's, as it stands
     stats, records = scan.metrics, scan.records
     steps = scan.last_step + 1 if scan.last_step is not None else 0
     if args.json:
@@ -77,7 +85,7 @@ def cmd_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             "rank": header.rank,
             "world_size": header.world_size,
             "segments": scan.segment_statuses(),
-            "config": header.config,
+            "config": config,
             "stats": header.stats,
             "summary": header.summary,
             "metrics": {k: _stats_dict(s) for k, s in stats.items()},
@@ -135,7 +143,7 @@ def cmd_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 )
     else:
         print("stats     – (no run-end record)")
-    _print_mapping("config", header.config)
+    _print_mapping("config", config)
     _print_mapping("summary", header.summary)
     _print_metrics(stats)
     if not stats:

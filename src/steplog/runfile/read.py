@@ -75,6 +75,7 @@ __all__ = [
     "read_run",
     "read_start",
     "resume_point",
+    "run_config",
     "writer_state",
 ]
 
@@ -252,7 +253,7 @@ class RunHeader:
     steps: int  # last step + 1 (0 when no step was written yet)
     last_time: float  # end time, or the time of the last step written
     last: dict[str, Any]  # the data of the last step records, later ones winning
-    config: dict[str, Any]
+    config: dict[str, Any]  # the run-start record's (a resumed run's: run_config())
     summary: dict[str, Any]
     stats: dict[str, Any] | None  # the run-end record's statistics
     host: str | None
@@ -346,6 +347,13 @@ def _tags(value: Any) -> tuple[str, ...]:
 
 def _int(value: Any, default: int | None = None) -> Any:
     return value if type(value) is int else default
+
+
+def run_config(snapshot: RunSnapshot) -> dict[str, Any]:
+    """The run's config as it stands: the run-start record's, or, for a resumed run,
+    the last resume record's (which merges the resuming ``init``'s config over it)."""
+    config = (last_resume(snapshot) or snapshot.start).get("config")
+    return config if isinstance(config, dict) else {}
 
 
 _RESUME_LINE = b'\n{"type":"' + RESUME.encode() + b'"'

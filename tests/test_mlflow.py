@@ -165,21 +165,24 @@ def test_5xx_answers_are_retried_without_losing_or_duplicating_points(mlflow_ser
 
 
 def test_a_4xx_answer_is_permanent_and_carries_the_servers_message(mlflow_server, tmp_path):
-    """Params are immutable: resuming a run with a different value is refused at init."""
+    """A run cannot be created in a deleted experiment: the server's 4xx answer is
+    refused at init, at once, with its message."""
     experiment = f"exp-{uuid.uuid4().hex[:8]}"
     jsonl = steplog.JsonlBackend(tmp_path)
     tracker = steplog.Tracker(jsonl, experiment_name=experiment)
     tracker.init({"lr": 0.1})
     tracker.log({"loss": 1.0})
     tracker.finish()
-    steplog.replay(jsonl.path, steplog.MlflowBackend(mlflow_server))
-    changed = tmp_path / "changed.jsonl"
-    lines = jsonl.path.read_text().splitlines()
-    start = json.loads(lines[0])
-    start["config"]["lr"] = 0.2
-    changed.write_text("\n".join([json.dumps(start), *lines[1:]]) + "\n")
-    with pytest.raises(steplog.BackendOpenError, match="INVALID_PARAMETER_VALUE"):
-        steplog.replay(changed, steplog.MlflowBackend(mlflow_server))
+    created = mlflow_api(mlflow_server, "experiments/create", {"name": experiment}, method="POST")
+    mlflow_api(
+        mlflow_server,
+        "experiments/delete",
+        {"experiment_id": created["experiment_id"]},
+        method="POST",
+    )
+    with pytest.raises(steplog.BackendOpenError, match="INVALID_PARAMETER_VALUE") as raised:
+        steplog.replay(jsonl.path, steplog.MlflowBackend(mlflow_server))
+    assert "active" in str(raised.value)
 
 
 def test_a_server_that_is_down_fails_init_with_a_clear_error():

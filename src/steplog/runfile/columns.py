@@ -48,7 +48,7 @@ from .._extras import require
 from ..errors import RunFileError, RunFileWarning, RunNotFoundError
 from .codec import decode
 from .find import find_runs
-from .read import RunSnapshot, iter_line_blocks, open_run, read_header
+from .read import RunSnapshot, gc_paused, iter_line_blocks, open_run, read_header
 from .schema import SCHEMA_VERSION, is_step
 
 if TYPE_CHECKING:
@@ -305,11 +305,12 @@ class ColumnFrame:
     def add_snapshot(self, snapshot: RunSnapshot) -> None:
         """Append the step records of ``snapshot`` (corrupt lines: ``snapshot.corrupt``)."""
         number = 2
-        for block in iter_line_blocks(snapshot):
-            for start in range(0, len(block), _PARSE_LINES):
-                lines = block[start : start + _PARSE_LINES]
-                self.add(*_parse_block(lines, number, snapshot.corrupt))
-                number += len(lines)
+        with gc_paused():
+            for block in iter_line_blocks(snapshot):
+                for start in range(0, len(block), _PARSE_LINES):
+                    lines = block[start : start + _PARSE_LINES]
+                    self.add(*_parse_block(lines, number, snapshot.corrupt))
+                    number += len(lines)
 
     def check_keys(self, where: str) -> None:
         """Raise ``KeyError`` for a key asked for that no step record holds."""

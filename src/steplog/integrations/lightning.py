@@ -46,9 +46,9 @@ from typing import Any
 from .._extras import require
 from .._names import new_run_id
 from ..backends.base import Backend
-from ..backends.jsonl import JsonlBackend
-from ..events import RunStats, RunStatus
+from ..events import RunStatus
 from ..tracker import Tracker
+from ._host import TrackerHost
 
 __all__ = ["SteplogLogger"]
 
@@ -100,7 +100,7 @@ class _Experiment:
         return f"<steplog experiment of {self._logger.tracker!r}>"
 
 
-class SteplogLogger(Logger):  # type: ignore[misc,valid-type]
+class SteplogLogger(TrackerHost, Logger):  # type: ignore[misc,valid-type]
     """A ``lightning.pytorch.loggers.Logger`` that writes through a :class:`steplog.Tracker`.
 
     Works next to other loggers (``Trainer(logger=[SteplogLogger(...), CSVLogger(...)])``)
@@ -125,11 +125,11 @@ class SteplogLogger(Logger):  # type: ignore[misc,valid-type]
         **options: Any,
     ) -> None:
         super().__init__()
-        self.tracker = Tracker(
-            *backends,
+        self._host(
+            backends,
             experiment_name=experiment_name,
             experiment_config=experiment_config,
-            **options,
+            options=options,
         )
         self._experiment = _Experiment(self)
         self._run_id = new_run_id()
@@ -158,18 +158,6 @@ class SteplogLogger(Logger):  # type: ignore[misc,valid-type]
         """``save_dir/name``: the experiment's directory of run files."""
         save_dir = self.save_dir
         return str(Path(save_dir) / self.name) if save_dir is not None else None
-
-    @property
-    def run_path(self) -> Path | None:
-        """The run file of the current (or last) run, or ``None`` before a run started
-        or without a JSONL backend."""
-        jsonl = self._jsonl
-        return jsonl.path if jsonl is not None else None
-
-    @property
-    def last_stats(self) -> RunStats | None:
-        """Statistics of the last finished run."""
-        return self.tracker.last_stats
 
     @property
     @rank_zero_experiment  # type: ignore[untyped-decorator]
@@ -212,10 +200,6 @@ class SteplogLogger(Logger):  # type: ignore[misc,valid-type]
         self.tracker.finish(status=mapped)
 
     # -- helpers ----------------------------------------------------------------
-
-    @property
-    def _jsonl(self) -> JsonlBackend | None:
-        return next((b for b in self.tracker.backends if isinstance(b, JsonlBackend)), None)
 
     def _ensure_started(self, config: Mapping[str, Any] | None = None) -> Tracker:
         tracker = self.tracker

@@ -34,15 +34,14 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Mapping
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from .._extras import require
 from ..backends.base import Backend
-from ..backends.jsonl import JsonlBackend
 from ..events import RunStats, RunStatus
-from ..tracker import Tracker
+from ..tracker import Tracker, _status_for
+from ._host import TrackerHost
 
 __all__ = ["SteplogCallback"]
 
@@ -51,7 +50,7 @@ _optuna = require("optuna", "optuna", "steplog.integrations.optuna")
 DEFAULT_EXPERIMENT_NAME = "optuna"
 
 
-class SteplogCallback:
+class SteplogCallback(TrackerHost):
     """A callback for ``study.optimize(..., callbacks=[callback])`` that records each
     trial in a steplog run.
 
@@ -73,25 +72,14 @@ class SteplogCallback:
         experiment_config: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> None:
-        self.tracker = Tracker(
-            *backends,
+        self._host(
+            backends,
             experiment_name=experiment_name,
             experiment_config=experiment_config,
-            **options,
+            options=options,
         )
         self.study: Any = None
         self._starting = threading.Lock()  # study.optimize(n_jobs=k) calls from k threads
-
-    @property
-    def run_path(self) -> Path | None:
-        """The run file of the current (or last) run (its first JSONL backend's)."""
-        jsonl = next((b for b in self.tracker.backends if isinstance(b, JsonlBackend)), None)
-        return jsonl.path if jsonl is not None else None
-
-    @property
-    def last_stats(self) -> RunStats | None:
-        """Statistics of the last finished run."""
-        return self.tracker.last_stats
 
     def __call__(self, study: Any, trial: Any) -> None:
         """Record the finished ``trial`` (an ``optuna.trial.FrozenTrial``)."""
@@ -147,11 +135,7 @@ class SteplogCallback:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is None:
-            status: RunStatus = "finished"
-        else:
-            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        self.finish(status=status)
+        self.finish(status="finished" if exc is None else _status_for(exc))
 
     def _ensure_started(self, study: Any) -> Tracker:
         tracker = self.tracker

@@ -43,9 +43,7 @@ from typing import Any
 
 from .._extras import require
 from ..backends.base import Backend
-from ..backends.jsonl import JsonlBackend
-from ..events import RunStats
-from ..tracker import Tracker
+from ._host import TrackerHost
 
 __all__ = ["RUN_FILE_NAME", "SteplogCallback"]
 
@@ -61,7 +59,7 @@ RUN_FILE_NAME = "steplog_run.json"
 _SUMMARY_STATE = ("global_step", "best_metric", "best_model_checkpoint")
 
 
-class SteplogCallback(TrainerCallback):  # type: ignore[misc,valid-type]
+class SteplogCallback(TrackerHost, TrainerCallback):  # type: ignore[misc,valid-type]
     """A ``transformers.TrainerCallback`` writing the training through a :class:`steplog.Tracker`.
 
     Args:
@@ -81,26 +79,15 @@ class SteplogCallback(TrainerCallback):  # type: ignore[misc,valid-type]
         experiment_config: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> None:
-        self.tracker = Tracker(
-            *backends,
+        self._host(
+            backends,
             experiment_name=experiment_name,
             experiment_config=experiment_config,
-            **options,
+            options=options,
         )
         self._last_logs: dict[str, Any] = {}
         self._first_new_step = 0  # after a resume: the steps before are in the file
         self._replayed = 0  # logs skipped as replays of steps the file has
-
-    @property
-    def run_path(self) -> Path | None:
-        """The run file of the current (or last) run (its first JSONL backend's)."""
-        jsonl = next((b for b in self.tracker.backends if isinstance(b, JsonlBackend)), None)
-        return jsonl.path if jsonl is not None else None
-
-    @property
-    def last_stats(self) -> RunStats | None:
-        """Statistics of the last finished run."""
-        return self.tracker.last_stats
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Start (or, when resuming from a checkpoint, continue) the run."""

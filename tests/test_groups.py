@@ -180,3 +180,17 @@ def test_plot_overlays_the_ranks_of_a_group(tmp_path: Path) -> None:
 
     paths = resolve_runs("group:g2", tmp_path)
     assert [read_header(open_run(p)).rank for p in paths] == [0, 1]
+
+
+def test_ls_with_filters_that_match_nothing_says_so(tmp_path: Path) -> None:
+    """`steplog ls --tag X` with runs there but none tagged X says the filters matched
+    nothing, not that the directory has no runs."""
+    _torchrun(tmp_path, 1, group="g", tags=["a"])
+    done = subprocess.run(
+        [sys.executable, "-m", "steplog", "ls", str(tmp_path), "-t", "nope", "-g", "g"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and done.stdout == ""
+    assert f"no runs under {str(tmp_path)!r} match -g g -t nope" in done.stderr

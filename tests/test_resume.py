@@ -153,13 +153,20 @@ def test_latest_without_a_run_starts_a_new_one(tmp_path: Path) -> None:
 
 
 def test_latest_picks_the_most_recently_started_run(tmp_path: Path) -> None:
-    """Of several runs, "latest" continues the one started last."""
+    """Of several runs, "latest" continues the one started last; once that one has
+    finished, "latest" starts a new run (a new start of the job, not a restart), while
+    its id still resumes it."""
     tracker = steplog.Tracker(steplog.JsonlBackend(tmp_path), experiment_name="e")
     ids = []
     for _ in range(3):
         ids.append(tracker.init().run_id)
-        tracker.finish()
+        tracker.finish(status="failed")
     assert tracker.init(resume="latest").run_id == ids[-1]
+    tracker.finish()  # now it finished
+    fresh = tracker.init(resume="latest")
+    tracker.finish()
+    assert fresh.resumed is None and fresh.run_id not in ids
+    assert tracker.init(resume=ids[-1]).resumed is not None
     tracker.finish()
 
 
@@ -220,7 +227,7 @@ def test_async_tracker_resumes(tmp_path: Path) -> None:
         tracker = steplog.AsyncTracker(steplog.JsonlBackend(tmp_path), experiment_name="e")
         await tracker.init()
         tracker.log({"x": 1})
-        await tracker.finish()
+        await tracker.finish(status="interrupted")
         info = await tracker.init(resume="latest")
         tracker.log({"x": 2})
         await tracker.finish()
@@ -255,7 +262,7 @@ def test_replay_and_cli_read_a_resumed_run_as_one(tmp_path: Path) -> None:
 def test_resume_keeps_the_run_start_record_and_appends_only(tmp_path: Path) -> None:
     """The file is only appended to (after cutting a torn line): the bytes of the
     first segment are unchanged."""
-    assert _job(tmp_path, 50) == 0
+    assert _job(tmp_path, 50, kill_at=49) == -signal.SIGKILL
     path = _only_run(tmp_path)
     before = path.read_bytes()
     assert _job(tmp_path, 80) == 0

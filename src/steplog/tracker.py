@@ -70,7 +70,7 @@ from .errors import (
 from .events import RUN_STATUSES, Resumed, RunInfo, RunStats, RunStatus
 from .runfile.codec import ValueEncoder, _find_null
 from .runfile.find import resolve_run
-from .runfile.read import ResumePoint, read_start, resume_point
+from .runfile.read import ResumePoint, open_run, read_header, read_start, resume_point
 from .watch import Alert, Watcher
 
 __all__ = ["DEFAULT_EXPERIMENT_NAME", "AsyncTracker", "Tracker"]
@@ -770,8 +770,9 @@ class Tracker(_TrackerBase):
             config: The run's config.
             resume: Continue a run of this experiment instead of starting one (after a
                 crash or a pre-emption): its run id, the path of its file under the
-                JSONL backend's root, or ``"latest"`` (its most recently started run;
-                a new run if it has none yet, so a restarted job can always pass it).
+                JSONL backend's root, or ``"latest"`` (its most recently started run
+                of this rank, unless that one finished; else a new run, so a job can
+                always pass it).
                 The run file is continued: a line torn by a killed writer is cut off,
                 a resume record starts the new segment, steps go on after the last
                 step recorded, ``config`` is merged over the run's config and
@@ -1114,9 +1115,10 @@ def _elastic_run_id() -> str | None:
 
 
 def _latest_own_run(directory: Path, *, group: str | None, rank: int | None) -> Path | None:
-    """The most recently started run in ``directory`` that this process would have
-    written: the same rank (in a distributed job every rank resumes its own run) and,
-    when a group is set, the same group. Files that are not runs (empty, a torn first
+    """The run ``resume="latest"`` continues: the most recently started run in
+    ``directory`` that this process would have written — the same rank (in a distributed
+    job every rank resumes its own run) and, when a group is set, the same group — unless
+    it finished (then ``None``: a new run). Files that are not runs (empty, a torn first
     line: killed while creating them) are skipped."""
     runs = sorted(directory.glob("*.jsonl"), reverse=True) if directory.is_dir() else []
     for path in runs:  # run ids sort by start time
@@ -1128,5 +1130,12 @@ def _latest_own_run(directory: Path, *, group: str | None, rank: int | None) -> 
             continue
         if group is not None and start.get("group") != group:
             continue
+        try:
+            status = read_header(open_run(path)).status
+        except (OSError, ValueError):
+            status = None
+        if status == "finished":  # it ended well: this is a new start, not a restart
+            logger.info("steplog: the latest run %s finished; starting a new run", path.stem)
+            return None
         return path
     return None

@@ -134,7 +134,20 @@ def cmd_ls(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             sys.stdout.write(orjson.dumps(row, default=str).decode() + "\n")
         return EXIT_OK
     if not headers:
-        print(f"no runs under {str(root)!r}", file=sys.stderr)
+        filters = [
+            f"{flag} {value}"
+            for flag, value in (
+                ("-e", args.experiment),
+                ("-s", args.status),
+                ("-g", args.group),
+                *(("-t", tag) for tag in args.tags or ()),
+            )
+            if value
+        ]
+        if filters:
+            print(f"no runs under {str(root)!r} match {' '.join(filters)}", file=sys.stderr)
+        else:
+            print(f"no runs under {str(root)!r}", file=sys.stderr)
         return EXIT_OK
     rows = [
         [

@@ -53,13 +53,18 @@ def cmd_plot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"--dpi must be at least 1, not {args.dpi}")
     paths: list[Path] = []
     labels: list[str] = []
+    groups: list[str] = []
     for spec in args.runs:
         found = resolve_runs(spec, Path(args.root))
         paths += found
         if spec.startswith(GROUP_PREFIX) and not Path(spec).exists():
             labels += [_member_label(path) for path in found]  # a group: one curve per rank
+            groups.append(spec[len(GROUP_PREFIX) :])
         else:
             labels += [""]
+    title = args.title
+    if title is None and groups:  # the curves are labelled by rank: name the group
+        title = f"group {', '.join(groups)}: {', '.join(args.keys or ['loss'])}"
     if args.labels and len(args.labels) != len(paths):
         parser.error(
             f"give one --label per run ({len(paths)} runs"
@@ -69,7 +74,7 @@ def cmd_plot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         paths,
         args.keys or ["loss"],
         Path(args.output),
-        title=args.title,
+        title=title,
         labels=args.labels or (labels if any(labels) else None),
         parser=parser,
         x_axis=args.x,

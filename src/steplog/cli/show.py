@@ -21,7 +21,7 @@ from ..runfile.read import (
     read_header,
     run_config,
 )
-from ..runfile.schema import flatten
+from ..runfile.schema import RESUME, flatten
 from ._common import (
     EXIT_OK,
     RUNS_HELP,
@@ -103,12 +103,17 @@ def cmd_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         f"duration {duration(header.duration)}  ·  {count(records, 'step record')}  ·  "
         f"last step {scan.last_step if scan.last_step is not None else '–'}"
     )
-    if header.host or header.pid:
-        print(f"process   {header.host} pid {header.pid}")
     statuses = scan.segment_statuses()
+    resumes = [r for r in scan.others if r.get("type") == RESUME]
+    writer = resumes[-1] if resumes else {"host": header.host, "pid": header.pid}
+    if writer.get("host") or writer.get("pid"):  # of the last segment, in a resumed run
+        print(f"process   {writer.get('host')} pid {writer.get('pid')}")
     if len(statuses) > 1:
         times = count(len(statuses) - 1, "time")
-        print(f"resumed   {times}: {' → '.join(statuses)}")
+        print(
+            f"resumed   {times}: {' → '.join(statuses)}  ·  the duration counts the "
+            "time between the segments; the stats are the last segment's"
+        )
     if header.group or header.rank is not None or header.tags:
         print(f"group     {_placement(header)}")
     if header.torn:

@@ -396,7 +396,9 @@ class _Sync:
         if writer_state(snapshot.start) is not WriterState.GONE:
             return False
         if self._resume_checked < snapshot.end:  # look for resumes once per new stretch
-            part = dataclasses.replace(snapshot, body=max(snapshot.body, self._resume_checked))
+            part = dataclasses.replace(
+                snapshot, body=max(snapshot.body, self._resume_checked), resume_known=False
+            )
             self._resume = last_resume(part) or self._resume
             self._resume_checked = snapshot.end
         return self._resume is None or writer_state(self._resume) is WriterState.GONE

@@ -8,7 +8,7 @@ from typing import Any
 
 from .. import _progress
 from ..runfile.find import resolve_runs
-from ..runfile.read import RunHeader, metric_stats, read_header, run_config
+from ..runfile.read import RunHeader, metric_stats, read_header
 from ..runfile.schema import flatten
 from ._common import (
     EXIT_OK,
@@ -51,9 +51,12 @@ def cmd_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     snapshots = [take_snapshot(p) for p in paths]
     headers = [read_header(s) for s in snapshots]
     all_stats = []
+    configs = []
     for path, snapshot in zip(paths, snapshots, strict=True):
         with _progress.bar(snapshot.end - snapshot.body, f"reading {path.name}") as update:
-            all_stats.append(metric_stats(snapshot, update).metrics)
+            scan = metric_stats(snapshot, update)
+        all_stats.append(scan.metrics)
+        configs.append(flatten(scan.config(snapshot.start)))  # a resumed run's, as it stands
         warn_corrupt("compare", path, snapshot.corrupt)
     numeric = {k for s in all_stats for k, m in s.items() if m.numeric}
     check_keys(
@@ -82,7 +85,6 @@ def cmd_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         ["steps", *(f"{h.steps:,}" for h in headers)],
         ["duration", *(duration(h.duration) for h in headers)],
     ]
-    configs = [flatten(run_config(s)) for s in snapshots]  # a resumed run's, as it stands
     config_keys = list(dict.fromkeys(k for c in configs for k in c))
     missing = object()
     for key in config_keys:

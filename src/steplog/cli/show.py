@@ -19,9 +19,8 @@ from ..runfile.read import (
     RunHeader,
     metric_stats,
     read_header,
-    run_config,
 )
-from ..runfile.schema import RESUME, flatten
+from ..runfile.schema import flatten
 from ._common import (
     EXIT_OK,
     RUNS_HELP,
@@ -66,7 +65,7 @@ def cmd_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         monitor = MonitorScan()
         scan = metric_stats(snapshot, update, monitor=monitor)
     warn_corrupt("show", path, snapshot.corrupt)
-    config = run_config(snapshot)  # a resumed run's, as it stands
+    config = scan.config(snapshot.start)  # a resumed run's, as it stands
     stats, records = scan.metrics, scan.records
     steps = scan.last_step + 1 if scan.last_step is not None else 0
     if args.json:
@@ -104,8 +103,7 @@ def cmd_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         f"last step {scan.last_step if scan.last_step is not None else '–'}"
     )
     statuses = scan.segment_statuses()
-    resumes = [r for r in scan.others if r.get("type") == RESUME]
-    writer = resumes[-1] if resumes else {"host": header.host, "pid": header.pid}
+    writer = scan.last_resume() or {"host": header.host, "pid": header.pid}
     if writer.get("host") or writer.get("pid"):  # of the last segment, in a resumed run
         print(f"process   {writer.get('host')} pid {writer.get('pid')}")
     if len(statuses) > 1:

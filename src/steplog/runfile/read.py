@@ -78,7 +78,6 @@ __all__ = [
     "read_run",
     "read_start",
     "resume_point",
-    "run_config",
     "writer_state",
 ]
 
@@ -153,6 +152,10 @@ class RunSnapshot:
         end: Readers stop here: after the last complete line at opening time.
         torn: Bytes of an unfinished line followed ``end`` at opening time.
         corrupt: Numbers (from 1) of the corrupt lines readers skipped so far.
+        resume: The last resume record, once :func:`last_resume` (or
+            :func:`read_header`, in the tail) has found it; see ``resume_known``.
+        resume_known: Whether ``resume`` was searched for already (the search can
+            read the whole file: done once per snapshot).
     """
 
     path: Path
@@ -161,6 +164,8 @@ class RunSnapshot:
     end: int
     torn: bool
     corrupt: set[int] = dataclasses.field(default_factory=set)
+    resume: dict[str, Any] | None = None
+    resume_known: bool = False
 
 
 def read_start(path: Path) -> dict[str, Any] | None:
@@ -274,7 +279,7 @@ class RunHeader:
     steps: int  # last step + 1 (0 when no step was written yet)
     last_time: float  # end time, or the time of the last step written
     last: dict[str, Any]  # the data of the last step records, later ones winning
-    config: dict[str, Any]  # the run-start record's (a resumed run's: run_config())
+    config: dict[str, Any]  # the run-start record's (a resumed run's: StepScan.config())
     summary: dict[str, Any]
     stats: dict[str, Any] | None  # the run-end record's statistics
     host: str | None
@@ -315,8 +320,9 @@ def read_header(snapshot: RunSnapshot, tail_bytes: int = TAIL_BYTES) -> RunHeade
             if end is None and resume is None:  # a resume after it reopened the run
                 end = record
         elif kind == RESUME:
-            if resume is None:
-                resume = record
+            if resume is None:  # the last one of the file: remember it for last_resume
+                resume = snapshot.resume = record
+                snapshot.resume_known = True
         elif kind is None and is_step(record):
             if last_step is None:
                 last_step = record
@@ -370,13 +376,6 @@ def _int(value: Any, default: int | None = None) -> Any:
     return value if type(value) is int else default
 
 
-def run_config(snapshot: RunSnapshot) -> dict[str, Any]:
-    """The run's config as it stands: the run-start record's, or, for a resumed run,
-    the last resume record's (which merges the resuming ``init``'s config over it)."""
-    config = (last_resume(snapshot) or snapshot.start).get("config")
-    return config if isinstance(config, dict) else {}
-
-
 _RESUME_LINE = b'\n{"type":"' + RESUME.encode() + b'"'
 
 
@@ -385,8 +384,16 @@ def last_resume(snapshot: RunSnapshot) -> dict[str, Any] | None:
 
     Searches backwards for a line that starts with the record's type (step records start
     with ``{"step"``), so a never-resumed file is read once, at memory speed, and a
-    resumed one only back to its last resume.
+    resumed one only back to its last resume; once per snapshot (the answer is kept in
+    it).
     """
+    if not snapshot.resume_known:
+        snapshot.resume = _search_resume(snapshot)
+        snapshot.resume_known = True
+    return snapshot.resume
+
+
+def _search_resume(snapshot: RunSnapshot) -> dict[str, Any] | None:
     with open(snapshot.path, "rb") as f:
         end = snapshot.end
         while end > snapshot.body:
@@ -592,6 +599,16 @@ class StepScan:
     records: int = 0
     last_step: int | None = None  # the step of the last record
     others: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # typed records
+
+    def last_resume(self) -> dict[str, Any] | None:
+        """The last resume record met, or ``None`` (a run never resumed)."""
+        return next((r for r in reversed(self.others) if r.get("type") == RESUME), None)
+
+    def config(self, start: Mapping[str, Any]) -> dict[str, Any]:
+        """The run's config as it stands: the last resume record's (the resuming
+        ``init``'s config merged over the run's), else the run-start record ``start``'s."""
+        config = (self.last_resume() or start).get("config")
+        return config if isinstance(config, dict) else {}
 
     def segment_statuses(self) -> list[str]:
         """How each segment of the run ended, in order (one unless it was resumed)."""
@@ -1014,26 +1031,15 @@ def resume_point(path: Path, *, wait: float = RESUME_WAIT) -> ResumePoint:
     """
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
+        if not lock(fd):
+            _wait_for_writer(fd, path, wait)
         try:
-            snapshot = open_run(path)
+            snapshot = open_run(path)  # as it is now that nobody writes it
         except ValueError as exc:
             raise RunFileError(str(exc)) from None
-        writer = last_resume(snapshot) or snapshot.start
-        deadline = time.monotonic() + wait
-        while not lock(fd):
-            # Held by the process that wrote it last (here: this very process), or by a
-            # writer process still draining a killed one's run: only that is waited for.
-            alive = writer_state(writer) is WriterState.ALIVE
-            if alive or time.monotonic() >= deadline:
-                who = f"process {writer.get('pid')}" if alive else "its writer process"
-                raise RunFileError(
-                    f"{path}: run {snapshot.start.get('run_id')} is still being written by "
-                    f"{who}; resume it once that has ended"
-                )
-            time.sleep(0.05)
-        snapshot = open_run(path)  # as it is now that nobody writes it
         header = read_header(snapshot)
         if not LOCKS and header.status == RUNNING:  # pragma: no cover - not POSIX
+            writer = last_resume(snapshot) or snapshot.start
             raise RunFileError(
                 f"{path}: run {header.run_id} is still being written by process "
                 f"{writer.get('pid')} on this host; resume it once that has ended"
@@ -1053,3 +1059,31 @@ def resume_point(path: Path, *, wait: float = RESUME_WAIT) -> ResumePoint:
         )
     finally:
         os.close(fd)  # and the lock with it: the JSONL backend takes it again
+
+
+def _wait_for_writer(fd: int, path: Path, wait: float) -> None:
+    """Wait, up to ``wait`` seconds, for the run file's lock (open at ``fd``) to be free,
+    and take it.
+
+    Only a holder whose logging process is gone is waited for: the writer process of a
+    killed ``durability="process"`` run, still draining it. A live writer (another
+    process, or this very one) is refused at once.
+
+    Raises:
+        RunFileError: The file is still being written (or is not a run).
+    """
+    try:
+        snapshot = open_run(path)
+    except ValueError as exc:
+        raise RunFileError(str(exc)) from None
+    writer = last_resume(snapshot) or snapshot.start
+    deadline = time.monotonic() + wait
+    while not lock(fd):
+        alive = writer_state(writer) is WriterState.ALIVE
+        if alive or time.monotonic() >= deadline:
+            who = f"process {writer.get('pid')}" if alive else "its writer process"
+            raise RunFileError(
+                f"{path}: run {snapshot.start.get('run_id')} is still being written by "
+                f"{who}; resume it once that has ended"
+            )
+        time.sleep(0.05)

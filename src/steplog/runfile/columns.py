@@ -48,8 +48,15 @@ from .._extras import require
 from ..errors import RunFileError, RunFileWarning, RunNotFoundError
 from .codec import decode
 from .find import find_runs
-from .read import RunSnapshot, gc_paused, iter_line_blocks, open_run, read_header
-from .schema import SCHEMA_VERSION, is_step
+from .read import (
+    RunSnapshot,
+    gc_paused,
+    iter_line_blocks,
+    open_run,
+    read_header,
+    step_records,
+)
+from .schema import SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from ..events import Event
@@ -351,28 +358,8 @@ def _parse_block(
                 and set(map(type, datas)) <= {dict}
             ):
                 return steps, times, datas
-    steps, times, datas = [], [], []
-    for number, line in enumerate(lines, start=first):
-        try:
-            record = loads(line)
-        except orjson.JSONDecodeError:
-            if line.strip():
-                corrupt.add(number)
-            continue
-        if type(record) is not dict:
-            corrupt.add(number)
-            continue
-        if "type" in record:
-            continue  # run start/end, or a record type of a newer minor version
-        if _TAG in line:
-            record = decode(record)
-        if is_step(record):
-            steps.append(record["step"])
-            times.append(record["time"])
-            datas.append(record["data"])
-        else:
-            corrupt.add(number)
-    return steps, times, datas
+    kept = list(step_records(lines, first, corrupt))  # a corrupt line among them
+    return [r["step"] for r in kept], [r["time"] for r in kept], [r["data"] for r in kept]
 
 
 def frame_of_events(events: Sequence[Event], keys: Sequence[str] | None) -> ColumnFrame:

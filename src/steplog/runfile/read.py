@@ -24,7 +24,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,7 @@ __all__ = [
     "read_run",
     "read_start",
     "resume_point",
+    "step_records",
     "writer_state",
 ]
 
@@ -510,9 +511,22 @@ def iter_steps(
     with a ``type`` (run end, system samples, alerts, newer kinds) are skipped, or
     handed to ``others`` (decoded) as they come.
     """
+    lines = iter_lines(snapshot, progress)
+    return step_records(lines, 2, snapshot.corrupt, others=others)
+
+
+def step_records(
+    lines: Iterable[bytes],
+    first: int,
+    corrupt: set[int],
+    *,
+    others: Callable[[dict[str, Any]], None] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The step records among ``lines`` (line number ``first`` onwards): the one rule
+    for what is a step, what is another record (to ``others``, if given) and what is a
+    corrupt line (its number into ``corrupt``)."""
     loads = orjson.loads
-    corrupt = snapshot.corrupt
-    for number, line in enumerate(iter_lines(snapshot, progress), start=2):
+    for number, line in enumerate(lines, start=first):
         # The hot loop of show/export/compare/plot on long runs: orjson straight on
         # the line, the tag-decoding walk only where a tagged value ($float, $int) is.
         if not line:
@@ -536,7 +550,7 @@ def iter_steps(
         if (
             type(record.get("step")) is int
             and type(record.get("data")) is dict
-            and (type(when) is float or isinstance(when, (int, float)))
+            and (type(when) is float or type(when) is int)  # is_step's rule, inlined
         ):
             yield record
         else:

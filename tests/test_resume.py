@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -411,3 +412,80 @@ def test_show_and_compare_give_a_resumed_runs_config_as_it_stands(tmp_path: Path
         "0.2",
         "0.2",
     ]
+
+
+def test_scan_gives_a_resumed_runs_config_as_it_stands(tmp_path: Path) -> None:
+    """steplog.scan() reports a resumed run's config as read_run, show and compare do:
+    the resuming init()'s config merged over the first one, new keys included."""
+    pytest.importorskip("pandas")
+    tracker = steplog.Tracker(steplog.JsonlBackend(tmp_path), experiment_name="e")
+    info = tracker.init({"lr": 0.1, "model": "mlp"})
+    tracker.log({"loss": 1.0})
+    tracker.finish()
+    again = steplog.Tracker(steplog.JsonlBackend(tmp_path), experiment_name="e")
+    again.init({"lr": 0.2, "new": "z"}, resume=info.run_id)
+    again.log({"loss": 0.5})
+    again.finish()
+    path = tmp_path / "e" / f"{info.run_id}.jsonl"
+    expected = {"lr": 0.2, "model": "mlp", "new": "z"}
+    assert steplog.read_run(path).config == expected
+    frame = steplog.scan(path, keys=["loss"])
+    assert list(frame["config.lr"]) == [0.2, 0.2]
+    assert list(frame["config.new"]) == ["z", "z"]
+    assert list(frame["config.model"]) == ["mlp", "mlp"]
+    assert resume_point(path).config == expected
+
+
+@pytest.mark.parametrize("durability", ["thread", "process"])
+def test_a_killed_resumed_segment_keeps_the_runs_summary(tmp_path: Path, durability: str) -> None:
+    """Finish a run with a summary, resume it, SIGKILL that process, resume again: the
+    summary carries over from the last run end that had one — into tracker.summary,
+    read_run, show and the final run end (in both durability modes)."""
+    script = """
+import os, sys, steplog
+root, run_id, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+tracker = steplog.Tracker(
+    steplog.JsonlBackend(root), experiment_name="e", flush_interval=0.01,
+    durability=os.environ["DURABILITY"],
+)
+tracker.init(resume=run_id)
+print(sorted(tracker.summary.items()), flush=True)
+tracker.log({"loss": 0.25})
+if mode == "kill":
+    tracker.flush()
+    os.kill(os.getpid(), 9)
+tracker.finish({"final": 0.25})
+"""
+    tracker = steplog.Tracker(steplog.JsonlBackend(tmp_path), experiment_name="e")
+    info = tracker.init()
+    tracker.log({"loss": 1.0})
+    tracker.finish({"best_loss": 0.5})
+    path = tmp_path / "e" / f"{info.run_id}.jsonl"
+
+    def resume(mode: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path), info.run_id, mode],
+            env={**os.environ, "DURABILITY": durability},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    killed = resume("kill")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert killed.stdout.strip() == "[('best_loss', 0.5)]"
+    if durability == "process":  # the writer process ends the segment as "killed"
+        for _ in range(200):
+            if read_header(open_run(path)).ended:
+                break
+            time.sleep(0.05)
+    # Between the resumes: the run as it stands still has its summary.
+    assert steplog.read_run(path).summary == {"best_loss": 0.5}
+    assert read_header(open_run(path)).summary == {"best_loss": 0.5}
+    finished = resume("finish")
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.strip() == "[('best_loss', 0.5)]"
+    run = steplog.read_run(path)
+    assert run.summary == {"best_loss": 0.5, "final": 0.25}
+    assert [s.status for s in run.segments][-1] == "finished"
+    assert [e.step for e in run.records] == [0, 1, 2]

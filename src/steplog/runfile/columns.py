@@ -54,6 +54,7 @@ from .read import (
     iter_line_blocks,
     open_run,
     read_header,
+    run_config,
     step_records,
 )
 from .schema import SCHEMA_VERSION
@@ -639,13 +640,12 @@ def scan(
                 f"(it reads versions up to {SCHEMA_VERSION}); upgrade steplog"
             )
         header = read_header(snapshot)
-        config = snapshot.start.get("config")
         headers.append(
             {
                 "run_id": header.run_id,
                 "experiment": header.experiment,
                 "status": header.status,
-                "config": config if isinstance(config, dict) else {},
+                "config": run_config(snapshot),  # a resumed run's, as it stands
             }
         )
         frame.run_rows.append(0)

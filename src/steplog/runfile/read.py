@@ -38,6 +38,7 @@ from .lock import LOCKS, lock
 from .schema import (
     ALERT,
     INCOMPLETE,
+    KILLED,
     RESUME,
     RUN_END,
     RUN_START,
@@ -69,6 +70,7 @@ __all__ = [
     "iter_steps",
     "last_resume",
     "last_steps",
+    "last_summary",
     "line_number",
     "metric_stats",
     "open_run",
@@ -78,6 +80,7 @@ __all__ = [
     "read_run",
     "read_start",
     "resume_point",
+    "run_config",
     "step_records",
     "writer_state",
 ]
@@ -280,7 +283,7 @@ class RunHeader:
     steps: int  # last step + 1 (0 when no step was written yet)
     last_time: float  # end time, or the time of the last step written
     last: dict[str, Any]  # the data of the last step records, later ones winning
-    config: dict[str, Any]  # the run-start record's (a resumed run's: StepScan.config())
+    config: dict[str, Any]  # the run-start record's (as it stands: run_config(snapshot))
     summary: dict[str, Any]
     stats: dict[str, Any] | None  # the run-end record's statistics
     host: str | None
@@ -351,7 +354,7 @@ def read_header(snapshot: RunSnapshot, tail_bytes: int = TAIL_BYTES) -> RunHeade
         last_time=last_time,
         last=last,
         config=start.get("config") or {},
-        summary=(end or {}).get("summary") or {},
+        summary=_summary(snapshot, end),
         stats=(end or {}).get("stats"),
         host=start.get("host"),
         pid=start.get("pid"),
@@ -363,6 +366,16 @@ def read_header(snapshot: RunSnapshot, tail_bytes: int = TAIL_BYTES) -> RunHeade
         world_size=_int(start.get("world_size")),
         segments=1 + _int((resume or {}).get("segment"), 0),
     )
+
+
+def _summary(snapshot: RunSnapshot, end: dict[str, Any] | None) -> dict[str, Any]:
+    """The run's summary as it stands: its last end's, unless that end could not know
+    it (none yet, or a writer process's ``"killed"`` end): then the last one a segment
+    ended with (searched for only then: an end a tracker wrote carries the summary on)."""
+    if end is not None and (end.get("summary") or end.get("status") != KILLED):
+        summary = end.get("summary")
+        return summary if isinstance(summary, dict) else {}
+    return last_summary(snapshot)
 
 
 def _text(value: Any) -> str | None:
@@ -378,6 +391,7 @@ def _int(value: Any, default: int | None = None) -> Any:
 
 
 _RESUME_LINE = b'\n{"type":"' + RESUME.encode() + b'"'
+_RUN_END_LINE = b'\n{"type":"' + RUN_END.encode() + b'"'
 
 
 def last_resume(snapshot: RunSnapshot) -> dict[str, Any] | None:
@@ -394,14 +408,46 @@ def last_resume(snapshot: RunSnapshot) -> dict[str, Any] | None:
     return snapshot.resume
 
 
+def run_config(snapshot: RunSnapshot) -> dict[str, Any]:
+    """The run's config as it stands: the last resume record's (the resuming ``init``'s
+    config merged over the run's), else the run-start record's. The one answer that
+    ``read_run``, ``scan``, ``show``, ``compare`` and ``init(resume=...)`` give."""
+    config = (last_resume(snapshot) or snapshot.start).get("config")
+    return config if isinstance(config, dict) else {}
+
+
+def last_summary(snapshot: RunSnapshot) -> dict[str, Any]:
+    """The summary of the snapshot's last run-end record that has one, or ``{}``.
+
+    A segment killed before it could end (no run-end record), or ended by the writer
+    process of ``durability="process"`` (a ``"killed"`` run end, which cannot know the
+    summary), leaves the run's summary as the last segment that ended with one had it:
+    what ``read_run`` reports and what ``init(resume=...)`` starts ``tracker.summary``
+    from.
+    """
+    record = _search_back(
+        snapshot, _RUN_END_LINE, lambda r: r.get("type") == RUN_END and bool(r.get("summary"))
+    )
+    summary = (record or {}).get("summary")
+    return dict(summary) if isinstance(summary, dict) else {}
+
+
 def _search_resume(snapshot: RunSnapshot) -> dict[str, Any] | None:
+    return _search_back(snapshot, _RESUME_LINE, lambda r: r.get("type") == RESUME)
+
+
+def _search_back(
+    snapshot: RunSnapshot, needle: bytes, accept: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any] | None:
+    """The last record of the snapshot whose line starts with ``needle`` (which begins
+    with the newline before it) and that ``accept`` takes; read backwards in chunks."""
     with open(snapshot.path, "rb") as f:
         end = snapshot.end
         while end > snapshot.body:
             offset = max(snapshot.body - 1, end - CHUNK_BYTES)
             f.seek(offset)
             data = f.read(end - offset)
-            hit = data.rfind(_RESUME_LINE)
+            hit = data.rfind(needle)
             if hit >= 0:
                 line_end = data.find(b"\n", hit + 1)
                 if line_end < 0:  # the line runs past this chunk: read it whole
@@ -410,13 +456,13 @@ def _search_resume(snapshot: RunSnapshot) -> dict[str, Any] | None:
                 else:
                     line = data[hit + 1 : line_end]
                 record = parse_line(line)
-                if record is not None and record.get("type") == RESUME:
+                if record is not None and accept(record):
                     return record
-                end = offset + hit  # not a record after all: search before it
+                end = offset + hit  # not a match after all: search before it
                 continue
             if offset <= snapshot.body - 1:
                 return None
-            end = offset + len(_RESUME_LINE)  # a match may straddle the chunk boundary
+            end = offset + len(needle)  # a match may straddle the chunk boundary
     return None
 
 
@@ -773,7 +819,9 @@ class Run:
         config: The merged config recorded at ``init()``.
         records: One :class:`steplog.Event` per ``log()`` call, in file order.
         history: Per key, its values in file order (only events that have the key).
-        summary: The summary passed to ``finish()`` (empty if the run did not finish).
+        summary: The summary passed to ``finish()``; of a resumed run, the last one a
+            segment ended with (a segment killed before its end keeps the one before;
+            see :func:`last_summary`); empty if no segment ended with one.
         status: The end status, or ``"incomplete"`` if the file has no run-end record
             (still being written, or the writer was killed).
         stats: The run statistics from the run-end record, or ``None``.
@@ -904,6 +952,7 @@ def _read_run(path: Path) -> Run:
     history: dict[str, list[Any]] = {}
     end: dict[str, Any] | None = None
     config: dict[str, Any] = start.get("config") or {}
+    summary: dict[str, Any] = {}  # the last run end's that has one (see last_summary)
     segments: list[RunSegment] = [
         RunSegment(
             0, start["start_time"], None, INCOMPLETE, 0, _int(start.get("pid")), start.get("host")
@@ -934,6 +983,8 @@ def _read_run(path: Path) -> Run:
             if kind == RUN_END:
                 end = record
                 segments[-1] = _ended(segments[-1], record)
+                if record.get("summary"):
+                    summary = record["summary"]
             elif kind == RESUME:
                 end = None
                 segments.append(_segment(record, len(segments), path, number))
@@ -964,7 +1015,7 @@ def _read_run(path: Path) -> Run:
         config=config,
         records=records,
         history=history,
-        summary=(end or {}).get("summary") or {},
+        summary=summary,
         status=end["status"] if end else INCOMPLETE,
         stats=RunStats.from_dict(end["stats"]) if end and end.get("stats") else None,
         start_time=start["start_time"],
@@ -1008,7 +1059,7 @@ class ResumePoint:
         path: The run file.
         start: Its run-start record.
         config: The run's config (the start record's, or the last resume's).
-        summary: The summary of the run's last end, or ``{}``.
+        summary: The summary of the run's last end that had one, or ``{}``.
         next_step: One past the last step in the file (0 if it has none).
         segment: The number the new segment gets.
         previous_status: How the last segment ended (``"incomplete"`` if it did not).
@@ -1060,12 +1111,11 @@ def resume_point(path: Path, *, wait: float = RESUME_WAIT) -> ResumePoint:
             )
         steps = last_steps(snapshot, 1)
         resumed = last_resume(snapshot)
-        config = (resumed or snapshot.start).get("config")
         return ResumePoint(
             path=path,
             start=snapshot.start,
-            config=config if isinstance(config, dict) else {},
-            summary=dict(header.summary) if header.ended else {},
+            config=run_config(snapshot),
+            summary=last_summary(snapshot),
             next_step=steps[0]["step"] + 1 if steps else 0,
             segment=_int((resumed or {}).get("segment"), 0) + 1,
             previous_status=header.status if header.ended else INCOMPLETE,

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ALERT",
     "INCOMPLETE",
+    "KILLED",
     "RESUME",
     "RUNNING",
     "RUN_END",
@@ -52,6 +53,9 @@ RESUME = "resume"
 SYSTEM = "system"
 #: The ``type`` of an alert a watcher fired (``Tracker(watchers=)``).
 ALERT = "alert"
+#: The status of the run end the writer process of ``durability="process"`` writes when
+#: the logging process died: it cannot know the run's summary.
+KILLED = "killed"
 #: Status reported for a file without a run-end record whose writer is gone (killed
 #: before it could finish the run), or that cannot be checked.
 INCOMPLETE = "incomplete"

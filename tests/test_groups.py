@@ -12,6 +12,7 @@ import pytest
 
 import steplog
 from steplog.runfile.read import open_run, read_header
+from steplog.sync import sync
 
 # One rank of a job as torchrun starts it: RANK, LOCAL_RANK and WORLD_SIZE in the
 # environment (torchrun also sets TORCHELASTIC_RUN_ID to its --rdzv-id).
@@ -194,3 +195,37 @@ def test_ls_with_filters_that_match_nothing_says_so(tmp_path: Path) -> None:
     )
     assert done.returncode == 0 and done.stdout == ""
     assert f"no runs under {str(tmp_path)!r} match -g g -t nope" in done.stderr
+
+
+def _placed_run(root: Path, experiment: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A run of rank 1 of 2 (RANK etc. set as torchrun sets them), group and tags."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    tracker = steplog.Tracker(
+        steplog.JsonlBackend(root), experiment_name=experiment, group="job-7", tags=["a", "b"]
+    )
+    tracker.init({"lr": 0.1})
+    for step in range(5):
+        tracker.log({"loss": 1.0 / (step + 1)})
+    tracker.finish()
+    path = tracker.backends[0].path
+    assert path is not None
+    return path
+
+
+def test_replay_and_sync_open_the_run_with_its_group_tags_and_ranks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run sent from its file (steplog.replay, steplog.sync) reaches the backend with
+    the group, tags and ranks it had live: the same RunInfo whichever path sent it."""
+    path = _placed_run(tmp_path, "ddp", monkeypatch)
+    replayed, synced = steplog.MemoryBackend(), steplog.MemoryBackend()
+    steplog.replay(path, replayed)
+    sync(path, synced, cursor=tmp_path / "cursor.json")
+    for backend in (replayed, synced):
+        info = backend.info
+        assert info is not None
+        assert (info.group, info.tags) == ("job-7", ("a", "b"))
+        assert (info.rank, info.local_rank, info.world_size) == (1, 1, 2)
+        assert len(backend.records) == 5

@@ -16,6 +16,7 @@ import uuid
 import pytest
 
 import steplog
+from steplog.sync import sync
 
 from conftest import MlflowProxy, find_run, history, mlflow_api
 
@@ -347,3 +348,32 @@ def test_a_run_resumed_with_a_changed_config_keeps_its_mlflow_params(mlflow_serv
     assert run["info"]["status"] == "FINISHED"
     points = history(mlflow_server, run["info"]["run_id"], "loss")
     assert sorted((p["step"], p["value"]) for p in points) == [(0, 1.0), (1, 0.5)]
+
+
+def test_replay_and_sync_give_mlflow_the_runs_group_tags_and_rank(
+    mlflow_server, tmp_path, monkeypatch
+):
+    """A run replayed or synced from its file gets the steplog.group / steplog.tags /
+    steplog.rank tags a live run gets (before: none of them)."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    paths = []
+    for _ in range(2):
+        experiment = f"exp-{uuid.uuid4().hex[:8]}"
+        tracker = steplog.Tracker(
+            steplog.JsonlBackend(tmp_path), experiment_name=experiment, group="g", tags=["x"]
+        )
+        tracker.init()
+        tracker.log({"loss": 1.0})
+        tracker.finish()
+        paths.append((experiment, tracker.backends[0].path))
+    steplog.replay(paths[0][1], steplog.MlflowBackend(mlflow_server))
+    sync(paths[1][1], steplog.MlflowBackend(mlflow_server))
+    for experiment, path in paths:
+        run = find_run(mlflow_server, experiment, steplog.read_run(path).run_id)
+        tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+        assert (tags["steplog.group"], tags["steplog.tags"], tags["steplog.rank"]) == (
+            "g",
+            "x",
+            "1",
+        )

@@ -29,7 +29,7 @@ from .backends.base import Backend, backend_name
 from .errors import BackendOpenError
 from .events import BackendStats, Event, RunEnd, RunInfo, RunStats
 from .runfile.read import CorruptLineError, RunSnapshot, iter_lines, open_run, parse_record
-from .runfile.schema import RESUME, RUN_END
+from .runfile.schema import RESUME, RUN_END, run_info_of
 
 __all__ = ["replay", "replay_async"]
 
@@ -103,7 +103,7 @@ async def _replay(
         raise ValueError("replay needs at least one backend")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    info = _run_info(snapshot.start)
+    info = run_info_of(snapshot.start)
     # Each backend's delivery (retries, breaker, counts) is the live run's, without
     # the live run's queue: the file is read at the pace of the slowest backend.
     runners = [
@@ -123,6 +123,7 @@ async def _replay(
         opened.append(runner)
 
     end: dict[str, Any] | None = None
+    summary: dict[str, Any] = {}  # the last one a run end had (runfile.read.last_summary)
     logged = 0
     rows: list[tuple[int, float, dict[str, Any]]] = []
     for number, line in enumerate(iter_lines(snapshot), start=2):
@@ -140,6 +141,8 @@ async def _replay(
         kind = record.get("type")
         if kind == RUN_END:
             end = record
+            if record.get("summary"):  # a killed segment's end cannot know it
+                summary = record["summary"]
             continue
         if kind == RESUME:
             end = None  # the run went on after that end: the last one counts
@@ -154,25 +157,11 @@ async def _replay(
     if rows:
         await _deliver(runners, rows)
     status = str(end["status"]) if end else "unfinished"
-    summary = (end or {}).get("summary") or {}
     stats = (end or {}).get("stats")
     run_end = _end(info, status, summary, stats, logged, end.get("end_time") if end else None)
     for runner in runners:
         await _close(runner, run_end)
     return {r.name: r.stats(0) for r in runners}
-
-
-def _run_info(start: dict[str, Any]) -> RunInfo:
-    """The :class:`RunInfo` a run-start record describes (the run's original id,
-    experiment, config, start time and writer)."""
-    return RunInfo(
-        run_id=str(start["run_id"]),
-        experiment=str(start["experiment"]),
-        config=start.get("config") or {},
-        start_time=float(start["start_time"]),
-        pid=int(start.get("pid") or 0),
-        host=str(start.get("host") or ""),
-    )
 
 
 async def _deliver(runners: Sequence[Delivery], rows: list[Any]) -> None:

@@ -48,7 +48,7 @@ from .backends.tensorboard import TensorBoardBackend
 from .backends.wandb import WandbBackend
 from .errors import BackendOpenError, RunFileError
 from .events import BackendStats, Event, RunEnd, RunInfo
-from .replay import _close, _end, _no_deadline, _run_info
+from .replay import _close, _end, _no_deadline
 from .runfile.read import (
     WRITER_GONE_GRACE,
     CorruptLineError,
@@ -61,7 +61,7 @@ from .runfile.read import (
     parse_record,
     writer_state,
 )
-from .runfile.schema import RUN_END
+from .runfile.schema import RUN_END, run_info_of
 
 __all__ = ["SyncResult", "SyncResume", "cursor_path", "resume_mode", "sync", "sync_async"]
 
@@ -244,7 +244,7 @@ async def sync_async(
     interval = positive_seconds("interval", interval)
     run = Path(path)
     snapshot = _snapshot(run)
-    info = _run_info(snapshot.start)
+    info = run_info_of(snapshot.start)
     name = backend_name(backend)
     where = Path(cursor) if cursor is not None else cursor_path(run, backend)
     found = _Cursor.load(where, info.run_id, snapshot)

@@ -37,6 +37,7 @@ __all__ = [
     "is_number",
     "is_step",
     "resume_record",
+    "run_info_of",
     "start_record",
     "system_record",
 ]
@@ -76,6 +77,30 @@ def start_record(run: RunInfo) -> dict[str, Any]:
         "config": run.config,
         **_placement(run),
     }
+
+
+def run_info_of(start: Mapping[str, Any]) -> RunInfo:
+    """The :class:`RunInfo` a run-start record describes: the inverse of
+    :func:`start_record` (what ``replay`` and ``sync`` open the backends with, so a run
+    sent from its file gets the same id, group, tags and ranks as it got live)."""
+    tags = start.get("tags")
+    return RunInfo(
+        run_id=str(start["run_id"]),
+        experiment=str(start["experiment"]),
+        config=start.get("config") or {},
+        start_time=float(start["start_time"]),
+        pid=int(start.get("pid") or 0),
+        host=str(start.get("host") or ""),
+        group=start["group"] if isinstance(start.get("group"), str) else None,
+        tags=tuple(t for t in tags if isinstance(t, str)) if isinstance(tags, list) else (),
+        rank=_optional_int(start.get("rank")),
+        local_rank=_optional_int(start.get("local_rank")),
+        world_size=_optional_int(start.get("world_size")),
+    )
+
+
+def _optional_int(value: Any) -> int | None:
+    return value if type(value) is int else None
 
 
 def _placement(run: RunInfo) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import steplog
+from steplog.runfile.read import WRITER_GONE_GRACE
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -754,6 +755,65 @@ def test_tail_follow_stops_when_the_writer_is_killed(tmp_path, json_mode):
         assert [json.loads(line)["step"] for line in lines] == list(range(5))
     else:
         assert [int(line.split()[0]) for line in lines] == list(range(5))
+
+
+RESUMING_WRITER = textwrap.dedent(
+    """
+    import sys, time, steplog
+    root, run_id = sys.argv[1], sys.argv[2]
+    tracker = steplog.Tracker(steplog.JsonlBackend(root), experiment_name="x")
+    tracker.init(resume=run_id)
+    tracker.log({"loss": 0.5})
+    tracker.flush()
+    print("ready", flush=True)
+    time.sleep(float(sys.argv[3]))  # quiet for longer than tail's grace: but alive
+    tracker.log({"loss": 0.25})
+    tracker.finish()
+    """
+)
+
+
+def test_tail_follow_of_a_resumed_run_follows_its_current_writer(tmp_path):
+    """tail -f of a resumed run watches the process that resumed it, not the one that
+    started it (long gone): a quiet but live resumed writer is followed to its end."""
+    first = steplog.Tracker(steplog.JsonlBackend(tmp_path), experiment_name="x")
+    info = first.init()
+    first.log({"loss": 1.0})
+    first.finish(status="failed")
+    # The run file names this process as its first writer: make that one gone.
+    path = tmp_path / "x" / f"{info.run_id}.jsonl"
+    text = path.read_text().splitlines()
+    start = json.loads(text[0])
+    start["pid"] = _dead_pid()
+    path.write_text("\n".join([json.dumps(start), *text[1:]]) + "\n")
+    quiet = WRITER_GONE_GRACE + 1.5
+    writer = subprocess.Popen(
+        [sys.executable, "-c", RESUMING_WRITER, str(tmp_path), info.run_id, str(quiet)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == "ready\n"
+        follower = subprocess.run(
+            [sys.executable, "-m", "steplog", "tail", "-f", str(path), "-k", "loss",
+             "--interval", "0.05"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        writer.wait(timeout=60)
+        assert writer.stdout is not None
+        writer.stdout.close()
+    assert follower.returncode == 0, follower.stderr
+    lines = follower.stdout.splitlines()
+    assert lines[-1] == "-- run ended: finished"
+    assert [line.split()[:2] for line in lines[1:-1]][-1] == ["2", "0.25"]
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return int(done.stdout)
 
 
 def test_tail_follow_of_a_dead_writers_run_stops_at_once(runs):

@@ -16,13 +16,14 @@ from ..runfile.read import (
     CorruptLineError,
     RunSnapshot,
     WriterState,
+    last_resume,
     last_steps,
     line_number,
     parse_record,
     read_header,
     writer_state,
 )
-from ..runfile.schema import flat_data, flatten
+from ..runfile.schema import RESUME, RUN_END, flat_data, flatten
 from ._common import (
     EXIT_OK,
     RUN_HELP,
@@ -103,6 +104,9 @@ def _follow(snapshot: RunSnapshot, printer: _TailPrinter, interval: float) -> in
     """Print the steps appended after the snapshot until the run ends or its writer is
     gone."""
     path = snapshot.path
+    # Who writes the run now: the process that resumed it last, else the one that
+    # started it (a resume met while following takes over).
+    writer = last_resume(snapshot) or snapshot.start
     with open(path, "rb") as f:
         f.seek(snapshot.end)
         offset = snapshot.end  # where `pending` starts in the file
@@ -112,9 +116,9 @@ def _follow(snapshot: RunSnapshot, printer: _TailPrinter, interval: float) -> in
         while True:
             chunk = f.read()
             if not chunk:
-                gone = writer_state(snapshot.start) is WriterState.GONE
+                gone = writer_state(writer) is WriterState.GONE
                 if gone and time.time() - quiet_since >= WRITER_GONE_GRACE:
-                    pid, host = snapshot.start.get("pid"), snapshot.start.get("host")
+                    pid, host = writer.get("pid"), writer.get("host")
                     raise CommandError(
                         f"the writer of {path} (pid {pid} on {host}) is gone and the run "
                         "has no run-end record: it stays incomplete"
@@ -133,9 +137,12 @@ def _follow(snapshot: RunSnapshot, printer: _TailPrinter, interval: float) -> in
                     continue
                 if record is None:
                     continue
-                if record.get("type") == "run_end":
+                kind = record.get("type")
+                if kind == RUN_END:
                     printer.end(str(record.get("status")))
                     return EXIT_OK
+                if kind == RESUME:
+                    writer = record
                 if "type" not in record:
                     printer.step(record)
 

@@ -231,6 +231,20 @@ def test_a_killed_and_resumed_run_keeps_every_point_tensorboard_had(tmp_path):
     assert [e.step for e in acc.Tensors("config")] == [0, resumed_at, last_segment]
 
 
+def test_replaying_a_resumed_run_into_its_logdir_rewrites_it_as_one_file(tmp_path):
+    """A replay of a resumed run into the log directory its live run wrote replaces the
+    segments' files by one file: every step once, as for a run never resumed."""
+    assert _tb_job(tmp_path, 300, flush_at=199, kill_at=199) == -signal.SIGKILL
+    assert _tb_job(tmp_path, 300) == 0
+    (run_file,) = (tmp_path / "runs" / "job").glob("*.jsonl")
+    run_dir = tmp_path / "tb" / "job" / run_file.stem
+    assert len(list(run_dir.iterdir())) == 2
+    result = steplog.replay(run_file, steplog.TensorBoardBackend(tmp_path / "tb"))
+    assert result["tensorboard"].delivered == 300
+    assert len(list(run_dir.iterdir())) == 1
+    assert sorted(_loss_points(run_dir)) == list(range(300))
+
+
 def test_a_resumed_segment_that_logs_nothing_puts_the_summary_at_the_last_step(tmp_path):
     """The summary of a resumed run that logs no new step goes at the run's last step,
     not at step 0 before every point."""

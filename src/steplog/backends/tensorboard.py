@@ -26,8 +26,9 @@ written (they stay in the JSONL file). The config is written once as a text summ
 ``summary/<key>`` at the last step and the rest a text summary ``summary``.
 
 A run that is not resumed — a new run, or a replay or sync of a recorded one — truncates
-its file when it opens it, so replaying a run into the same log directory rewrites it
-instead of doubling every point.
+its first file when it opens it and removes the files of resumed segments that an earlier
+writer left in the run's directory, so replaying a run into the same log directory
+rewrites it instead of doubling every point.
 """
 
 from __future__ import annotations
@@ -55,8 +56,9 @@ _FLOAT = struct.Struct("<f")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _FLOAT32_MAX = 3.4028234663852886e38
-# An event file's name (tensorboard/summary/writer/event_file_writer.py).
+# An event file's name (tensorboard/summary/writer/event_file_writer.py), and ours.
 _EVENT_FILE = re.compile(r"events\.out\.tfevents\.(\d+)\.")
+_OWN_SUFFIX = ".steplog"
 
 
 class TensorBoardBackend(Backend):
@@ -93,6 +95,7 @@ class TensorBoardBackend(Backend):
         resumed = run.resumed
         if resumed is None:
             self.path = directory / f"events.out.tfevents.{int(run.start_time)}.{host}.steplog"
+            _remove_segment_files(directory, keep=self.path)
             flags = os.O_TRUNC
             opened, first_step = run.start_time, 0
         else:
@@ -202,6 +205,19 @@ def _newest_stamp(directory: Path) -> int:
     """The largest ``<time>`` among the event files in ``directory`` (0 if none)."""
     stamps = (_EVENT_FILE.match(entry.name) for entry in os.scandir(directory))
     return max((int(found.group(1)) for found in stamps if found), default=0)
+
+
+def _remove_segment_files(directory: Path, *, keep: Path) -> None:
+    """Remove the files steplog wrote in a run's directory, but ``keep``: a run opened
+    afresh (a replay) rewrites the whole run into ``keep``."""
+    for entry in os.scandir(directory):
+        if (
+            entry.name != keep.name
+            and entry.name.endswith(_OWN_SUFFIX)
+            and _EVENT_FILE.match(entry.name)
+            and entry.is_file(follow_symlinks=False)
+        ):
+            os.unlink(entry.path)
 
 
 def _write_all(fd: int, data: bytes) -> None:

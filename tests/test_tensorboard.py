@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -146,3 +150,141 @@ def test_a_write_failing_part_way_neither_duplicates_nor_tears_records(
         assert steps == sorted(set(steps))
         assert steps[-50:] == list(range(200, 250))
         assert tb_stats.failed == 200
+
+
+# A pre-emptible training job logging to a run file and to TensorBoard: the same command
+# on every (re)start, resume="latest". It flushes after logging step flush_at (so
+# TensorBoard has every step up to it) and SIGKILLs itself after logging step kill_at.
+TB_JOB = """
+import os, sys, steplog
+root, logdir, steps, flush_at, kill_at = sys.argv[1:6]
+tracker = steplog.Tracker(
+    steplog.JsonlBackend(root), steplog.TensorBoardBackend(logdir),
+    experiment_name="job", flush_interval=0.01,
+)
+info = tracker.init({"lr": 0.1}, resume="latest")
+for step in range(info.resumed.step if info.resumed else 0, int(steps)):
+    tracker.log({"loss": 1.0 / (step + 1)})
+    if step == int(flush_at):
+        tracker.flush()
+    if step == int(kill_at):
+        os.kill(os.getpid(), 9)
+tracker.finish({"best": 0.5})
+"""
+
+
+def _tb_job(tmp_path: Path, steps: int, *, flush_at: int = -1, kill_at: int = -1) -> int:
+    args = [str(tmp_path / "runs"), str(tmp_path / "tb"), str(steps), str(flush_at)]
+    done = subprocess.run(
+        [sys.executable, "-c", TB_JOB, *args, str(kill_at)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return done.returncode
+
+
+def _loss_points(run_dir: Path) -> dict[int, float]:
+    """The ``loss`` points TensorBoard's reader finds in a run directory, by step; a
+    step found twice fails."""
+    points = load(run_dir).Scalars("loss")
+    steps = [p.step for p in points]
+    assert steps == sorted(set(steps)), "a step twice or out of order"
+    return {p.step: p.value for p in points}
+
+
+def test_a_killed_and_resumed_run_keeps_every_point_tensorboard_had(tmp_path):
+    """A job SIGKILLed twice (once just after a flush, once with 100 events still on
+    their way) and restarted with resume="latest" each time: TensorBoard's reader still
+    has every point it had before each resume, each step once, plus every step of the
+    finishing segment, all with the run file's values. Only what the second kill caught
+    on its way to TensorBoard may be missing (a tail of that segment)."""
+    assert _tb_job(tmp_path, 600, flush_at=199, kill_at=199) == -signal.SIGKILL
+    (run_file,) = (tmp_path / "runs" / "job").glob("*.jsonl")
+    run_dir = tmp_path / "tb" / "job" / run_file.stem
+    first = _loss_points(run_dir)
+    assert sorted(first) == list(range(200))
+    assert _tb_job(tmp_path, 600, flush_at=299, kill_at=399) == -signal.SIGKILL
+    second = _loss_points(run_dir)
+    assert set(range(300)) <= second.keys()
+    assert _tb_job(tmp_path, 600) == 0
+    final = _loss_points(run_dir)
+
+    run = steplog.read_run(run_file)
+    assert [s.status for s in run.segments] == ["incomplete", "incomplete", "finished"]
+    local = {e.step: e.data["loss"] for e in run.records}
+    assert sorted(local) == list(range(600))
+    assert first.items() <= second.items() <= final.items()
+    resumed_at = run.segments[1].first_step
+    last_segment = run.segments[2].first_step
+    # The second segment reached TensorBoard up to some step (a prefix of it), the last
+    # one entirely.
+    seen = sorted(step for step in final if resumed_at <= step < last_segment)
+    assert seen == list(range(resumed_at, resumed_at + len(seen)))
+    assert resumed_at == 200 and len(seen) >= 100
+    assert sorted(final) == [*range(resumed_at + len(seen)), *range(last_segment, 600)]
+    for step, value in final.items():
+        assert value == pytest.approx(local[step], rel=1e-6)  # float32
+    acc = load(run_dir)
+    assert [(p.step, p.value) for p in acc.Scalars("summary/best")] == [(599, 0.5)]
+    # Each segment's config once, at the segment's first step.
+    assert [e.step for e in acc.Tensors("config")] == [0, resumed_at, last_segment]
+
+
+def test_replaying_a_resumed_run_into_its_logdir_rewrites_it_as_one_file(tmp_path):
+    """A replay of a resumed run into the log directory its live run wrote replaces the
+    segments' files by one file: every step once, as for a run never resumed."""
+    assert _tb_job(tmp_path, 300, flush_at=199, kill_at=199) == -signal.SIGKILL
+    assert _tb_job(tmp_path, 300) == 0
+    (run_file,) = (tmp_path / "runs" / "job").glob("*.jsonl")
+    run_dir = tmp_path / "tb" / "job" / run_file.stem
+    assert len(list(run_dir.iterdir())) == 2
+    result = steplog.replay(run_file, steplog.TensorBoardBackend(tmp_path / "tb"))
+    assert result["tensorboard"].delivered == 300
+    assert len(list(run_dir.iterdir())) == 1
+    assert sorted(_loss_points(run_dir)) == list(range(300))
+
+
+def test_a_resumed_segment_that_logs_nothing_puts_the_summary_at_the_last_step(tmp_path):
+    """The summary of a resumed run that logs no new step goes at the run's last step,
+    not at step 0 before every point."""
+    runs, logdir = tmp_path / "runs", tmp_path / "tb"
+    tracker = steplog.Tracker(steplog.JsonlBackend(runs), steplog.TensorBoardBackend(logdir))
+    info = tracker.init()
+    for i in range(10):
+        tracker.log({"loss": float(i)})
+    tracker.finish()
+    again = steplog.Tracker(steplog.JsonlBackend(runs), steplog.TensorBoardBackend(logdir))
+    again.init(resume=info.run_id)
+    again.finish({"final": 0.25})
+    acc = load(logdir / info.experiment / info.run_id)
+    assert [(p.step, p.value) for p in acc.Scalars("summary/final")] == [(9, 0.25)]
+    assert [p.step for p in acc.Scalars("loss")] == list(range(10))
+
+
+def test_a_resumed_segments_file_sorts_after_every_file_already_there(tmp_path):
+    """TensorBoard reads a run directory's event files in name order (a live TensorBoard
+    never goes back to a name before the one it reads), so a resumed segment's file is
+    named to sort after every event file there — also after one whose time is ahead of
+    this machine's clock, and when the resume comes within the second of the start."""
+    runs, logdir = tmp_path / "runs", tmp_path / "tb"
+    first = steplog.TensorBoardBackend(logdir)
+    tracker = steplog.Tracker(steplog.JsonlBackend(runs), first)
+    info = tracker.init()
+    for i in range(5):
+        tracker.log({"loss": float(i)})
+    tracker.finish()
+    run_dir = first.path.parent
+    (run_dir / "events.out.tfevents.4102444800.clock-ahead").write_bytes(b"")  # 2100
+    resumed = []
+    for segment in range(2):
+        tb = steplog.TensorBoardBackend(logdir)
+        again = steplog.Tracker(steplog.JsonlBackend(runs), tb)
+        again.init(resume=info.run_id)
+        for i in range(5):
+            again.log({"loss": float(5 + 5 * segment + i)})
+        again.finish()
+        resumed.append(tb.path.name)
+    names = sorted(path.name for path in run_dir.iterdir())
+    assert names == [first.path.name, "events.out.tfevents.4102444800.clock-ahead", *resumed]
+    assert [p.step for p in load(run_dir).Scalars("loss")] == list(range(15))

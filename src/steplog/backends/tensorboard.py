@@ -6,7 +6,16 @@ batch of 1 000 events costs a few milliseconds of the worker's time. The only de
 is ``crc32c`` (a C implementation of the record checksums).
 
 Layout: ``<logdir>/<experiment>/<run id>/events.out.tfevents.<start>.<host>.steplog``, so
-``tensorboard --logdir <logdir>`` shows every run, grouped by experiment.
+``tensorboard --logdir <logdir>`` shows every run, grouped by experiment. A resumed run
+(``init(resume=...)``) adds a file of its own to that directory,
+``events.out.tfevents.<time>.<host>.<pid>.<segment>.steplog``, as TensorBoard's own
+writers do after a restart, and leaves the earlier ones as they are: TensorBoard reads
+the files of a run directory in name order and merges them, so ``<time>`` is made to
+sort after every file already there (also when the resume comes within the same second,
+or from a machine whose clock is behind). The first event of every file says
+``brain.Event:2``, and no file holds a ``SessionLog.START``: TensorBoard purges
+"orphaned" points only on such a restart marker, so nothing the earlier files hold is
+dropped.
 
 Mapping: each ``log()`` call becomes one event at its step and logging time, holding a
 scalar per numeric value (ints, floats, bools as 0/1; nested keys joined with ``/``;
@@ -16,8 +25,10 @@ written (they stay in the JSONL file). The config is written once as a text summ
 ``config`` (JSON) at the start; at the end, numeric summary values become scalars
 ``summary/<key>`` at the last step and the rest a text summary ``summary``.
 
-The file is named after the run id and truncated when opened, so replaying a run into
-the same log directory rewrites it instead of doubling every point.
+A run that is not resumed — a new run, or a replay or sync of a recorded one — truncates
+its first file when it opens it and removes the files of resumed segments that an earlier
+writer left in the run's directory, so replaying a run into the same log directory
+rewrites it instead of doubling every point.
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import re
 import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,6 +56,9 @@ _FLOAT = struct.Struct("<f")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _FLOAT32_MAX = 3.4028234663852886e38
+# An event file's name (tensorboard/summary/writer/event_file_writer.py), and ours.
+_EVENT_FILE = re.compile(r"events\.out\.tfevents\.(\d+)\.")
+_OWN_SUFFIX = ".steplog"
 
 
 class TensorBoardBackend(Backend):
@@ -77,15 +92,30 @@ class TensorBoardBackend(Backend):
         directory = self.logdir / run.experiment / run.run_id
         directory.mkdir(parents=True, exist_ok=True)
         host = "".join(c if c.isalnum() or c in "-_" else "_" for c in run.host)
-        self.path = directory / f"events.out.tfevents.{int(run.start_time)}.{host}.steplog"
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        self._last_step = 0
+        resumed = run.resumed
+        if resumed is None:
+            self.path = directory / f"events.out.tfevents.{int(run.start_time)}.{host}.steplog"
+            _remove_segment_files(directory, keep=self.path)
+            flags = os.O_TRUNC
+            opened, first_step = run.start_time, 0
+        else:
+            # A file of its own after the others: the earlier segments' points stay
+            # where they are, whatever the resume writes.
+            stamp = max(int(resumed.resume_time), _newest_stamp(directory) + 1)
+            name = f"events.out.tfevents.{stamp}.{host}.{run.pid}.{resumed.segment}.steplog"
+            self.path = directory / name
+            flags = os.O_EXCL
+            opened, first_step = resumed.resume_time, resumed.step
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | flags, 0o644)
+        # The summary goes at the run's last step, also when the resumed segment logs
+        # nothing (step 0 would put it before the earlier segments' points).
+        self._last_step = max(first_step - 1, 0)
         self._pending = None
-        first = _event(run.start_time, 0, file_version=b"brain.Event:2")
+        first = _event(opened, 0, file_version=b"brain.Event:2")
         config = _text_value("config", _json_block(run.config)) if run.config else b""
         out = self._record(first)
-        if config:
-            out += self._record(_event(run.start_time, 0, summary=config))
+        if config:  # a resumed segment's config (merged) at its first step
+            out += self._record(_event(opened, first_step, summary=config))
         os.write(self._fd, out)
 
     async def write(self, events: Sequence[Event]) -> None:
@@ -169,6 +199,25 @@ class _Pending:
         self.ends = list(itertools.accumulate(map(len, chunks)))
         self.start = start
         self.written = 0
+
+
+def _newest_stamp(directory: Path) -> int:
+    """The largest ``<time>`` among the event files in ``directory`` (0 if none)."""
+    stamps = (_EVENT_FILE.match(entry.name) for entry in os.scandir(directory))
+    return max((int(found.group(1)) for found in stamps if found), default=0)
+
+
+def _remove_segment_files(directory: Path, *, keep: Path) -> None:
+    """Remove the files steplog wrote in a run's directory, but ``keep``: a run opened
+    afresh (a replay) rewrites the whole run into ``keep``."""
+    for entry in os.scandir(directory):
+        if (
+            entry.name != keep.name
+            and entry.name.endswith(_OWN_SUFFIX)
+            and _EVENT_FILE.match(entry.name)
+            and entry.is_file(follow_symlinks=False)
+        ):
+            os.unlink(entry.path)
 
 
 def _write_all(fd: int, data: bytes) -> None:

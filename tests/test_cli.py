@@ -1092,3 +1092,158 @@ def test_json_output_of_show_and_ls_keeps_big_integers_and_nan(tmp_path):
     assert listed.returncode == 0, listed.stderr
     (row,) = [json.loads(line) for line in listed.stdout.splitlines()]
     assert row["n"] == {"$int": str(2**70)}
+
+
+# ── naming runs: the experiment names `steplog ls` prints ───────────────────────────
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """`steplog ARGS` in this process: the exit code, stdout and stderr."""
+    from steplog.cli import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # usage errors
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+#: Every command that takes runs: RUN (and OTHER) where runs go, OUT for the output.
+RUN_COMMANDS = {
+    "show": ["show", "RUN", "--json"],
+    "tail": ["tail", "RUN", "-n", "3"],
+    "plot": ["plot", "RUN", "-k", "loss", "-o", "OUT/plot.png"],
+    "compare": ["compare", "RUN", "OTHER"],
+    "export": ["export", "RUN", "-o", "-"],
+    "replay": ["replay", "RUN", "--jsonl", "OUT"],
+    "sync": ["sync", "RUN", "--jsonl", "OUT"],
+}
+
+
+def command_args(command: str, run: str, out: Path, other: str = "other") -> list[str]:
+    named = {"RUN": run, "OTHER": other}
+    return [named.get(a, a.replace("OUT", str(out))) for a in RUN_COMMANDS[command]]
+
+
+@pytest.mark.parametrize("command", list(RUN_COMMANDS))
+def test_every_command_takes_the_experiment_names_ls_prints(
+    command, runs, tmp_path, monkeypatch, capsys
+):
+    """Each command that takes a run accepts an experiment name as `steplog ls` prints it
+    (default root `runs`), with the same result as the experiment's directory `runs/NAME`."""
+    if command == "plot" and importlib.util.find_spec("matplotlib") is None:
+        pytest.skip("drawing plots needs matplotlib (pip install 'steplog[plot]')")
+    monkeypatch.delenv("STEPLOG_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    code, listed, _ = cli(capsys, "ls", "--json")
+    assert code == 0
+    names = {json.loads(line)["experiment"] for line in listed.splitlines()}
+    assert names == {"sweep", "other"}
+    results = []
+    for form, prefix in (("name", ""), ("dir", "runs/")):
+        out = tmp_path / f"out-{form}"
+        out.mkdir()
+        argv = command_args(command, f"{prefix}sweep", out, f"{prefix}other")
+        code, stdout, stderr = cli(capsys, *argv)
+        assert code == 0, stderr
+        files = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+        results.append((stdout.replace(str(out), "OUT"), stderr.replace(str(out), "OUT"), files))
+    assert results[0] == results[1]
+
+
+def test_an_experiment_name_is_its_latest_run_under_root_or_steplog_root(
+    runs, tmp_path, monkeypatch, capsys
+):
+    """NAME means the experiment's most recently written run (as `runs/NAME` does), looked
+    up under --root, else $STEPLOG_ROOT, from any working directory; `NAME/` is the same."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("STEPLOG_ROOT", raising=False)
+    root = str(runs["root"])
+    for spec, latest in (("sweep", "nan"), ("other", "torn"), ("sweep/", "nan")):
+        code, out, err = cli(capsys, "show", spec, "--root", root, "--json")
+        assert code == 0, err
+        assert json.loads(out)["run_id"] == runs[latest].stem
+    monkeypatch.setenv("STEPLOG_ROOT", root)
+    code, out, err = cli(capsys, "show", "other", "--json")
+    assert code == 0, err
+    assert json.loads(out)["run_id"] == runs["torn"].stem
+    code, out, err = cli(capsys, "compare", "sweep", "other", "-k", "loss")
+    assert code == 0, err
+    assert out.split("\n", 1)[0].split() == [runs["nan"].stem, runs["torn"].stem]
+
+
+@pytest.mark.parametrize("command", list(RUN_COMMANDS))
+def test_an_unknown_name_is_an_error_listing_the_experiments(
+    command, runs, tmp_path, monkeypatch, capsys
+):
+    """A name that is neither a run id nor an experiment: exit 1, one line naming the
+    experiments there are."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli(
+        capsys, *command_args(command, "swep", tmp_path / "out"), "--root", str(runs["root"])
+    )
+    assert code == 1
+    assert err.startswith(f"steplog {command}: no run matches 'swep'")
+    assert "experiments: other, sweep" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_a_missing_root_says_how_to_name_it(tmp_path, monkeypatch, capsys):
+    """An experiment name with no run directory under the default root: the error says
+    to give --root or set $STEPLOG_ROOT."""
+    monkeypatch.delenv("STEPLOG_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli(capsys, "show", "sweep")
+    assert code == 1
+    assert "no run directory 'runs'" in err
+    assert "--root" in err and "$STEPLOG_ROOT" in err
+
+
+def test_a_name_that_is_an_experiment_and_a_run_id_prefix_is_an_error(runs, capsys):
+    """An experiment named like the start of run ids ('2') is not silently either: the
+    error says to type `2/` for the experiment or more of the id; `2/` then works."""
+    root = runs["root"]
+    two = write_run(root, "2", {}, [{"loss": 0.5}])
+    code, _, err = cli(capsys, "show", "2", "--root", str(root))
+    assert code == 1
+    assert "experiment '2'" in err and "prefix of 5 run ids" in err
+    assert "'2/'" in err
+    code, out, err = cli(capsys, "show", "2/", "--root", str(root), "--json")
+    assert code == 0, err
+    assert json.loads(out)["run_id"] == two.stem
+
+
+def test_a_name_that_is_also_a_path_here_is_an_error(runs, tmp_path, monkeypatch, capsys):
+    """A bare NAME that is a path in the working directory and an experiment under --root
+    (another directory) is an error naming both ways to say which; `./NAME` is the path.
+    Where the two are the same directory (`--root .` inside the root) it just works."""
+    here = tmp_path / "here"
+    mine = write_run(here, "sweep", {}, [{"loss": 0.5}])
+    monkeypatch.chdir(here)
+    root = str(runs["root"])
+    code, _, err = cli(capsys, "show", "sweep", "--root", root)
+    assert code == 1
+    assert "'./sweep'" in err and repr(str(runs["root"] / "sweep")) in err
+    code, out, err = cli(capsys, "show", "./sweep", "--root", root, "--json")
+    assert code == 0, err
+    assert json.loads(out)["run_id"] == mine.stem
+    monkeypatch.chdir(runs["root"])
+    code, out, err = cli(capsys, "show", "sweep", "--root", ".", "--json")
+    assert code == 0, err
+    assert json.loads(out)["run_id"] == runs["nan"].stem
+
+
+def test_latest_is_ambiguous_next_to_an_experiment_named_latest(runs, capsys):
+    """With an experiment named 'latest', `latest` is an error saying how to name either:
+    the root directory (its latest run) or ROOT/latest (the experiment)."""
+    root = runs["root"]
+    write_run(root, "latest", {}, [{"loss": 0.5}])
+    code, _, err = cli(capsys, "show", "latest", "--root", str(root))
+    assert code == 1
+    assert repr(os.path.join(root, "")) in err and repr(str(root / "latest")) in err
+    code, out, err = cli(capsys, "show", os.path.join(root, ""), "--json")
+    assert code == 0, err
+    assert json.loads(out)["experiment"] == "latest"  # the latest run under the root

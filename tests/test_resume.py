@@ -171,6 +171,17 @@ def test_latest_picks_the_most_recently_started_run(tmp_path: Path) -> None:
     tracker.finish()
 
 
+def test_resume_takes_no_experiment_name(tmp_path: Path) -> None:
+    """init(resume=NAME) with an experiment's name is an unknown run, not that experiment's
+    last written run as on the command line: it could be finished, or another rank's
+    (resume="latest" is the experiment's own latest run)."""
+    tracker = steplog.Tracker(steplog.JsonlBackend(tmp_path), experiment_name="e")
+    tracker.init()
+    tracker.finish()
+    with pytest.raises(steplog.RunNotFoundError, match="no run to resume: no run matches 'e'"):
+        tracker.init(resume="e")
+
+
 def test_bad_resume_requests_fail_at_init(tmp_path: Path) -> None:
     """An unknown run id, a non-run file, a tracker without a JSONL backend and a
     value of the wrong type fail in init() with a clear error, and start nothing."""

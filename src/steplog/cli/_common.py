@@ -12,13 +12,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeAlias
 
 from .. import _progress
 from .._extras import require
-from ..errors import RunFileError
+from ..errors import RunFileError, RunNotFoundError
+from ..runfile.find import resolve_run, resolve_runs
 from ..runfile.read import RunSnapshot, open_run, read_header
 from ..runfile.schema import flatten, is_number
 from ._format import count
@@ -38,6 +40,8 @@ __all__ = [
     "add_root_option",
     "check_keys",
     "plot_files",
+    "run_path",
+    "run_paths",
     "take_snapshot",
     "warn_corrupt",
 ]
@@ -46,8 +50,9 @@ DEFAULT_ROOT = "runs"
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 RUN_HELP = (
-    "a run file, a run directory (its latest run), 'latest', or a run id (or a unique "
-    "prefix, or EXPERIMENT/ID) under --root"
+    "a run file, a run directory (its latest run), 'latest', an experiment as 'steplog ls' "
+    "prints it (its latest run), or a run id (or a unique prefix, or EXPERIMENT/ID) under "
+    "--root"
 )
 RUNS_HELP = RUN_HELP + ", or group:NAME for every run of a group (one per rank)"
 
@@ -79,6 +84,37 @@ def add_root_option(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("STEPLOG_ROOT", DEFAULT_ROOT),
         help="where run ids are looked up (default: $STEPLOG_ROOT or runs)",
     )
+
+
+def run_path(spec: str, root: str) -> Path:
+    """The run file a command's ``RUN`` argument names, looked up under ``--root``.
+
+    Every command takes the same specs, the experiment names ``steplog ls`` prints
+    included (``runfile.find.resolve_run`` says what each one means).
+
+    Raises:
+        RunNotFoundError: nothing or several match; when ``--root`` is not a directory,
+            the message says to give it.
+    """
+    with _root_hint(Path(root)):
+        return resolve_run(spec, Path(root), experiment_names=True)
+
+
+def run_paths(spec: str, root: str) -> list[Path]:
+    """Like :func:`run_path`, and ``group:NAME`` gives every run of that group, by rank."""
+    with _root_hint(Path(root)):
+        return resolve_runs(spec, Path(root), experiment_names=True)
+
+
+@contextmanager
+def _root_hint(root: Path) -> Iterator[None]:
+    """Add how to name the root to a lookup that failed for want of one."""
+    try:
+        yield
+    except RunNotFoundError as exc:
+        if root.is_dir():
+            raise
+        raise RunNotFoundError(f"{exc} (give --root DIR or set $STEPLOG_ROOT)") from None
 
 
 def take_snapshot(path: Path) -> RunSnapshot:

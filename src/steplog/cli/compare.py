@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from .. import _progress
-from ..runfile.find import resolve_runs
 from ..runfile.read import RunHeader, metric_stats, read_header
 from ..runfile.schema import flatten
 from ._common import (
@@ -17,6 +15,7 @@ from ._common import (
     add_command,
     add_root_option,
     check_keys,
+    run_paths,
     take_snapshot,
     warn_corrupt,
 )
@@ -47,7 +46,7 @@ def add_parser(subparsers: Subparsers) -> None:
 
 def cmd_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Print the runs side by side; returns the exit code."""
-    paths = [path for spec in args.runs for path in resolve_runs(spec, Path(args.root))]
+    paths = [path for spec in args.runs for path in run_paths(spec, args.root)]
     snapshots = [take_snapshot(p) for p in paths]
     headers = [read_header(s) for s in snapshots]
     all_stats = []

@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import _progress
-from ..runfile.find import resolve_run
 from ._common import (
     EXIT_OK,
     RUN_HELP,
     Subparsers,
     add_command,
     add_root_option,
+    run_path,
     take_snapshot,
     warn_corrupt,
 )
@@ -47,7 +47,7 @@ def cmd_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
     if args.output == "-" and args.format != "csv":
         parser.error("only CSV can go to stdout")
-    path = resolve_run(args.run, Path(args.root))
+    path = run_path(args.run, args.root)
     snapshot = take_snapshot(path)
     out: Path | None = None  # stdout
     if args.output != "-":

@@ -6,8 +6,8 @@ import argparse
 import math
 from pathlib import Path
 
-from ..runfile.find import GROUP_PREFIX, group_of, resolve_runs
-from ._common import RUNS_HELP, Subparsers, add_command, add_root_option, plot_files
+from ..runfile.find import GROUP_PREFIX, group_of
+from ._common import RUNS_HELP, Subparsers, add_command, add_root_option, plot_files, run_paths
 
 __all__ = ["add_parser"]
 
@@ -55,7 +55,7 @@ def cmd_plot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     labels: list[str] = []
     groups: list[str] = []
     for spec in args.runs:
-        found = resolve_runs(spec, Path(args.root))
+        found = run_paths(spec, args.root)
         paths += found
         if spec.startswith(GROUP_PREFIX) and not Path(spec).exists():
             labels += [_member_label(path) for path in found]  # a group: one curve per rank

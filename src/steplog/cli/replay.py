@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from ..runfile.find import resolve_run
 from ..runfile.read import read_header
 from . import _backends
 from ._common import (
@@ -15,6 +13,7 @@ from ._common import (
     Subparsers,
     add_command,
     add_root_option,
+    run_path,
     take_snapshot,
     warn_corrupt,
 )
@@ -50,7 +49,7 @@ def cmd_replay(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if not chosen:
         flags = ", ".join(b.flag for b in _backends.BACKENDS)
         parser.error(f"give at least one of {flags}")
-    paths = [resolve_run(spec, Path(args.root)) for spec in args.runs]
+    paths = [run_path(spec, args.root) for spec in args.runs]
     failed = 0
     for path in paths:
         snapshot = take_snapshot(path)

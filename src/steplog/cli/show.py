@@ -12,7 +12,7 @@ import orjson
 
 from .. import _progress
 from ..runfile.codec import ValueEncoder
-from ..runfile.find import GROUP_PREFIX, resolve_run, resolve_runs
+from ..runfile.find import GROUP_PREFIX
 from ..runfile.read import (
     MetricStats,
     MonitorScan,
@@ -27,6 +27,8 @@ from ._common import (
     Subparsers,
     add_command,
     add_root_option,
+    run_path,
+    run_paths,
     take_snapshot,
     warn_corrupt,
 )
@@ -55,10 +57,8 @@ def add_parser(subparsers: Subparsers) -> None:
 def cmd_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Print one run's report, as text or one JSON object; returns the exit code."""
     if args.run.startswith(GROUP_PREFIX) and not Path(args.run).exists():
-        return _show_group(
-            args.run[len(GROUP_PREFIX) :], resolve_runs(args.run, Path(args.root)), args.json
-        )
-    path = resolve_run(args.run, Path(args.root))
+        return _show_group(args.run[len(GROUP_PREFIX) :], run_paths(args.run, args.root), args.json)
+    path = run_path(args.run, args.root)
     snapshot = take_snapshot(path)
     header = read_header(snapshot)
     with _progress.bar(snapshot.end - snapshot.body, f"reading {path.name}") as update:

@@ -6,9 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 
-from ..runfile.find import resolve_run
 from ..runfile.read import WRITER_GONE_GRACE, read_header
 from . import _backends
 from ._common import (
@@ -18,6 +16,7 @@ from ._common import (
     Subparsers,
     add_command,
     add_root_option,
+    run_path,
     take_snapshot,
     warn_corrupt,
 )
@@ -82,7 +81,7 @@ def cmd_sync(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"give exactly one of {flags} (got {given}); run one sync per backend")
     if not args.interval > 0 or math.isinf(args.interval):
         parser.error(f"--interval must be a positive number of seconds, not {args.interval}")
-    path = resolve_run(args.run, Path(args.root))
+    path = run_path(args.run, args.root)
     header = read_header(take_snapshot(path))
     backend = chosen[0].build(args, path)
     label = f"{header.experiment}/{header.run_id}"

@@ -7,10 +7,8 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from ..runfile.find import resolve_run
 from ..runfile.read import (
     WRITER_GONE_GRACE,
     CorruptLineError,
@@ -32,6 +30,7 @@ from ._common import (
     add_command,
     add_root_option,
     check_keys,
+    run_path,
     take_snapshot,
     warn_corrupt,
 )
@@ -70,7 +69,7 @@ def cmd_tail(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("-n must be 0 or more")
     if not args.interval > 0 or math.isinf(args.interval):
         parser.error(f"--interval must be a positive number of seconds, not {args.interval}")
-    path = resolve_run(args.run, Path(args.root))
+    path = run_path(args.run, args.root)
     snapshot = take_snapshot(path)
     header = read_header(snapshot)
     records = last_steps(snapshot, args.lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import steplog
+from steplog.runfile.lock import holders
 from steplog.runfile.read import open_run, read_header, resume_point
 
 # A training script as a user writes it for a pre-emptible job: the same command on
@@ -306,11 +308,14 @@ time.sleep(float(sys.argv[2]))
 """
 
 
-def _hold_lock(path: Path, seconds: float) -> subprocess.Popen[str]:
-    """Another process that holds the run file's writer lock for ``seconds`` (as the
-    writer process of a killed durability="process" run does while it drains)."""
+def _hold_lock(path: Path, seconds: float, *, as_writer: bool = True) -> subprocess.Popen[str]:
+    """Another process that holds the run file's writer lock for ``seconds``: one that
+    passes for the writer process of a killed durability="process" run, draining it (a
+    script of the writer process's name), or any other process (``as_writer=False``)."""
+    script = path.parent / ("_ringchild.py" if as_writer else "holder.py")
+    script.write_text(HOLD_LOCK)
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(path), str(seconds)],
+        [sys.executable, str(script), str(path), str(seconds)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -332,7 +337,10 @@ def test_resume_waits_for_a_writer_process_that_still_holds_the_file(tmp_path: P
     size = path.stat().st_size
     holder = _hold_lock(path, 30.0)
     try:
-        with pytest.raises(steplog.RunFileError, match="still being written by its writer"):
+        with pytest.raises(
+            steplog.RunFileError,
+            match=rf"still being written by process {holder.pid} \(.*_ringchild.py",
+        ):
             resume_point(path, wait=0.5)
     finally:
         holder.kill()
@@ -500,3 +508,88 @@ tracker.finish({"final": 0.25})
     assert run.summary == {"best_loss": 0.5, "final": 0.25}
     assert [s.status for s in run.segments][-1] == "finished"
     assert [e.step for e in run.records] == [0, 1, 2]
+
+
+FORKING_JOB = """
+import os, sys, time, steplog
+root, durability = sys.argv[1], sys.argv[2]
+tracker = steplog.Tracker(
+    steplog.JsonlBackend(root), experiment_name="job", flush_interval=0.01,
+    durability=durability,
+)
+tracker.init(resume="latest")
+for step in range(100):
+    tracker.log({"loss": 1.0 / (step + 1)})
+tracker.flush()
+child = os.fork()
+if child == 0:  # a DataLoader worker, a helper process: outlives its parent
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    time.sleep(60)
+    os._exit(0)
+with open(sys.argv[3], "w") as f:
+    f.write(str(child))
+os.kill(os.getpid(), 9)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("durability", ["thread", "process"])
+def test_a_forked_child_that_outlives_a_killed_job_does_not_block_its_resume(
+    tmp_path: Path, durability: str
+) -> None:
+    """os.fork() children inherit the run file's descriptor; a child that lives on after
+    its parent was SIGKILLed must not keep the writer's lock: the restart resumes at
+    once (before: it waited 10 s, then raised "still being written")."""
+    child = tmp_path / "child.pid"
+    job = subprocess.run(
+        [sys.executable, "-c", FORKING_JOB, str(tmp_path), durability, str(child)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert job.returncode == -signal.SIGKILL, job.stderr
+    path = _only_run(tmp_path)
+    children = [h.pid for h in holders(path) or []]
+    try:
+        tracker = steplog.Tracker(
+            steplog.JsonlBackend(tmp_path), experiment_name="job", durability=durability
+        )
+        started = time.monotonic()
+        info = tracker.init(resume="latest")
+        waited = time.monotonic() - started
+        tracker.log({"loss": 0.0})
+        tracker.finish()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(child.read_text()), signal.SIGKILL)
+    assert info.resumed is not None and info.resumed.step == 100
+    assert waited < 5, waited  # a writer process drains in well under a second
+    assert children == [] or durability == "process"  # only a draining writer process
+    assert [e.step for e in steplog.read_run(path).records] == list(range(101))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="names holders via /proc")
+def test_a_lock_held_by_another_process_is_refused_at_once_naming_it(tmp_path: Path) -> None:
+    """A killed run whose lock another process holds (not its writer: one that inherited
+    the file where no fork hook could run) is refused at once, and the error names that
+    process's pid and command line, so the user knows what to end."""
+    assert _job(tmp_path, 30, kill_at=9) == -signal.SIGKILL
+    path = _only_run(tmp_path)
+    holder = _hold_lock(path, 30.0, as_writer=False)
+    try:
+        started = time.monotonic()
+        with pytest.raises(steplog.RunFileError) as raised:
+            steplog.Tracker(steplog.JsonlBackend(tmp_path), experiment_name="job").init(
+                resume="latest"
+            )
+        waited = time.monotonic() - started
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()  # type: ignore[union-attr]
+    message = str(raised.value)
+    assert f"process {holder.pid} (" in message and "holder.py" in message, message
+    assert "end that process" in message
+    assert waited < 2, waited

@@ -284,6 +284,9 @@ def _after_fork_in_child() -> None:
     # parent's runs so the child never writes into the parent's files.
     for tracker in list(_watched):
         tracker._forget_after_fork()
+    for ending in list(_ending):  # runs the parent was finishing: theirs too
+        ending.writer.forget_after_fork()
+    _ending.clear()
 
 
 if hasattr(os, "register_at_fork"):

@@ -413,7 +413,17 @@ class Writer:
             )
 
     def forget_after_fork(self) -> None:
-        """In a forked child: let go of the writer process without touching its ring."""
+        """In a forked child: let go of the run file and the writer process.
+
+        The child's copy of the run file's descriptor would keep the writer's lock
+        (``runfile.lock``: it belongs to the open file, which the fork shares) after the
+        parent is gone, and block a resume for as long as the child lives (a DataLoader
+        worker, a helper process); the writer process's ring is left untouched.
+        """
+        runners = [*self.direct, *([self.ringed] if self.ringed is not None else [])]
+        for runner in runners:
+            if isinstance(runner.sink, _FileSink):
+                runner.sink.forget_after_fork()
         if self.ring is not None:
             self.ring.forget_after_fork()
         self._wake_in.close()

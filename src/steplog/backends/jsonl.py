@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -16,7 +17,7 @@ from .._names import check_name
 from ..errors import RunFileError
 from ..events import Event, RunEnd, RunInfo
 from ..runfile.codec import ValueEncoder
-from ..runfile.lock import lock
+from ..runfile.lock import holders, lock
 from ..runfile.read import open_run
 from ..runfile.schema import SCHEMA_VERSION, end_record, resume_record, start_record
 from .base import Backend, _overrides
@@ -127,7 +128,8 @@ class JsonlBackend(Backend):
                 # The writer's lock (runfile.lock): held until the file is closed, and
                 # by a writer process while it drains, so no two processes append.
                 if not lock(fd):
-                    raise RunFileError(f"{path} is being written by another process")
+                    held = ", ".join(map(str, holders(path) or ())) or "another process"
+                    raise RunFileError(f"{path} is being written by {held}")
                 if expect is not None and os.fstat(fd).st_size != expect:
                     raise RunFileError(f"{path} changed while run {run.run_id} was resumed")
             except BaseException:
@@ -208,6 +210,18 @@ class JsonlBackend(Backend):
         self._ring = ring
         return ring
 
+    def _forget_after_fork(self) -> None:
+        """In a forked child: close this process's copy of the run file (and of the
+        writer process's channels) without writing anything: the run stays the
+        parent's, and so does the writer's lock."""
+        ring, self._ring = self._ring, None
+        if ring is not None:
+            ring.forget_after_fork()
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
     def _close_file(self, end: RunEnd) -> None:
         if self._fd < 0:
             return
@@ -279,6 +293,4 @@ class _FileSink:
         return self.backend._start_ring(capacity=capacity, flush_interval=flush_interval)
 
     def forget_after_fork(self) -> None:
-        ring = self.backend._ring
-        if ring is not None:
-            ring.forget_after_fork()
+        self.backend._forget_after_fork()

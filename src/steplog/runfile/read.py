@@ -34,7 +34,7 @@ from ..errors import RunFileError
 from ..events import Event, RunStats
 from ..watch import Alert
 from .codec import decode
-from .lock import LOCKS, lock
+from .lock import LOCKS, holders, lock
 from .schema import (
     ALERT,
     INCOMPLETE,
@@ -1129,25 +1129,41 @@ def _wait_for_writer(fd: int, path: Path, wait: float) -> None:
     """Wait, up to ``wait`` seconds, for the run file's lock (open at ``fd``) to be free,
     and take it.
 
-    Only a holder whose logging process is gone is waited for: the writer process of a
-    killed ``durability="process"`` run, still draining it. A live writer (another
-    process, or this very one) is refused at once.
+    Only the writer process of a killed ``durability="process"`` run, still draining
+    it, is waited for. A live writer (another process, or this very one) is refused at
+    once, and so is any other process that holds the lock (one that inherited the file
+    from its writer): the error names it, with its command line.
 
     Raises:
-        RunFileError: The file is still being written (or is not a run).
+        RunFileError: The file is still being written or held (or is not a run).
     """
     try:
         snapshot = open_run(path)
     except ValueError as exc:
         raise RunFileError(str(exc)) from None
     writer = last_resume(snapshot) or snapshot.start
+    run = f"{path}: run {snapshot.start.get('run_id')}"
     deadline = time.monotonic() + wait
     while not lock(fd):
-        alive = writer_state(writer) is WriterState.ALIVE
-        if alive or time.monotonic() >= deadline:
-            who = f"process {writer.get('pid')}" if alive else "its writer process"
+        held = holders(path)
+        if held == []:  # let go meanwhile: try again
+            continue
+        named = ", ".join(map(str, held or ()))
+        if writer_state(writer) is WriterState.ALIVE:
+            who = named or f"process {writer.get('pid')}"
             raise RunFileError(
-                f"{path}: run {snapshot.start.get('run_id')} is still being written by "
-                f"{who}; resume it once that has ended"
+                f"{run} is still being written by {who}; resume it once that has ended"
+            )
+        if held is not None and not any(h.writer_process for h in held):
+            raise RunFileError(
+                f"{run} is held by {named}, not by its writer (pid {writer.get('pid')}, "
+                "gone): a process that inherited the run file from it keeps the "
+                "writer's lock; end that process, then resume"
+            )
+        if time.monotonic() >= deadline:
+            who = named or "its writer process"
+            raise RunFileError(
+                f"{run} is still being written by {who} after {wait:g} s; resume it once "
+                "that has ended"
             )
         time.sleep(0.05)

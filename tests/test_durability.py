@@ -207,3 +207,131 @@ def test_process_mode_counts_copies_other_backends_miss_as_their_drops(tmp_path,
         assert backend.delivered + backend.failed + backend.dropped == 5_000, name
     assert stats.backends["gated"].dropped > 0
     assert len(gate.records) == stats.backends["gated"].delivered
+
+
+BIG_EVENT = """
+import sys, steplog
+tracker = steplog.Tracker(
+    steplog.JsonlBackend(sys.argv[1]), durability="process", buffer_bytes=2**20,
+    overflow=sys.argv[2],
+)
+tracker.init()
+tracker.log({"i": 0})
+tracker.log({"i": 1, "big": "x" * 2**21})  # twice the ring (1 MiB)
+tracker.log({"i": 2})
+stats = tracker.finish()
+print(stats.logged, stats.written, stats.dropped)
+"""
+
+
+@pytest.mark.parametrize("policy", ["block", "drop_oldest", "drop_newest"])
+def test_process_mode_records_an_event_larger_than_its_ring_as_too_large(tmp_path, policy):
+    """durability='process': an event the writer process's ring cannot hold is recorded
+    as the too-large marker (keys and size) and counted, under every policy (before:
+    log() hung forever under block, and the event vanished under the drop policies)."""
+    _process_mode_only()
+    done = subprocess.run(
+        [sys.executable, "-c", BIG_EVENT, str(tmp_path), policy],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["3", "3", "0"]
+    assert "more than max_event_bytes=1048576" in done.stderr
+    (path,) = tmp_path.rglob("*.jsonl")
+    run = steplog.read_run(path)
+    assert [e.step for e in run.records] == [0, 1, 2]
+    marker = run.records[1].data["$too_large"]
+    assert marker["keys"] == ["i", "big"] and marker["bytes"] > 2**21
+    assert run.status == "finished"
+
+
+WRITER_DIES = """
+import sys, steplog
+root, others, buffer_bytes = sys.argv[1], sys.argv[2] == "others", int(sys.argv[3])
+backends = [steplog.JsonlBackend(root)] + ([steplog.MemoryBackend()] if others else [])
+tracker = steplog.Tracker(
+    *backends, durability="process", overflow="block", buffer_bytes=buffer_bytes,
+    buffer_size=1024,
+)
+tracker.init()
+for i in range(1_000):
+    tracker.log({"i": i, "loss": 1.0 / (i + 1)})
+tracker.flush()
+print("ready", flush=True)
+sys.stdin.readline()  # the test kills the writer process, before or while we go on
+for i in range(1_000, 100_000):
+    tracker.log({"i": i, "loss": 1.0 / (i + 1)})
+stats = tracker.finish()
+print(stats.logged, stats.written, stats.dropped, stats.writer_takeover, flush=True)
+for name, b in stats.backends.items():
+    print(name, b.delivered, b.failed, b.dropped, flush=True)
+if others:
+    print("memory-records", len(backends[1].records), flush=True)
+"""
+
+
+def _writer_process_of(pid: int) -> int:
+    """The steplog writer process started by the process ``pid``."""
+    found = subprocess.run(
+        ["pgrep", "-P", str(pid), "-f", "_ringchild.py"], capture_output=True, text=True
+    )
+    (child,) = found.stdout.split()
+    return int(child)
+
+
+@pytest.mark.parametrize(
+    ("others", "buffer_bytes", "kill_while_logging"),
+    [
+        ("file", 64 * 2**20, False),
+        ("others", 64 * 2**20, False),
+        ("file", 2**16, True),  # a 64 KiB ring: producers find it full, its writer dead
+        ("others", 2**16, True),
+    ],
+)
+def test_the_logging_process_takes_over_when_its_writer_process_dies(
+    tmp_path, others, buffer_bytes, kill_while_logging
+):
+    """durability='process': SIGKILL the writer process (as the OOM killer would) after
+    1 000 events and log 99 000 more under 'block': nothing is lost — the logging
+    process writes what the ring held and then the file itself — it warns once, the
+    file holds an alert record saying so and the stats say writer_takeover (before:
+    86 981 events counted as dropped, silently, and the run recorded 'finished')."""
+    _process_mode_only()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER_DIES, str(tmp_path), others, str(buffer_bytes)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n"
+    writer = _writer_process_of(proc.pid)
+    if kill_while_logging:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        time.sleep(0.01)
+    os.kill(writer, signal.SIGKILL)
+    if not kill_while_logging:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == ["100000", "100000", "0", "True"], err
+    counts = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    assert counts["jsonl"] == ["100000", "0", "0"]
+    if others == "others":
+        assert counts["memory"][0] == counts["memory-records"][0]
+        delivered, failed, dropped = map(int, counts["memory"])
+        assert delivered + failed + dropped == 100_000
+    assert err.count("the writer process died (killed by SIGKILL)") == 1, err
+    (path,) = tmp_path.rglob("*.jsonl")
+    run = steplog.read_run(path)
+    assert run.history["i"] == list(range(100_000))  # every event once, in order
+    assert run.status == "finished"
+    assert run.stats is not None and run.stats.writer_takeover
+    assert [a.watcher for a in run.alerts] == ["writer_process"]
+    assert "SIGKILL" in run.alerts[0].message

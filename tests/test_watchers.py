@@ -288,3 +288,119 @@ def test_alerts_of_one_batch_are_recorded_in_step_order(tmp_path):
     tracker.finish()
     run = steplog.read_run(tracker.backends[0].path)
     assert [(a.watcher, a.step) for a in run.alerts] == [("nonfinite", 20), ("above", 70)]
+
+
+ALERT_LOGS = """
+import math, sys, steplog
+from steplog import watch
+tracker = None
+def on_alert(alert):
+    tracker.log({"alert_at": alert.step})  # into its own tracker, buffer full or not
+tracker = steplog.Tracker(
+    steplog.JsonlBackend(sys.argv[1]), buffer_size=1024, overflow="block",
+    watchers=[watch.nonfinite("loss", cooldown=0)], on_alert=on_alert,
+)
+tracker.init()
+for step in range(20_000):
+    tracker.log({"loss": math.nan if step % 50 == 0 else 1.0, "step_seen": step})
+stats = tracker.finish()
+print(stats.alerts, stats.alert_callback_errors, stats.logged, stats.dropped)
+"""
+
+
+def test_on_alert_that_logs_into_its_own_full_tracker_never_deadlocks(runs_root):
+    """An on_alert that logs into its own tracker while the buffer is full under
+    'block' neither deadlocks the writer nor the loop (before: both hung): on_alert runs
+    in a thread of its own, and its records are in the file after the alerts' steps."""
+    done = subprocess.run(
+        [sys.executable, "-c", ALERT_LOGS, str(runs_root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    alerts, errors, logged, dropped = map(int, done.stdout.split())
+    assert (alerts, dropped) == (400, 0)
+    (path,) = runs_root.rglob("*.jsonl")
+    run = steplog.read_run(path)
+    assert run.history["step_seen"] == list(range(20_000))
+    seen = [e for e in run.records if "alert_at" in e.data]
+    # Every alert's record, but those whose callback ran once finish() had begun (its
+    # log() raised InactiveRunError: counted as a callback error).
+    assert 0 < len(seen) <= 400 and logged == 20_000 + len(seen)
+    assert len(seen) + errors == 400
+    nan_steps = [e.step for e in run.records if "loss" in e.data and math.isnan(e.data["loss"])]
+    assert [e.data["alert_at"] for e in seen] == nan_steps[: len(seen)]
+
+
+REPR_LOGS = """
+import sys, numpy, steplog
+tracker = steplog.Tracker(
+    steplog.JsonlBackend(sys.argv[1]), buffer_size=8, overflow="block", snapshot=False,
+)
+class Chatty:  # encoded by the writer thread (snapshot=False keeps references)
+    def __repr__(self):
+        tracker.log({"from_repr": 1})
+        return "chatty"
+tracker.init()
+for step in range(200):
+    tracker.log({"value": Chatty()})
+tracker.flush()  # every row encoded (its repr called) while the run is active
+stats = tracker.finish()
+print(stats.logged, stats.written, stats.dropped)
+"""
+
+
+def test_a_log_from_the_writer_thread_never_waits_for_room(runs_root):
+    """A log() made on the writer thread (here from a value's __repr__, which the
+    writer calls while it encodes a batch) goes in over the limit instead of waiting
+    for room only the writer itself can make (before: a deadlock under 'block')."""
+    pytest.importorskip("numpy")
+    done = subprocess.run(
+        [sys.executable, "-c", REPR_LOGS, str(runs_root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    logged, written, dropped = map(int, done.stdout.split())
+    assert (logged, written, dropped) == (400, 400, 0)
+    (path,) = runs_root.rglob("*.jsonl")
+    run = steplog.read_run(path)
+    assert [e.data.get("value") for e in run.records].count("chatty") == 200
+    assert sum(1 for e in run.records if "from_repr" in e.data) == 200
+
+
+ALERT_BLOCKS = """
+import math, sys, threading, time, steplog
+from steplog import watch
+tracker = steplog.Tracker(
+    steplog.JsonlBackend(sys.argv[1]), watchers=[watch.nonfinite("loss")],
+    on_alert=lambda alert: threading.Event().wait(),  # never returns
+)
+tracker.init()
+for step in range(1_000):
+    tracker.log({"loss": math.nan if step == 10 else 1.0})
+started = time.monotonic()
+stats = tracker.finish(timeout=1)
+print(round(time.monotonic() - started, 2), stats.logged, stats.alerts, flush=True)
+"""
+
+
+def test_a_blocking_on_alert_cannot_stop_finish_timeout_from_holding(runs_root):
+    """finish(timeout=1) returns within its deadline (plus the close grace) even when
+    on_alert never returns, and the run end is written with every event (before:
+    finish never returned and the run had no end)."""
+    done = subprocess.run(
+        [sys.executable, "-c", ALERT_BLOCKS, str(runs_root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    took, logged, alerts = done.stdout.split()
+    assert float(took) < 3.0 and (logged, alerts) == ("1000", "1")
+    assert "on_alert had not returned" in done.stderr
+    (path,) = runs_root.rglob("*.jsonl")
+    run = steplog.read_run(path)
+    assert run.status == "finished" and len(run.records) == 1_000

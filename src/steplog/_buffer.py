@@ -8,7 +8,7 @@ from typing import Any
 
 from ._options import OverflowPolicy
 
-__all__ = ["LineBuffer", "RingPending", "Row"]
+__all__ = ["LineBuffer", "RingCopy", "RingPending", "Row"]
 
 
 #: An event ``log()`` could not encode on the spot (tensors to read from a device, or
@@ -18,6 +18,13 @@ Row = tuple[int, float, dict[str, Any]]
 
 class RingPending(bytes):
     """A line still to be put into the writer process's ring (queued behind a row)."""
+
+    __slots__ = ()
+
+
+class RingCopy(bytes):
+    """A line the writer process's ring had when it died: the run file has it (the
+    writer thread wrote what the ring held); only the other backends still need it."""
 
     __slots__ = ()
 
@@ -105,6 +112,9 @@ class LineBuffer:
         self._armed = True
         self._wake: Callable[[], None] = _nothing
         self._alive: Callable[[], bool] = _always
+        #: The writer thread: a log() it makes (from a value's __repr__, a backend, a
+        #: callback) never waits for room that only it can make.
+        self._writer: int | None = None
         self._room = threading.Condition(self.lock)
         self._blocked = 0
         self._waiting: set[int] = set()  # threads waiting for room
@@ -120,9 +130,11 @@ class LineBuffer:
         self._since_wake = 0
 
     def connect(self, wake: Callable[[], None], alive: Callable[[], bool]) -> None:
-        """Set how to wake the writer and how to tell whether it still runs."""
+        """Set how to wake the writer and how to tell whether it still runs (called by
+        the writer thread, which this buffer then knows as such)."""
         self._wake = wake
         self._alive = alive
+        self._writer = threading.get_ident()
 
     def attach_ring(self, ring: Any, *, others: bool) -> None:
         """Send lines straight into the writer process's ring (``durability="process"``).
@@ -270,7 +282,7 @@ class LineBuffer:
         # handler that logs while this thread waits here goes in over the limit instead
         # of waiting too (handlers would pile up, one more per signal).
         ident = threading.get_ident()
-        if ident in self._waiting:
+        if ident in self._waiting or ident == self._writer:
             return False
         self._waiting.add(ident)
         self._blocked += 1
@@ -298,6 +310,7 @@ class LineBuffer:
         """Drop the oldest queued event (lock held)."""
         segments = self.segments
         line = True  # a line (in ring mode: a copy of one the ring has), not a row
+        first: Any = None
         if segments:
             first = segments[0]
             if type(first) is bytearray:
@@ -309,13 +322,13 @@ class LineBuffer:
                     del segments[0]
             else:
                 del segments[0]
-                line = False
+                line = type(first) is RingCopy
         elif self.data:
             del self.data[: self.data.index(b"\n") + 1]
         else:  # only items queued by signal handlers are left
             line = type(self._late.pop(0)) is bytearray
         self.count -= 1
-        if self.ring is not None and line:
+        if (self.ring is not None and line) or type(first) is RingCopy:
             self.others_dropped += 1  # a copy of a line in the ring: stored all the same
         else:
             self.dropped += 1
@@ -324,46 +337,46 @@ class LineBuffer:
 
     def _put_ringed(self, line: bytes) -> None:
         with self._ring_lock:
-            if self._in_ring_put or threading.get_ident() in self._waiting:
-                # A signal handler interrupted a put on this thread: the ring's copy is
-                # not reentrant, so queue the line for the writer — without waiting for
-                # room, which the writer could only make once the interrupted put (that
-                # holds the ring) goes on.
-                self._rows_pending = True
-                self._queue_item(RingPending(line), wait=False)
+            ring = self.ring  # once: the writer thread may take the file over meanwhile
+            if ring is not None:
+                self._put_ringed_locked(ring, line)
                 return
-            if self._rows_pending:
-                self._queue_item(RingPending(line))
-                return
-            self._in_ring_put = True
-            try:
-                self._put_into_ring(line)
-            finally:
-                self._in_ring_put = False
+        self.put_slow(line)  # it did, before this call got here
 
-    def _put_into_ring(self, line: bytes) -> None:
+    def _put_ringed_locked(self, ring: Any, line: bytes) -> None:
+        """Put a line into the ring, or queue it behind the rows (ring lock held)."""
+        if self._in_ring_put or threading.get_ident() in self._waiting:
+            # A signal handler interrupted a put on this thread: the ring's copy is
+            # not reentrant, so queue the line for the writer — without waiting for
+            # room, which the writer could only make once the interrupted put (that
+            # holds the ring) goes on.
+            self._rows_pending = True
+            self._queue_item(RingPending(line), wait=False)
+            return
+        if self._rows_pending:
+            self._queue_item(RingPending(line))
+            return
+        self._in_ring_put = True
+        try:
+            self._put_into_ring(ring, line)
+        finally:
+            self._in_ring_put = False
+
+    def _put_into_ring(self, ring: Any, line: bytes) -> None:
         """Put a line into the ring (ring lock held), applying the overflow policy."""
-        ring = self.ring
         if not ring.put(line):
             ring.wake()
-            if (
-                self.policy is not OverflowPolicy.BLOCK
-            ):  # a line in the ring cannot be dropped again
-                with self.lock:
+            if self.policy is not OverflowPolicy.BLOCK and ring.alive():
+                with self.lock:  # a line in the ring cannot be dropped again
                     self.dropped += 1
                 return
-            ident = threading.get_ident()
-            self._waiting.add(ident)
-            try:
-                while not ring.put(line):
-                    if not ring.wait_for_room(len(line), _BLOCK_POLL_SECONDS) and not (
-                        ring.alive()
-                    ):
-                        with self.lock:
-                            self.dropped += 1
-                        return
-            finally:
-                self._waiting.discard(ident)
+            if not self._wait_for_ring(ring, line):
+                # The writer process is gone (the writer thread takes the file over and
+                # writes what the ring held), or this is the writer thread, which must
+                # not wait: the line queues for the writer thread, in order.
+                self._rows_pending = True
+                self._queue_item(RingPending(line))
+                return
         self.ringed += 1
         self._since_wake += 1
         if self._since_wake >= self.wake_at:
@@ -371,6 +384,21 @@ class LineBuffer:
             ring.wake()
         if self.others:
             self._queue_copy(line)
+
+    def _wait_for_ring(self, ring: Any, line: bytes) -> bool:
+        """Wait until ``line`` is in the ring (``block``); False if it never will be
+        from here: the writer process died, or this is the writer thread."""
+        ident = threading.get_ident()
+        if ident == self._writer:
+            return False
+        self._waiting.add(ident)
+        try:
+            while not ring.put(line):
+                if not ring.wait_for_room(len(line), _BLOCK_POLL_SECONDS) and not ring.alive():
+                    return False
+        finally:
+            self._waiting.discard(ident)
+        return True
 
     def _queue_copy(self, line: bytes) -> None:
         """Queue a copy of a line already in the ring, for the other backends.
@@ -380,16 +408,51 @@ class LineBuffer:
         never in :attr:`dropped`.
         """
         with self.lock:
-            if self.count >= self.wake_at:
-                self._wake_if_armed()
-            if self.policy is not OverflowPolicy.BLOCK and self._full(len(line)):
-                self.others_dropped += 1
-                return
-            if self._overflow(len(line)):  # block, and the writer died
-                self.dropped -= 1
-                self.others_dropped += 1
-                return
-            self._append(line)
+            if self.ring is not None:
+                if self.count >= self.wake_at:
+                    self._wake_if_armed()
+                if self.policy is not OverflowPolicy.BLOCK and self._full(len(line)):
+                    self.others_dropped += 1
+                    return
+                if self._overflow(len(line)):  # block, and the writer died
+                    self.dropped -= 1
+                    self.others_dropped += 1
+                    return
+                if self.ring is not None:  # (the wait for room lets go of the lock)
+                    self._append(line)
+                    return
+            # The writer took the file over since the put: the file has this line.
+            self._close_segment()
+            self.segments.append(RingCopy(line))
+            self.count += 1
+
+    def detach_ring(self) -> None:
+        """The writer process died and the writer thread took the run file over (after
+        writing every line the ring held): lines queue here again, as without a ring.
+
+        Copies of lines the ring had, queued for the other backends, become
+        :class:`RingCopy` lines (one each), so that the writer does not write them to
+        the file twice; a copy queued by a put that raced this call becomes one too.
+        """
+        with self.lock:
+            self._close_segment()
+            segments: list[Any] = []
+            for item in self.segments:
+                if type(item) is bytearray:
+                    segments += [RingCopy(line) for line in item.splitlines(keepends=True)]
+                else:
+                    segments.append(item)
+            self.segments = segments
+            self._late = [
+                RingCopy(item) if type(item) is bytearray else item for item in self._late
+            ]
+            self._segment_bytes = 0
+            self.byte_limit = self.byte_budget
+            self.ring = None
+            self._rows_pending = False
+            self.has_rows = True
+            self.limit = 0 if self._late else (self.wake_at if self._armed else self.capacity)
+            self._room.notify_all()
 
     def ring_idle(self) -> None:
         """The writer put every row and pending line it took into the ring: lines go

@@ -11,12 +11,15 @@ extra), when it is installed and a driver answers.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import importlib
 import logging
 import math
 import os
+import queue
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,7 +30,7 @@ from .runfile.codec import ValueEncoder, decode
 from .runfile.schema import alert_record, system_record
 from .watch import Alert, ClockWatcher, ValueWatcher, Watcher
 
-__all__ = ["AlertCallback", "GpuSampler", "Monitor", "SystemSampler"]
+__all__ = ["AlertCallback", "AlertCallbacks", "GpuSampler", "Monitor", "SystemSampler"]
 
 logger = logging.getLogger("steplog")
 
@@ -145,13 +148,89 @@ class SystemSampler:
             self.gpu.close()
 
 
+class AlertCallbacks:
+    """Calls ``on_alert`` in a thread of its own, one alert after the other, in order.
+
+    Never in the writer thread: a callback that blocks, or that logs into its own
+    tracker while the buffer is full under ``"block"``, must not hold up the writer,
+    which alone makes room. ``finish()`` waits for the callbacks until its deadline,
+    then leaves one that has not returned behind (a daemon thread), as it leaves a
+    stuck backend. The thread starts with the first alert.
+    """
+
+    def __init__(self, callback: AlertCallback, name: str) -> None:
+        self.callback = callback
+        self.name = name
+        #: Calls that raised (the first is logged with its traceback).
+        self.errors = 0
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, alert: Alert) -> None:
+        """Hand ``alert`` to the callback (returns at once)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._main, name=self.name, daemon=True)
+            self._thread.start()
+        self._queue.put(alert)
+
+    def mark(self) -> concurrent.futures.Future[None] | None:
+        """A future done once every alert submitted so far has been through the
+        callback; ``None`` when no alert ever was."""
+        if self._thread is None:
+            return None
+        marker: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._queue.put(marker)
+        return marker
+
+    def runs_in(self, ident: int) -> bool:
+        """Whether the thread ``ident`` is the one that runs the callback."""
+        thread = self._thread
+        return thread is not None and thread.ident == ident
+
+    def close(self, timeout: float | None) -> None:
+        """Let the callback finish the alerts it has (up to ``timeout`` seconds), then
+        end its thread; one still running then is left behind, with a warning (``0``:
+        a ``finish()`` that the callback itself called, which must not wait for it)."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._queue.put(None)
+        thread.join(timeout)
+        if thread.is_alive():
+            logger.warning(
+                "steplog: on_alert had not returned when the run had to end; it is left "
+                "running (in daemon thread %r) and later alerts are not passed to it",
+                self.name,
+            )
+
+    def _main(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, concurrent.futures.Future):
+                if not item.done():
+                    item.set_result(None)
+                continue
+            try:
+                self.callback(item)
+            except Exception as exc:
+                self.errors += 1
+                if self.errors == 1:
+                    logger.error(
+                        "steplog: the on_alert callback raised (later errors are only counted)",
+                        exc_info=exc,
+                    )
+
+
 class Monitor:
     """The writer's periodic work for system metrics and watchers.
 
     Args:
         system_interval: Seconds between system samples, or ``None`` (off).
         watchers: Checks to run.
-        on_alert: Called in the writer thread with each :class:`Alert`.
+        on_alert: Called with each :class:`Alert`, in a thread of its own
+            (:class:`AlertCallbacks`).
         encoder: The run's encoder (alerts may hold NaN or infinities).
     """
 
@@ -165,7 +244,10 @@ class Monitor:
     ) -> None:
         self.system_interval = system_interval
         self.encoder = encoder
-        self.on_alert = on_alert
+        #: Where ``on_alert`` runs (``None`` without one).
+        self.callbacks = (
+            AlertCallbacks(on_alert, "steplog-on-alert") if on_alert is not None else None
+        )
         self.clock_watchers = [w for w in watchers if isinstance(w, ClockWatcher)]
         self.value_watchers: dict[str, list[ValueWatcher]] = {}
         for watcher in watchers:
@@ -179,7 +261,6 @@ class Monitor:
         self.sampler: SystemSampler | None = None
         self.next_sample = math.inf
         self.alerts = 0
-        self.callback_errors = 0
         self.records: list[bytes] = []
 
     def start(self) -> None:
@@ -255,17 +336,13 @@ class Monitor:
         self.records.append(self.encoder.encode(alert_record(alert)))
         extra = f" ({alert.suppressed} more in the cooldown)" if alert.suppressed else ""
         logger.warning("steplog alert [%s]: %s%s", alert.watcher, alert.message, extra)
-        if self.on_alert is None:
-            return
-        try:
-            self.on_alert(alert)
-        except Exception as exc:
-            self.callback_errors += 1
-            if self.callback_errors == 1:
-                logger.error(
-                    "steplog: the on_alert callback raised (later errors are only counted)",
-                    exc_info=exc,
-                )
+        if self.callbacks is not None:
+            self.callbacks.submit(alert)
+
+    @property
+    def callback_errors(self) -> int:
+        """Calls of ``on_alert`` that raised."""
+        return self.callbacks.errors if self.callbacks is not None else 0
 
 
 def _lookup(data: dict[str, Any], key: str) -> Any:

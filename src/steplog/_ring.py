@@ -309,6 +309,53 @@ class ProcessWriter:
         self._release(written_all=ok)
         return ok
 
+    def take_over(self) -> int:
+        """The writer process died: stop it being used and write what it left.
+
+        Puts are refused from now on; the child is reaped (killed first if it still
+        runs); every line it had not written yet is written from the ring, exactly (the
+        shared file offset says where it stopped), and the ring is released. The caller
+        then writes the file itself (the descriptor is its own, positioned at the end).
+
+        Returns:
+            Lines that could not be written (0 unless the file was written by someone
+            else meanwhile, or a write failed).
+        """
+        with self._lock:
+            self._limit = -1
+            self._closed = True
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        self._close_result = False  # nothing to close any more
+        if proc is None:
+            return 0
+        lost = 0
+        if not self._salvage(b""):
+            lost = self._unwritten_lines()
+        self._release(written_all=lost == 0)
+        return lost
+
+    def _unwritten_lines(self) -> int:
+        """Lines in the ring the child had not written (after a failed salvage)."""
+        written = os.lseek(self._fd, 0, os.SEEK_CUR) - self._start_offset
+        rest = self._tail - written
+        if not 0 < rest <= self._capacity:
+            return 0
+        start = written % self._capacity
+        stop = start + rest
+        data = self._data
+        if stop <= self._capacity:
+            return data[start:stop].count(b"\n")
+        return data[start:].count(b"\n") + data[: stop - self._capacity].count(b"\n")
+
+    @property
+    def exit_status(self) -> int | None:
+        """The writer process's exit status once it is reaped (negative: the signal that
+        killed it); ``None`` while it runs or before it started."""
+        return None if self._proc is None else self._proc.returncode
+
     def _send_all(self, data: bytes, deadline: float | None) -> bool:
         """Send a whole control message (non-blocking socket) before ``deadline``."""
         view = memoryview(data)

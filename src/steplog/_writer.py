@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import logging
 import select
+import signal
 import socket
 import threading
 import time
@@ -38,7 +39,7 @@ from ._arrays import (
     snapshot,
 )
 from ._batch import EventBatch
-from ._buffer import LineBuffer
+from ._buffer import LineBuffer, RingCopy
 from ._delivery import DirectRunner, RetryPolicy
 from ._monitor import Monitor
 from ._options import DEFAULT_MAX_ARRAY_SIZE
@@ -48,6 +49,8 @@ from .backends.jsonl import _FileSink
 from .errors import BackendOpenError, WorkerError
 from .events import RunEnd, RunInfo, RunStats, RunStatus
 from .runfile.codec import ValueEncoder
+from .runfile.schema import alert_record
+from .watch import Alert
 
 __all__ = ["BACKLOG_BATCHES", "Writer"]
 
@@ -59,6 +62,16 @@ BACKLOG_BATCHES = 4
 CLOSE_GRACE_SECONDS = 1.0
 
 
+class _FlushRequest(concurrent.futures.Future):  # type: ignore[type-arg]
+    """A ``flush()`` waiting on the writer: done once every event logged before it is
+    written, and every alert those fired has been through ``on_alert`` — unless
+    ``on_alert`` itself asked (``after_callbacks`` False: it would wait for itself)."""
+
+    def __init__(self, *, after_callbacks: bool) -> None:
+        super().__init__()
+        self.after_callbacks = after_callbacks
+
+
 class _StopRequest:
     def __init__(
         self,
@@ -66,6 +79,8 @@ class _StopRequest:
         summary: Mapping[str, Any],
         timeout: float | None,
     ) -> None:
+        #: The thread that asked (``on_alert`` finishing its own run is not waited for).
+        self.requester = threading.get_ident()
         self.status = status
         self.summary = summary
         self.timeout = timeout
@@ -119,6 +134,12 @@ class Writer:
         self.ringed: DirectRunner | None = None
         self.ring: Any = None
         self.ring_taken = 0
+        #: The run file's runner in ring mode (kept when the writer process dies and
+        #: this thread takes the file over: ``took_over``).
+        self.file_runner: DirectRunner | None = None
+        self.took_over = False
+        self.file_taken = 0  # events this thread wrote to the file after taking it over
+        self.salvage_lost = 0  # lines of the ring that could not be written then
         self.encoder = encoder
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -168,7 +189,7 @@ class Writer:
         self._started: concurrent.futures.Future[RunInfo] = concurrent.futures.Future()
         # None once the run has ended; the lock keeps a flush() from slipping in between
         # the writer taking the requests and draining the events they wait for.
-        self._flushes: list[concurrent.futures.Future[None]] | None = []
+        self._flushes: list[_FlushRequest] | None = []
         self._flush_lock = threading.Lock()
         self._stop: _StopRequest | None = None
         self._dead = False
@@ -208,7 +229,10 @@ class Writer:
 
     def flush(self) -> concurrent.futures.Future[None]:
         """Return a future that resolves once every event logged so far is written."""
-        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        callbacks = self.monitor.callbacks if self.monitor is not None else None
+        future = _FlushRequest(
+            after_callbacks=callbacks is None or not callbacks.runs_in(threading.get_ident())
+        )
         if not self.alive():
             future.set_exception(WorkerError("the steplog writer is not running"))
             return future
@@ -296,7 +320,7 @@ class Writer:
             while self._wake_in.recv(4096):
                 pass
 
-    def _take_flushes(self, *, last: bool = False) -> list[concurrent.futures.Future[None]]:
+    def _take_flushes(self, *, last: bool = False) -> list[_FlushRequest]:
         with self._flush_lock:
             flushes = self._flushes or []
             self._flushes = None if last else []
@@ -316,6 +340,8 @@ class Writer:
             if buffer.count < buffer.wake_at:
                 select.select([self._wake_in], [], [], self.flush_interval)
             self._drain_wake_ups()
+            if self.ring is not None and not self.ring.alive():
+                self._take_over()
             buffer.rearm()
             self.refresh_inspection()
             stop = self._stop
@@ -334,10 +360,13 @@ class Writer:
                 monitor.tick(self._events_seen())
                 self._write_records()
             if flushes and self.ring is not None and not self.ring.flush(stop_timeout(stop)):
-                error = WorkerError("the writer process did not confirm the flush")
-                for future in flushes:
-                    if not future.done():
-                        future.set_exception(error)
+                if not self.ring.alive():  # it died: what it had is written now
+                    self._take_over()
+                else:
+                    error = WorkerError("the writer process did not confirm the flush")
+                    for future in flushes:
+                        if not future.done():
+                            future.set_exception(error)
             self._complete_flushes(flushes)
             if stop is not None:
                 self._end(info, stop)
@@ -398,8 +427,13 @@ class Writer:
             capacity=min(self.buffer.byte_budget, 16 * 2**20),
             flush_interval=self.flush_interval,
         )
+        # A line the ring cannot hold would never fit: such an event is recorded as the
+        # too-large marker instead (by log(), or here for the rows), as over
+        # max_event_bytes.
+        limit = min(self.encoder.max_event_bytes, self.ring.capacity)
+        self.encoder.max_event_bytes = self.buffer.line_limit = limit
         self.direct.remove(runner)
-        self.ringed = runner
+        self.ringed = self.file_runner = runner
         # Value watchers read the lines too: log() then queues a copy for this thread.
         watching = self.monitor is not None and bool(self.monitor.needles)
         self.buffer.attach_ring(
@@ -437,32 +471,40 @@ class Writer:
             except Exception as exc:
                 logger.warning("steplog: closing backend %r failed: %r", runner.name, exc)
 
-    def _complete_flushes(self, flushes: list[concurrent.futures.Future[None]]) -> None:
+    def _complete_flushes(self, flushes: list[_FlushRequest]) -> None:
         if not flushes:
             return
-        if self.fanout is None:
-            for future in flushes:
-                if not future.done():
-                    future.set_result(None)
-            return
-        # Markers go in now, right behind the batches these flushes wait for.
-        marked = self.fanout.mark()
+        # Markers go in now, right behind the batches (and alerts) these flushes wait for.
+        waits: list[concurrent.futures.Future[None]] = []
+        if self.fanout is not None:
+            waits.append(self.fanout.mark())
+        callbacks = self.monitor.callbacks if self.monitor is not None else None
+        marker = callbacks.mark() if callbacks is not None else None
         for future in flushes:
-            marked.add_done_callback(_resolver(future))
+            needs = [*waits, marker] if marker is not None and future.after_callbacks else waits
+            _resolve_after(future, needs)
 
     def _drain(self) -> None:
         """Take everything queued and deliver it as one batch."""
         items, count = self.buffer.take()
         if not count:
             return
+        file_data: bytes | None = None  # what the run file gets, when not all of it
+        file_count = count
         if self.ring is not None:
             items = self._to_ring(items)
             if not items:
                 return
+            file_data, file_count = b"", 0  # the ring had them, or _to_ring wrote them
         elif self.buffer.has_rows:
             items = self._encode_rows(items)
+        if self.took_over and file_data is None:
+            copies = sum(1 for item in items if type(item) is RingCopy)
+            if copies:  # the ring had them, so the file has them
+                file_data = b"".join(item for item in items if type(item) is not RingCopy)
+                file_count = count - copies
         data = items[0] if len(items) == 1 else b"".join(items)
-        self._deliver(data, count)
+        self._deliver(data, count, file_data=file_data, file_count=file_count)
         monitor = self.monitor
         if monitor is not None and monitor.needles:
             monitor.scan(data)
@@ -470,8 +512,8 @@ class Writer:
     def _events_seen(self) -> int:
         """Events logged so far that the writer has seen (taken, or dropped)."""
         buffer = self.buffer
-        if self.ring is not None:
-            return buffer.ringed + self.ring_taken + buffer.dropped
+        if self.file_runner is not None:
+            return buffer.ringed + self.ring_taken + self.file_taken + buffer.dropped
         return self.taken + buffer.dropped
 
     def _write_records(self) -> None:
@@ -517,23 +559,85 @@ class Writer:
         if any(pending):
             items = self._encode_rows(items)
             ring = self.ring
-            for line, to_ring in zip(items, pending, strict=True):
-                if to_ring:
-                    while not ring.put(line):
-                        if not ring.wait_for_room(len(line), 0.1) and not ring.alive():
-                            raise WorkerError("the writer process has died")
-                    self.ring_taken += 1
+            for index, (line, to_ring) in enumerate(zip(items, pending, strict=True)):
+                if not to_ring:
+                    continue
+                while not ring.put(line):
+                    if not ring.wait_for_room(len(line), 0.1) and not ring.alive():
+                        # It died: what it had is written now; this thread writes the rest.
+                        self._take_over()
+                        later = zip(items[index:], pending[index:], strict=True)
+                        rest = [item for item, to_file in later if to_file]
+                        self._write_file(b"".join(rest), len(rest))
+                        return items if self.buffer.others else []
+                self.ring_taken += 1
             ring.wake()
             self.buffer.ring_idle()
         return items if self.buffer.others else []
 
-    def _deliver(self, data: bytes | bytearray, count: int) -> None:
+    def _take_over(self) -> None:
+        """The writer process died mid-run (the OOM killer, a stray ``kill``): write
+        what its ring held, then write the run file from this thread, as with
+        ``durability="thread"``. Warns once and records it in the file (an alert record
+        of watcher ``"writer_process"``) and in the statistics (``writer_takeover``)."""
+        ring, runner = self.ring, self.file_runner
+        assert runner is not None  # ring mode has one
+        lost = ring.take_over()
+        status = ring.exit_status
+        runner.sink.ring_gone()  # type: ignore[attr-defined]
+        self.buffer.detach_ring()
+        self.ring = self.ringed = None
+        self.took_over = True
+        self.salvage_lost = lost
+        self.direct.insert(0, runner)
+        if status is not None and status < 0:
+            try:
+                how = f"killed by {signal.Signals(-status).name}"
+            except ValueError:
+                how = f"killed by signal {-status}"
+        else:
+            how = f"exit status {status}"
+        events = self.buffer.ringed + self.ring_taken
+        message = (
+            f"the writer process died ({how}) after {events:,} events; the logging "
+            "process writes the run file from here on, as with durability='thread' (a "
+            "kill -9 of it now loses what it logged in its last flush_interval)"
+            + (f"; {lost:,} events the ring held could not be written" if lost else "")
+        )
+        logger.warning("steplog: %s", message)
+        alert = Alert("writer_process", None, status, None, time.time(), message)
+        self._write_file(self.encoder.encode(alert_record(alert)), 0)
+
+    def _write_file(self, data: bytes, count: int) -> None:
+        """Write ``data`` (``count`` events) to the run file only (after a take-over)."""
+        runner = self.file_runner
+        if runner is None or not data:
+            return
+        runner.send_lines(data, EventBatch(data, count))
+        self.file_taken += count
+
+    def _deliver(
+        self,
+        data: bytes | bytearray,
+        count: int,
+        *,
+        file_data: bytes | None = None,
+        file_count: int = 0,
+    ) -> None:
+        """Hand a batch to every backend; the run file gets ``file_data`` instead when
+        given (``durability="process"``: what the ring did not have)."""
         batch = EventBatch(data, count)
         self.taken += count
         source = self.source
         before = source.size() if source is not None else 0
         for runner in self.direct:
-            runner.send_lines(data, batch)
+            if file_data is not None and runner is self.file_runner:
+                if file_data:
+                    runner.send_lines(file_data, EventBatch(file_data, file_count))
+            else:
+                runner.send_lines(data, batch)
+        if self.took_over:
+            self.file_taken += count if file_data is None else file_count
         if source is not None and source.size() - before == len(data):
             # The whole batch is in the run file: a backend that misses it can be
             # caught up from there.
@@ -567,11 +671,21 @@ class Writer:
         if self.monitor is not None:
             self.monitor.finish(self._events_seen())
             self._write_records()
+            callbacks = self.monitor.callbacks
+            if callbacks is not None:  # the deadline holds whatever on_alert does
+                own = callbacks.runs_in(request.requester)
+                callbacks.close(0 if own else request.remaining())
         if self.fanout is not None:
             self.fanout.drain()
         if self.ringed is not None:
             self.ringed.delivered = self.buffer.ringed + self.ring_taken
             self.direct.insert(0, self.ringed)  # closed like the others
+        elif self.took_over and self.file_runner is not None:
+            # What the writer process wrote, and what it left in the ring (written by
+            # the take-over); this thread's own writes are counted already.
+            runner = self.file_runner
+            runner.delivered += self.buffer.ringed + self.ring_taken - self.salvage_lost
+            runner.failed += self.salvage_lost
         stats = self._stats(drain_seconds=time.perf_counter() - request.received)
         end = RunEnd(
             run_id=info.run_id,
@@ -601,11 +715,11 @@ class Writer:
         pending = buffer.count
         # Ring mode: copies the other backends missed are their drops, not the run's.
         shared = dict.fromkeys(self.names, dropped + buffer.others_dropped)
-        if self.ringed is not None:
-            runners[self.ringed.name] = self.ringed
-            written = buffer.ringed + self.ring_taken
+        if self.file_runner is not None:
+            runners[self.file_runner.name] = self.file_runner
+            written = buffer.ringed + self.ring_taken + self.file_taken
             pending = 0  # the queue holds copies; the stop drained the rest
-            shared[self.ringed.name] = dropped
+            shared[self.file_runner.name] = dropped
         return RunStats(
             logged=written + dropped + pending,
             written=written,
@@ -619,6 +733,7 @@ class Writer:
             changed_values=self.resolve_stats.changed,
             alerts=self.monitor.alerts if self.monitor is not None else 0,
             alert_callback_errors=self.monitor.callback_errors if self.monitor is not None else 0,
+            writer_takeover=self.took_over,
             backends={name: runners[name].stats(shared[name]) for name in self.names},
         )
 
@@ -628,14 +743,30 @@ def stop_timeout(stop: _StopRequest | None) -> float | None:
     return None if stop is None else stop.remaining()
 
 
-def _resolver(future: concurrent.futures.Future[None]) -> Any:
-    def done(marked: concurrent.futures.Future[None]) -> None:
+def _resolve_after(
+    future: concurrent.futures.Future[None], needs: list[concurrent.futures.Future[None]]
+) -> None:
+    """Resolve ``future`` once every one of ``needs`` is done (with the first error)."""
+    if not needs:
+        if not future.done():
+            future.set_result(None)
+        return
+    left = [len(needs)]
+    lock = threading.Lock()
+
+    def done(need: concurrent.futures.Future[None]) -> None:
+        error = need.exception()
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
         if future.done():
             return
-        error = marked.exception()
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(error)
+        if error is not None:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                future.set_exception(error)
+        elif last:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                future.set_result(None)
 
-    return done
+    for need in needs:
+        need.add_done_callback(done)

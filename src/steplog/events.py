@@ -161,6 +161,9 @@ class RunStats:
             read, recorded as ``{"$changed": value}`` (see docs/tensors.md).
         alerts: Alerts the run's watchers fired (see :mod:`steplog.watch`).
         alert_callback_errors: Calls of ``on_alert`` that raised (logged once, counted).
+        writer_takeover: ``durability="process"``: the writer process died mid-run and
+            the logging process wrote the rest of the run file (an alert record of
+            watcher ``"writer_process"`` in the file says when and why).
         backends: Per-backend delivery counts, keyed by backend name.
     """
 
@@ -176,6 +179,7 @@ class RunStats:
     changed_values: int = 0
     alerts: int = 0
     alert_callback_errors: int = 0
+    writer_takeover: bool = False
     backends: Mapping[str, BackendStats] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -754,8 +754,10 @@ class Tracker(_TrackerBase):
             logging rate (:mod:`steplog.watch`: ``nonfinite``, ``above``, ``below``,
             ``diverging``, ``stalled``, ``slower``). An alert is written to the run
             file, logged as a warning and handed to ``on_alert``.
-        on_alert: Called with each :class:`steplog.Alert`, in the writer thread (keep
-            it short); its exceptions are logged once and counted in the statistics.
+        on_alert: Called with each :class:`steplog.Alert`, in a thread of its own (it
+            may block or ``log()``: the writer never waits for it; ``finish()`` waits
+            until its deadline); its exceptions are logged once and counted in the
+            statistics.
     """
 
     def init(self, config: ConfigLike = None, *, resume: ResumeLike = None) -> RunInfo:

@@ -60,7 +60,8 @@ class Alert:
 
     Attributes:
         watcher: The kind of watcher: ``"nonfinite"``, ``"above"``, ``"below"``,
-            ``"diverging"``, ``"stalled"`` or ``"slower"``.
+            ``"diverging"``, ``"stalled"`` or ``"slower"`` (in a run file also
+            ``"writer_process"``: steplog's own record of a writer process that died).
         key: The watched key (``None`` for the clock watchers).
         value: The value that fired it (for ``stalled``: seconds without a ``log()``;
             for ``slower``: the steps per second).

@@ -210,6 +210,13 @@ class JsonlBackend(Backend):
         self._ring = ring
         return ring
 
+    def _ring_gone(self) -> None:
+        """The writer process died and its ring was written out (``ProcessWriter.take_over``):
+        the writer thread writes the file from now on, from its end."""
+        self._ring = None
+        self._unwritten = None
+        self._size = os.lseek(self._fd, 0, os.SEEK_END)
+
     def _forget_after_fork(self) -> None:
         """In a forked child: close this process's copy of the run file (and of the
         writer process's channels) without writing anything: the run stays the
@@ -291,6 +298,9 @@ class _FileSink:
 
     def start_ring(self, *, capacity: int, flush_interval: float) -> Any:
         return self.backend._start_ring(capacity=capacity, flush_interval=flush_interval)
+
+    def ring_gone(self) -> None:
+        self.backend._ring_gone()
 
     def forget_after_fork(self) -> None:
         self.backend._forget_after_fork()

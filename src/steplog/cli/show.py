@@ -129,6 +129,11 @@ def cmd_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 else ""
             )
         )
+        if s.get("writer_takeover"):
+            print(
+                "warning   the writer process died mid-run; this run's own process wrote "
+                "the rest of the file (see the writer_process alert)"
+            )
         for name, b in (s.get("backends") or {}).items():
             extra = " (disabled by the circuit breaker)" if b.get("disabled") else ""
             error = f"; last error: {b['last_error']}" if b.get("last_error") else ""

@@ -102,10 +102,27 @@ class ValueEncoder:
         return orjson.dumps({"step": step, "time": time, "data": marker}, option=_OPTIONS)
 
     def too_large(self, step: int, time: float, data: Mapping[str, Any], size: int) -> bytes:
-        """The marker line recorded instead of an event that encodes to ``size`` bytes."""
+        """The marker line recorded instead of an event that encodes to ``size`` bytes.
+
+        It lists the event's keys, as many as fit in ``max_event_bytes`` (then
+        ``keys_omitted`` counts the others): the marker itself is never too large.
+        """
         self._report("size", dict, None, size=size)
-        marker = {"$too_large": {"bytes": size, "keys": [str(k) for k in data]}}
-        return orjson.dumps({"step": step, "time": time, "data": marker}, option=_OPTIONS)
+        keys = [str(k) for k in data]
+        marker: dict[str, Any] = {"bytes": size, "keys": keys}
+        line = orjson.dumps({"step": step, "time": time, "data": {"$too_large": marker}})
+        if len(line) + 1 > self.max_event_bytes:
+            budget = self.max_event_bytes - len(line) + len(orjson.dumps(keys)) - 64
+            kept: list[str] = []
+            for key in keys:
+                budget -= len(orjson.dumps(key)) + 1
+                if budget < 0:
+                    break
+                kept.append(key)
+            marker = {"bytes": size, "keys": kept, "keys_omitted": len(keys) - len(kept)}
+        return orjson.dumps(
+            {"step": step, "time": time, "data": {"$too_large": marker}}, option=_OPTIONS
+        )
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
         """Encode one record (a run-start or run-end record) as a JSON line."""

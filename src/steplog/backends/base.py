@@ -41,6 +41,12 @@ class Backend(abc.ABC):
     #: without a ``Backend`` suffix.
     name: str = ""
 
+    #: Whether this backend is an in-process sink (memory, console, a live plot, null):
+    #: the writer thread of the logging process feeds it, batch by batch. Every other
+    #: backend is remote: a *lane* feeds it from the run file, by default in a delivery
+    #: process (see docs/concepts.md, "Remote backends follow the run file").
+    local: bool = False
+
     @abc.abstractmethod
     async def open(self, run: RunInfo) -> None:
         """Start a run: create files, connections, remote run objects."""

@@ -30,6 +30,8 @@ class ConsoleBackend(Backend):
         max_keys: With ``keys=None``, print at most this many keys per line.
     """
 
+    local = True  # an in-process sink: the writer thread feeds it
+
     def __init__(
         self,
         keys: Iterable[str] | None = None,

@@ -64,6 +64,8 @@ class JsonlBackend(Backend):
         path: The file of the current (or last) run; ``None`` before the first run.
     """
 
+    local = True  # the run file itself, written by the writer thread (or process)
+
     def __init__(
         self,
         root: str | os.PathLike[str] = "runs",

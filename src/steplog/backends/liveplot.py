@@ -49,6 +49,8 @@ class LivePlotBackend(Backend):
         size: Figure size in inches (width, height per panel).
     """
 
+    local = True  # an in-process sink: the writer thread feeds it
+
     name = "liveplot"
 
     def __init__(

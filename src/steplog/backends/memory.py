@@ -29,6 +29,8 @@ class MemoryBackend(Backend):
         stats: The run's statistics once it is closed.
     """
 
+    local = True  # an in-process sink: the writer thread feeds it
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._reset()

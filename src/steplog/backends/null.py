@@ -13,6 +13,8 @@ __all__ = ["NullBackend"]
 class NullBackend(Backend):
     """Accepts every event and stores nothing (for benchmarks and dry runs)."""
 
+    local = True  # an in-process sink: the writer thread feeds it
+
     async def open(self, run: RunInfo) -> None:
         """Do nothing."""
 

@@ -19,14 +19,14 @@ Sampling happens in the worker, per batch; the hot loop never sees it.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from ..events import Event, RunEnd, RunInfo
 from ..runfile.schema import is_number
 from .base import Backend, backend_name
 
-__all__ = ["COUNT_KEY", "REDUCTIONS", "Sampled"]
+__all__ = ["COUNT_KEY", "REDUCTIONS", "Checkpoint", "Sampled", "WindowSampler"]
 
 Reduction = Literal["mean", "min", "max", "last"]
 REDUCTIONS = ("mean", "min", "max", "last")
@@ -109,15 +109,20 @@ class Sampled(Backend):
         self._reset()
 
     def _reset(self) -> None:
-        self._count = 0  # events seen in the current window
-        self._window_start = 0.0
-        self._window: list[Event] = []
-        # When thinning with endpoints: the run's last event so far, if not sent.
-        self._unsent_last: Event | None = None
+        self._sampler = self.sampler()
         self.received = 0
         self.sent = 0
         # The batch whose points the inner backend has not taken yet, and those points.
         self._pending: tuple[Sequence[Event], list[Event]] | None = None
+
+    @property
+    def local(self) -> bool:  # type: ignore[override]
+        """A sampled in-process sink is in-process too (see :attr:`Backend.local`)."""
+        return self.backend.local
+
+    def sampler(self, state: Mapping[str, Any] | None = None) -> WindowSampler:
+        """A fresh :class:`WindowSampler` of this rule (from a checkpoint's ``state``)."""
+        return WindowSampler(self, state)
 
     def __repr__(self) -> str:
         rule = f"every={self.every}" if self.every is not None else f"interval={self.interval}"
@@ -127,6 +132,17 @@ class Sampled(Backend):
         if self.endpoints != self.extremes:
             extra += f", endpoints={self.endpoints}"
         return f"Sampled({self.backend!r}, {rule}, reduce={self.reduce!r}{extra})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The configuration, not a run's windows (a lane makes its own sampler).
+        state = dict(self.__dict__)
+        state.pop("_sampler", None)
+        state.pop("_pending", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset()
 
     async def open(self, run: RunInfo) -> None:
         self._reset()
@@ -147,61 +163,24 @@ class Sampled(Backend):
         self._pending = None
 
     async def close(self, end: RunEnd) -> None:
-        last: Event | None = None
-        if self.reduce is not None and self._window:
-            last = self._reduced()
-        elif self._unsent_last is not None:
-            last = self._unsent_last
-            self._unsent_last = None
+        last = [point for point, _ in self._sampler.end_segment(0)]
         try:
-            if last is not None:
-                self.sent += 1
-                await self.backend.write([last])
+            if last:
+                self.sent += len(last)
+                await self.backend.write(last)
         finally:
             # The inner backend is closed even when that last write failed.
             await self.backend.close(end)
 
     def sample(self, events: Sequence[Event]) -> list[Event]:
         """The events (or reduced points) of this batch that go through."""
+        sampler = self._sampler
         out: list[Event] = []
-        thin = self.reduce is None
         for event in events:
-            self.received += 1
-            if not thin and self.endpoints and self.received == 1:
-                # The run's first point as logged: a window of its own.
-                out.append(self._point([event]))
-                continue
-            if self._starts_window(event):
-                if not thin and self._window:
-                    out.append(self._reduced())
-                self._count = 0
-                self._window_start = event.time
-                self._window = []
-                if thin:
-                    out.append(event)
-            self._count += 1
-            if not thin:
-                self._window.append(event)
-                if self.every is not None and self._count == self.every:
-                    out.append(self._reduced())
-                    self._count = 0
-                    self._window_start = math.inf  # the next event opens a window
-            elif self.endpoints:
-                self._unsent_last = None if out and out[-1] is event else event
+            out += [point for point, _ in sampler.add(event, 0, 0)]
+        self.received += len(events)
         self.sent += len(out)
         return out
-
-    def _starts_window(self, event: Event) -> bool:
-        if self.every is not None:
-            return self._count == 0 or self._count >= self.every
-        assert self.interval is not None
-        return self._count == 0 or event.time >= self._window_start + self.interval
-
-    def _reduced(self) -> Event:
-        """The current window's point; the window is emptied."""
-        window = self._window
-        self._window = []
-        return self._point(window)
 
     def _point(self, window: list[Event]) -> Event:
         last = window[-1]
@@ -231,6 +210,142 @@ class Sampled(Backend):
                 data.setdefault(f"{key}/max", _max(values))
             data.setdefault(COUNT_KEY, len(window))
         return Event(last.step, last.time, data)
+
+
+#: Where a lane may resume reading a run file: the byte ``offset`` of a line start,
+#: the step records before it (``events``) and the sampler's ``state`` there.
+Checkpoint = tuple[int, int, dict[str, Any]]
+
+
+class WindowSampler:
+    """One pass of a :class:`Sampled` rule over a run's events, deterministic from them.
+
+    The same events in the same order give the same points, however the reading is cut
+    into batches and wherever it resumes from a :data:`Checkpoint` it gave: a lane that
+    re-reads a run file after an outage, a crash or a resume sends exactly the points
+    it would have sent in one go. So the windows depend on the events only:
+
+    * ``interval``: fixed buckets of logging time, ``floor(time / interval)`` (an event
+      whose time goes back — another thread, a clock step — stays in the open window);
+    * ``every``: runs of ``every`` consecutive events of a segment;
+    * a segment (a process's part of a resumed run) ends every window: no window spans
+      two processes, and a killed segment's last window is its own;
+    * with ``endpoints``, the run's first event is a window of its own and each
+      segment's last event goes through (thinning) or ends its window.
+
+    :meth:`add` and :meth:`end_segment` return the points they complete, each with the
+    checkpoint that is safe once it (and every point before it) has been acknowledged;
+    :attr:`safe` is the checkpoint that is safe once every point returned so far has
+    been. A checkpoint never passes an event whose window is still open.
+    """
+
+    def __init__(self, rule: Sampled, state: Mapping[str, Any] | None = None) -> None:
+        self.rule = rule
+        state = dict(state or {})
+        self.run_events = int(state.get("run_events", 0))  # events of the run before
+        self.segment_events = int(state.get("segment_events", 0))  # ... of the segment
+        self.bucket: int | None = state.get("bucket")  # thinning by interval: last passed
+        self.window: list[Event] = []
+        self.window_bucket: int | None = None
+        self.unsent_last: Event | None = None  # thinning with endpoints
+        self.safe: Checkpoint = (0, self.run_events, self._state())
+        self._started = False
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "run_events": self.run_events,
+            "segment_events": self.segment_events,
+            "bucket": self.bucket,
+        }
+
+    def start(self, offset: int) -> None:
+        """Reading starts at ``offset`` (a checkpoint's, or the first step's)."""
+        self.safe = (offset, self.run_events, self._state())
+        self._started = True
+
+    def add(self, event: Event, start: int, end: int) -> list[tuple[Event, Checkpoint]]:
+        """Feed the next event (its line spans ``[start, end)`` of the file)."""
+        if not self._started:
+            self.start(start)
+        rule = self.rule
+        out: list[tuple[Event, Checkpoint]] = []
+        if rule.reduce is None:
+            passes = self._passes(event)
+            self.run_events += 1
+            self.segment_events += 1
+            if passes:
+                self.unsent_last = None
+                self.safe = (end, self.run_events, self._state())
+                out.append((event, self.safe))
+            elif rule.endpoints:
+                self.unsent_last = event  # the segment's last event, unless another comes
+                self.safe = (start, self.run_events - 1, self._before(event))
+            else:
+                self.safe = (end, self.run_events, self._state())
+            return out
+        first_of_run = rule.endpoints and self.run_events == 0
+        bucket = self._bucket(event)
+        if self.window and (first_of_run or self._closes(bucket)):
+            point = rule._point(self.window)
+            self.window = []
+            self.safe = (start, self.run_events, self._state())
+            out.append((point, self.safe))
+        if not self.window:
+            self.window_bucket = bucket
+        self.window.append(event)
+        self.run_events += 1
+        self.segment_events += 1
+        if first_of_run or (rule.every is not None and len(self.window) >= rule.every):
+            point = rule._point(self.window)
+            self.window = []
+            self.safe = (end, self.run_events, self._state())
+            out.append((point, self.safe))
+        return out
+
+    def end_segment(self, end: int) -> list[tuple[Event, Checkpoint]]:
+        """The segment ended (a resume or run-end record ending at ``end``, or the end of
+        a run whose writer is gone): its open window, or its unsent last event."""
+        out: list[Event] = []
+        if self.window:
+            out.append(self.rule._point(self.window))
+            self.window = []
+        elif self.unsent_last is not None:
+            out.append(self.unsent_last)
+        self.unsent_last = None
+        self.segment_events = 0
+        self.bucket = None
+        self.safe = (end, self.run_events, self._state())
+        return [(point, self.safe) for point in out]
+
+    def _passes(self, event: Event) -> bool:
+        rule = self.rule
+        if rule.every is not None:
+            return self.segment_events % rule.every == 0
+        bucket = self._bucket(event)
+        if self.bucket is not None and bucket <= self.bucket:
+            return False
+        self.bucket = bucket
+        return True
+
+    def _bucket(self, event: Event) -> int:
+        interval = self.rule.interval
+        if interval is None:
+            return 0
+        bucket = math.floor(event.time / interval) if math.isfinite(event.time) else 0
+        if self.window_bucket is not None and self.window:
+            return max(bucket, self.window_bucket)  # never back into a closed window
+        return bucket
+
+    def _closes(self, bucket: int) -> bool:
+        """Whether an event in ``bucket`` starts a new window (reductions)."""
+        return self.rule.interval is not None and bucket != self.window_bucket
+
+    def _before(self, event: Event) -> dict[str, Any]:
+        """The state before ``event`` was added (thinning: it did not pass)."""
+        state = self._state()
+        state["run_events"] -= 1
+        state["segment_events"] -= 1
+        return state
 
 
 def _mean(values: list[float]) -> float:

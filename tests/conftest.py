@@ -21,6 +21,8 @@ from steplog.testing import SlowBackend as SlowBackend
 _SCRATCH = tempfile.mkdtemp(prefix="steplog-tests-")
 os.environ.setdefault("TRACKIO_DIR", os.path.join(_SCRATCH, "trackio"))
 os.environ.setdefault("WANDB_MODE", "offline")
+# Run files of trackers that are given no JsonlBackend (remote backends always get one).
+os.environ.setdefault("STEPLOG_ROOT", os.path.join(_SCRATCH, "runs"))
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_CONFIG_DIR", os.path.join(_SCRATCH, "wandb-config"))
 os.environ.setdefault("WANDB_CACHE_DIR", os.path.join(_SCRATCH, "wandb-cache"))
@@ -39,6 +41,8 @@ def run_script(code: str, tmp_path, timeout: float = 60) -> subprocess.Completed
     return subprocess.run(
         [sys.executable, str(script)],
         cwd=tmp_path,
+        # A script's default run directory is its own runs/ (not the suite's scratch one).
+        env={k: v for k, v in os.environ.items() if k != "STEPLOG_ROOT"},
         capture_output=True,
         text=True,
         timeout=timeout,

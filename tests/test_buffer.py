@@ -81,8 +81,10 @@ def test_block_policy_is_lossless_with_a_slow_backend():
 
 
 def test_block_policy_blocks_until_the_backend_makes_progress():
-    """A producer on a full 'block' buffer waits, and resumes once the worker drains."""
-    gate = GateBackend()
+    """A producer on a full 'block' buffer waits, and resumes once the writer drains
+    (here held up by a stalled in-process sink; a remote backend never holds the
+    writer up: its lane reads the run file)."""
+    gate = LocalGate()
     tracker = steplog.Tracker(gate, buffer_size=8, batch_size=4, overflow="block")
     tracker.init()
     thread, done = start_producer(tracker, 200)
@@ -93,6 +95,12 @@ def test_block_policy_blocks_until_the_backend_makes_progress():
     stats = tracker.finish()
     assert stats.dropped == 0
     assert [e.data["i"] for e in gate.records] == list(range(200))
+
+
+class LocalGate(GateBackend):
+    """A stalled in-process sink: the writer feeds it itself (``local``)."""
+
+    local = True
 
 
 def put(buffer: LineBuffer, line: bytes) -> None:

@@ -194,6 +194,7 @@ def test_process_mode_counts_copies_other_backends_miss_as_their_drops(tmp_path,
     _process_mode_only()
     jsonl = steplog.JsonlBackend(tmp_path)
     gate = GateBackend()
+    gate.local = True  # an in-process sink: the writer hands it copies of the lines
     tracker = steplog.Tracker(jsonl, gate, durability="process", overflow=policy, buffer_size=16)
     tracker.init()
     for i in range(5_000):

@@ -1,6 +1,6 @@
-"""Remote backends that heal (issue #15): a backend that is down, or too slow, misses
-events live and is caught up from the run's JSONL file, in order and exactly once, with
-memory bounded; without the file, the circuit breaker still closes again."""
+"""Remote backends that heal: every remote backend follows the run file through its lane
+(issue #23), so one that is down, or too slow, gets every event from the file once it
+answers, in order and exactly once, with memory bounded and the loop never waiting."""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ FAST = steplog.RetryPolicy(
 
 
 class Switchable(steplog.MemoryBackend):
-    """A memory backend that raises ConnectionError while ``down`` is set."""
+    """A remote backend (a memory backend that is not local) that raises
+    ConnectionError while ``down`` is set."""
+
+    local = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -67,29 +70,39 @@ def test_an_outage_in_the_middle_is_caught_up_from_the_file_exactly_once(tmp_pat
     assert [e.step for e in remote.records] == list(range(logged))
     assert [e.data["i"] for e in remote.records] == list(range(logged))
     assert got.delivered == logged and got.failed == got.missing == 0
-    assert 0 < got.caught_up < logged
     assert len(got.outages) >= 1 and all(end is not None for _, end in got.outages)
     assert len(steplog.read_run(jsonl.path).records) == logged
-    # The run file records the same, for `steplog show`.
+    # The run file records the outages too, for `steplog show`.
     recorded = steplog.read_run(jsonl.path).stats.backends["switchable"]
-    assert recorded.caught_up == got.caught_up and recorded.outages == got.outages
+    assert recorded.outages == got.outages
 
 
-def test_a_backend_still_down_at_the_end_counts_what_it_missed(tmp_path):
-    """Down from some point to the end: what it missed is counted as missing (and
-    failed), delivered + failed == logged, and the outage has no end."""
+def test_a_backend_still_down_at_the_end_is_behind_and_caught_up_by_a_sync(tmp_path):
+    """Down from some point to the end: finish() waits shutdown_timeout for it, then
+    returns with what it missed counted as missing (not failed: the file has it, and
+    the cursor says where it stopped), the outage without an end; a later
+    `steplog.sync` from that cursor delivers the rest, exactly once."""
+    from steplog.sync import sync
+
     remote = Switchable()
-    tracker = steplog.Tracker(steplog.JsonlBackend(tmp_path), remote, retry=FAST)
+    jsonl = steplog.JsonlBackend(tmp_path)
+    tracker = steplog.Tracker(jsonl, remote, retry=FAST, shutdown_timeout=0.5)
     tracker.init()
     step = log_for(tracker, 0.3, until=lambda: remote.records)
     remote.down.set()
     logged = log_for(tracker, 0.5, until=lambda: remote.refused, step=step)
+    started = time.monotonic()
     stats = tracker.finish()
+    assert time.monotonic() - started < 5
     got = stats.backends["switchable"]
     assert [e.step for e in remote.records] == list(range(len(remote.records)))
     assert got.delivered == len(remote.records) > 0
-    assert got.missing == got.failed == logged - got.delivered > 0
+    assert got.missing == logged - got.delivered > 0 and got.failed == 0
     assert got.outages and got.outages[-1][1] is None
+    remote.down.clear()
+    result = sync(jsonl.path, remote)
+    assert result.ended and result.status == "finished"
+    assert [e.step for e in remote.records] == list(range(logged))
 
 
 def test_a_slow_backend_never_holds_the_loop_up_and_gets_everything(tmp_path):
@@ -106,35 +119,33 @@ def test_a_slow_backend_never_holds_the_loop_up_and_gets_everything(tmp_path):
     stats = tracker.finish()
     got = stats.backends["slow"]
     assert [e.data["i"] for e in slow.records] == list(range(50_000))
-    assert got.delivered == 50_000 and got.caught_up > 0
+    assert got.delivered == 50_000
     # Without the file, 'block' paces this loop to the backend: 50 000 / 1 024 waits of
     # >= 20 ms each, i.e. more than 0.9 s. With it, the loop only logs.
     assert logging < 0.9, logging
 
 
-def test_without_a_run_file_the_breaker_closes_again(tmp_path):
-    """No JSONL in the tracker: a backend down for a while misses those events (counted
-    as failed), its breaker opens, a later probe gets through and it gets events again."""
+def test_without_a_jsonl_backend_a_run_file_is_kept_anyway(tmp_path, monkeypatch):
+    """A tracker given only a remote backend keeps a run file in the default run
+    directory ($STEPLOG_ROOT), which the backend follows: down for a while, it misses
+    nothing."""
+    monkeypatch.setenv("STEPLOG_ROOT", str(tmp_path / "default"))
     remote = Switchable()
-    retry = steplog.RetryPolicy(
-        retries=0, backoff=0.001, breaker_after=2, probe_backoff=0.05, max_probe_backoff=0.1
-    )
-    tracker = steplog.Tracker(remote, retry=retry, batch_size=32, flush_interval=0.01)
-    tracker.init()
+    tracker = steplog.Tracker(remote, retry=FAST, batch_size=32, flush_interval=0.01)
+    info = tracker.init()
     remote.down.set()
     for i in range(300):
         tracker.log({"i": i})
-        tracker.flush()
+    time.sleep(0.2)
     remote.down.clear()
-    time.sleep(0.3)  # past the probe pause
     for i in range(300, 600):
         tracker.log({"i": i})
-        tracker.flush()
     stats = tracker.finish()
     got = stats.backends["switchable"]
-    assert not got.disabled
-    assert remote.records and remote.records[-1].data["i"] == 599
-    assert got.delivered + got.failed == 600 and got.failed >= 300
+    assert [e.data["i"] for e in remote.records] == list(range(600))
+    assert (got.delivered, got.failed, got.missing) == (600, 0, 0)
+    path = tmp_path / "default" / "default" / f"{info.run_id}.jsonl"
+    assert len(steplog.read_run(path).records) == 600
 
 
 def test_retry_after_is_honoured(tmp_path):
@@ -179,8 +190,7 @@ def test_steplog_show_reports_outages_and_catch_up(tmp_path):
     time.sleep(0.2)
     remote.down.clear()
     stats = tracker.finish()
-    caught_up = stats.backends["switchable"].caught_up
-    assert caught_up == 500
+    assert stats.backends["switchable"].delivered == 500
     shown = subprocess.run(
         [sys.executable, "-m", "steplog", "show", str(jsonl.path)],
         capture_output=True,
@@ -188,8 +198,8 @@ def test_steplog_show_reports_outages_and_catch_up(tmp_path):
         timeout=60,
     )
     assert shown.returncode == 0, shown.stderr
-    assert "500 events caught up from the run file" in shown.stdout
-    assert "0 events still missing at the end · 1 outage: +" in shown.stdout
+    assert "switchable  500 delivered" in shown.stdout
+    assert "1 outage: +" in shown.stdout
 
 
 def test_flush_waits_for_a_slow_backend_to_catch_up_but_not_for_an_outage(tmp_path):
@@ -214,24 +224,6 @@ def test_flush_waits_for_a_slow_backend_to_catch_up_but_not_for_an_outage(tmp_pa
     assert time.monotonic() - started < 5
     remote.down.clear()
     assert tracker.finish().backends["switchable"].delivered == 1
-
-
-def test_without_a_run_file_losing_events_is_said_once(caplog):
-    """No JSONL in the tracker: the first lost batch is reported, once, with the hint."""
-    import logging
-
-    remote = Switchable()
-    remote.down.set()
-    tracker = steplog.Tracker(remote, retry=FAST, batch_size=10, flush_interval=0.01)
-    with caplog.at_level(logging.WARNING, logger="steplog"):
-        tracker.init()
-        for i in range(100):
-            tracker.log({"i": i})
-            if i % 10 == 9:
-                tracker.flush()
-        tracker.finish()
-    hints = [r for r in caplog.records if "without a JsonlBackend" in r.getMessage()]
-    assert len(hints) == 1
 
 
 def test_an_outage_that_starts_while_behind_loses_nothing(tmp_path):

@@ -116,8 +116,8 @@ def test_replay_rejects_files_that_are_not_runs(tmp_path):
 
 
 def test_replay_of_a_file_corrupt_mid_way_raises_and_closes_the_backends(tmp_path):
-    """steplog.replay() refuses a corrupt line in the middle (as read_run does) and
-    closes the backends it opened as 'failed', with what it had sent."""
+    """steplog.replay() refuses a corrupt line in the middle (as read_run does): every
+    event before it is sent, then the backends are closed as 'failed'."""
     path = recorded(tmp_path, steps=3000)
     lines = path.read_bytes().split(b"\n")
     lines[2000] = b'{"step": broken'
@@ -126,4 +126,4 @@ def test_replay_of_a_file_corrupt_mid_way_raises_and_closes_the_backends(tmp_pat
     with pytest.raises(steplog.RunFileError):
         steplog.replay(path, memory, batch_size=1000)
     assert memory.status == "failed"
-    assert len(memory.records) == 1000  # the batches before the corrupt line
+    assert len(memory.records) == 1999  # every event before the corrupt line

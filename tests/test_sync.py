@@ -77,6 +77,7 @@ class ServerLike(steplog.Backend):
     MLflow's database store does), every delivery counted, a kill after a given write."""
 
     name = "server"
+    resend_last_step = True  # as MlflowBackend: a lane going on sends the last step again
 
     def __init__(self) -> None:
         self.points: dict[int, dict] = {}

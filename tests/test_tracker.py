@@ -271,8 +271,10 @@ def test_tracker_as_context_manager():
 
 
 def test_default_backend_is_jsonl_under_runs(tmp_path, monkeypatch):
-    """With no backend given, the run goes to runs/<experiment>/<run_id>.jsonl."""
+    """With no backend given, the run goes to runs/<experiment>/<run_id>.jsonl (or under
+    $STEPLOG_ROOT, when it is set)."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("STEPLOG_ROOT", raising=False)
     tracker = steplog.Tracker(experiment_name="exp")
     info = tracker.init()
     tracker.log({"loss": 0.5})

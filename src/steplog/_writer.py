@@ -21,6 +21,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import logging
+import os
 import select
 import signal
 import socket
@@ -43,11 +44,11 @@ from ._buffer import LineBuffer, RingCopy
 from ._delivery import DirectRunner, RetryPolicy
 from ._monitor import Monitor
 from ._options import DEFAULT_MAX_ARRAY_SIZE
-from ._worker import Fanout, FileSource
+from ._worker import Fanout, _wait_until
 from .backends.base import Backend
 from .backends.jsonl import _FileSink
 from .errors import BackendOpenError, WorkerError
-from .events import RunEnd, RunInfo, RunStats, RunStatus
+from .events import BackendStats, RunEnd, RunInfo, RunStats, RunStatus
 from .runfile.codec import ValueEncoder
 from .runfile.schema import alert_record
 from .watch import Alert
@@ -123,12 +124,19 @@ class Writer:
         max_array_size: int = DEFAULT_MAX_ARRAY_SIZE,
         retry: RetryPolicy | None = None,
         durability: str = "thread",
+        delivery: str = "thread",
+        down_grace: float = 10.0,
         monitor: Monitor | None = None,
     ) -> None:
         self.buffer = buffer
         #: System metrics and watchers (``None`` when both are off: no work at all).
         self.monitor = monitor
         self.durability = durability
+        #: Where the remote backends' lanes run: ``"process"`` or ``"thread"``.
+        self.delivery = delivery
+        #: Seconds finish() waits for a remote backend that is down (its lane goes on
+        #: in the background, or the next resume or ``steplog sync`` delivers the rest).
+        self.down_grace = down_grace
         #: ``durability="process"``: the JSONL backend whose file a writer process
         #: writes, fed by ``log()`` through the ring (not by :meth:`_deliver`).
         self.ringed: DirectRunner | None = None
@@ -149,33 +157,32 @@ class Writer:
         self.resolve_stats = ResolveStats()
         self.names = [name for name, _ in backends]
         self.direct: list[DirectRunner] = []
-        remote: list[tuple[str, Backend]] = []
+        local: list[tuple[str, Backend]] = []
+        #: The remote backends: each gets a lane that follows the run file (started
+        #: once the file is open: :meth:`_start_lanes`).
+        self.remote: list[tuple[str, Backend]] = []
         for name, backend in backends:
             sink = backend._direct_sink()
-            if sink is None:
-                remote.append((name, backend))
-            else:
+            if sink is not None:
                 self.direct.append(
                     DirectRunner(
                         backend, name, sink, retry=self.retry, deadline=self._stop_deadline
                     )
                 )
-        #: The run's JSONL file, written by this thread: what async backends that
-        #: missed events (an outage, a backlog) are caught up from (only kept when
-        #: there are async backends: ``_deliver`` then notes each batch's file range).
-        self.source: FileSource | None = None
-        jsonl = next((r for r in self.direct if isinstance(r.sink, _FileSink)), None)
-        if remote and jsonl is not None and durability == "thread":
-            self.source = FileSource(jsonl.backend)
+            elif backend.local:
+                local.append((name, backend))
+            else:
+                self.remote.append((name, backend))
+        self.lanes: Any = None
+        #: In-process async sinks (console, live plot, a local backend of your own).
         self.fanout: Fanout | None = None
-        if remote:
+        if local:
             self.fanout = Fanout(
-                remote,
+                local,
                 backlog_limit=buffer.capacity,
                 policy=buffer.policy,
                 retry=self.retry,
                 deadline=self._stop_deadline,
-                source=self.source,
             )
         self.taken = 0
         self.batches = 0
@@ -276,6 +283,9 @@ class Writer:
         pending = dict.fromkeys(self.names, queued)
         if self.fanout is not None:
             for name, backlog in self.fanout.pending().items():
+                pending[name] += backlog
+        if self.lanes is not None:
+            for name, backlog in self.lanes.pending().items():
                 pending[name] += backlog
         if not self.alive():
             return {}
@@ -403,7 +413,49 @@ class Writer:
                 self._close_quietly(opened, info)
                 self._started.set_exception(exc)
                 return False
+        if self.remote:
+            try:
+                self._start_lanes(info)
+            except Exception as exc:
+                if self.fanout is not None:
+                    self.fanout.close(RunEnd(info.run_id, time.time(), "failed", {}, RunStats()), 5)
+                self._close_quietly(opened, info)
+                self._started.set_exception(exc)
+                return False
         return True
+
+    def _run_file(self) -> Any:
+        """The run file's JSONL backend (a tracker with remote backends has one)."""
+        runner = self.file_runner or next(
+            (r for r in self.direct if isinstance(r.sink, _FileSink)), None
+        )
+        return None if runner is None else runner.backend
+
+    def _start_lanes(self, info: RunInfo) -> None:
+        """A lane per remote backend, following the run file from its cursor."""
+        from ._lane import Lane, cursor_path
+        from ._lanehost import ThreadLanes
+
+        jsonl = self._run_file()
+        if jsonl is None or jsonl.path is None:
+            raise BackendOpenError(
+                "remote backends follow the run file: the tracker needs a JsonlBackend"
+            )
+        path = jsonl.path
+        lanes = [
+            Lane(
+                path,
+                backend,
+                cursor=cursor_path(path, backend, name=name),
+                name=name,
+                batch_size=BACKLOG_BATCHES * self.batch_size,
+                retry=self.retry,
+                deadline=self._stop_deadline,
+            )
+            for name, backend in self.remote
+        ]
+        self.lanes = ThreadLanes(path, lanes)
+        self.lanes.start(info)
 
     def _start_ring(self, info: RunInfo) -> None:
         from ._ring import ProcessWriter
@@ -460,6 +512,8 @@ class Writer:
                 runner.sink.forget_after_fork()
         if self.ring is not None:
             self.ring.forget_after_fork()
+        if self.lanes is not None:
+            self.lanes.forget_after_fork()
         self._wake_in.close()
         self._wake_out.close()
 
@@ -478,6 +532,8 @@ class Writer:
         waits: list[concurrent.futures.Future[None]] = []
         if self.fanout is not None:
             waits.append(self.fanout.mark())
+        if self.lanes is not None:
+            waits.append(self.lanes.flush(self._file_size()))
         callbacks = self.monitor.callbacks if self.monitor is not None else None
         marker = callbacks.mark() if callbacks is not None else None
         for future in flushes:
@@ -628,8 +684,6 @@ class Writer:
         given (``durability="process"``: what the ring did not have)."""
         batch = EventBatch(data, count)
         self.taken += count
-        source = self.source
-        before = source.size() if source is not None else 0
         for runner in self.direct:
             if file_data is not None and runner is self.file_runner:
                 if file_data:
@@ -638,12 +692,10 @@ class Writer:
                 runner.send_lines(data, batch)
         if self.took_over:
             self.file_taken += count if file_data is None else file_count
-        if source is not None and source.size() - before == len(data):
-            # The whole batch is in the run file: a backend that misses it can be
-            # caught up from there.
-            batch.file_start, batch.file_end = before, before + len(data)
-        # Async backends get batches of at most BACKLOG_BATCHES x batch_size events; the
-        # local ones the whole take, in one write.
+        if self.lanes is not None:
+            self.lanes.wake()  # the file grew: the remote backends' lanes read on
+        # Async sinks get batches of at most BACKLOG_BATCHES x batch_size events; the
+        # direct ones the whole take, in one write.
         size = BACKLOG_BATCHES * self.batch_size
         if self.fanout is None or count <= size:
             self.batches += 1
@@ -651,15 +703,18 @@ class Writer:
                 self.fanout.submit(batch)
             return
         lines = batch.lines
-        offset = batch.file_start
         for start in range(0, count, size):
             chunk = b"".join(lines[start : start + size])
             self.batches += 1
-            part = EventBatch(chunk, min(size, count - start))
-            if offset is not None:
-                part.file_start, part.file_end = offset, offset + len(chunk)
-                offset += len(chunk)
-            self.fanout.submit(part)
+            self.fanout.submit(EventBatch(chunk, min(size, count - start)))
+
+    def _file_size(self) -> int:
+        """Bytes in the run file now."""
+        jsonl = self._run_file()
+        try:
+            return os.stat(jsonl.path).st_size if jsonl is not None and jsonl.path else 0
+        except OSError:
+            return 0
 
     def _convert(self, values: dict[str, Any]) -> Any:
         """Arrays and tensors in a config or summary, as plain values."""
@@ -677,6 +732,10 @@ class Writer:
                 callbacks.close(0 if own else request.remaining())
         if self.fanout is not None:
             self.fanout.drain()
+        if self.lanes is not None:
+            # The run end's counts say how far each remote backend got by now (up to
+            # the deadline); the lanes then deliver the run end itself.
+            _wait_until(self.lanes.flush(self._file_size()), self._stop_deadline)
         if self.ringed is not None:
             self.ringed.delivered = self.buffer.ringed + self.ring_taken
             self.direct.insert(0, self.ringed)  # closed like the others
@@ -701,8 +760,12 @@ class Writer:
                 runner.record_error("close", exc)
         if self.fanout is not None:
             self.fanout.close(end, request.close_budget())
-        if self.source is not None:
-            self.source.close()
+        if self.lanes is not None:
+            budget = request.close_budget()
+            self.lanes.finish(
+                None if budget is None else time.monotonic() + budget,
+                down_grace=self.down_grace,
+            )
         request.future.set_result(self._stats(drain_seconds=stats.drain_seconds))
 
     def _stats(self, *, drain_seconds: float) -> RunStats:
@@ -720,12 +783,16 @@ class Writer:
             written = buffer.ringed + self.ring_taken + self.file_taken
             pending = 0  # the queue holds copies; the stop drained the rest
             shared[self.file_runner.name] = dropped
+        lanes: dict[str, BackendStats] = {}
+        if self.lanes is not None:
+            lanes = self.lanes.stats(written, dropped)
         return RunStats(
             logged=written + dropped + pending,
             written=written,
             dropped=dropped,
             batches=self.batches,
-            backend_errors=sum(r.errors for r in runners.values()),
+            backend_errors=sum(r.errors for r in runners.values())
+            + sum(b.errors for b in lanes.values()),
             max_buffer_depth=buffer.max_depth,
             drain_seconds=drain_seconds,
             device_syncs=self.resolve_stats.device_syncs,
@@ -734,7 +801,10 @@ class Writer:
             alerts=self.monitor.alerts if self.monitor is not None else 0,
             alert_callback_errors=self.monitor.callback_errors if self.monitor is not None else 0,
             writer_takeover=self.took_over,
-            backends={name: runners[name].stats(shared[name]) for name in self.names},
+            backends={
+                name: lanes[name] if name in lanes else runners[name].stats(shared[name])
+                for name in self.names
+            },
         )
 
 

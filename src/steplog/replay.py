@@ -15,6 +15,7 @@ overwrite an existing run file.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Sequence
@@ -23,13 +24,14 @@ from typing import Any
 
 import anyio
 
-from ._delivery import Delivery, RetryPolicy
+from ._delivery import RetryPolicy
+from ._lane import Lane
 from ._options import DEFAULT_BATCH_SIZE
-from .backends.base import Backend, backend_name
-from .errors import BackendOpenError
-from .events import BackendStats, Event, RunEnd, RunInfo, RunStats
-from .runfile.read import CorruptLineError, RunSnapshot, iter_lines, open_run, parse_record
-from .runfile.schema import RESUME, RUN_END, run_info_of
+from .backends.base import Backend
+from .errors import BackendOpenError, RunFileError
+from .events import BackendStats, RunEnd, RunInfo, RunStats
+from .runfile.read import RunSnapshot, iter_lines, line_number, open_run, run_config
+from .runfile.schema import run_info_of
 
 __all__ = ["replay", "replay_async"]
 
@@ -97,88 +99,80 @@ async def _replay(
     retry: RetryPolicy | None,
     strict: bool,
 ) -> dict[str, BackendStats]:
-    from .errors import RunFileError
-
     if not backends:
         raise ValueError("replay needs at least one backend")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    info = run_info_of(snapshot.start)
-    # Each backend's delivery (retries, breaker, counts) is the live run's, without
-    # the live run's queue: the file is read at the pace of the slowest backend.
-    runners = [
-        Delivery(b, backend_name(b), retry=retry or RetryPolicy(), deadline=_no_deadline)
-        for b in backends
+    info = dataclasses.replace(run_info_of(snapshot.start), config=run_config(snapshot))
+    # One lane per backend, without a cursor: the file as it was when the replay began,
+    # read at the pace of the slowest backend.
+    lanes = [
+        Lane(
+            snapshot.path,
+            backend,
+            cursor=None,
+            batch_size=batch_size,
+            retry=retry or RetryPolicy(),
+            strict=strict,
+            limit=snapshot.end,
+            killed_status="unfinished",
+        )
+        for backend in backends
     ]
-    opened: list[Delivery] = []
-    for runner in runners:
+    for lane in lanes:
+        lane.prepare(info.run_id, snapshot.body)
+    opened: list[Lane] = []
+    for lane in lanes:
         try:
-            await runner.backend.open(info)
+            await lane.open(info)
         except Exception as exc:
             for other in opened:
-                await _close(other, _end(info, "failed", {}, None, 0))
+                await other.close(_end(info, "failed", {}, None, 0), delivered_end=False)
             raise BackendOpenError(
-                f"could not open backend {runner.name!r}: {type(exc).__name__}: {exc}"
+                f"could not open backend {lane.name!r}: {type(exc).__name__}: {exc}"
             ) from exc
-        opened.append(runner)
-
-    end: dict[str, Any] | None = None
-    summary: dict[str, Any] = {}  # the last one a run end had (runfile.read.last_summary)
-    logged = 0
-    rows: list[tuple[int, float, dict[str, Any]]] = []
-    for number, line in enumerate(iter_lines(snapshot), start=2):
+        opened.append(lane)
+    failed: dict[str, int] = {}
+    for lane in lanes:
         try:
-            record = parse_record(line)
-        except CorruptLineError as exc:
-            if strict:
-                for runner in runners:
-                    await _close(runner, _end(info, "failed", {}, None, logged))
-                raise RunFileError(f"{snapshot.path}:{number}: corrupt record ({exc})") from None
-            snapshot.corrupt.add(number)
-            continue
-        if record is None:
-            continue
-        kind = record.get("type")
-        if kind == RUN_END:
-            end = record
-            if record.get("summary"):  # a killed segment's end cannot know it
-                summary = record["summary"]
-            continue
-        if kind == RESUME:
-            end = None  # the run went on after that end: the last one counts
-            continue
-        if kind is not None:
-            continue
-        rows.append((record["step"], record["time"], record["data"]))
-        logged += 1
-        if len(rows) >= batch_size:
-            await _deliver(runners, rows)
-            rows = []
-    if rows:
-        await _deliver(runners, rows)
-    status = str(end["status"]) if end else "unfinished"
-    stats = (end or {}).get("stats")
-    run_end = _end(info, status, summary, stats, logged, end.get("end_time") if end else None)
-    for runner in runners:
-        await _close(runner, run_end)
-    return {r.name: r.stats(0) for r in runners}
+            progress = await lane.pump(final=True, complete=True)
+        except RunFileError:
+            for other in lanes:
+                events = other.delivered_events
+                await other.close(_end(info, "failed", {}, None, events), delivered_end=False)
+            raise
+        if not progress.ended:
+            # Down after its retries, or it refused the run: what it did not get is
+            # counted as failed; it is closed with the run's end all the same.
+            failed[lane.name] = _events_after(snapshot, lane)
+            lane.discard()
+            await lane.close(_end(info, "unfinished", {}, None, lane.delivered_events))
+    snapshot.corrupt.update(_line_numbers(snapshot.path, lanes[0].corrupt))
+    return {
+        lane.name: BackendStats(
+            delivered=lane.delivered_events,
+            failed=failed.get(lane.name, 0),
+            errors=lane.delivery.errors,
+            last_error=lane.delivery.last_error,
+            disabled=lane.given_up is not None,
+        )
+        for lane in lanes
+    }
 
 
-async def _deliver(runners: Sequence[Delivery], rows: list[Any]) -> None:
-    batch = [Event(step, time, data) for step, time, data in rows]
-    for runner in runners:
-        await runner.send(batch)
+def _events_after(snapshot: RunSnapshot, lane: Lane) -> int:
+    """Step records of the snapshot the lane's backend does not have."""
+    cursor = lane.cursor
+    start = cursor.offset if cursor is not None else snapshot.body
+    events = 0
+    for line in iter_lines(snapshot, start=start):
+        if line.startswith(b'{"step"'):
+            events += 1
+    return events
 
 
-def _no_deadline() -> None:
-    return None
-
-
-async def _close(runner: Delivery, end: RunEnd) -> None:
-    try:
-        await runner.backend.close(end)
-    except Exception as exc:
-        runner.record_error("close", exc)
+def _line_numbers(path: Path, offsets: set[int]) -> set[int]:
+    return {line_number(path, at) for at in offsets}
 
 
 def _end(

@@ -29,16 +29,14 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import hashlib
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import anyio
-import orjson
 
-from ._delivery import Delivery, RetryPolicy
+from ._delivery import RetryPolicy
+from ._lane import Cursor, Lane, cursor_path
 from ._options import DEFAULT_BATCH_SIZE, positive_seconds
 from .backends.base import Backend, backend_name
 from .backends.memory import MemoryBackend
@@ -47,21 +45,18 @@ from .backends.null import NullBackend
 from .backends.tensorboard import TensorBoardBackend
 from .backends.wandb import WandbBackend
 from .errors import BackendOpenError, RunFileError
-from .events import BackendStats, Event, RunEnd, RunInfo
-from .replay import _close, _end, _no_deadline
+from .events import BackendStats, RunEnd, RunInfo, RunStats
 from .runfile.read import (
     WRITER_GONE_GRACE,
-    CorruptLineError,
     RunSnapshot,
     WriterState,
-    iter_lines,
     last_resume,
     line_number,
     open_run,
-    parse_record,
+    run_config,
     writer_state,
 )
-from .runfile.schema import RUN_END, run_info_of
+from .runfile.schema import run_info_of
 
 __all__ = ["SyncResult", "SyncResume", "cursor_path", "resume_mode", "sync", "sync_async"]
 
@@ -71,9 +66,6 @@ SYNC_RETRY = RetryPolicy(retries=8, backoff=0.5, max_backoff=30.0, breaker_after
 
 #: Seconds a sync that stops before the run's end waits for its backend to close.
 CLOSE_TIMEOUT = 30.0
-
-#: Version of the cursor file's layout.
-CURSOR_VERSION = 1
 
 
 class SyncResume(enum.Enum):
@@ -152,18 +144,6 @@ def resume_mode(backend: Backend) -> SyncResume:
     if isinstance(backend, (TensorBoardBackend, MemoryBackend, NullBackend)):
         return SyncResume.REWRITE
     return SyncResume.REFUSE
-
-
-def cursor_path(path: str | os.PathLike[str], backend: Backend) -> Path:
-    """The cursor file of a sync of the run at ``path`` into ``backend``.
-
-    ``<run>.jsonl.sync-<backend name>-<8 hex digits>.json`` next to the run: the digits
-    name the target (the backend's ``repr``, and its ``experiment_name`` when it has one),
-    so syncs of one run into two servers keep two cursors.
-    """
-    run = Path(path)
-    digest = hashlib.sha256(_target(backend).encode()).hexdigest()[:8]
-    return run.with_name(f"{run.name}.sync-{backend_name(backend)}-{digest}.json")
 
 
 def sync(
@@ -247,7 +227,36 @@ async def sync_async(
     info = run_info_of(snapshot.start)
     name = backend_name(backend)
     where = Path(cursor) if cursor is not None else cursor_path(run, backend)
-    found = _Cursor.load(where, info.run_id, snapshot)
+    lane = Lane(run, backend, cursor=where, name=name, batch_size=batch_size,
+                retry=retry or SYNC_RETRY)  # fmt: skip
+    assert lane.lock is not None
+    if not lane.lock.acquire():
+        raise RunFileError(
+            f"the run {run} is being sent to {name!r} already (by its delivery process, "
+            f"or another sync: the lock {lane.lock.path} is held); try again once it is done"
+        )
+    try:
+        return await _sync_locked(
+            lane, snapshot, info, where, follow=follow, interval=interval, grace=grace,
+            resume=resume,
+        )  # fmt: skip
+    finally:
+        lane.lock.release()
+
+
+async def _sync_locked(
+    lane: Lane,
+    snapshot: RunSnapshot,
+    info: RunInfo,
+    where: Path,
+    *,
+    follow: bool,
+    interval: float,
+    grace: float,
+    resume: SyncResume | None,
+) -> SyncResult:
+    run, name = lane.path, lane.name
+    found = Cursor.load(where, info.run_id, run)
     if found is not None and found.ended and found.offset >= snapshot.end:
         return SyncResult(
             run_id=info.run_id,
@@ -261,10 +270,8 @@ async def sync_async(
             writer_gone=False,
             delivery=BackendStats(),
         )
-    state = _Cursor(info.run_id, name, _target(backend), offset=snapshot.body)
-    resend_from: int | None = None
-    mode = resume if resume is not None else resume_mode(backend)
-    if found is not None and found.events:
+    mode = resume if resume is not None else resume_mode(lane.backend)
+    if found is not None and found.events and not found.ended:
         if mode is SyncResume.REFUSE:
             raise BackendOpenError(
                 f"cannot resume the sync of {run} into {name!r}: {found.events:,} events "
@@ -272,280 +279,98 @@ async def sync_async(
                 f"delete that copy of the run and the cursor {where} to sync it again from "
                 "the start"
             )
-        if mode is SyncResume.CONTINUE:
-            state.offset, state.events = found.offset, found.events
-            state.last_step_at = resend_from = found.last_step_at
-    state.save(where)  # now, so that a cursor that cannot be written stops us before open
-
-    delivery = Delivery(backend, name, retry=retry or SYNC_RETRY, deadline=_no_deadline)
+        if mode is SyncResume.REWRITE:
+            where.unlink()  # reopening starts the copy over: send the run again
+    lane.prepare(info.run_id, snapshot.body)
+    assert lane.cursor is not None
+    lane.cursor.save(where)  # now: a cursor that cannot be written stops us before open
+    lane.resend_last_step()
+    config = run_config(snapshot)
     try:
-        await backend.open(info)
+        await lane.open(dataclasses.replace(info, config=config))
     except Exception as exc:
         raise BackendOpenError(
             f"could not open backend {name!r}: {type(exc).__name__}: {exc}"
         ) from exc
-    job = _Sync(run, snapshot, info, delivery, state, where, batch_size=batch_size)
-    job.pos = resend_from if resend_from is not None else state.offset
+    sent = 0
+    writer_gone = False
     try:
-        outcome = await job.run(follow=follow, interval=interval, grace=grace)
+        # Since when the file has not grown: a writer killed long ago is given up at once.
+        quiet_since = min(time.time(), os.stat(run).st_mtime)
+        seen = os.stat(run).st_size
+        while True:
+            progress = await lane.pump(complete=True)
+            sent += progress.sent
+            if progress.ended or progress.down or lane.given_up is not None:
+                break
+            if not follow:
+                break
+            while True:  # until the file grows, the run ends or its writer is gone
+                size = os.stat(run).st_size
+                if size != seen:
+                    seen, quiet_since = size, time.time()
+                    break
+                if _writer_gone(run) and time.time() - quiet_since >= grace:
+                    writer_gone = True
+                    break
+                await anyio.sleep(interval)
+            if writer_gone:
+                progress = await lane.pump(complete=True)
+                sent += progress.sent
+                break
     except BaseException:
         # Killed (Ctrl-C, cancelled) or failed: the cursor is the last acknowledged
         # batch's; the remote run is left unfinished for a later sync to go on with.
         with anyio.CancelScope(shield=True) as scope:
             scope.deadline = anyio.current_time() + CLOSE_TIMEOUT
-            await _close(delivery, job.unfinished())
+            await lane.close(_unfinished(info, lane), delivered_end=False)
         raise
-    if outcome is _Outcome.ENDED:
-        status = job.end_status if state.ended else None
+    cursor = lane.cursor
+    status: str | None
+    if lane.closed and cursor.ended:
+        status = cursor.status
     else:
-        errors = delivery.errors
-        await _close(delivery, job.unfinished())
-        status = "unfinished" if delivery.errors == errors else None
+        errors = lane.delivery.errors
+        await lane.close(_unfinished(info, lane), delivered_end=False)
+        status = "unfinished" if lane.delivery.errors == errors else None
+    delivery = lane.delivery
     return SyncResult(
         run_id=info.run_id,
         backend=name,
         cursor=where,
-        synced=state.events,
-        sent=job.sent,
+        synced=cursor.events,
+        sent=sent,
         status=status,
-        ended=state.ended,
+        ended=cursor.ended,
         up_to_date=False,
-        writer_gone=outcome is _Outcome.WRITER_GONE,
-        delivery=delivery.stats(0),
-        corrupt=tuple(sorted(job.corrupt)),
+        writer_gone=writer_gone,
+        delivery=BackendStats(
+            delivered=delivery.delivered,
+            failed=len(lane.outbox) if lane.down_since is not None else lane.refused,
+            errors=delivery.errors,
+            last_error=delivery.last_error,
+        ),
+        corrupt=tuple(sorted(line_number(run, at) for at in lane.corrupt)),
     )
 
 
-class _Outcome(enum.Enum):
-    ENDED = "ended"  # the run end was delivered (or its close failed: state.ended says)
-    CAUGHT_UP = "caught up"  # not following: everything there was sent
-    WRITER_GONE = "writer gone"
-    GAVE_UP = "gave up"  # a batch was given up after retries
+def _unfinished(info: RunInfo, lane: Lane) -> RunEnd:
+    """The end a sync that stops before the run's end closes the backend with."""
+    events = lane.cursor.events if lane.cursor is not None else 0
+    return RunEnd(
+        info.run_id, time.time(), "unfinished", {}, RunStats(logged=events, written=events)
+    )
 
 
-class _GaveUp(Exception):
-    """Raised inside a sync when a batch was given up."""
-
-
-class _Sync:
-    """One sync's reading and sending: the file from ``pos`` on, into ``delivery``."""
-
-    def __init__(
-        self,
-        path: Path,
-        snapshot: RunSnapshot,
-        info: RunInfo,
-        delivery: Delivery,
-        state: _Cursor,
-        where: Path,
-        *,
-        batch_size: int,
-    ) -> None:
-        self.path = path
-        self.snapshot = snapshot
-        self.info = info
-        self.delivery = delivery
-        self.state = state
-        self.where = where
-        self.batch_size = batch_size
-        self.pos = state.offset  # the end of the last line read
-        self.acked = state.offset  # lines before this were acknowledged by an earlier sync
-        self.rows: list[Event] = []
-        self.new = 0  # of the rows, the events no earlier sync acknowledged
-        self.last_step_at: int | None = None  # where the last row's line starts
-        self.sent = 0
-        self.corrupt: set[int] = set()
-        self.end_status: str | None = None  # the run's status, once its end was read
-        self._resume: dict[str, Any] | None = None  # the last resume record seen
-        self._resume_checked = 0  # the file was searched for resumes up to here
-
-    async def run(self, *, follow: bool, interval: float, grace: float) -> _Outcome:
-        snapshot = self.snapshot
-        seen: int | None = None  # the file's size before the last snapshot
-        # Since when the file has not grown: a writer killed long ago is given up at once.
-        quiet_since = min(time.time(), os.stat(self.path).st_mtime)
-        try:
-            while True:
-                if await self._read(snapshot):
-                    return _Outcome.ENDED
-                await self._flush(self.pos)
-                if not follow:
-                    return _Outcome.CAUGHT_UP
-                while True:  # until the file has grown since the last snapshot
-                    size = os.stat(self.path).st_size
-                    if size != seen:
-                        if seen is not None:
-                            quiet_since = time.time()
-                        seen = size
-                        break
-                    gone = self._writer_gone(snapshot)
-                    if gone and time.time() - quiet_since >= grace:
-                        return _Outcome.WRITER_GONE
-                    await anyio.sleep(interval)
-                snapshot = _snapshot(self.path)  # taken after the stat: holds `seen` bytes
-                if snapshot.start.get("run_id") != self.info.run_id or snapshot.end < self.pos:
-                    raise RunFileError(
-                        f"{self.path} was replaced or cut short while it was being synced"
-                    )
-        except _GaveUp:
-            return _Outcome.GAVE_UP
-
-    def _writer_gone(self, snapshot: RunSnapshot) -> bool:
-        """Whether the process writing the run is gone: the one that started it, or the
-        one that resumed it last."""
-        if writer_state(snapshot.start) is not WriterState.GONE:
-            return False
-        if self._resume_checked < snapshot.end:  # look for resumes once per new stretch
-            part = dataclasses.replace(
-                snapshot, body=max(snapshot.body, self._resume_checked), resume_known=False
-            )
-            self._resume = last_resume(part) or self._resume
-            self._resume_checked = snapshot.end
-        return self._resume is None or writer_state(self._resume) is WriterState.GONE
-
-    async def _read(self, snapshot: RunSnapshot) -> bool:
-        """Send the complete lines after ``pos``; whether the run end was among them
-        (the last line read: a resumed run goes on after an earlier segment's end)."""
-        ending: tuple[int, dict[str, Any]] | None = None
-        for line in iter_lines(snapshot, start=self.pos):
-            begin = self.pos
-            self.pos = min(begin + len(line) + 1, snapshot.end)
-            try:
-                record = parse_record(line)
-            except CorruptLineError:
-                self.corrupt.add(line_number(self.path, begin))
-                continue
-            if record is None:
-                continue
-            kind = record.get("type")
-            if kind == RUN_END:
-                ending = (begin, record)
-                continue
-            ending = None
-            if kind is not None:
-                continue  # a resume record, or a record type of a newer minor version
-            self.rows.append(Event(record["step"], record["time"], record["data"]))
-            self.last_step_at = begin
-            if begin >= self.acked:
-                self.new += 1
-            if len(self.rows) >= self.batch_size:
-                await self._flush(self.pos)
-        if ending is None:
-            return False
-        await self._flush(ending[0])
-        await self._finish(ending[1])
+def _writer_gone(path: Path) -> bool:
+    """Whether the process writing the run is gone from this host: the one that resumed
+    it last, or the one that started it."""
+    try:
+        snapshot = open_run(path)
+    except (OSError, ValueError):
         return True
-
-    async def _flush(self, upto: int) -> None:
-        """Send the rows; once the backend took them, move the cursor to ``upto``."""
-        if not self.rows:
-            return
-        batch, self.rows = self.rows, []
-        if not await self.delivery.send(batch):
-            raise _GaveUp
-        self.sent += len(batch)
-        state = self.state
-        state.events += self.new
-        self.new = 0
-        state.offset = max(state.offset, upto)
-        state.last_step_at = self.last_step_at
-        state.save(self.where)
-
-    async def _finish(self, record: dict[str, Any]) -> None:
-        """Close the backend with the run's end; the cursor says so once it is closed."""
-        status = self.end_status = str(record.get("status"))
-        errors = self.delivery.errors
-        end = _end(
-            self.info,
-            status,
-            record.get("summary") or {},
-            record.get("stats"),
-            self.state.events,
-            record.get("end_time"),
-        )
-        await _close(self.delivery, end)
-        if self.delivery.errors == errors:  # closed: a later sync has nothing to do
-            self.state.offset = self.pos
-            self.state.ended = True
-            self.state.status = status
-            self.state.save(self.where)
-
-    def unfinished(self) -> RunEnd:
-        """The end a sync that stops before the run's end closes the backend with."""
-        return _end(self.info, "unfinished", {}, None, self.state.events)
-
-
-@dataclasses.dataclass(slots=True)
-class _Cursor:
-    """Where a sync of one run into one target stands (the cursor file's content)."""
-
-    run_id: str
-    backend: str
-    target: str
-    offset: int  # after the last line the backend acknowledged
-    events: int = 0  # step records acknowledged
-    last_step_at: int | None = None  # where the last acknowledged step record starts
-    ended: bool = False  # the run end was delivered and the backend closed with it
-    status: str | None = None  # the run's status, once ended
-
-    def save(self, path: Path) -> None:
-        """Replace the cursor file by this state, atomically: a reader (or a sync that
-        is killed meanwhile) sees the old cursor or the new one, never a mix."""
-        data = {"cursor": CURSOR_VERSION, **dataclasses.asdict(self), "updated": time.time()}
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
-        os.replace(temporary, path)
-
-    @classmethod
-    def load(cls, path: Path, run_id: str, snapshot: RunSnapshot) -> _Cursor | None:
-        """The cursor at ``path``, checked against the run; ``None`` if there is none.
-
-        Raises:
-            RunFileError: The file is not a cursor, or not one of this run file.
-        """
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        again = f"delete it to sync {snapshot.path} again from the start"
-        try:
-            data = orjson.loads(raw)
-            fields = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
-            cursor = cls(**fields)
-            offsets = [cursor.offset, cursor.events]
-            if cursor.last_step_at is not None:
-                offsets.append(cursor.last_step_at)
-            if data.get("cursor") != CURSOR_VERSION or not all(
-                type(n) is int and n >= 0 for n in offsets
-            ):
-                raise ValueError
-        except (orjson.JSONDecodeError, TypeError, ValueError):
-            raise RunFileError(f"{path} is not a steplog sync cursor; {again}") from None
-        if cursor.run_id != run_id:
-            raise RunFileError(
-                f"{path} is the sync cursor of run {cursor.run_id}, not of {run_id}; {again}"
-            )
-        if not _line_start(snapshot, cursor.offset, after=True) or not (
-            cursor.last_step_at is None or _line_start(snapshot, cursor.last_step_at)
-        ):
-            raise RunFileError(
-                f"{path} points into the middle of {snapshot.path} (was the run file "
-                f"rewritten?); {again}"
-            )
-        return cursor
-
-
-def _line_start(snapshot: RunSnapshot, offset: int, *, after: bool = False) -> bool:
-    """Whether a line of the snapshot starts at ``offset`` (with ``after``: or a record
-    ends there whose newline was not written yet when an earlier sync read it)."""
-    if offset == snapshot.body:
-        return True
-    if not snapshot.body < offset <= snapshot.end:
-        return False
-    with open(snapshot.path, "rb") as f:
-        f.seek(offset - 1)
-        before, at = f.read(1), f.read(1)
-    return before == b"\n" or (after and before == b"}" and at in (b"", b"\n"))
+    writer = last_resume(snapshot) or snapshot.start
+    return writer_state(writer) is WriterState.GONE
 
 
 def _snapshot(path: Path) -> RunSnapshot:
@@ -553,11 +378,3 @@ def _snapshot(path: Path) -> RunSnapshot:
         return open_run(path)
     except ValueError as exc:  # not a steplog run
         raise RunFileError(str(exc)) from None
-
-
-def _target(backend: Backend) -> str:
-    """What names where ``backend`` puts runs: its ``repr`` (which names the server or
-    directory), and the experiment a remote run goes to when the ``repr`` does not say."""
-    experiment = getattr(backend, "experiment_name", None)
-    text = repr(backend)
-    return f"{text} experiment={experiment}" if isinstance(experiment, str) else text

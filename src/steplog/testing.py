@@ -54,7 +54,9 @@ __all__ = [
 
 class SlowBackend(MemoryBackend):
     """A memory backend whose every write takes ``delay`` seconds (without blocking
-    the event loop)."""
+    the event loop): a slow remote backend (its lane follows the run file)."""
+
+    local = False
 
     def __init__(self, delay: float) -> None:
         super().__init__()
@@ -103,7 +105,10 @@ class FailingBackend(Backend):
 
 
 class GatedBackend(MemoryBackend):
-    """A memory backend whose writes wait until :attr:`gate` is set: a stalled backend."""
+    """A memory backend whose writes wait until :attr:`gate` is set: a stalled remote
+    backend (its lane follows the run file)."""
+
+    local = False
 
     def __init__(self) -> None:
         super().__init__()

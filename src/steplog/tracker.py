@@ -90,6 +90,10 @@ ResumeLike = str | os.PathLike[str] | None
 Durability = Literal["thread", "process"]
 DURABILITIES: tuple[Durability, ...] = ("thread", "process")
 
+#: Where remote backends' lanes run: a delivery process, or a thread (see ``Tracker``).
+DeliveryMode = Literal["process", "thread"]
+DELIVERIES: tuple[DeliveryMode, ...] = ("process", "thread")
+
 _now = time.time
 _dumps = orjson.dumps
 _LINE = orjson.OPT_APPEND_NEWLINE
@@ -140,6 +144,7 @@ class _TrackerBase:
         retry: RetryPolicy | None = None,
         strict: bool = False,
         durability: Durability = "thread",
+        delivery: DeliveryMode = "process",
         group: str | None = None,
         tags: Iterable[str] = (),
         rank0_only: bool = False,
@@ -165,6 +170,10 @@ class _TrackerBase:
                 f"durability must be one of {', '.join(map(repr, DURABILITIES))}, "
                 f"got {durability!r}"
             )
+        if delivery not in DELIVERIES:
+            raise ValueError(
+                f"delivery must be one of {', '.join(map(repr, DELIVERIES))}, got {delivery!r}"
+            )
         if not isinstance(snapshot, bool):
             raise TypeError(f"snapshot must be True or False, not {snapshot!r}")
         shutdown_timeout = positive_seconds("shutdown_timeout", shutdown_timeout)
@@ -183,6 +192,12 @@ class _TrackerBase:
         self.watchers: list[Watcher] = watchers
         self.on_alert = on_alert
         self.backends: list[Backend] = list(backends) or [JsonlBackend()]
+        if not any(isinstance(b, JsonlBackend) for b in self.backends) and any(
+            not b.local for b in self.backends
+        ):
+            # Remote backends follow the run file: there always is one (as W&B keeps
+            # its local transaction log), in the default run directory.
+            self.backends.append(JsonlBackend())
         self.experiment_name = check_name(experiment_name, what="experiment_name")
         self.experiment_config: dict[str, Any] = dict(experiment_config or {})
         self.buffer_size = buffer_size
@@ -215,6 +230,7 @@ class _TrackerBase:
         self.retry = retry if retry is not None else RetryPolicy()
         self.strict = strict
         self.durability: Durability = durability
+        self.delivery: DeliveryMode = delivery
         if group is not None and (not isinstance(group, str) or not group.strip()):
             raise TypeError(f"group must be a non-empty str or None, not {group!r}")
         self.group = group
@@ -493,6 +509,8 @@ class _TrackerBase:
             max_array_size=self.max_array_size,
             retry=self.retry,
             durability=self.durability,
+            delivery=self.delivery,
+            down_grace=self.shutdown_timeout,
             monitor=self._monitor(encoder),
         )
         worker.refresh_inspection()
@@ -626,12 +644,17 @@ class _TrackerBase:
         self._last_stats = stats
         if not self.strict:
             return stats
-        lost = {n: b for n, b in stats.backends.items() if b.failed or b.disabled}
+        lost = {n: b for n, b in stats.backends.items() if b.failed or b.missing or b.disabled}
         if lost:
             detail = "; ".join(
-                f"{n}: {b.failed} events failed ({b.last_error})" for n, b in lost.items()
+                f"{n}: {b.failed} events failed, {b.missing} not delivered ({b.last_error})"
+                for n, b in lost.items()
             )
-            raise BackendFailedError(f"backends lost events: {detail}", stats)
+            raise BackendFailedError(
+                f"backends lost or have not got events: {detail} (the run file has them: "
+                "`steplog sync` sends the missing ones)",
+                stats,
+            )
         return stats
 
     def _warn_reinit(self) -> None:
@@ -721,8 +744,8 @@ class Tracker(_TrackerBase):
         retry: How failing backend writes are retried, and after how many failed
             batches in a row a backend is cut off (:class:`steplog.RetryPolicy`).
         strict: Make ``finish()`` raise :class:`steplog.BackendFailedError` (after
-            closing everything) when a backend lost events; by default the failures
-            are only counted in the returned statistics.
+            closing everything) when a backend lost events or has not got them all by
+            then; by default that is only counted in the returned statistics.
         snapshot: Record arrays and tensors as they are at the ``log()`` call, even if
             they are changed in place afterwards (see docs/tensors.md). ``False``
             stores references instead — no copy, no kernel launch — for code that

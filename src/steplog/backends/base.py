@@ -25,13 +25,17 @@ class Backend(abc.ABC):
     statistics; they never reach the code calling ``log()``.
 
     Retries: when ``write`` raises, it is called again with *the same batch object*
-    (``events is`` the previous one), after a pause, until it succeeds or the
-    :class:`steplog.RetryPolicy` gives up; only then does the next batch come. So a
-    backend must make a retry store only what the failed call did not (resume after
-    what made it, or write idempotently, e.g. keyed by step), and a backend that keeps
-    state per batch (a sampler, a counter, a plot's points) must not apply it twice:
-    recognise the retry by identity. A batch given up is never sent again.
-    ``PermanentBackendError`` is not retried.
+    (``events is`` the previous one), after a pause, until it succeeds — for a remote
+    backend, whose lane follows the run file, also after an outage of any length; only
+    then does the next batch come. So a backend must make a retry store only what the
+    failed call did not (resume after what made it, or write idempotently, e.g. keyed
+    by step), and a backend that keeps state per batch (a counter, a plot's points)
+    must not apply it twice: recognise the retry by identity. One batch can also come
+    again as a new object: the one a crash (of the logging or the delivery process)
+    caught between the backend's acknowledgement and the lane's cursor update; store
+    it idempotently where you can (MLflow keeps one point per key, step, time and value;
+    W&B ignores a step it has). ``PermanentBackendError`` is not retried: the lane stops
+    (``steplog sync`` can send the rest later).
 
     Backends must not block the event loop for long (it is shared by all backends of
     the run): do file or network I/O asynchronously, or in a worker thread.

@@ -30,6 +30,12 @@ logger = logging.getLogger("steplog")
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
+def default_root() -> str:
+    """The run directory when none is given: ``$STEPLOG_ROOT``, else ``runs`` (the
+    directory the command line looks in too)."""
+    return os.environ.get("STEPLOG_ROOT") or "runs"
+
+
 class JsonlBackend(Backend):
     """Writes each run to ``<root>/<experiment>/<run_id>.jsonl``.
 
@@ -51,7 +57,8 @@ class JsonlBackend(Backend):
     stalling disk — later writes of the run move to a thread.
 
     Args:
-        root: Directory holding one sub-directory per experiment.
+        root: Directory holding one sub-directory per experiment; default
+            ``$STEPLOG_ROOT``, else ``runs``.
         fsync: Also ``fsync`` after every batch, so batches survive a power loss or
             kernel crash, not just a killed process. Costs a disk flush per batch.
         inline_write_limit: When driven as an async backend: average seconds a write
@@ -68,7 +75,7 @@ class JsonlBackend(Backend):
 
     def __init__(
         self,
-        root: str | os.PathLike[str] = "runs",
+        root: str | os.PathLike[str] | None = None,
         *,
         fsync: bool = False,
         inline_write_limit: float = 0.02,
@@ -76,7 +83,7 @@ class JsonlBackend(Backend):
     ) -> None:
         if not inline_write_limit >= 0:
             raise ValueError(f"inline_write_limit must be >= 0, got {inline_write_limit!r}")
-        self.root = Path(root)
+        self.root = Path(root if root is not None else default_root())
         self.fsync = fsync
         self.inline_write_limit = inline_write_limit
         if max_event_bytes < 1024:

@@ -94,6 +94,9 @@ class MlflowBackend(Backend):
     """
 
     name = "mlflow"
+    #: A lane going on from a cursor sends the last step MLflow has again: the summary
+    #: is logged at the run's last step, and a point sent twice is stored once.
+    resend_last_step = True
 
     def __init__(
         self,

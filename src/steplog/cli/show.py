@@ -144,13 +144,16 @@ def cmd_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             outages = b.get("outages") or []
             if outages or b.get("caught_up") or b.get("missing"):
                 spans = ", ".join(_outage(start, end, header.start_time) for start, end in outages)
+                earlier = b.get("caught_up", 0)
                 print(
-                    f"            {count(b.get('caught_up', 0), 'event')} caught up from the "
-                    f"run file · {count(b.get('missing', 0), 'event')} still missing at the "
-                    f"end · {count(len(outages), 'outage')}{': ' + spans if spans else ''}"
+                    f"            {count(b.get('missing', 0), 'event')} behind when the run "
+                    "ended"
+                    + (f" · {count(earlier, 'event')} of earlier segments" if earlier else "")
+                    + f" · {count(len(outages), 'outage')}{': ' + spans if spans else ''}"
                 )
     else:
         print("stats     – (no run-end record)")
+    _print_delivery(path, records)
     _print_mapping("config", config)
     _print_mapping("summary", header.summary)
     _print_metrics(stats)
@@ -253,6 +256,16 @@ def _print_mapping(title: str, mapping: dict[str, Any]) -> None:
     for index, (key, value) in enumerate(flat.items()):
         label = title if index == 0 else ""
         print(f"{label:<9} {key:<{width}} = {cell(value, 60)}")
+
+
+def _print_delivery(path: Path, records: int) -> None:
+    """Where each remote backend stands now, from the lanes' cursors next to the run."""
+    from .._lane import delivery_states
+
+    states = delivery_states(path, records)
+    for index, state in enumerate(states):
+        label = "delivery" if index == 0 else ""
+        print(f"{label:<9} {state.describe()}")
 
 
 def _outage(start: float | None, end: float | None, run_start: float) -> str:

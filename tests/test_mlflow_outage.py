@@ -175,12 +175,14 @@ def test_server_killed_and_restarted_twice_gets_every_step_exactly_once(tmp_path
 
 class BusyProxy(MlflowProxy):
     """Answers log-batch requests with 503 and ``Retry-After: 1`` for the first ``busy``
-    seconds after the first one; forwards everything else."""
+    seconds after the first one; forwards everything else (``passed``: the log-batch
+    requests forwarded after that)."""
 
     def __init__(self, target: str, busy: float) -> None:
         self.busy = busy
         self.first: float | None = None
         self.refused = 0
+        self.passed = 0
         super().__init__(target, self._refuse)
 
     def _refuse(self, path: str):
@@ -189,6 +191,7 @@ class BusyProxy(MlflowProxy):
         now = time.monotonic()
         self.first = self.first or now
         if now - self.first >= self.busy:
+            self.passed += 1
             return None
         self.refused += 1
         return 503, {"Retry-After": "1"}
@@ -196,7 +199,9 @@ class BusyProxy(MlflowProxy):
 
 def test_503_with_retry_after_is_honoured_without_hammering(mlflow_server, tmp_path):
     """503 + Retry-After: 1 for 3 s: the backend waits as asked (a handful of requests
-    in those 3 s, not hundreds) and loses nothing."""
+    in those 3 s, not hundreds) and loses nothing. The loop logs (4 000 steps at least,
+    ~1 000 a second) until the proxy has let a log-batch through after its busy spell,
+    however late the first one came on a slow machine."""
     proxy = BusyProxy(mlflow_server, busy=3.0)
     experiment = f"busy-{uuid.uuid4().hex[:8]}"
     jsonl = steplog.JsonlBackend(tmp_path)
@@ -205,16 +210,26 @@ def test_503_with_retry_after_is_honoured_without_hammering(mlflow_server, tmp_p
     )
     try:
         tracker.init()
-        for i in range(4000):
-            tracker.log({"loss": float(i)}, step=i)
-            if i % 100 == 0:
-                time.sleep(0.1)  # 4 s of logging
-        stats = tracker.finish()
+        logged = 0
+        began = time.monotonic()
+        try:
+            while logged < 4000 or not proxy.passed:
+                tracker.log({"loss": float(logged)}, step=logged)
+                logged += 1
+                if logged % 100 == 0:
+                    time.sleep(0.1)
+                    if time.monotonic() - began > TRACKER_NOTICES:
+                        pytest.fail(
+                            f"not reached within {TRACKER_NOTICES:.0f} s: the proxy forwards "
+                            f"a log-batch after its busy spell (refused {proxy.refused})"
+                        )
+        finally:
+            stats = tracker.finish()
     finally:
         proxy.close()
     assert 1 <= proxy.refused <= 6, proxy.refused  # about one request a second
     local = steplog.read_run(jsonl.path)
     run = find_run(mlflow_server, experiment, local.run_id)
     points = history(mlflow_server, run["info"]["run_id"], "loss")
-    assert sorted(int(p["step"]) for p in points) == list(range(4000))
-    assert stats.backends["mlflow"].delivered == 4000
+    assert sorted(int(p["step"]) for p in points) == list(range(logged))
+    assert stats.backends["mlflow"].delivered == logged

@@ -105,7 +105,8 @@ class MlflowServer:
         """Start the server and return once it serves the REST API.
 
         ``timeout`` is a deadline on that state, not a guess of how long a start takes:
-        on a busy 2-core machine a restart has taken 37 s (5-10 s on an idle one).
+        on a busy 2-core machine a restart has taken 37 s (issue #22; 5-10 s on an
+        idle one).
         """
         import urllib.error
 

@@ -606,8 +606,8 @@ class Lane:
             self.down_since = time.time()
             self.outages.append([self.down_since, None])
             logger.warning(
-                "steplog: backend %r is down (%s); its lane waits and sends from the run "
-                "file once it answers (nothing is lost, the logging loop is not slowed)",
+                "steplog: backend %r is unreachable (%s); its lane waits and sends from the "
+                "run file once it answers (nothing is lost, the logging loop is not slowed)",
                 self.name,
                 self.delivery.last_error,
             )
@@ -617,8 +617,7 @@ class Lane:
             now = time.time()
             self.outages[-1][1] = now
             logger.warning(
-                "steplog: backend %r answers again after %.1f s; its lane catches up from "
-                "the run file",
+                "steplog: backend %r is back after %.1f s; its lane catches up from the run file",
                 self.name,
                 now - self.down_since,
             )

@@ -45,7 +45,11 @@ def test_a_batch_retried_after_a_failure_mid_batch_logs_each_step_once(tmp_path)
     project = f"steplog-test-{uuid.uuid4().hex[:8]}"
     backend = steplog.TrackioBackend(project=project)
     tracker = steplog.Tracker(
-        backend, retry=steplog.RetryPolicy(backoff=0.001), batch_size=100, experiment_name="exp"
+        backend,
+        retry=steplog.RetryPolicy(backoff=0.001),
+        batch_size=100,
+        experiment_name="exp",
+        delivery="thread",  # the fault is injected into trackio's run in this process
     )
     info = tracker.init()
     real_log, calls = backend.run.log, [0]

@@ -60,7 +60,8 @@ def test_history_config_and_summary_reach_the_offline_run(tmp_path):
 def test_out_of_order_steps_are_counted_and_reported_not_silently_dropped(tmp_path, caplog):
     """A step lower than one already sent is not sent: it is counted and reported once."""
     wb = steplog.WandbBackend(project="steplog-test", dir=tmp_path)
-    tracker = steplog.Tracker(wb, experiment_name="exp")
+    # The report goes through the logging of the process the lane runs in: this one.
+    tracker = steplog.Tracker(wb, experiment_name="exp", delivery="thread")
     info = tracker.init()
     with caplog.at_level(logging.WARNING, logger="steplog"):
         for step in [0, 1, 2, 5, 3, 4, 6, 6]:
@@ -124,7 +125,8 @@ def test_finish_returns_once_wandb_has_written_the_offline_run(tmp_path, monkeyp
 
     monkeypatch.setattr(ServiceConnection, "inform_finish", publish_late)
     wb = steplog.WandbBackend(project="steplog-test", dir=tmp_path, step_metric=True)
-    tracker = steplog.Tracker(wb, experiment_name="exp")
+    # W&B is patched in this process: its lane runs here.
+    tracker = steplog.Tracker(wb, experiment_name="exp", delivery="thread")
     info = tracker.init()
     for step in range(5):
         tracker.log({"x": float(step)}, step=step)

@@ -56,11 +56,32 @@ BACKGROUND_GRACE = 60.0
 
 
 def movable(backend: Any) -> bytes | None:
-    """``backend`` pickled (its configuration), or ``None`` if it cannot be."""
+    """``backend`` pickled (its configuration), or ``None`` if it cannot move: it says
+    so (``Backend.movable``), or it does not pickle."""
+    if not getattr(backend, "movable", True):
+        return None
     try:
         return pickle.dumps(backend)
     except Exception:
         return None
+
+
+_reaped: list[subprocess.Popen[bytes]] = []
+_reaper_lock = threading.Lock()
+
+
+def _reap_later(proc: subprocess.Popen[bytes]) -> None:
+    """Wait for a delivery process that goes on in the background (in a daemon thread,
+    so that it is reaped, and never keeps this process from exiting)."""
+
+    def reap() -> None:
+        proc.wait()
+        with _reaper_lock:
+            _reaped.remove(proc)
+
+    with _reaper_lock:
+        _reaped.append(proc)
+    threading.Thread(target=reap, name="steplog-delivery-reaper", daemon=True).start()
 
 
 def public_state(backend: Any) -> dict[str, Any]:
@@ -114,6 +135,8 @@ class ProcessLanes:
     Args:
         path: The run file.
         lanes: ``(name, pickled backend, cursor file)`` per lane.
+        targets: The backends (a Sampled one's inner backend) by lane name, whose
+            public attributes are mirrored back after open and at the end.
         batch_size: Most points per write.
         retry: The retry policy (pickled along).
         ring_pid: The writer process of ``durability="process"``: after a kill, the
@@ -128,8 +151,14 @@ class ProcessLanes:
         batch_size: int,
         retry: Any,
         ring_pid: int | None = None,
+        targets: dict[str, Any] | None = None,
     ) -> None:
         self.path = path
+        #: The backends (inner ones of Sampled) whose public state is mirrored back.
+        self.targets = dict(targets or {})
+        self._wait: float | None = None
+        self._finish_args = (0, 0)
+        self._finishing: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self.specs = list(lanes)
         self.names = [name for name, _, _ in lanes]
         self.batch_size = batch_size
@@ -291,21 +320,38 @@ class ProcessLanes:
             )
         return out
 
-    def finish(
+    def send_finish(
         self, deadline: float | None, *, down_grace: float, written: int, shared_drops: int
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Let the lanes deliver the run end until ``deadline``; returns their counts
-        and the backends' public states. Lanes still busy then go on in the delivery
-        process, in the background, for :data:`BACKGROUND_GRACE` seconds at most."""
-        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-        answer = self._request("finish", wait, down_grace, written, shared_drops)
+    ) -> None:
+        """Ask the lanes to deliver the run end until ``deadline`` (see
+        :meth:`wait_finished`); lanes still busy then go on in the delivery process, in
+        the background, for :data:`BACKGROUND_GRACE` seconds at most."""
+        self._wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        self._finish_args = (written, shared_drops)
+        self._finishing = self._request("finish", self._wait, down_grace, written, shared_drops)
+
+    def wait_finished(self) -> dict[str, Any]:
+        """The lanes' final counts (and their backends' public states, applied to this
+        process's copies); the delivery process is let go of."""
+        wait = self._wait
+        written, shared_drops = self._finish_args
         try:
-            stats, states, done = answer.result(None if wait is None else wait + 5.0)
+            stats, states, done = self._finishing.result(None if wait is None else wait + 5.0)
         except Exception:
             stats, states, done = self._fallback(written, shared_drops), {}, False
         self._last_stats = stats
+        self.apply_states(states)
         self.release(wait_for_exit=done)
-        return stats, states
+        return dict(stats)
+
+    def apply_states(self, states: dict[str, Any]) -> None:
+        """Mirror the delivery process's backends' public attributes onto the copies the
+        user holds (``TensorBoardBackend.path``, ``MlflowBackend.run_id``, …)."""
+        for name, state in states.items():
+            target = self.targets.get(name)
+            if target is not None:
+                with contextlib.suppress(Exception):
+                    target.__dict__.update(state)
 
     def release(self, *, wait_for_exit: bool) -> None:
         """Let go of the delivery process (it exits once its lanes are done)."""
@@ -318,6 +364,8 @@ class ProcessLanes:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.proc.wait(5.0)
             sock.close()
+        if self.proc is not None and self.proc.poll() is None:
+            _reap_later(self.proc)  # still finishing in the background
 
     def kill(self) -> None:
         proc = self.proc

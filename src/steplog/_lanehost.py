@@ -29,7 +29,7 @@ from .errors import BackendOpenError, WorkerError
 from .events import BackendStats, RunEnd, RunInfo, RunStats
 from .runfile.read import open_run
 
-__all__ = ["CLOSE_GRACE_SECONDS", "POLL_SECONDS", "LaneHost", "ThreadLanes"]
+__all__ = ["CLOSE_GRACE_SECONDS", "POLL_SECONDS", "LaneGroups", "LaneHost", "ThreadLanes"]
 
 logger = logging.getLogger("steplog")
 
@@ -62,6 +62,7 @@ class LaneHost:
         self._flushes: list[tuple[int, Callable[[], None]]] = []
         self._done: dict[str, anyio.Event] = {}
         self._scope: anyio.CancelScope | None = None
+        self._over: anyio.Event | None = None
         #: Lanes left to another process that holds their cursor.
         self.left: list[str] = []
 
@@ -112,13 +113,18 @@ class LaneHost:
         return errors
 
     async def serve(self) -> None:
-        """Drive every lane until it has delivered the run end, or is abandoned."""
+        """Drive every lane until it has delivered the run end, or is abandoned; returns
+        once the run is over (``finish``) and every lane is done (a lane that stopped
+        early — its backend refused the run — leaves the loop running for the others,
+        and for flushes)."""
         for lane in self.lanes:
             self._done[lane.name] = anyio.Event()
+        self._over = anyio.Event()
         async with anyio.create_task_group() as group:
             self._scope = group.cancel_scope
             for lane in self.lanes:
                 group.start_soon(self._drive, lane)
+            await self._over.wait()
 
     async def _drive(self, lane: Lane) -> None:
         probes = 0
@@ -165,6 +171,10 @@ class LaneHost:
         self.wake()
         self._check_flushes()
 
+    def take_flushes(self) -> list[tuple[int, Callable[[], None]]]:
+        flushes, self._flushes = self._flushes, []
+        return flushes
+
     def _check_flushes(self) -> None:
         if not self._flushes:
             return
@@ -187,6 +197,8 @@ class LaneHost:
         """The run is over: lanes deliver its end (in the loop)."""
         self.final = True
         self.wake()
+        if self._over is not None:
+            self._over.set()
 
     async def wait_done(self) -> None:
         for lane in self.lanes:
@@ -209,6 +221,8 @@ class LaneHost:
             if lane.lock is not None:
                 lane._save(force=True)
                 lane.lock.release()
+        if self._over is not None:
+            self._over.set()
         if self._scope is not None:
             self._scope.cancel()
 
@@ -286,6 +300,8 @@ class ThreadLanes:
         finally:
             if not self._served.done():
                 self._served.set_result(None)
+            for _, done in self.host.take_flushes():  # nobody will answer them now
+                done()
 
     async def _main(self) -> None:
         assert self._info is not None
@@ -320,7 +336,7 @@ class ThreadLanes:
             if not done.done():
                 done.set_result(None)
 
-        if not self._call(self.host.add_flush, offset, resolve):
+        if self._served.done() or not self._call(self.host.add_flush, offset, resolve):
             resolve()
         return done
 
@@ -366,3 +382,71 @@ class ThreadLanes:
         for lane in self.host.lanes:
             if lane.lock is not None:
                 lane.lock.forget_after_fork()
+
+    def kill(self) -> None:
+        """Stop the lanes at once (a run that failed to start)."""
+        self.finish(time.monotonic(), down_grace=0.0)
+
+
+class LaneGroups:
+    """A run's lanes, wherever they run: the delivery process and/or a thread of this
+    process (the backends that cannot move), behind the one interface the writer uses."""
+
+    def __init__(self, groups: Sequence[Any]) -> None:
+        self.groups = list(groups)
+
+    def wake(self) -> None:
+        for group in self.groups:
+            group.wake()
+
+    def flush(self, offset: int) -> concurrent.futures.Future[None]:
+        futures = [group.flush(offset) for group in self.groups]
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        left = [len(futures)]
+        lock = threading.Lock()
+
+        def one(_: concurrent.futures.Future[None]) -> None:
+            with lock:
+                left[0] -= 1
+                last = left[0] == 0
+            if last and not done.done():
+                done.set_result(None)
+
+        if not futures:
+            done.set_result(None)
+        for future in futures:
+            future.add_done_callback(one)
+        return done
+
+    def stats(self, written: int, shared_drops: int) -> dict[str, BackendStats]:
+        out: dict[str, BackendStats] = {}
+        for group in self.groups:
+            out.update(group.stats(written, shared_drops))
+        return out
+
+    def finish(
+        self, deadline: float | None, *, down_grace: float, written: int, shared_drops: int
+    ) -> dict[str, BackendStats]:
+        """Let every group deliver the run end (at once); their final counts."""
+        out: dict[str, BackendStats] = {}
+        threads = [g for g in self.groups if isinstance(g, ThreadLanes)]
+        others = [g for g in self.groups if not isinstance(g, ThreadLanes)]
+        for group in others:  # asks the delivery process first: it works meanwhile
+            group.send_finish(deadline, down_grace=down_grace, written=written,
+                              shared_drops=shared_drops)  # fmt: skip
+        for group in threads:
+            group.finish(deadline, down_grace=down_grace)
+            out.update(group.stats(written, shared_drops))
+        for group in others:
+            out.update(group.wait_finished())
+        return out
+
+    def pending(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for group in self.groups:
+            out.update(group.pending())
+        return out
+
+    def forget_after_fork(self) -> None:
+        for group in self.groups:
+            group.forget_after_fork()

@@ -174,6 +174,7 @@ class Writer:
             else:
                 self.remote.append((name, backend))
         self.lanes: Any = None
+        self._final_lanes: dict[str, BackendStats] | None = None  # their counts at the end
         #: In-process async sinks (console, live plot, a local backend of your own).
         self.fanout: Fanout | None = None
         if local:
@@ -432,9 +433,13 @@ class Writer:
         return None if runner is None else runner.backend
 
     def _start_lanes(self, info: RunInfo) -> None:
-        """A lane per remote backend, following the run file from its cursor."""
+        """A lane per remote backend, following the run file from its cursor: in the
+        delivery process (``delivery="process"``: the backends that pickle), else in a
+        thread of this process."""
+        from ._delivery_process import ProcessLanes, movable
         from ._lane import Lane, cursor_path
-        from ._lanehost import ThreadLanes
+        from ._lanehost import LaneGroups, ThreadLanes
+        from .backends.sampled import Sampled
 
         jsonl = self._run_file()
         if jsonl is None or jsonl.path is None:
@@ -442,20 +447,64 @@ class Writer:
                 "remote backends follow the run file: the tracker needs a JsonlBackend"
             )
         path = jsonl.path
-        lanes = [
-            Lane(
-                path,
-                backend,
-                cursor=cursor_path(path, backend, name=name),
-                name=name,
-                batch_size=BACKLOG_BATCHES * self.batch_size,
-                retry=self.retry,
-                deadline=self._stop_deadline,
-            )
-            for name, backend in self.remote
-        ]
-        self.lanes = ThreadLanes(path, lanes)
-        self.lanes.start(info)
+        by_name = dict(self.remote)
+        here = list(self.remote)
+        groups: list[Any] = []
+        if self.delivery == "process":
+            specs = []
+            for name, backend in self.remote:
+                data = movable(backend)
+                if data is not None:
+                    specs.append((name, data, cursor_path(path, backend, name=name)))
+            if specs:
+                targets = {
+                    name: b.backend if isinstance(b, Sampled) else b for name, b in self.remote
+                }
+                process = ProcessLanes(
+                    path,
+                    specs,
+                    batch_size=BACKLOG_BATCHES * self.batch_size,
+                    retry=self.retry,
+                    ring_pid=self.ring.pid if self.ring is not None else None,
+                    targets=targets,
+                )
+                errors, unmovable, states = process.start(info)
+                if errors:
+                    process.kill()
+                    name, exc = next(iter(errors.items()))
+                    error = BackendOpenError(
+                        f"backend {name!r} ({by_name[name]!r}) could not open run "
+                        f"{info.run_id!r}: {exc}"
+                    )
+                    error.__cause__ = exc
+                    raise error
+                process.apply_states(states)
+                moved = {name for name, _, _ in specs} - set(unmovable)
+                here = [(n, b) for n, b in self.remote if n not in moved]
+                process.names = [n for n in process.names if n in moved]
+                groups.append(process)
+        if here:
+            lanes = [
+                Lane(
+                    path,
+                    backend,
+                    cursor=cursor_path(path, backend, name=name),
+                    name=name,
+                    batch_size=BACKLOG_BATCHES * self.batch_size,
+                    retry=self.retry,
+                    deadline=self._stop_deadline,
+                )
+                for name, backend in here
+            ]
+            threads = ThreadLanes(path, lanes)
+            try:
+                threads.start(info)
+            except BaseException:
+                for group in groups:
+                    group.kill()
+                raise
+            groups.append(threads)
+        self.lanes = LaneGroups(groups)
 
     def _start_ring(self, info: RunInfo) -> None:
         from ._ring import ProcessWriter
@@ -762,9 +811,11 @@ class Writer:
             self.fanout.close(end, request.close_budget())
         if self.lanes is not None:
             budget = request.close_budget()
-            self.lanes.finish(
+            self._final_lanes = self.lanes.finish(
                 None if budget is None else time.monotonic() + budget,
                 down_grace=self.down_grace,
+                written=stats.written,
+                shared_drops=stats.dropped,
             )
         request.future.set_result(self._stats(drain_seconds=stats.drain_seconds))
 
@@ -784,7 +835,9 @@ class Writer:
             pending = 0  # the queue holds copies; the stop drained the rest
             shared[self.file_runner.name] = dropped
         lanes: dict[str, BackendStats] = {}
-        if self.lanes is not None:
+        if self._final_lanes is not None:
+            lanes = self._final_lanes
+        elif self.lanes is not None:
             lanes = self.lanes.stats(written, dropped)
         return RunStats(
             logged=written + dropped + pending,

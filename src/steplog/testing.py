@@ -57,6 +57,7 @@ class SlowBackend(MemoryBackend):
     the event loop): a slow remote backend (its lane follows the run file)."""
 
     local = False
+    movable = False  # its state is read back in this process
 
     def __init__(self, delay: float) -> None:
         super().__init__()
@@ -75,6 +76,8 @@ class FailingBackend(Backend):
     ``fail_first=n`` fails only the first ``n`` write calls and then stores events like
     a memory backend (``events``): a transient fault that a retry overcomes.
     """
+
+    movable = False  # its counters are read back in this process
 
     def __init__(
         self, *, fail_open: bool = False, fail_close: bool = False, fail_first: int | None = None
@@ -109,6 +112,7 @@ class GatedBackend(MemoryBackend):
     backend (its lane follows the run file)."""
 
     local = False
+    movable = False  # its state is read back in this process
 
     def __init__(self) -> None:
         super().__init__()

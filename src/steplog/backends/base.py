@@ -51,6 +51,13 @@ class Backend(abc.ABC):
     #: process (see docs/concepts.md, "Remote backends follow the run file").
     local: bool = False
 
+    #: Whether a remote backend may move to the delivery process (pickled: its
+    #: configuration) when the tracker has one (``Tracker(delivery="process")``, the
+    #: default). A backend whose state you read back in this process (a test double)
+    #: says ``False``; one that does not pickle stays here too. Either way its lane
+    #: runs in a thread of the logging process.
+    movable: bool = True
+
     @abc.abstractmethod
     async def open(self, run: RunInfo) -> None:
         """Start a run: create files, connections, remote run objects."""

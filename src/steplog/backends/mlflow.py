@@ -138,6 +138,20 @@ class MlflowBackend(Backend):
         self._last_step = 0
         self._partial: tuple[Sequence[Event], list[dict[str, Any]], int] | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The configuration (a delivery process gets the backend pickled), not a run's
+        # client or the SDK module.
+        state = dict(self.__dict__)
+        for key in ("_httpx", "_client", "_partial"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._httpx = require("httpx", "mlflow", "MlflowBackend")
+        self._client = None
+        self._partial = None
+
     def __repr__(self) -> str:
         return f"MlflowBackend({self.tracking_uri!r})"
 

@@ -55,6 +55,20 @@ class TrackioBackend(Backend):
         self._batch: Sequence[Event] | None = None  # a batch trackio took part of
         self._done = 0
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The configuration (a delivery process gets the backend pickled), not a run's
+        # client or the SDK module.
+        state = dict(self.__dict__)
+        for key in ("_trackio", "run", "_batch"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._trackio = require("trackio", "trackio", "TrackioBackend")
+        self.run = None
+        self._batch = None
+
     def __repr__(self) -> str:
         return f"TrackioBackend(project={self.project!r})"
 

@@ -99,6 +99,19 @@ class WandbBackend(Backend):
         self.out_of_order = 0
         self._last_step: int | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The configuration (a delivery process gets the backend pickled), not a run's
+        # client or the SDK module.
+        state = dict(self.__dict__)
+        for key in ("_wandb", "run"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._wandb = require("wandb", "wandb", "WandbBackend")
+        self.run = None
+
     def __repr__(self) -> str:
         return f"WandbBackend(project={self.project!r}, mode={self.mode!r})"
 

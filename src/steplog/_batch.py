@@ -34,24 +34,13 @@ class EventBatch(Sequence[Event]):
             run file's step records, as a backend writing JSON lines can store them.
     """
 
-    __slots__ = ("_count", "_events", "_lines", "data", "file_end", "file_start")
+    __slots__ = ("_count", "_events", "_lines", "data")
 
-    def __init__(
-        self,
-        data: bytes | bytearray,
-        count: int,
-        *,
-        file_start: int | None = None,
-        file_end: int | None = None,
-    ) -> None:
+    def __init__(self, data: bytes | bytearray, count: int) -> None:
         self.data = data
         self._count = count
         self._lines: list[bytes] | None = None
         self._events: list[Event] | None = None
-        #: Where these lines are in the run's JSONL file (``None``: not known there);
-        #: a backend that missed the batch is caught up from that range.
-        self.file_start = file_start
-        self.file_end = file_end
 
     @property
     def lines(self) -> list[bytes]:

@@ -1,15 +1,17 @@
-"""Delivery to backends: retries and the circuit breaker, and the fan-out to async backends.
+"""The fan-out to the in-process async sinks (console, live plot, a local backend of
+your own): remote backends follow the run file through their lanes (``_lane.py``).
 
 The writer thread (:mod:`steplog._writer`) feeds the built-in local backends (JSONL,
-memory, null) itself, synchronously, through a :class:`DirectRunner` each. Every other
-backend is async: only when one is attached does the writer start a :class:`Fanout`,
-an anyio event loop (asyncio backend) in its own daemon thread, where each backend gets
-its own :class:`BackendRunner` task fed by its own queue of batches. So a slow or
-failing backend never holds up the others: it only lets its own backlog grow, up to
-``backlog_limit`` events, where the overflow policy applies to it alone (``"block"``:
-the writer waits, keeping every backend lossless; ``"drop_oldest"``: that backend sheds
-its oldest queued batches; ``"drop_newest"``: it skips the new batch). Failed writes
-are retried per :class:`RetryPolicy`, by both kinds of runner alike.
+memory, null) itself, synchronously, through a :class:`DirectRunner` each. An async
+in-process sink (``Backend.local``) is fed here: only when one is attached does the
+writer start a :class:`Fanout`, an anyio event loop (asyncio backend) in its own daemon
+thread, where each sink gets its own :class:`BackendRunner` task fed by its own queue of
+batches. So a slow sink never holds up the others: it only lets its own backlog grow, up
+to ``backlog_limit`` events, where the overflow policy applies to it alone
+(``"block"``: the writer waits; ``"drop_oldest"``: that sink sheds its oldest queued
+batches; ``"drop_newest"``: it skips the new batch). Failed writes are retried per
+:class:`RetryPolicy`; after ``breaker_after`` batches given up in a row the breaker
+opens until a probe gets through.
 """
 
 from __future__ import annotations
@@ -17,9 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import dataclasses
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -29,14 +29,13 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from ._batch import EventBatch
 from ._delivery import Delivery, RetryPolicy
 from ._options import OverflowPolicy
 from .backends.base import Backend
 from .errors import BackendOpenError, WorkerError
-from .events import BackendStats, Event, RunEnd, RunInfo, RunStats
+from .events import Event, RunEnd, RunInfo, RunStats
 
-__all__ = ["BackendRunner", "Fanout", "FileSource"]
+__all__ = ["BackendRunner", "Fanout"]
 
 logger = logging.getLogger("steplog")
 
@@ -81,39 +80,6 @@ class _Unbound:
 
 _UNBOUND: Any = _Unbound()
 
-#: Bytes of the run file read per catch-up batch.
-CATCH_UP_BYTES = 4 * 2**20
-
-
-class FileSource:
-    """The run's JSONL file, read back to catch a backend up (see ``BackendRunner``)."""
-
-    def __init__(self, backend: Any) -> None:
-        self.backend = backend  # a JsonlBackend written by the writer thread
-        self._fd = -1
-
-    def size(self) -> int:
-        """Bytes written to the file so far (by the writer thread)."""
-        return int(self.backend._size)
-
-    def read(self, start: int, end: int) -> bytes:
-        """The bytes ``[start, end)`` of the file."""
-        if self._fd < 0:
-            self._fd = os.open(self.backend.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        chunks = []
-        while start < end:
-            chunk = os.pread(self._fd, end - start, start)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            start += len(chunk)
-        return b"".join(chunks)
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
 
 class BackendRunner(Delivery):
     """Feeds one async backend its batches, in order, and counts what happened to them.
@@ -132,7 +98,6 @@ class BackendRunner(Delivery):
         policy: OverflowPolicy | str,
         deadline: Callable[[], float | None],
         retry: RetryPolicy,
-        source: FileSource | None = None,
     ) -> None:
         super().__init__(backend, name, retry=retry, deadline=deadline)
         self.backlog_limit = backlog_limit
@@ -150,24 +115,6 @@ class BackendRunner(Delivery):
         self.closed = False
         self.closed_event: anyio.Event = _UNBOUND
         self.abandoned = False
-        #: The run file, to catch up from (``None``: no JSONL file written by the writer
-        #: thread in this run: missed events are counted as failed).
-        self.source = source
-        self.uses_breaker = source is None
-        self._warned = False  # the one-time warning that missed events are lost
-        # The gap: a range of the run file the backend has yet to get (``gap_start`` is
-        # None when it is live), with its number of events.
-        self.gap_start: int | None = None
-        self.gap_end = 0
-        self.gap_events = 0
-        self.in_outage = False
-        self.next_probe = 0.0
-        self.probes = 0  # failed probes in a row (the pause before the next grows)
-        self.caught_up = 0
-        self.missing = 0
-        self.outages: list[list[float | None]] = []
-        # Flush markers waiting for the catch-up to reach a file position.
-        self._gap_markers: list[tuple[int, _Marker]] = []
         #: Called (on the loop thread) after each batch is settled.
         self.on_progress: Callable[[], None] = _nothing
         # Batches and flush markers in order. A deque rather than a stream: under
@@ -188,8 +135,7 @@ class BackendRunner(Delivery):
         return self.submitted - self.settled
 
     async def run(self) -> None:
-        """Write batches until the queue is closed and empty, catching up from the run
-        file what the backend missed (see :meth:`_catch_up`)."""
+        """Write batches until the queue is closed and empty."""
         queue = self._queue
         try:
             while True:
@@ -198,23 +144,9 @@ class BackendRunner(Delivery):
                     if isinstance(item, _Marker):
                         item.reached()
                         continue
-                    await self._write_live(item)
+                    await self._write(item)
                     if self.abandoned:
                         return
-                    continue
-                if self.gap_events:
-                    if self.in_outage and not self._closed:
-                        wait = self.next_probe - time.monotonic()
-                        if wait > 0:  # the pause before the next probe (or the run's end)
-                            with anyio.move_on_after(wait):
-                                await self._wakeup.wait()
-                            self._wakeup = anyio.Event()
-                            continue
-                    await self._catch_up()
-                    if self.abandoned:
-                        return
-                    if self._closed and self.gap_events and self.in_outage:
-                        self._give_up_gap("still missing at the end of the run")
                     continue
                 if self._closed:
                     return
@@ -225,9 +157,8 @@ class BackendRunner(Delivery):
             self.finished.set()
             self.on_progress()
 
-    async def _write_live(self, item: Sequence[Event]) -> None:
-        """Write one queued batch; if it is given up and the run file has it, the backend
-        goes into an outage and is caught up from the file later."""
+    async def _write(self, item: Sequence[Event]) -> None:
+        """Write one queued batch (retried per the policy; counted as failed if given up)."""
         count = len(item)
         ok = await self.write_with_retries(item)
         if self.abandoned:
@@ -243,17 +174,8 @@ class BackendRunner(Delivery):
         self.settled += count
         if ok:
             self.delivered += count
-        elif not self._open_gap_after_failure(item):
+        else:
             self.failed += count
-            if self.source is None and not self.permanent_error and not self._warned:
-                self._warned = True
-                logger.warning(
-                    "steplog: backend %r lost %d events; without a JsonlBackend in the "
-                    "tracker they cannot be sent later (with one, a backend that is down "
-                    "is caught up from the run file once it is back)",
-                    self.name,
-                    count,
-                )
         self.on_progress()
 
     def _put(self, item: Sequence[Event] | _Marker) -> None:
@@ -266,21 +188,6 @@ class BackendRunner(Delivery):
         Under the drop policies a backend whose backlog is over its limit drops here;
         under ``"block"`` the writer waited for room before handing the batch over.
         """
-        count = len(batch)
-        if self.gap_start is not None:
-            # Behind, or in an outage: the batch is in the run file, right after the
-            # gap; it is caught up from there (nothing held in memory meanwhile).
-            self._extend_gap(batch)
-            self.settled += count
-            return
-        start = getattr(batch, "file_start", None)
-        if self.source is not None and start is not None and self.queued >= self.backlog_limit:
-            # Too far behind: stop queuing, catch up from the file once the queue is
-            # written (the writer never waits for this backend, whatever the policy).
-            self.gap_start = self.gap_end = start
-            self._extend_gap(batch)
-            self.settled += count
-            return
         # Only what this backend already holds counts here, never batches the writer
         # handed over after this one (those are in ``submitted`` already).
         if self.queued >= self.backlog_limit:
@@ -292,132 +199,6 @@ class BackendRunner(Delivery):
                 self._drop_oldest_queued(len(batch))
         self.queued += len(batch)
         self._put(batch)
-
-    # -- catching up from the run file ------------------------------------------
-
-    def _extend_gap(self, batch: Sequence[Event]) -> None:
-        """Add a batch the backend did not get to the gap (it must follow it in the file)."""
-        start = getattr(batch, "file_start", None)
-        if start is not None and start == self.gap_end:
-            self.gap_end = batch.file_end  # type: ignore[attr-defined]
-            self.gap_events += len(batch)
-        else:  # not in the file (its own write failed there): nothing to catch up from
-            self.failed += len(batch)
-
-    def _open_gap_after_failure(self, item: Sequence[Event]) -> bool:
-        """A live batch was given up: if the run file has it, start an outage whose gap
-        begins with it (the queued batches join the gap: they follow it in the file)."""
-        start = getattr(item, "file_start", None)
-        if self.source is None or start is None or self.permanent_error:
-            return False
-        # Already behind (batches after the queued ones went to a gap): the failed batch
-        # and the queue come before that gap in the file; the new gap covers them all.
-        later = None if self.gap_start is None else (self.gap_start, self.gap_end)
-        later_events, self.gap_events = self.gap_events, 0
-        self.gap_start = self.gap_end = start
-        self._extend_gap(item)
-        while self._queue:
-            queued = self._queue.popleft()
-            if isinstance(queued, _Marker):
-                queued.reached()  # a flush does not wait for the outage to end
-                continue
-            self.queued -= len(queued)
-            self.settled += len(queued)
-            self._extend_gap(queued)
-        if later is not None:
-            if later[0] == self.gap_end:
-                self.gap_end = later[1]
-                self.gap_events += later_events
-            else:  # not contiguous (cannot happen: batches reach us in file order)
-                self.failed += later_events
-        self._enter_outage()
-        return True
-
-    def _enter_outage(self) -> None:
-        self._reach_gap_markers(everything=True)  # flushes do not wait for an outage
-        if not self.in_outage:
-            self.in_outage = True
-            self.outages.append([time.time(), None])
-            logger.warning(
-                "steplog: backend %r is unreachable (%s); the run goes on, and what it "
-                "misses is sent from the run file once it is back",
-                self.name,
-                self.last_error,
-            )
-        delay = self.retry.probe_delay(self.probes, self.retry_after)
-        self.probes += 1
-        self.next_probe = time.monotonic() + delay
-
-    async def _catch_up(self) -> None:
-        """Send the gap from the run file, in order, then rejoin the live stream.
-
-        The gap can grow while this runs (the writer keeps handing batches over); the
-        switch back to live batches happens between two awaits, when the gap is empty,
-        so nothing is sent twice or skipped.
-        """
-        source = self.source
-        assert source is not None and self.gap_start is not None
-        while self.gap_events > 0 and self.gap_start < self.gap_end:
-            start = self.gap_start
-            end = min(self.gap_end, start + CATCH_UP_BYTES)
-            data = source.read(start, end)
-            if end < self.gap_end:
-                cut = data.rfind(b"\n") + 1
-                data = data[:cut] if cut else source.read(start, self.gap_end)
-            count = data.count(b"\n")
-            if not data or not count:
-                break
-            batch = EventBatch(data, count, file_start=start, file_end=start + len(data))
-            ok = await self.write_with_retries(batch)
-            if self.abandoned:
-                return
-            if not ok:
-                if self.permanent_error:  # retrying this range cannot help: skip it
-                    self.failed += count
-                    self.gap_events -= count
-                    self.gap_start = start + len(data)
-                    continue
-                self._enter_outage()
-                return
-            self.delivered += count
-            self.caught_up += count
-            self.gap_events -= count
-            self.gap_start = start + len(data)
-            self._reach_gap_markers()
-            self.on_progress()
-        # Caught up: join the live stream (no await between the check and the switch).
-        if self.gap_events > 0:  # lines the file did not have after all
-            self.failed += self.gap_events
-        self.gap_events = 0
-        self.gap_start = None
-        self._reach_gap_markers(everything=True)
-        if self.in_outage:
-            self.in_outage = False
-            self.outages[-1][1] = time.time()
-            logger.warning(
-                "steplog: backend %r is back; %d events caught up from the run file so far",
-                self.name,
-                self.caught_up,
-            )
-        self.probes = 0
-        self.retry_after = None
-
-    def _give_up_gap(self, reason: str) -> None:
-        """The run ends while the backend is still out: count what it missed as failed."""
-        self.missing = self.gap_events
-        self.failed += self.gap_events
-        self.gap_events = 0
-        self.gap_start = None
-        self._reach_gap_markers(everything=True)
-        self.errors += 1
-        self.last_error = f"{reason}: {self.last_error}"
-        logger.error(
-            "steplog: backend %r missed %d events (%s); `steplog replay` can send them "
-            "from the run file later",
-            self.name,
-            self.missing,
-            reason,
-        )
 
     def _drop(self, count: int) -> None:
         self.dropped += count
@@ -437,35 +218,8 @@ class BackendRunner(Delivery):
             self._drop(len(item))
 
     def mark(self, marker: _Marker) -> None:
-        """Queue a marker that is reached once every batch queued so far is written.
-
-        In a gap (behind or out) it is reached at once: a flush does not wait for an
-        outage to end; the gap is caught up from the file whatever happens.
-        """
-        if self.gap_start is not None:  # the queue (if any) holds older batches
-            if self.in_outage:
-                marker.reached()  # a flush does not wait for an outage to end
-            else:  # behind: reached once the catch-up has sent what it covers
-                self._gap_markers.append((self.gap_end, marker))
-            return
+        """Queue a marker that is reached once every batch queued so far is written."""
         self._put(marker)
-
-    def _reach_gap_markers(self, everything: bool = False) -> None:
-        """Flush markers the catch-up has passed (or all of them)."""
-        position = self.gap_start
-        while self._gap_markers and (
-            everything or position is None or self._gap_markers[0][0] <= position
-        ):
-            self._gap_markers.pop(0)[1].reached()
-
-    def stats(self, shared_drops: int) -> BackendStats:
-        """This backend's counts, with what it got from the run file and its outages."""
-        return dataclasses.replace(
-            super().stats(shared_drops),
-            caught_up=self.caught_up,
-            missing=self.missing,
-            outages=[list(o) for o in self.outages],
-        )
 
     def close_stream(self) -> None:
         """Let :meth:`run` end after the queued batches."""
@@ -479,10 +233,6 @@ class BackendRunner(Delivery):
         replaces that count with the write's outcome.
         """
         self.abandoned = True
-        if self.gap_events:  # what it missed and was still to get from the file
-            self.missing = self.gap_events
-            self.failed += self.gap_events
-            self.gap_events = 0
         backlog = self.backlog
         if backlog:
             self.failed += backlog
@@ -510,7 +260,6 @@ class Fanout:
         policy: OverflowPolicy | str,
         retry: RetryPolicy,
         deadline: Callable[[], float | None],
-        source: FileSource | None = None,
     ) -> None:
         self._deadline = deadline
         self.runners = [
@@ -521,7 +270,6 @@ class Fanout:
                 policy=policy,
                 deadline=deadline,
                 retry=retry,
-                source=source,
             )
             for name, backend in backends
         ]
@@ -560,20 +308,13 @@ class Fanout:
         count = len(batch)
         skip: list[BackendRunner] = []
         for runner in self.runners:
-            waits = runner.policy is OverflowPolicy.BLOCK and not self._can_spill(runner, batch)
-            if waits and not self._wait_for_room(runner):
+            if runner.policy is OverflowPolicy.BLOCK and not self._wait_for_room(runner):
                 # Shutting down and this backend is still stalled: give up on it so
                 # the others still get this batch.
                 skip.append(runner)
                 continue
             runner.submitted += count
         self._call(self._accept, batch, skip)
-
-    @staticmethod
-    def _can_spill(runner: BackendRunner, batch: Sequence[Event]) -> bool:
-        """Whether a full backlog need not hold the writer up: the run file has the
-        batch, so the backend can be caught up from it."""
-        return runner.source is not None and getattr(batch, "file_start", None) is not None
 
     def _wait_for_room(self, runner: BackendRunner) -> bool:
         """Block policy: wait for room in the backlog; False once the stop deadline passed."""
@@ -642,8 +383,8 @@ class Fanout:
                 runner.closed = True
 
     def pending(self) -> dict[str, int]:
-        """Events each backend has yet to write (the file's gap included)."""
-        return {r.name: r.backlog + r.gap_events for r in self.runners if not r.done}
+        """Events each backend has yet to write."""
+        return {r.name: r.backlog for r in self.runners if not r.done}
 
     def _call(self, callback: Any, *args: Any) -> None:
         loop = self._loop

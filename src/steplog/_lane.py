@@ -38,15 +38,17 @@ from typing import Any
 
 import orjson
 
+from ._batch import _new_tuple
 from ._delivery import Delivery, RetryPolicy
 from .backends.base import Backend, backend_name
 from .backends.sampled import Checkpoint, Sampled, WindowSampler
 from .errors import RunFileError
 from .events import BackendStats, Event, RunEnd, RunInfo, RunStats
+from .runfile.codec import decode
 from .runfile.lock import lock
 from .runfile.read import CorruptLineError, parse_record
 from .runfile.read import line_number as _line_number
-from .runfile.schema import KILLED, RESUME, RUN_END, RUN_START
+from .runfile.schema import KILLED, RESUME, RUN_END, is_number
 
 __all__ = [
     "CURSOR_VERSION",
@@ -248,10 +250,10 @@ class _Pass:
     def start(self, offset: int) -> None:
         self.safe = (offset, self.run_events, {})
 
-    def add(self, event: Event, start: int, end: int) -> list[tuple[Event, Checkpoint]]:
+    def add(self, event: Event, start: int, end: int) -> list[tuple[Event, Any]]:
         self.run_events += 1
-        self.safe = (end, self.run_events, {"at": start})
-        return [(event, self.safe)]
+        self.safe = (end, self.run_events, {})
+        return [(event, (end, self.run_events, start))]
 
     def end_segment(self, end: int) -> list[tuple[Event, Checkpoint]]:
         self.safe = (end, self.run_events, {})
@@ -321,9 +323,11 @@ class Lane:
         #: Where reading goes on (the end of the last line read).
         self.read_to = 0
         #: Points made from what was read and not acknowledged yet, with their checkpoints.
-        self.outbox: list[tuple[Event, Checkpoint]] = []
+        #: (A pass-through lane's checkpoints hold where the step record starts, an int,
+        #: in place of a sampler state: the cursor's ``last_step_at``.)
+        self.outbox: list[tuple[Event, tuple[int, int, Any]]] = []
         #: The batch being sent (the outbox's head) and its checkpoint, until acknowledged.
-        self._head: tuple[list[Event], Checkpoint] | None = None
+        self._head: tuple[list[Event], tuple[int, int, Any]] | None = None
         self.sampler: WindowSampler | _Pass | None = None
         self.end_record: dict[str, Any] | None = None  # the last run end read, if last
         self.end_at = 0  # the byte after it
@@ -464,41 +468,78 @@ class Lane:
             else:
                 return False  # a line still being written
         offset = self.read_to
+        limit = self.read_to + cut
+        loads = orjson.loads
+        outbox = self.outbox
+        passing = self.sampled is None
+        events = sampler.run_events
         for line in data[:cut].split(b"\n"):
             start = offset
             offset += len(line) + 1
-            end = min(offset, self.read_to + cut)
-            if not line.strip():
-                continue
+            end = offset if offset < limit else limit
+            # The common case first (a step record), with read.parse_record's rules.
             try:
-                record = parse_record(line)
-            except CorruptLineError as exc:
-                if self.strict:
-                    number = _line_number(self.path, start)
-                    self.fatal = RunFileError(f"{self.path}:{number}: corrupt record ({exc})")
-                    self.read_to = start
-                    return True
-                self.corrupt.add(start)
+                record = loads(line)
+                step, when, values = record["step"], record["time"], record["data"]
+                if type(step) is not int or type(values) is not dict or "type" in record:
+                    raise ValueError
+                if type(when) is not float and not is_number(when):
+                    raise ValueError
+            except Exception:  # another record type, a blank or corrupt line
+                if passing:
+                    sampler.run_events = events
+                if not self._other(line, start, end):
+                    return True  # a corrupt line in strict mode: stop before it
+                events = sampler.run_events
                 continue
-            if record is None:
-                continue
-            kind = record.get("type")
-            if kind is None:
-                event = Event(record["step"], record["time"], record["data"])
-                self.outbox += sampler.add(event, start, end)
-                self.end_record = None
-            elif kind == RESUME:
-                self.outbox += sampler.end_segment(end)
-                self.end_record = None
-                if self.segment is not None and record.get("segment") == self.segment:
-                    self.segment_start_events = sampler.run_events
-            elif kind == RUN_END:
-                self.outbox += sampler.end_segment(end)
-                self.end_record = record
-                self.end_at = end
-            elif kind == RUN_START:
-                continue
+            if b'"$' in line:
+                values = decode(values)
+            event = _new_tuple(Event, (step, when, values))
+            self.end_record = None
+            if passing:
+                events += 1
+                outbox.append((event, (end, events, start)))
+            else:
+                outbox += sampler.add(event, start, end)
+        if passing and events != sampler.run_events:
+            sampler.run_events = events
+            sampler.safe = (offset if offset < limit else limit, events, {})
         self.read_to += cut
+        return True
+
+    def _other(self, line: bytes, start: int, end: int) -> bool:
+        """A line that is not a plain step record: another record type (a resume, a run
+        end), a blank one, or a corrupt one; False: stop reading (strict mode)."""
+        sampler = self.sampler
+        assert sampler is not None
+        if not line.strip():
+            return True
+        try:
+            record = parse_record(line)
+        except CorruptLineError as exc:
+            if self.strict:
+                number = _line_number(self.path, start)
+                self.fatal = RunFileError(f"{self.path}:{number}: corrupt record ({exc})")
+                self.read_to = start
+                return False
+            self.corrupt.add(start)
+            return True
+        if record is None:
+            return True
+        kind = record.get("type")
+        if kind is None:  # a step record parse_record accepts (an int time, say)
+            event = _new_tuple(Event, (record["step"], record["time"], record["data"]))
+            self.outbox += sampler.add(event, start, end)
+            self.end_record = None
+        elif kind == RESUME:
+            self.outbox += sampler.end_segment(end)
+            self.end_record = None
+            if self.segment is not None and record.get("segment") == self.segment:
+                self.segment_start_events = sampler.run_events
+        elif kind == RUN_END:
+            self.outbox += sampler.end_segment(end)
+            self.end_record = record
+            self.end_at = end
         return True
 
     async def _send(self, progress: LaneProgress) -> bool:
@@ -536,7 +577,7 @@ class Lane:
             self._save()
         return True
 
-    def _advance(self, checkpoint: Checkpoint) -> None:
+    def _advance(self, checkpoint: tuple[int, int, Any]) -> None:
         """Move the cursor to ``checkpoint`` (safe: every point before it is
         acknowledged); never back."""
         cursor = self.cursor
@@ -545,8 +586,8 @@ class Lane:
         offset, events, state = checkpoint
         if offset <= cursor.offset:
             return
-        if "at" in state:  # unsampled: where the last step record starts
-            cursor.last_step_at = state["at"]
+        if type(state) is int:  # unsampled: where the last step record starts
+            cursor.last_step_at = state
             state = {}
         cursor.offset, cursor.events, cursor.state = offset, events, state
         self._dirty = True

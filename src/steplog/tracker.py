@@ -727,7 +727,9 @@ class Tracker(_TrackerBase):
             the worker; nothing is lost), ``"drop_oldest"`` or ``"drop_newest"``
             (never wait; drops are counted).
         shutdown_timeout: Seconds the interpreter-exit hook waits for an unfinished
-            run to be written before abandoning it.
+            run to be written before abandoning it; also how long ``finish()`` waits
+            for a remote backend that is down (its lane goes on in the background, or
+            the next resume or ``steplog sync`` delivers the rest).
         handle_sigterm: On SIGTERM (what schedulers send on pre-emption), finish the
             active run as ``"terminated"`` before the process ends as it would have
             (a handler of your own is called afterwards). Installed from the main
@@ -760,6 +762,14 @@ class Tracker(_TrackerBase):
             closes the run as ``"killed"``. Costs a child process (~20 ms to start) and
             ~0.3 µs more per ``log()``; POSIX on x86-64 only (elsewhere the thread
             writes, with a warning). See docs/concepts.md.
+        delivery: Where the remote backends' lanes run (every backend that is not an
+            in-process sink follows the run file through a lane, from a durable cursor;
+            see docs/concepts.md). ``"process"`` (default): in a delivery process that
+            the backends move to as their configuration (pickled); it costs the loop
+            nothing per event and outlives a SIGKILL of this process, delivering what
+            the file holds. A backend that cannot move (``Backend.movable`` false, not
+            picklable) runs its lane in a thread. ``"thread"``: every lane in a thread
+            of this process.
         group: Ties runs together: the ranks of one distributed job, the trials of a
             sweep. Default: ``$STEPLOG_GROUP``, else torchrun's job id
             (``TORCHELASTIC_RUN_ID``), else none. See docs/concepts.md.

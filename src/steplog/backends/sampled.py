@@ -23,7 +23,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from ..events import Event, RunEnd, RunInfo
-from ..runfile.schema import is_number
 from .base import Backend, backend_name
 
 __all__ = ["COUNT_KEY", "REDUCTIONS", "Checkpoint", "Sampled", "WindowSampler"]
@@ -188,16 +187,26 @@ class Sampled(Backend):
         as_logged = self.reduce == "last" or len(window) == 1
         if as_logged and not self.extremes:
             return last
-        numbers: dict[str, list[float]] = {}
-        data: dict[str, Any] = {}
+        # Each key's values in the window, in order; what is reduced is the run of
+        # numbers (ints and floats, not bools) after the last value that is not one.
+        columns: dict[str, list[Any]] = {}
         for event in window:
             for key, value in event.data.items():
-                if is_number(value):
-                    numbers.setdefault(key, []).append(value)
-                    data.pop(key, None)
+                column = columns.get(key)
+                if column is None:
+                    columns[key] = [value]
                 else:
-                    data[key] = value
-                    numbers.pop(key, None)
+                    column.append(value)
+        numbers: dict[str, list[float]] = {}
+        data: dict[str, Any] = {}
+        for key, values in columns.items():
+            i = len(values)
+            while i and type(values[i - 1]) in _NUMERIC:
+                i -= 1
+            if i == len(values):
+                data[key] = values[-1]
+            else:
+                numbers[key] = values[i:] if i else values
         if as_logged:
             data = dict(last.data)
         else:
@@ -361,3 +370,4 @@ def _max(values: list[float]) -> float:
 
 
 _REDUCE = {"mean": _mean, "min": _min, "max": _max}
+_NUMERIC = frozenset((int, float))

@@ -303,3 +303,61 @@ class MlflowProxy:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class FileRecorder(steplog.Backend):
+    """A remote backend that may move to the delivery process: it records what it gets
+    in files (JSON lines of events, the run end) that the test reads back, is down while
+    the file ``down`` exists next to them, and takes ``delay`` seconds per write."""
+
+    name = "recorder"
+
+    def __init__(self, root, delay: float = 0.0) -> None:
+        self.root = str(root)
+        self.delay = delay
+        self.opened_in: int | None = None
+
+    async def open(self, run: steplog.RunInfo) -> None:
+        import anyio
+
+        os.makedirs(self.root, exist_ok=True)
+        self.opened_in = os.getpid()
+        await anyio.sleep(0)
+        with open(os.path.join(self.root, "opens"), "a") as f:
+            f.write(f"{os.getpid()} {run.run_id}\n")
+
+    async def write(self, events) -> None:
+        import anyio
+        import json
+
+        if os.path.exists(os.path.join(self.root, "down")):
+            raise ConnectionError("down (injected)")
+        if self.delay:
+            await anyio.sleep(self.delay)
+        with open(os.path.join(self.root, "events.jsonl"), "a") as f:
+            for event in events:
+                f.write(json.dumps([event.step, event.data]) + "\n")
+
+    async def close(self, end: steplog.RunEnd) -> None:
+        import json
+
+        with open(os.path.join(self.root, "ends"), "a") as f:
+            f.write(json.dumps([os.getpid(), end.status, dict(end.summary)]) + "\n")
+
+    def steps(self) -> list[int]:
+        import json
+
+        try:
+            with open(os.path.join(self.root, "events.jsonl")) as f:
+                return [json.loads(line)[0] for line in f]
+        except FileNotFoundError:
+            return []
+
+    def ends(self) -> list[list]:
+        import json
+
+        try:
+            with open(os.path.join(self.root, "ends")) as f:
+                return [json.loads(line) for line in f]
+        except FileNotFoundError:
+            return []

@@ -817,7 +817,27 @@ class Writer:
                 written=stats.written,
                 shared_drops=stats.dropped,
             )
+            self._report_behind(info)
         request.future.set_result(self._stats(drain_seconds=stats.drain_seconds))
+
+    def _report_behind(self, info: RunInfo) -> None:
+        """Say which remote backends have not got every event when the run ends (the
+        file has them: nothing is lost), and what delivers the rest."""
+        behind = {n: b for n, b in (self._final_lanes or {}).items() if b.missing}
+        if not behind:
+            return
+        jsonl = self._run_file()
+        path = jsonl.path if jsonl is not None else "the run file"
+        detail = ", ".join(f"{n}: {b.missing:,} events" for n, b in behind.items())
+        logger.warning(
+            "steplog: run %s ended before every remote backend had it (%s behind); the "
+            "run file has them: its delivery process goes on in the background for a "
+            "while, and the next resume of the run or `steplog sync %s --to ...` "
+            "delivers the rest (`steplog show` says where each backend stands)",
+            info.run_id,
+            detail,
+            path,
+        )
 
     def _stats(self, *, drain_seconds: float) -> RunStats:
         buffer = self.buffer

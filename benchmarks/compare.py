@@ -455,6 +455,196 @@ class _Steplog(Contender):
         return out
 
 
+def _mlflow_url() -> str:
+    url = os.environ.get("BENCH_MLFLOW_URL")
+    if not url:
+        raise RuntimeError("no MLflow server: the parent starts one (BENCH_MLFLOW_URL)")
+    return url
+
+
+def _mlflow_server_iterations(experiment: str) -> list[int]:
+    """The ``iteration`` metric points of every run of ``experiment`` on the bench's
+    MLflow server (read back over its REST API)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import history, mlflow_api
+
+    url = _mlflow_url()
+    found = mlflow_api(url, "experiments/get-by-name", {"experiment_name": experiment})
+    if "experiment" not in found:
+        return []
+    runs = mlflow_api(
+        url,
+        "runs/search",
+        {"experiment_ids": [found["experiment"]["experiment_id"]]},
+        method="POST",
+    ).get("runs", [])
+    out = []
+    for run in runs:
+        out.extend(int(float(m["value"])) for m in history(url, run["info"]["run_id"], "iteration"))
+    return out
+
+
+def _settled(read: Callable[[], list[int]], quiet: float = 2.0, limit: float = 120.0) -> list[int]:
+    """``read()`` once its result has stopped growing for ``quiet`` seconds (a delivery
+    process may still be sending what the killed contender logged)."""
+    deadline = time.monotonic() + limit
+    last, since = read(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = read()
+        if len(now) != len(last):
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            break
+    return last
+
+
+class MlflowServerClient(Contender):
+    label = "MLflow client → server, synchronous=False"
+    tier = "slow"
+    package = "mlflow"
+    imports = ("mlflow",)
+    note = "numeric keys as metrics with step (no per-step strings)"
+
+    def start(self) -> None:
+        import mlflow
+
+        mlflow.set_tracking_uri(_mlflow_url())
+        mlflow.set_experiment(f"bench-{self.workdir.name}")
+        mlflow.start_run()
+        mlflow.log_params({"bench": True})
+        self.mlflow = mlflow
+
+    def log(self, data: dict[str, Any]) -> None:
+        metrics = {k: data[k] for k in NUMERIC}
+        metrics["iteration"] = data["iteration"]
+        self.mlflow.log_metrics(metrics, step=data["iteration"], synchronous=False)
+
+    def finish(self) -> None:
+        self.mlflow.end_run()
+
+    @staticmethod
+    def kept(workdir: Path) -> list[int]:
+        return _settled(lambda: _mlflow_server_iterations(f"bench-{workdir.name}"))
+
+
+class _SteplogRemote(Contender):
+    """steplog with its run file and a remote backend beside it, fed by the backend's lane
+    from the delivery process; ``kept`` reads what reached the remote backend."""
+
+    package = "steplog"
+    imports = ("steplog",)
+
+    def remote(self) -> Any:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        import steplog
+
+        self.tracker = steplog.Tracker(
+            steplog.JsonlBackend(self.workdir / "runs"), self.remote(), experiment_name="bench"
+        )
+        self.tracker.init({"bench": True})
+
+    def log(self, data: dict[str, Any]) -> None:
+        self.tracker.log(data)
+
+    def finish(self) -> None:
+        self.tracker.finish()
+
+
+class SteplogMlflow(_SteplogRemote):
+    label = "steplog + MlflowBackend → server"
+    tier = "medium"
+
+    def remote(self) -> Any:
+        import steplog
+
+        return steplog.MlflowBackend(_mlflow_url(), experiment_name=f"bench-{self.workdir.name}")
+
+    @staticmethod
+    def kept(workdir: Path) -> list[int]:
+        return _settled(lambda: _mlflow_server_iterations(f"bench-{workdir.name}"))
+
+
+class SteplogWandb(_SteplogRemote):
+    label = "steplog + WandbBackend (offline)"
+    tier = "medium"
+
+    def remote(self) -> Any:
+        import steplog
+
+        return steplog.WandbBackend(project="bench", dir=self.workdir)
+
+    @staticmethod
+    def kept(workdir: Path) -> list[int]:
+        def read() -> list[int]:
+            from steplog.backends._wandb_log import read_offline_history
+
+            out = []
+            for run_dir in glob.glob(str(workdir / "wandb" / "offline-run-*")):
+                out.extend(int(row["iteration"]) for row in read_offline_history(run_dir))
+            return out
+
+        return _settled(read)
+
+
+class SteplogTensorboard(_SteplogRemote):
+    label = "steplog + TensorBoardBackend"
+    tier = "medium"
+
+    def remote(self) -> Any:
+        import steplog
+
+        return steplog.TensorBoardBackend(self.workdir / "tb")
+
+    @staticmethod
+    def kept(workdir: Path) -> list[int]:
+        def read() -> list[int]:
+            from tensorboard.backend.event_processing.event_file_loader import (
+                EventFileLoader,
+            )
+
+            out = []
+            for path in glob.glob(str(workdir / "tb" / "**" / "events.out.tfevents.*"),
+                                  recursive=True):  # fmt: skip
+                for event in EventFileLoader(path).Load():
+                    for value in event.summary.value:
+                        if value.tag == "iteration":
+                            out.append(int(event.step))
+            return out
+
+        return _settled(read)
+
+
+class SteplogTrackio(_SteplogRemote):
+    label = "steplog + TrackioBackend (local)"
+    tier = "medium"
+
+    def remote(self) -> Any:
+        import steplog
+
+        return steplog.TrackioBackend(project="bench-steplog")
+
+    @staticmethod
+    def kept(workdir: Path) -> list[int]:
+        def read() -> list[int]:
+            from trackio.sqlite_storage import SQLiteStorage
+
+            if not (workdir / "bench-steplog.db").exists():
+                return []
+            out = []
+            for run in SQLiteStorage.get_runs("bench-steplog"):
+                out.extend(
+                    int(r["iteration"])
+                    for r in SQLiteStorage.get_logs("bench-steplog", run)
+                    if "iteration" in r
+                )
+            return out
+
+        return _settled(read)
+
+
 def _slow_backend() -> Any:
     import anyio
 
@@ -498,13 +688,13 @@ class SteplogSlowDropOldest(_Steplog):
     overflow = "drop_oldest"
     lossless = False
     slow_backend = True
-    note = "the slow backend sheds its own oldest batches; JSONL gets every event"
+    note = "the slow backend follows the run file (its lane, here a thread): it never sheds"
 
 
 class SteplogSlowBlock(_Steplog):
     label = "steplog JSONL + 20 ms/batch backend (block)"
     slow_backend = True
-    note = "block keeps every backend lossless: the loop waits once the slow one is 64k behind"
+    note = "the slow backend follows the run file: the loop never waits for it"
 
 
 CONTENDERS: dict[str, type[Contender]] = {
@@ -523,7 +713,18 @@ CONTENDERS: dict[str, type[Contender]] = {
     "steplog-drop_newest": SteplogDropNewest,
     "steplog-slow-drop_oldest": SteplogSlowDropOldest,
     "steplog-slow-block": SteplogSlowBlock,
+    "mlflow-server": MlflowServerClient,
+    "steplog-mlflow": SteplogMlflow,
+    "steplog-wandb": SteplogWandb,
+    "steplog-tensorboard": SteplogTensorboard,
+    "steplog-trackio": SteplogTrackio,
 }
+#: Contenders that write to the same remote tools as one another (the second table),
+#: and those of them that appear there only.
+REMOTE_ONLY = ("mlflow-server", "steplog-mlflow", "steplog-wandb", "steplog-tensorboard",
+               "steplog-trackio")  # fmt: skip
+REMOTE = ("mlflow-server", "steplog-mlflow", "wandb", "steplog-wandb", "tensorboardx",
+          "steplog-tensorboard", "trackio", "steplog-trackio")  # fmt: skip
 REFERENCE = "steplog"
 
 
@@ -845,7 +1046,10 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     loop_none: dict[int, list[dict[str, Any]]] = defaultdict(list)
     loop_ratios: dict[str, list[float]] = defaultdict(list)
-    with tempfile.TemporaryDirectory(prefix="steplog-compare-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="steplog-compare-") as tmp,
+        mlflow_server(Path(tmp), needed=bool({"mlflow-server", "steplog-mlflow"} & set(names))),
+    ):
         session = Session(Path(tmp), repeat)
 
         def rounds(count: int) -> Iterator[tuple[int, list[str]]]:
@@ -917,6 +1121,27 @@ def main(argv: list[str] | None = None) -> None:
         chart(report, DOCS / "compare_log_cost.png")
         write_docs(markdown)
         print(f"\nwrote {DOCS / 'benchmarks.md'}, compare.json and compare_log_cost.png")
+
+
+@contextlib.contextmanager
+def mlflow_server(root: Path, *, needed: bool) -> Iterator[None]:
+    """A real ``mlflow server`` on 127.0.0.1 for the contenders that write to one (its
+    URL in ``BENCH_MLFLOW_URL``, which the children inherit)."""
+    if not needed:
+        yield
+        return
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import MlflowServer
+
+    (root / "mlflow-server").mkdir()
+    server = MlflowServer(root / "mlflow-server")
+    server.start()
+    os.environ["BENCH_MLFLOW_URL"] = server.url
+    try:
+        yield
+    finally:
+        server.stop()
+        os.environ.pop("BENCH_MLFLOW_URL", None)
 
 
 def _brief(result: dict[str, Any]) -> str:
@@ -1029,6 +1254,49 @@ def summarise(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return rows
 
 
+TABLE_HEADER = (
+    "| contender | log() p50 µs | p99 µs | max µs | p50 × steplog | loop slowdown "
+    "(min…max) | CPU/step over no logging µs | finish s | peak RSS MiB | "
+    "records stored after finish | kept after os._exit | lost ≥ 100 ms old |"
+)
+TABLE_RULE = "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+
+
+def _table_rows(rows: dict[str, dict[str, Any]], ref: dict[str, Any]) -> list[str]:
+    """The main table's rows, one per contender, by log() p50."""
+    out: list[str] = []
+    for row in sorted(rows.values(), key=lambda r: r.get("p50", 0)):
+        if "p50" not in row:
+            continue
+        ratio = row["p50"] / ref["p50"] if ref.get("p50") else float("nan")
+        slow = "–"
+        if "slowdown" in row:
+            lo, hi = row["slowdown_range"]
+            slow = f"{row['slowdown'] * 100:+.1f} % ({lo * 100:+.1f}…{hi * 100:+.1f})"
+        cpu = f"{row['cpu_step']:.1f}" if "cpu_step" in row else "–"
+        if not row["storage"]:
+            stored = "– (nothing written)"
+            exit_kept = lost = "–"
+        else:
+            n = row["n"]
+            stored = f"{row['kept_unique']:,} of {n:,}"
+            if row["kept_unique"] < n or row["kept"] != n:
+                stored = f"**{stored}**" + (" (dupl.)" if row["kept"] > row["kept_unique"] else "")
+            lo, hi = row.get("exit_kept_range", (0, 0))
+            exit_kept = f"{row.get('exit_kept', 0):,.0f} of {row.get('exit_n', 0):,}"
+            if lo != hi:
+                exit_kept += f" ({lo:,}…{hi:,})"
+            lost = f"{row.get('exit_lost_old', 0):,} of {row.get('exit_old', 0):,.0f}"
+            if row.get("exit_lost_old", 0):
+                lost = f"**{lost}**"
+        out.append(
+            f"| {row['label']} | {_fmt_us(row['p50'])} | {_fmt_us(row['p99'])} | "
+            f"{_fmt_us(row['max'])} | {ratio:,.1f}× | {slow} | {cpu} | "
+            f"{row['finish_s']:.3f} | {row['rss']:.0f} | {stored} | {exit_kept} | {lost} |"
+        )
+    return out
+
+
 def render(report: dict[str, Any]) -> str:
     rows = summarise(report)
     ref = rows[REFERENCE]
@@ -1064,40 +1332,27 @@ def render(report: dict[str, Any]) -> str:
         + " (coefficient of variation across rounds); the slowdown column gives the "
         "min…max of the per-round ratios, so anything inside that band is noise.",
         "",
-        "| contender | log() p50 µs | p99 µs | max µs | p50 × steplog | loop slowdown "
-        "(min…max) | CPU/step over no logging µs | finish s | peak RSS MiB | "
-        "records stored after finish | kept after os._exit | lost ≥ 100 ms old |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        TABLE_HEADER,
+        TABLE_RULE,
     ]
-    for row in sorted(rows.values(), key=lambda r: r.get("p50", 0)):
-        if "p50" not in row:
-            continue
-        ratio = row["p50"] / ref["p50"] if ref.get("p50") else float("nan")
-        slow = "–"
-        if "slowdown" in row:
-            lo, hi = row["slowdown_range"]
-            slow = f"{row['slowdown'] * 100:+.1f} % ({lo * 100:+.1f}…{hi * 100:+.1f})"
-        cpu = f"{row['cpu_step']:.1f}" if "cpu_step" in row else "–"
-        if not row["storage"]:
-            stored = "– (nothing written)"
-            exit_kept = lost = "–"
-        else:
-            n = row["n"]
-            stored = f"{row['kept_unique']:,} of {n:,}"
-            if row["kept_unique"] < n or row["kept"] != n:
-                stored = f"**{stored}**" + (" (dupl.)" if row["kept"] > row["kept_unique"] else "")
-            lo, hi = row.get("exit_kept_range", (0, 0))
-            exit_kept = f"{row.get('exit_kept', 0):,.0f} of {row.get('exit_n', 0):,}"
-            if lo != hi:
-                exit_kept += f" ({lo:,}…{hi:,})"
-            lost = f"{row.get('exit_lost_old', 0):,} of {row.get('exit_old', 0):,.0f}"
-            if row.get("exit_lost_old", 0):
-                lost = f"**{lost}**"
-        out.append(
-            f"| {row['label']} | {_fmt_us(row['p50'])} | {_fmt_us(row['p99'])} | "
-            f"{_fmt_us(row['max'])} | {ratio:,.1f}× | {slow} | {cpu} | "
-            f"{row['finish_s']:.3f} | {row['rss']:.0f} | {stored} | {exit_kept} | {lost} |"
-        )
+    local = {name: row for name, row in rows.items() if name not in REMOTE_ONLY}
+    out += _table_rows(local, ref)
+    remote = {name: rows[name] for name in REMOTE if name in rows}
+    if any(name in REMOTE_ONLY for name in remote):
+        out += [
+            "",
+            "#### With remote backends attached (the same servers and directories)",
+            "",
+            "Each tool's own client next to steplog writing to the same tool through its "
+            "backend, which follows the run file from the delivery process; *records "
+            "stored* and *kept after os._exit* are read back from that tool (for steplog, "
+            "once the delivery process is done: a killed contender's delivery process "
+            "still delivers what its run file holds).",
+            "",
+            TABLE_HEADER,
+            TABLE_RULE,
+        ]
+        out += _table_rows(remote, ref)
     out += [
         "",
         "Columns: per-call figures over "

@@ -327,8 +327,9 @@ class FileRecorder(steplog.Backend):
             f.write(f"{os.getpid()} {run.run_id}\n")
 
     async def write(self, events) -> None:
-        import anyio
         import json
+
+        import anyio
 
         if os.path.exists(os.path.join(self.root, "down")):
             raise ConnectionError("down (injected)")

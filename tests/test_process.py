@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -208,3 +209,50 @@ def test_multiprocessing_fork_workers_write_their_own_run_files(tmp_path):
     for rank in range(3):
         assert by_rank[rank].history["i"] == list(range(50))
         assert by_rank[rank].status == "finished"
+
+
+FULL_SPEED_SIGNAL = """
+import os, signal, sys, threading, steplog
+signal.signal(signal.SIGINT, signal.default_int_handler)  # CI may start us with it ignored
+t = steplog.Tracker(steplog.JsonlBackend(sys.argv[1]), durability=sys.argv[2],
+                    shutdown_timeout=5)
+t.init()
+t.summary["kept"] = 1
+threading.Timer(0.3, lambda: os.kill(os.getpid(), int(sys.argv[3]))).start()
+i = 0
+try:
+    while True:  # nothing but log(): the signal lands inside it most of the time
+        t.log({"i": i})
+        i += 1
+except KeyboardInterrupt:
+    t.finish(status="interrupted")
+"""
+
+
+@pytest.mark.parametrize("durability", ["thread", "process"])
+@pytest.mark.parametrize(
+    ("signum", "status"), [(signal.SIGTERM, "terminated"), (signal.SIGINT, "interrupted")]
+)
+def test_a_signal_inside_log_never_stalls_the_run_end(tmp_path, durability, signum, status):
+    """SIGTERM or Ctrl-C while the loop does nothing but log(), so that it lands inside
+    log()'s locked section (or the writer process's wake-up): the run end is written at
+    once, with its status and summary, and the process ends (before: a stall of
+    shutdown_timeout or more, the run 'incomplete' or 'killed'; a Ctrl-C there could
+    leave the lock held and finish() hanging)."""
+    for attempt in range(3):
+        root = tmp_path / f"a{attempt}"
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-c", FULL_SPEED_SIGNAL, str(root), durability, str(int(signum))],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        took = time.monotonic() - started
+        assert done.returncode in (-signal.SIGTERM, 0), done.stderr
+        assert took < 5, (took, done.stderr)  # shutdown_timeout=5: never reached
+        assert "could not be closed" not in done.stderr
+        (path,) = root.rglob("*.jsonl")
+        run = steplog.read_run(path)
+        assert run.status == status and run.summary == {"kept": 1}
+        assert [e.data["i"] for e in run.records] == list(range(len(run.records)))

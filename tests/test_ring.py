@@ -438,8 +438,9 @@ def test_a_dead_writer_is_replaced_by_close(tmp_path: Path) -> None:
 
 
 def test_close_times_out_and_kills_a_stuck_writer(tmp_path: Path) -> None:
-    """A writer that cannot make progress (here: stopped with SIGSTOP) makes flush() and
-    close() return False at their timeouts; close() kills and reaps it."""
+    """A writer that cannot make progress (here: stopped with SIGSTOP) makes flush()
+    return False at its timeout; close() kills and reaps it at its timeout and writes
+    what it left, the end line included, from this process."""
     path = tmp_path / "run.jsonl"
     fd = _open_run(path)
     writer = ProcessWriter(fd, run_id="ring-run")
@@ -450,11 +451,13 @@ def test_close_times_out_and_kills_a_stuck_writer(tmp_path: Path) -> None:
     assert writer.put(b'{"a":1}\n')
     assert not writer.flush(timeout=0.3)
     started = time.monotonic()
-    assert not writer.close(END_LINE, timeout=0.3)
+    assert writer.close(END_LINE, timeout=0.3)
     assert time.monotonic() - started < 3
     assert _gone(pid)
-    assert not writer.close(END_LINE)
+    assert writer.salvaged
+    assert writer.close(END_LINE)  # idempotent: the first call's result
     os.close(fd)
+    assert path.read_bytes().endswith(b'{"a":1}\n' + END_LINE)
 
 
 @pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="memfd_create: Linux")

@@ -337,6 +337,7 @@ REPR_LOGS = """
 import sys, numpy, steplog
 tracker = steplog.Tracker(
     steplog.JsonlBackend(sys.argv[1]), buffer_size=8, overflow="block", snapshot=False,
+    durability=sys.argv[2],
 )
 class Chatty:  # encoded by the writer thread (snapshot=False keeps references)
     def __repr__(self):
@@ -351,13 +352,15 @@ print(stats.logged, stats.written, stats.dropped)
 """
 
 
-def test_a_log_from_the_writer_thread_never_waits_for_room(runs_root):
+@pytest.mark.parametrize("durability", ["thread", "process"])
+def test_a_log_from_the_writer_thread_never_waits_for_room(runs_root, durability):
     """A log() made on the writer thread (here from a value's __repr__, which the
     writer calls while it encodes a batch) goes in over the limit instead of waiting
-    for room only the writer itself can make (before: a deadlock under 'block')."""
+    for room only the writer itself can make — nor for the writer process's ring lock,
+    which a producer waiting for room holds (before: a deadlock under 'block')."""
     pytest.importorskip("numpy")
     done = subprocess.run(
-        [sys.executable, "-c", REPR_LOGS, str(runs_root)],
+        [sys.executable, "-c", REPR_LOGS, str(runs_root), durability],
         capture_output=True,
         text=True,
         timeout=60,
@@ -404,3 +407,36 @@ def test_a_blocking_on_alert_cannot_stop_finish_timeout_from_holding(runs_root):
     (path,) = runs_root.rglob("*.jsonl")
     run = steplog.read_run(path)
     assert run.status == "finished" and len(run.records) == 1_000
+
+
+ALERT_FINISHES = """
+import math, sys, steplog
+from steplog import watch
+tracker = None
+def on_alert(alert):
+    tracker.finish({"stopped_at": alert.step})  # an early stop on a NaN
+tracker = steplog.Tracker(
+    steplog.JsonlBackend(sys.argv[1]), watchers=[watch.nonfinite("loss")], on_alert=on_alert,
+)
+tracker.init()
+for step in range(100):
+    if tracker.active:
+        tracker.log({"loss": math.nan if step == 10 else 1.0})
+import time; time.sleep(1.0)
+"""
+
+
+def test_on_alert_may_finish_its_own_run_without_a_warning(runs_root):
+    """An on_alert that ends the run (an early stop) ends it with its summary, and no
+    spurious 'on_alert had not returned' warning (it was the one asking)."""
+    done = subprocess.run(
+        [sys.executable, "-c", ALERT_FINISHES, str(runs_root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "had not returned" not in done.stderr
+    (path,) = runs_root.rglob("*.jsonl")
+    run = steplog.read_run(path)
+    assert run.status == "finished" and run.summary == {"stopped_at": 10}

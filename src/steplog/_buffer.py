@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ._options import OverflowPolicy
@@ -31,6 +32,12 @@ class RingCopy(bytes):
 
 # How long a blocked producer sleeps between checks that the writer is still alive.
 _BLOCK_POLL_SECONDS = 0.05
+# How long the writer, ending a run, waits for the lock before it goes on without it.
+_STOP_LOCK_WAIT = 0.25
+
+
+def _never() -> bool:
+    return False
 
 
 class LineBuffer:
@@ -187,11 +194,25 @@ class LineBuffer:
     def put_row(self, row: Row) -> None:
         """Queue an event the writer must encode (see :data:`Row`)."""
         if self.ring is not None:
-            with self._ring_lock:
+            if not self._take_ring_lock():
+                self._rows_pending = True  # the writer: queue behind, never wait
+                self._queue_item(row, wait=False)
+                return
+            try:
                 self._rows_pending = True
                 self._queue_item(row)
+            finally:
+                self._ring_lock.release()
             return
         self._queue_item(row)
+
+    def _take_ring_lock(self) -> bool:
+        """Take the ring lock; the writer thread never waits for it (a producer may hold
+        it while it waits for room that only the writer makes): False, then."""
+        if threading.get_ident() == self._writer:
+            return self._ring_lock.acquire(blocking=False)
+        self._ring_lock.acquire()
+        return True
 
     def _queue_item(self, item: Any, *, wait: bool = True) -> None:
         """Queue a row or a ring-pending line behind the current lines.
@@ -336,11 +357,19 @@ class LineBuffer:
     # -- durability="process" ---------------------------------------------------
 
     def _put_ringed(self, line: bytes) -> None:
-        with self._ring_lock:
+        if not self._take_ring_lock():
+            # The writer thread (a value's __repr__, a callback) while a producer holds
+            # the ring: queue the line for itself to put in, without waiting.
+            self._rows_pending = True
+            self._queue_item(RingPending(line), wait=False)
+            return
+        try:
             ring = self.ring  # once: the writer thread may take the file over meanwhile
             if ring is not None:
                 self._put_ringed_locked(ring, line)
                 return
+        finally:
+            self._ring_lock.release()
         self.put_slow(line)  # it did, before this call got here
 
     def _put_ringed_locked(self, ring: Any, line: bytes) -> None:
@@ -479,15 +508,37 @@ class LineBuffer:
 
     # -- writer side ------------------------------------------------------------
 
-    def rearm(self) -> None:
+    @contextlib.contextmanager
+    def writer_lock(self, stopping: Callable[[], bool]) -> Iterator[None]:
+        """The lock, for the writer. Once the run is ending (``stopping()``), it waits a
+        little only: the end may come from a signal handler (SIGTERM, Ctrl-C) that
+        interrupted a ``log()`` holding the lock, and that waits for this very end —
+        that thread is frozen, so the writer goes on without the lock (at most the
+        interrupted event's count is off by one, in a process about to end) rather than
+        wait for it forever."""
+        lock = self.lock
+        held = lock.acquire(timeout=_STOP_LOCK_WAIT)
+        while not held:
+            if stopping():
+                if not (held := lock.acquire(timeout=_STOP_LOCK_WAIT)):
+                    break
+            else:
+                held = lock.acquire(timeout=_STOP_LOCK_WAIT)
+        try:
+            yield
+        finally:
+            if held:
+                lock.release()
+
+    def rearm(self, *, stopping: Callable[[], bool] = _never) -> None:
         """Re-enable the wake-up (the writer is about to take a batch)."""
-        with self.lock:
+        with self.writer_lock(stopping):
             self._armed = True
             self.limit = 0 if self.ring is not None or self._late else self.wake_at
 
-    def take(self) -> tuple[list[Any], int]:
+    def take(self, *, stopping: Callable[[], bool] = _never) -> tuple[list[Any], int]:
         """Remove and return every queued item (``bytearray`` runs and rows) and the count."""
-        with self.lock:
+        with self.writer_lock(stopping):
             count = self.count
             if count > self.max_depth:
                 self.max_depth = count
@@ -508,9 +559,9 @@ class LineBuffer:
             self.closed = True
             self._room.notify_all()
 
-    def drop_count(self) -> int:
+    def drop_count(self, *, stopping: Callable[[], bool] = _never) -> int:
         """Return the number of dropped events (consistent with producers)."""
-        with self.lock:
+        with self.writer_lock(stopping):
             return self.dropped
 
 

@@ -490,7 +490,10 @@ async def _control(
         if not data:
             break
         messages = reader.feed(data)
-    # The parent is gone (killed), or let go of us after finish().
+    # The parent is gone (killed), or let go of us after finish(). Our stdout and stderr
+    # were its: a shell pipeline or a program capturing its output would wait for us to
+    # let go of them. What is said from now on goes to a log file next to the run.
+    _detach_output(Path(payload["path"]))
     if finishing is None:
         await _orphaned(host, payload)
     else:
@@ -531,6 +534,19 @@ async def _orphaned(host: Any, payload: Any) -> None:
     with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
         await host.wait_done()
     await host.abandon("killed")
+
+
+def _detach_output(run: Path) -> None:
+    """Point stdout and stderr at ``<run>.delivery.log`` (or nowhere)."""
+    try:
+        fd = os.open(f"{run}.delivery.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError:
+        fd = os.open(os.devnull, os.O_WRONLY)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 def _alive(pid: int) -> bool:

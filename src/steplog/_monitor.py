@@ -187,14 +187,17 @@ class AlertCallbacks:
         thread = self._thread
         return thread is not None and thread.ident == ident
 
-    def close(self, timeout: float | None) -> None:
+    def close(self, timeout: float | None, *, own: bool = False) -> None:
         """Let the callback finish the alerts it has (up to ``timeout`` seconds), then
-        end its thread; one still running then is left behind, with a warning (``0``:
-        a ``finish()`` that the callback itself called, which must not wait for it)."""
+        end its thread; one still running then is left behind, with a warning. ``own``:
+        the callback itself asked for the end (``finish()`` inside ``on_alert``), which
+        must not wait for it: its thread ends when it returns."""
         thread = self._thread
         if thread is None:
             return
         self._queue.put(None)
+        if own:
+            return
         thread.join(timeout)
         if thread.is_alive():
             logger.warning(

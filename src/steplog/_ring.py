@@ -63,6 +63,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 
 __all__ = ["ProcessWriter"]
 
@@ -84,6 +85,8 @@ _NO_RING = mmap.mmap(-1, mmap.PAGESIZE)
 # How often a waiting flush() re-reads ``head`` when no acknowledgement comes (one can
 # be lost when the control socket is full of wake bytes).
 _RECHECK_SECONDS = 0.05
+# How long a message waits for the control socket's lock before it goes without it.
+_CTL_LOCK_WAIT = 0.25
 
 
 def _ring_fd(size: int) -> int:
@@ -155,6 +158,9 @@ class ProcessWriter:
         self._ack = -1  # read end of the ack pipe
         self._start_offset = 0
         self._ctl_broken = False
+        self._gone = False  # end-of-file on the ack pipe: the child is exiting
+        #: close() wrote what the child had left (it had died, or it was stalled).
+        self.salvaged = False
         self._data = _NO_RING
         self._header = _detached_header(0, 0)
 
@@ -298,13 +304,14 @@ class ProcessWriter:
             if proc.poll() is None and self._ctl_broken:
                 # Its end of the socket is closed, so it is exiting: let it finish.
                 _wait(proc, deadline)
-            if proc.poll() is None:  # out of time
+            if proc.poll() is None:  # out of time: stalled (a hung disk, SIGSTOP)
                 proc.kill()
                 proc.wait()
-            else:
-                # It died on its own (a crash, the OOM killer, a write error it gave up
-                # on): finish its work here.
-                ok = self._salvage(end_line)
+            # It is gone: it died on its own (a crash, the OOM killer, a write error it
+            # gave up on) or it was stalled and is killed now. Finish its work here: the
+            # file offset it shares says exactly what it wrote.
+            ok = self._salvage(end_line)
+            self.salvaged = True
         self._close_result = ok
         self._release(written_all=ok)
         return ok
@@ -356,11 +363,26 @@ class ProcessWriter:
         killed it); ``None`` while it runs or before it started."""
         return None if self._proc is None else self._proc.returncode
 
+    @contextlib.contextmanager
+    def _control(self) -> Iterator[None]:
+        """Hold the control socket's lock to send a message — unless a thread is stuck
+        holding it: a signal handler (SIGTERM: end the run now) that interrupted that
+        thread inside ``wake()`` waits for this very message. ``wake()`` holds the lock
+        only to send one byte, so after a short wait the message goes without it; the
+        interrupted thread's byte can only follow the whole message (it is frozen), and
+        an extra wake-up is harmless."""
+        held = self._ctl_lock.acquire(timeout=_CTL_LOCK_WAIT)
+        try:
+            yield
+        finally:
+            if held:
+                self._ctl_lock.release()
+
     def _send_all(self, data: bytes, deadline: float | None) -> bool:
         """Send a whole control message (non-blocking socket) before ``deadline``."""
         view = memoryview(data)
         poller = select.poll()
-        with self._ctl_lock:
+        with self._control():
             ctl = self._ctl
             if ctl is None:
                 return False
@@ -414,7 +436,7 @@ class ProcessWriter:
             head = self._tail if written_all else self._header[_W_HEAD]
             self._header = _detached_header(self._tail, head)
             self._data = _NO_RING
-        with self._ctl_lock:
+        with self._control():
             if self._ctl is not None:
                 self._ctl.close()
                 self._ctl = None
@@ -575,7 +597,7 @@ class ProcessWriter:
             ack = self._ack
             if ack < 0:
                 return False
-            with self._ctl_lock:
+            with self._control():
                 if self._ctl is None:
                     return False
                 try:
@@ -597,7 +619,8 @@ class ProcessWriter:
                         acks = os.read(ack, 4096)
                     except OSError:
                         acks = b""
-                    if not acks:  # the child is gone
+                    if not acks:  # the child is gone (or going: it closed its end)
+                        self._gone = True
                         return self._header[_W_HEAD] >= target
                 elif self._proc is not None and self._proc.poll() is not None:
                     # (End-of-file should have said so, unless a fork of this process
@@ -610,9 +633,10 @@ class ProcessWriter:
     # -- state ------------------------------------------------------------------------
 
     def alive(self) -> bool:
-        """Whether the writer process is running (False before start and after close)."""
+        """Whether the writer process is running (False before start and after close,
+        and once its end of the ack pipe was seen closed: it is exiting)."""
         proc = self._proc
-        return proc is not None and not self._closed and proc.poll() is None
+        return proc is not None and not self._closed and not self._gone and proc.poll() is None
 
     @property
     def pid(self) -> int | None:

@@ -198,6 +198,8 @@ class Writer:
         # None once the run has ended; the lock keeps a flush() from slipping in between
         # the writer taking the requests and draining the events they wait for.
         self._flushes: list[_FlushRequest] | None = []
+        #: Flushes waiting for the writer process to confirm (it may be slow).
+        self._ring_flushes: list[_FlushRequest] = []
         self._flush_lock = threading.Lock()
         self._stop: _StopRequest | None = None
         self._dead = False
@@ -299,6 +301,10 @@ class Writer:
 
     # -- writer thread ----------------------------------------------------------
 
+    def _stopping(self) -> bool:
+        """Whether the run is ending (a stop was asked for)."""
+        return self._stop is not None
+
     def _stop_deadline(self) -> float | None:
         return None if self._stop is None else self._stop.deadline
 
@@ -335,6 +341,8 @@ class Writer:
         with self._flush_lock:
             flushes = self._flushes or []
             self._flushes = None if last else []
+        if last:
+            flushes, self._ring_flushes = self._ring_flushes + flushes, []
         return flushes
 
     def _main(self, info: RunInfo) -> None:
@@ -353,7 +361,7 @@ class Writer:
             self._drain_wake_ups()
             if self.ring is not None and not self.ring.alive():
                 self._take_over()
-            buffer.rearm()
+            buffer.rearm(stopping=self._stopping)
             self.refresh_inspection()
             stop = self._stop
             # Take the flush requests first, then count the events: every event logged
@@ -370,18 +378,34 @@ class Writer:
             if monitor is not None:
                 monitor.tick(self._events_seen())
                 self._write_records()
-            if flushes and self.ring is not None and not self.ring.flush(stop_timeout(stop)):
-                if not self.ring.alive():  # it died: what it had is written now
-                    self._take_over()
-                else:
-                    error = WorkerError("the writer process did not confirm the flush")
-                    for future in flushes:
-                        if not future.done():
-                            future.set_exception(error)
+            if self.ring is not None and (flushes or self._ring_flushes):
+                flushes = self._flush_ring(self._ring_flushes + flushes, stop)
             self._complete_flushes(flushes)
             if stop is not None:
                 self._end(info, stop)
                 return
+
+    def _flush_ring(
+        self, flushes: list[_FlushRequest], stop: _StopRequest | None
+    ) -> list[_FlushRequest]:
+        """The flushes the writer process has confirmed (or that need it no more); the
+        others wait for the next round (a stalled writer process never holds this thread:
+        each round waits a flush interval at most, a stop its own deadline)."""
+        ring = self.ring
+        self._ring_flushes = []
+        if ring.flush(stop_timeout(stop) if stop is not None else self.flush_interval):
+            return flushes
+        if not ring.alive():  # it died: what it had is written now
+            self._take_over()
+            return flushes
+        if stop is None:
+            self._ring_flushes = flushes
+            return []
+        error = WorkerError("the writer process did not confirm the flush in time")
+        for future in flushes:
+            if not future.done():
+                future.set_exception(error)
+        return []
 
     def _open(self, info: RunInfo) -> bool:
         opened: list[DirectRunner] = []
@@ -591,7 +615,7 @@ class Writer:
 
     def _drain(self) -> None:
         """Take everything queued and deliver it as one batch."""
-        items, count = self.buffer.take()
+        items, count = self.buffer.take(stopping=self._stopping)
         if not count:
             return
         file_data: bytes | None = None  # what the run file gets, when not all of it
@@ -690,11 +714,11 @@ class Writer:
         lost = ring.take_over()
         status = ring.exit_status
         runner.sink.ring_gone()  # type: ignore[attr-defined]
+        self.direct.insert(0, runner)  # first: a fork meanwhile closes its file copy
         self.buffer.detach_ring()
         self.ring = self.ringed = None
         self.took_over = True
         self.salvage_lost = lost
-        self.direct.insert(0, runner)
         if status is not None and status < 0:
             try:
                 how = f"killed by {signal.Signals(-status).name}"
@@ -777,14 +801,15 @@ class Writer:
             self._write_records()
             callbacks = self.monitor.callbacks
             if callbacks is not None:  # the deadline holds whatever on_alert does
-                own = callbacks.runs_in(request.requester)
-                callbacks.close(0 if own else request.remaining())
+                callbacks.close(request.remaining(), own=callbacks.runs_in(request.requester))
         if self.fanout is not None:
             self.fanout.drain()
         if self.lanes is not None:
             # The run end's counts say how far each remote backend got by now (up to
             # the deadline); the lanes then deliver the run end itself.
             _wait_until(self.lanes.flush(self._file_size()), self._stop_deadline)
+        if self.ring is not None and not self.ring.alive():
+            self._take_over()  # it died just before the end: say so, write the rest
         if self.ringed is not None:
             self.ringed.delivered = self.buffer.ringed + self.ring_taken
             self.direct.insert(0, self.ringed)  # closed like the others
@@ -804,9 +829,23 @@ class Writer:
         )
         for runner in self.direct:
             try:
-                runner.sink.close(end)
+                if runner is self.ringed:  # the writer process gets the stop's deadline
+                    runner.sink.close(end, request.close_budget())  # type: ignore[call-arg]
+                else:
+                    runner.sink.close(end)
             except Exception as exc:
                 runner.record_error("close", exc)
+        ring = self.ring
+        if ring is not None and ring.salvaged:
+            # It died (or stalled and was killed) while it ended the run: its lines
+            # and the run end were written from here.
+            self.took_over = True
+            logger.warning(
+                "steplog: the writer process of run %s was gone when the run ended (exit "
+                "status %s); this process wrote what it had left and the run end",
+                info.run_id,
+                ring.exit_status,
+            )
         if self.fanout is not None:
             self.fanout.close(end, request.close_budget())
         if self.lanes is not None:
@@ -841,7 +880,7 @@ class Writer:
 
     def _stats(self, *, drain_seconds: float) -> RunStats:
         buffer = self.buffer
-        dropped = buffer.drop_count()
+        dropped = buffer.drop_count(stopping=self._stopping)
         runners: dict[str, Any] = {r.name: r for r in self.direct}
         if self.fanout is not None:
             runners.update((r.name, r) for r in self.fanout.runners)

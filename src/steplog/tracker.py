@@ -302,8 +302,10 @@ class _TrackerBase:
             line = self._encoder.encode_row(step, now, data)
         size = len(line)
         lock = buffer.lock
-        lock.acquire()
         try:
+            # Acquired inside the try: Ctrl-C is raised as a call returns, and one raised
+            # as acquire() returns must not leave the lock held (finish() would hang).
+            lock.acquire()
             if (
                 buffer.count < buffer.limit
                 and size <= buffer.line_limit
@@ -313,7 +315,10 @@ class _TrackerBase:
                 buffer.count += 1
                 return
         finally:
-            lock.release()
+            try:  # noqa: SIM105 (contextlib.suppress costs the hot path ~0.2 µs)
+                lock.release()
+            except RuntimeError:  # acquire() itself was interrupted: nothing to release
+                pass
         if size > buffer.line_limit:
             self._put_slow(buffer, line, step, now, data)
         else:  # a wake-up, an overflow, or the writer process's ring

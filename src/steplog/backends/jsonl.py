@@ -238,24 +238,28 @@ class JsonlBackend(Backend):
             with contextlib.suppress(OSError):
                 os.close(fd)
 
-    def _close_file(self, end: RunEnd) -> None:
+    def _close_file(self, end: RunEnd, timeout: float | None = None) -> None:
         if self._fd < 0:
             return
         try:
             self._unwritten = None
             self._end_line(
-                self._encoder.encode(end_record(end, encoding_fallbacks=self._encoder.fallbacks))
+                self._encoder.encode(end_record(end, encoding_fallbacks=self._encoder.fallbacks)),
+                timeout,
             )
         finally:
             fd, self._fd = self._fd, -1
             os.close(fd)
 
-    def _end_line(self, line: bytes) -> None:
+    def _end_line(self, line: bytes, timeout: float | None = None) -> None:
+        """Append the run end: itself, or (``durability="process"``) through the writer
+        process, given ``timeout`` seconds (30 by default) before a stalled one is
+        killed and what it left is written from here."""
         ring, self._ring = self._ring, None
         if ring is None:
             self._write_all(line)
-        elif not ring.close(line, timeout=30.0):
-            raise OSError("the writer process did not finish the run file in time")
+        elif not ring.close(line, timeout=30.0 if timeout is None else timeout):
+            raise OSError("the writer process did not finish the run file")
 
     # -- the async interface (used when driven as any other backend, e.g. by replay) ---
 
@@ -302,8 +306,8 @@ class _FileSink:
     def abandon(self) -> int:
         return self.backend._abandon()
 
-    def close(self, end: RunEnd) -> None:
-        self.backend._close_file(end)
+    def close(self, end: RunEnd, timeout: float | None = None) -> None:
+        self.backend._close_file(end, timeout)
 
     def start_ring(self, *, capacity: int, flush_interval: float) -> Any:
         return self.backend._start_ring(capacity=capacity, flush_interval=flush_interval)

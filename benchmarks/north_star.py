@@ -44,11 +44,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 import steplog  # noqa: E402
-from steplog.runfile.read import parse_record  # noqa: E402
+from test_north_star import expected_points  # noqa: E402  (the rule over the file)
 
 from conftest import MlflowServer, find_run, history, mlflow_api  # noqa: E402
-
-RULE = {"interval": 0.1, "reduce": "mean", "extremes": True}
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -272,24 +270,6 @@ class Job:
             if parts and parts[0] == "finished":
                 self.finish_s = float(parts[2])
         return self.proc.returncode
-
-
-def expected_points(path: Path) -> list[steplog.Event]:
-    sampler = steplog.Sampled(steplog.MemoryBackend(), **RULE).sampler()
-    points: list[steplog.Event] = []
-    with open(path, "rb") as f:
-        f.readline()
-        for line in f:
-            rec = parse_record(line)
-            if rec is None:
-                continue
-            kind = rec.get("type")
-            if kind is None:
-                points += [p for p, _ in sampler.add(
-                    steplog.Event(rec["step"], rec["time"], rec["data"]), 0, 0)]  # fmt: skip
-            elif kind in ("resume", "run_end"):
-                points += [p for p, _ in sampler.end_segment(0)]
-    return points
 
 
 def bench_scenario(durability: str, total: int, work: Path) -> dict[str, Any]:

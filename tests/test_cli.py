@@ -616,6 +616,19 @@ def test_compare_shows_differing_config_and_last_and_best_metrics(runs):
     assert "config.model" in everything.stdout
 
 
+def test_compare_of_one_run_named_twice_says_so(runs, capsys):
+    """`steplog compare latest PATH`, the same run named two ways: the header keeps the
+    run ids (not the paths) and a line under the table says the columns are one run."""
+    root = str(runs["root"])
+    code, out, err = cli(capsys, "compare", "latest", str(runs["torn"]), "--root", root)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == [runs["torn"].stem, runs["torn"].stem]
+    assert f"columns 1 and 2 are the same run ({runs['torn']})" in out
+    code, out, err = cli(capsys, "compare", str(runs["a"]), str(runs["nan"]))
+    assert "same run" not in out
+
+
 # ── export ────────────────────────────────────────────────────────────────────────────
 
 

@@ -115,6 +115,21 @@ def test_demo_writes_a_readable_run_reports_cost_and_plots(tmp_path):
     assert png_size(png) == (800, 720)  # 8 x (4.5 * 1.6) inches at 100 dpi, two panels
 
 
+def test_demo_names_the_extra_plotting_needs(tmp_path, capsys, monkeypatch):
+    """Without matplotlib, the demo's closing hint says to install steplog[plot] before
+    `steplog plot`; with it, the hint is the command alone."""
+    root = str(tmp_path / "runs")
+    code, out, err = cli(capsys, "demo", "--steps", "2000", "--root", root)
+    assert code == 0, err
+    assert re.search(r"plot it: +steplog plot \S+ -k loss", out), out
+    assert "pip install" not in out
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    code, out, err = cli(capsys, "demo", "--steps", "2000", "--root", root)
+    assert code == 0, err
+    assert re.search(r'plot it: +pip install "steplog\[plot\]" && steplog plot \S+ -k loss',
+                     out), out  # fmt: skip
+
+
 def test_no_command_prints_help_and_exits_2():
     result = run_cli()
     assert result.returncode == 2

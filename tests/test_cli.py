@@ -115,6 +115,21 @@ def test_demo_writes_a_readable_run_reports_cost_and_plots(tmp_path):
     assert png_size(png) == (800, 720)  # 8 x (4.5 * 1.6) inches at 100 dpi, two panels
 
 
+def test_demo_names_the_extra_plotting_needs(tmp_path, capsys, monkeypatch):
+    """Without matplotlib, the demo's closing hint says to install steplog[plot] before
+    `steplog plot`; with it, the hint is the command alone."""
+    root = str(tmp_path / "runs")
+    code, out, err = cli(capsys, "demo", "--steps", "2000", "--root", root)
+    assert code == 0, err
+    assert re.search(r"plot it: +steplog plot \S+ -k loss", out), out
+    assert "pip install" not in out
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    code, out, err = cli(capsys, "demo", "--steps", "2000", "--root", root)
+    assert code == 0, err
+    assert re.search(r'plot it: +pip install "steplog\[plot\]" && steplog plot \S+ -k loss',
+                     out), out  # fmt: skip
+
+
 def test_no_command_prints_help_and_exits_2():
     result = run_cli()
     assert result.returncode == 2
@@ -462,6 +477,140 @@ def test_plot_without_matplotlib_names_the_extra(runs, tmp_path):
     assert "pip install 'steplog[plot]'" in result.stderr
 
 
+@pytest.fixture
+def drawn(monkeypatch) -> list:
+    """The figures `steplog plot` saves, kept (after drawing them) for a test to look at."""
+    from matplotlib.figure import Figure
+
+    figures = []
+    save = Figure.savefig
+
+    def keep(self, *args, **kwargs):
+        figures.append(self)
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return figures
+
+
+def vertical_lines(ax) -> list[float]:
+    """The x of each full-height vertical line drawn in a panel (axvline)."""
+    return [
+        float(line.get_xdata()[0])
+        for line in ax.get_lines()
+        if len(line.get_xdata()) == 2 and line.get_xdata()[0] == line.get_xdata()[1]
+    ]
+
+
+def with_system_samples(path: Path, samples: list[tuple[int, dict]]) -> None:
+    """Put system-metrics records into a finished run file, each after step record N."""
+    lines = path.read_text().splitlines()
+    out = [lines[0]]
+    by_step = dict(samples)
+    for line in lines[1:]:
+        out.append(line)
+        record = json.loads(line)
+        if "step" in record and record["step"] in by_step:
+            system = {"type": "system", "time": record["time"] + 1e-6, "events": 0,
+                      "data": by_step[record["step"]]}  # fmt: skip
+            out.append(json.dumps(system))
+    path.write_text("\n".join(out) + "\n")
+
+
+@needs_matplotlib
+def test_plot_against_any_numeric_key(tmp_path, capsys):
+    """--x KEY draws against the values of KEY in the same records (trial, epoch,
+    tokens): a record without a number under KEY is left out with a note; system
+    samples are at KEY's last value before them. An --x key no run has is a usage error
+    naming the keys there are, as is a system metric; one holding text is exit 1."""
+    from steplog._plot import load_series
+    from steplog.runfile.read import open_run
+
+    steps = [{"loss": 1.0 / (i + 1), "tokens": 512 * (i + 1), "name": "t"} for i in range(30)]
+    steps[7] = {"loss": 0.5}  # no tokens here
+    path = write_run(tmp_path / "runs", "lm", {}, steps)
+    with_system_samples(path, [(3, {"rss_mb": 100.0}), (20, {"rss_mb": 120.0})])
+    series = load_series(open_run(path), ["loss", "system.rss_mb"], "tokens")
+    assert list(series["loss"].x) == [512.0 * (i + 1) for i in range(30) if i != 7]
+    assert list(series["system.rss_mb"].x) == [512.0 * 4, 512.0 * 21]
+    out = tmp_path / "tokens.png"
+    code, stdout, err = cli(capsys, "plot", str(path), "-k", "loss", "--x", "tokens",
+                            "-o", str(out))  # fmt: skip
+    assert code == 0, err
+    assert f"wrote {out}" in stdout
+    assert "1 loss value without a number under 'tokens' not drawn" in err
+    assert png_size(out) == (800, 450)
+    code, _, err = cli(capsys, "plot", str(path), "--x", "epoch", "-o", str(tmp_path / "x.png"))
+    assert code == 2
+    assert "--x 'epoch'" in err and "loss, tokens" in err
+    code, _, err = cli(capsys, "plot", str(path), "--x", "name", "-o", str(tmp_path / "x.png"))
+    assert code == 1
+    assert "'name' holds text" in err
+    code, _, err = cli(capsys, "plot", str(path), "--x", "system.rss_mb")
+    assert code == 2 and "--x takes step, time or a key of the step records" in err
+    assert not (tmp_path / "x.png").exists()
+
+
+@needs_matplotlib
+def test_smooth_and_log_y_apply_only_to_the_panels_they_suit(tmp_path, capsys, drawn):
+    """--smooth N smooths a curve of at least 2N points only: a 9-sample system-metrics
+    panel is drawn as it is, not labelled a moving mean, with a note saying why.
+    --log-y makes a panel logarithmic only where all its values are above 0."""
+    steps = [{"loss": 1.0 / (i + 1), "acc": i / 200} for i in range(200)]
+    path = write_run(tmp_path / "runs", "mixed", {}, steps)
+    with_system_samples(path, [(20 * i, {"rss_mb": 100.0 + i}) for i in range(9)])
+    out = tmp_path / "panels.png"
+    code, _, err = cli(capsys, "plot", str(path), "-k", "loss", "-k", "acc", "-k",
+                       "system.rss_mb", "--smooth", "20", "--log-y", "-o", str(out))  # fmt: skip
+    assert code == 0, err
+    (figure,) = drawn
+    loss, acc, rss = figure.axes
+    assert loss.get_ylabel() == "loss (moving mean of 20)"
+    assert rss.get_ylabel() == "system.rss_mb"
+    assert len(rss.get_lines()) == 1  # no faint raw curve under a smoothed one
+    assert "system.rss_mb has 9 points, too few for --smooth 20: drawn as is" in err
+    assert (loss.get_yscale(), acc.get_yscale(), rss.get_yscale()) == ("log", "linear", "log")
+    assert "--log-y not applied to 'acc': it has values of 0 or less" in err
+    assert png_size(out) == (800, 990)  # 8 x (4.5 * 2.2) inches at 100 dpi, three panels
+
+
+@needs_matplotlib
+@pytest.mark.parametrize("x_axis", ["step", "time", "tokens"])
+def test_plot_marks_where_a_resumed_runs_segments_begin(tmp_path, capsys, drawn, x_axis):
+    """Each resume of a run is a faint vertical line, labelled, where its segment begins
+    (its first step, its resume time, or KEY's first value after it); a run never
+    resumed has none."""
+    root = tmp_path / "runs"
+    tracker = steplog.Tracker(steplog.JsonlBackend(root), experiment_name="job")
+    info = tracker.init()
+    for i in range(50):
+        tracker.log({"loss": 1.0 / (i + 1), "tokens": 100 * i})
+    tracker.finish(status="failed")
+    time.sleep(0.05)
+    again = steplog.Tracker(steplog.JsonlBackend(root), experiment_name="job")
+    again.init(resume=info.run_id)
+    for i in range(50, 80):
+        again.log({"loss": 1.0 / (i + 1), "tokens": 100 * i})
+    again.finish()
+    path = root / "job" / f"{info.run_id}.jsonl"
+    run = steplog.read_run(path)
+    expected = {
+        "step": 50.0,
+        "time": run.segments[1].start_time - run.start_time,
+        "tokens": 5000.0,
+    }[x_axis]
+    plain = write_run(root, "plain", {}, [{"loss": 1.0, "tokens": i} for i in range(80)])
+    out = tmp_path / "resumed.png"
+    code, _, err = cli(capsys, "plot", str(path), str(plain), "-k", "loss", "-k", "tokens",
+                       "--x", x_axis, "-o", str(out))  # fmt: skip
+    assert code == 0, err
+    (figure,) = drawn
+    for ax in figure.axes:
+        assert vertical_lines(ax) == [pytest.approx(expected)]
+    assert [t.get_text() for t in figure.axes[0].texts] == ["resumed"]
+    assert png_size(out) == (800, 720)
+
+
 # ── compare ───────────────────────────────────────────────────────────────────────────
 
 
@@ -480,6 +629,19 @@ def test_compare_shows_differing_config_and_last_and_best_metrics(runs):
     assert re.search(r"acc \(max\)\s+0\.99 \*\s+0\.5\s*$", text, re.M)
     everything = run_cli("compare", str(runs["a"]), str(runs["nan"]), "--all-config")
     assert "config.model" in everything.stdout
+
+
+def test_compare_of_one_run_named_twice_says_so(runs, capsys):
+    """`steplog compare latest PATH`, the same run named two ways: the header keeps the
+    run ids (not the paths) and a line under the table says the columns are one run."""
+    root = str(runs["root"])
+    code, out, err = cli(capsys, "compare", "latest", str(runs["torn"]), "--root", root)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == [runs["torn"].stem, runs["torn"].stem]
+    assert f"columns 1 and 2 are the same run ({runs['torn']})" in out
+    code, out, err = cli(capsys, "compare", str(runs["a"]), str(runs["nan"]))
+    assert "same run" not in out
 
 
 # ── export ────────────────────────────────────────────────────────────────────────────

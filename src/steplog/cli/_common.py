@@ -176,6 +176,9 @@ def plot_files(
     from .. import _plot
 
     require("matplotlib", "plot", "steplog plot")  # fail before reading anything
+    x_axis = options.get("x_axis", _plot.STEP)
+    x_key = None if x_axis in (_plot.STEP, _plot.TIME) else x_axis
+    read = [*keys, x_key] if x_key is not None and x_key not in keys else keys
     runs = []
     headers = []
     for index, path in enumerate(paths):
@@ -184,16 +187,19 @@ def plot_files(
         headers.append(header)
         label = (labels[index] if labels else "") or f"{header.experiment}/{header.run_id}"
         with _progress.bar(snapshot.end - snapshot.body, f"reading {path.name}") as update:
-            series = _plot.load_series(snapshot, keys, options.get("x_axis", "step"), update)
+            series = _plot.load_series(snapshot, read, x_axis, update)
         warn_corrupt("plot", path, snapshot.corrupt)
         runs.append((label, series))
-    for key in keys:
+    for key, option in [
+        *([(x_key, "--x")] if x_key is not None else []),
+        *((k, "-k") for k in keys),
+    ]:
         found = [series[key] for _, series in runs if series[key].found]
         if not found and parser is not None:
             numeric = {k for h in headers for k, v in flatten(h.last).items() if is_number(v)}
             check_keys(
                 parser,
-                "-k",
+                option,
                 [key],
                 numeric,
                 problem="no such key in the run" + ("s" if len(paths) > 1 else ""),
@@ -205,10 +211,14 @@ def plot_files(
             why = "holds lists (vectors), not numbers; plot draws keys with one number per step"
         elif any(s.non_numeric for s in found):
             why = "holds text or other values that are not numbers"
+        elif any(s.no_x for s in found):
+            why = f"has no values in step records with a number under {x_axis!r} (--x)"
         elif found:
             why = "holds only NaN or infinite values"
         else:
             why = "is not in the run(s)"
+        if option == "--x":
+            raise CommandError(f"nothing to draw against: --x {key!r} {why}")
         raise CommandError(f"nothing to draw: {key!r} {why}")
     notes = _plot.plot(runs, keys, out, title=title, **options)
     for note in notes:

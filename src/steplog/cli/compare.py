@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from .. import _progress
@@ -75,7 +76,11 @@ def cmd_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         listing="keys",
     )
     names = [h.run_id for h in headers]
-    if len(set(names)) < len(names):
+    copies = _copies(paths)
+    # One file named twice keeps its run id in both columns (a line under the table says
+    # so); different files with one run id, such as a replayed copy, go by path.
+    firsts = [i for i in range(len(paths)) if not any(i in group[1:] for group in copies)]
+    if len({names[i] for i in firsts}) < len(firsts):
         names = [str(p) for p in paths]
     rows: list[list[str]] = [
         ["experiment", *(h.experiment for h in headers)],
@@ -116,7 +121,25 @@ def cmd_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     print_table(["", *names], rows, right=set(range(1, len(names) + 1)))
     if metrics and len(paths) > 1:
         print("* best of the runs compared")
+    for group in copies:
+        print(f"columns {_listing(group)} are the same run ({paths[group[0]]})")
     return EXIT_OK
+
+
+def _copies(paths: list[Path]) -> list[list[int]]:
+    """The columns that name one file (``latest`` and its path, say), as groups of
+    column indexes, in order."""
+    columns: dict[tuple[int, int], list[int]] = {}
+    for index, path in enumerate(paths):
+        stat = path.stat()
+        columns.setdefault((stat.st_dev, stat.st_ino), []).append(index)
+    return [group for group in columns.values() if len(group) > 1]
+
+
+def _listing(indexes: list[int]) -> str:
+    """Column numbers as a reader counts them: ``1 and 2``, ``1, 3 and 4``."""
+    numbers = [str(i + 1) for i in indexes]
+    return f"{', '.join(numbers[:-1])} and {numbers[-1]}"
 
 
 def _equal(a: Any, b: Any) -> bool:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _progress
+from .._extras import installed
 from ..backends.jsonl import JsonlBackend
 from ..runfile.read import read_run
 from ..tracker import Tracker
@@ -112,7 +113,10 @@ def run_demo(steps: int, *, root: str, experiment: str, seed: int, plot: str | N
     print(f"  run written to {path} ({records}, status {run.status!r})")
     print(f"  best loss {run.summary.get('best_loss'):.4f}, trigger {run.summary.get('trigger')!r}")
     print(f"  look at it:  steplog show {path}")
-    print(f"  plot it:     steplog plot {path} -k loss -k best_loss -o loss.png")
+    plot_it = f"steplog plot {path} -k loss -k best_loss -o loss.png"
+    if not installed("matplotlib"):  # name the extra here, not after a failed command
+        plot_it = f'pip install "steplog[plot]" && {plot_it}'
+    print(f"  plot it:     {plot_it}")
     if plot:
         return plot_files([path], ["loss", "best_loss"], Path(plot), title=None)
     return EXIT_OK

@@ -6,6 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
+from .._plot import SYSTEM_PREFIX
 from ..runfile.find import GROUP_PREFIX, group_of
 from ._common import RUNS_HELP, Subparsers, add_command, add_root_option, plot_files, run_paths
 
@@ -27,9 +28,23 @@ def add_parser(subparsers: Subparsers) -> None:
     add_root_option(plot)
     plot.add_argument("-k", "--key", action="append", dest="keys", help="key(s) to plot (loss)")
     plot.add_argument("-o", "--output", default="steplog-plot.png", help="output image")
-    plot.add_argument("--x", choices=("step", "time"), default="step", help="x axis (step)")
-    plot.add_argument("--smooth", type=int, default=0, metavar="N", help="moving mean of N")
-    plot.add_argument("--log-y", action="store_true", help="logarithmic y axis")
+    plot.add_argument(
+        "--x",
+        default="step",
+        metavar="KEY",
+        help="x axis: step, time (seconds since the start), or a key with numbers in the "
+        "step records, such as trial, epoch or tokens (default: step)",
+    )
+    plot.add_argument(
+        "--smooth",
+        type=int,
+        default=0,
+        metavar="N",
+        help="moving mean of N, for curves of at least 2N points",
+    )
+    plot.add_argument(
+        "--log-y", action="store_true", help="logarithmic y axis, for panels with values > 0"
+    )
     plot.add_argument("--title", help="figure title")
     plot.add_argument("--label", action="append", dest="labels", help="legend label per run")
     plot.add_argument("--size", default="8x4.5", help="figure size in inches, WxH (8x4.5)")
@@ -51,6 +66,8 @@ def cmd_plot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"--smooth must be 0 (off) or a number of points, not {args.smooth}")
     if args.dpi < 1:
         parser.error(f"--dpi must be at least 1, not {args.dpi}")
+    if not args.x or args.x.startswith(SYSTEM_PREFIX):
+        parser.error(f"--x takes step, time or a key of the step records, not {args.x!r}")
     paths: list[Path] = []
     labels: list[str] = []
     groups: list[str] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import math
 
 import pytest
@@ -37,21 +38,32 @@ def tiny_model() -> GPT2LMHeadModel:
     return GPT2LMHeadModel(config)
 
 
-def trainer(tmp_path, callback, *, max_steps: int, save_steps: int | None = None) -> Trainer:
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "out"),
-        max_steps=max_steps,
-        per_device_train_batch_size=8,
-        logging_steps=5,
-        learning_rate=1e-3,
-        report_to=[],
-        disable_tqdm=True,
-        save_strategy="steps" if save_steps else "no",
-        save_steps=save_steps or 500,
-        use_cpu=True,
-        seed=0,
+def trainer(
+    tmp_path, callback, *, max_steps: int, save_steps: int | None = None, **options
+) -> Trainer:
+    """A Trainer of the tiny model on ``Tokens`` (also its eval set); ``options`` go to
+    ``TrainingArguments``; ``callback=None`` adds none (``report_to`` may)."""
+    settings = {
+        "output_dir": str(tmp_path / "out"),
+        "max_steps": max_steps,
+        "per_device_train_batch_size": 8,
+        "logging_steps": 5,
+        "learning_rate": 1e-3,
+        "report_to": [],
+        "disable_tqdm": True,
+        "save_strategy": "steps" if save_steps else "no",
+        "save_steps": save_steps or 500,
+        "use_cpu": True,
+        "seed": 0,
+    }
+    args = TrainingArguments(**{**settings, **options})
+    return Trainer(
+        tiny_model(),
+        args,
+        train_dataset=Tokens(),
+        eval_dataset=Tokens(),
+        callbacks=None if callback is None else [callback],
     )
-    return Trainer(tiny_model(), args, train_dataset=Tokens(), callbacks=[callback])
 
 
 def test_on_log_matches_the_trainers_log_history(tmp_path):
@@ -122,3 +134,19 @@ def test_steps_the_trainer_replays_after_a_resume_are_not_logged_twice(tmp_path)
     assert steps == [5, 10, 15, 20, 25, 30]
     assert run.summary["steplog_replayed_logs_skipped"] == 1  # step 15, replayed
     assert len(run.segments) == 2
+
+
+def test_a_plain_run_logs_no_warning(tmp_path, caplog):
+    """train(), evaluate() and predict() with a stock model config log no steplog
+    warning and raise none (pytest turns warnings into errors here): the int keys every
+    ``PretrainedConfig.id2label`` has are recorded as strings, as config.json has them."""
+    caplog.set_level(logging.WARNING, logger="steplog")
+    callback = SteplogCallback(steplog.JsonlBackend(tmp_path / "runs"))
+    t = trainer(tmp_path, callback, max_steps=10)
+    t.train()
+    t.evaluate()
+    t.predict(Tokens())
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("steplog")] == []
+    run = steplog.read_run(callback.run_path)
+    assert run.config["model_config"]["id2label"] == {"0": "LABEL_0", "1": "LABEL_1"}
+    assert run.config["model_config"]["label2id"] == {"LABEL_0": 0, "LABEL_1": 1}

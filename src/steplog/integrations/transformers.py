@@ -13,7 +13,8 @@ How the ``Trainer`` drives the callback, and what steplog does with it (on the
 world's process zero only; other processes write nothing):
 
 * ``on_train_begin``: a run starts, its config the ``TrainingArguments``
-  (``args.to_dict()``, tokens masked) and the model's config under ``"model_config"``.
+  (``args.to_dict()``, tokens masked) and the model's config under ``"model_config"``
+  (int keys, such as every config's ``id2label`` has, as strings: config.json's form).
   The run id is written to ``<output_dir>/steplog_run.json``. When the training
   resumes from a checkpoint (``state.global_step > 0`` there, or
   ``args.resume_from_checkpoint``) and that file names a run, the run is continued
@@ -95,11 +96,7 @@ class SteplogCallback(TrackerHost, TrainerCallback):  # type: ignore[misc,valid-
             return
         if self.tracker.active:  # the previous train() raised: it never reached on_train_end
             self.tracker.finish(status="unfinished")
-        config: dict[str, Any] = args.to_dict()
-        model = kwargs.get("model")
-        model_config = getattr(model, "config", None)
-        if model_config is not None and hasattr(model_config, "to_dict"):
-            config["model_config"] = model_config.to_dict()
+        config = _run_config(args, kwargs.get("model"))
         run_file = Path(args.output_dir) / RUN_FILE_NAME
         resuming = state.global_step > 0 or bool(args.resume_from_checkpoint)
         previous = _read_run_id(run_file) if resuming else None
@@ -142,6 +139,34 @@ class SteplogCallback(TrackerHost, TrainerCallback):  # type: ignore[misc,valid-
         if self._replayed:
             summary["steplog_replayed_logs_skipped"] = self._replayed
         self.tracker.finish(summary)
+
+
+def _run_config(args: Any, model: Any) -> dict[str, Any]:
+    """The training arguments, and the model's config under ``"model_config"``."""
+    config: dict[str, Any] = args.to_dict()
+    model_config = getattr(model, "config", None)
+    if isinstance(model_config, Mapping):
+        config["model_config"] = _string_keys(dict(model_config))
+    elif model_config is not None and hasattr(model_config, "to_dict"):
+        config["model_config"] = _string_keys(model_config.to_dict())
+    return config
+
+
+def _string_keys(value: Any) -> Any:
+    """``value`` with the int keys of its mappings as strings, as config.json has them.
+
+    Every ``PretrainedConfig`` has ``id2label = {0: "LABEL_0", ...}``; transformers
+    writes its keys as strings and turns them back into ints when it loads a config.
+    A key whose string is already a key of the same mapping stays as it is.
+    """
+    if isinstance(value, dict):
+        return {
+            (str(k) if type(k) is int and str(k) not in value else k): _string_keys(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_string_keys(v) for v in value]
+    return value
 
 
 def _read_run_id(path: Path) -> str | None:

@@ -212,6 +212,46 @@ def test_without_a_run_file_an_evaluation_after_train_is_a_run_of_its_own(tmp_pa
     assert len(warned) == 1
 
 
+def test_report_to_steplog_works_after_register_report_to(tmp_path, monkeypatch):
+    """transformers refuses ``report_to="steplog"`` (its list of integrations is closed)
+    until ``register_report_to()`` adds SteplogCallback to the registry the Trainer reads
+    (``INTEGRATION_TO_CALLBACK``); then the Trainer makes a SteplogCallback with the
+    defaults (JSONL under ``$STEPLOG_ROOT``) and it records the training. Registering
+    twice is harmless."""
+    from transformers.integrations import integration_utils
+
+    from steplog.integrations.transformers import register_report_to
+
+    monkeypatch.setenv("STEPLOG_ROOT", str(tmp_path / "runs"))
+    monkeypatch.delitem(integration_utils.INTEGRATION_TO_CALLBACK, "steplog", raising=False)
+    with pytest.raises(ValueError, match="steplog is not supported"):
+        trainer(tmp_path, None, max_steps=10, report_to="steplog")
+    try:
+        register_report_to()
+        register_report_to()
+        t = trainer(tmp_path, None, max_steps=10, report_to="steplog")
+        [callback] = [c for c in t.callback_handler.callbacks if isinstance(c, SteplogCallback)]
+        t.train()
+    finally:
+        integration_utils.INTEGRATION_TO_CALLBACK.pop("steplog", None)
+    assert callback.run_path.parent == tmp_path / "runs" / "transformers"
+    run = steplog.read_run(callback.run_path)
+    assert run.status == "finished"
+    assert [r.step for r in run.records if "loss" in r.data] == [5, 10]
+
+
+def test_register_report_to_says_when_transformers_has_no_registry(monkeypatch):
+    """A transformers without ``INTEGRATION_TO_CALLBACK`` (not a documented API: it may
+    go) gets an error that says to pass the callback instead."""
+    from transformers.integrations import integration_utils
+
+    from steplog.integrations.transformers import register_report_to
+
+    monkeypatch.delattr(integration_utils, "INTEGRATION_TO_CALLBACK")
+    with pytest.raises(RuntimeError, match=r"callbacks=\[SteplogCallback"):
+        register_report_to()
+
+
 # -- The generic contract ------------------------------------------------------------
 # What a reporting callback owes a Trainer user whatever it writes to, re-expressed from
 # transformers' own callback tests (tests/trainer/test_trainer_callback.py: a callback

@@ -42,6 +42,8 @@ The ``Trainer`` has no hook for a training that raises: such a run stays open an
 steplog's exit hook ends it (``"failed"`` after an uncaught exception, otherwise
 ``"unfinished"``); a later ``train()`` with the same callback ends it as
 ``"unfinished"`` before starting its own.
+
+``report_to="steplog"`` works once :func:`register_report_to` has been called.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ from ..errors import RunFileError, RunNotFoundError
 from ..events import RunInfo
 from ._host import TrackerHost
 
-__all__ = ["RUN_FILE_NAME", "SteplogCallback"]
+__all__ = ["RUN_FILE_NAME", "SteplogCallback", "register_report_to"]
 
 _callbacks = require(
     "transformers.trainer_callback", "transformers", "steplog.integrations.transformers"
@@ -72,6 +74,8 @@ logger = logging.getLogger("steplog")
 DEFAULT_EXPERIMENT_NAME = "transformers"
 #: The file in ``output_dir`` that names the run, for a resumed training to continue.
 RUN_FILE_NAME = "steplog_run.json"
+#: The name :func:`register_report_to` gives the callback in ``report_to``.
+REPORT_TO_NAME = "steplog"
 
 _SUMMARY_STATE = ("global_step", "best_metric", "best_model_checkpoint")
 
@@ -242,6 +246,37 @@ class SteplogCallback(TrackerHost, TrainerCallback):  # type: ignore[misc,valid-
                 exc,
             )
             return None
+
+
+def register_report_to() -> None:
+    """Make ``TrainingArguments(report_to="steplog")`` add a :class:`SteplogCallback`.
+
+    transformers takes ``report_to`` names from a fixed table of its own integrations
+    and raises ``ValueError: steplog is not supported`` for any other. It has no
+    documented way to add one; this puts :class:`SteplogCallback` into that table
+    (``transformers.integrations.integration_utils.INTEGRATION_TO_CALLBACK``, which
+    the ``Trainer`` reads when it is made). The ``Trainer`` then makes the callback
+    with no arguments: JSONL under ``$STEPLOG_ROOT`` (default ``runs/``), experiment
+    ``"transformers"``; for other backends or options, pass
+    ``callbacks=[SteplogCallback(...)]`` instead. ``report_to="all"`` does not include
+    it (transformers lists its own). Calling this again changes nothing.
+
+    Raises:
+        RuntimeError: This transformers has no such table.
+    """
+    utils = require(
+        "transformers.integrations.integration_utils",
+        "transformers",
+        "steplog.integrations.transformers",
+    )
+    table = getattr(utils, "INTEGRATION_TO_CALLBACK", None)
+    if not isinstance(table, dict):
+        raise RuntimeError(
+            "this transformers has no integration table (INTEGRATION_TO_CALLBACK) to "
+            "register report_to='steplog' in; pass callbacks=[SteplogCallback(...)] to "
+            "the Trainer instead"
+        )
+    table[REPORT_TO_NAME] = SteplogCallback
 
 
 def _run_config(args: Any, model: Any) -> dict[str, Any]:

@@ -461,7 +461,7 @@ class _TrackerBase:
             if muted
             else list(zip(self._names, self.backends, strict=True))
         )
-        group = self.group or os.environ.get("STEPLOG_GROUP") or _elastic_run_id()
+        group = self._run_group()
         run_id, self._next_run_id = self._next_run_id or new_run_id(), None
         info = RunInfo(
             run_id=run_id,
@@ -522,6 +522,21 @@ class _TrackerBase:
         run = _Run(info, buffer, worker, encoder)
         run.previous_summary = previous
         return run, worker.start(info)
+
+    def _run_group(self) -> str | None:
+        """The group a run started now gets (see ``group`` in :class:`Tracker`)."""
+        return self.group or os.environ.get("STEPLOG_GROUP") or _elastic_run_id()
+
+    def _latest_run(self) -> Path | None:
+        """The run file ``init(resume="latest")`` would continue if called now, or
+        ``None`` (it would start a new run), for integrations that name a run before it
+        starts (Lightning asks a logger for its version first)."""
+        jsonl = next((b for b in self.backends if isinstance(b, JsonlBackend)), None)
+        if jsonl is None:
+            return None
+        rank = _ranks()[0]
+        directory = jsonl.root / self.experiment_name
+        return _latest_own_run(directory, group=self._run_group(), rank=rank)
 
     def _resume_point(
         self, resume: ResumeLike, *, group: str | None, rank: int | None

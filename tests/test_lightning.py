@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import pickle
@@ -23,6 +24,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader, TensorDataset
 
 from steplog.integrations.lightning import REPLAYED_KEY, SteplogLogger
+from steplog.testing import SlowBackend
 
 pytestmark = [
     # Lightning's advice for tiny CPU runs (more dataloader workers, a small log
@@ -32,6 +34,42 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:.*LeafSpec.* is deprecated:FutureWarning"),
     pytest.mark.filterwarnings("ignore:GPU available but not used"),
 ]
+
+
+# Threads that Lightning's own check (tests/tests_pytorch/conftest.py in the Lightning
+# repository, the autouse fixture ``thread_police_duuu_daaa_duuu_daaa``) lets a test leave:
+# it waits for these (tensorboardX's queue feeder, torch.compile's helpers) ...
+_WAITED_FOR = ("QueueFeederThread", "QueueManagerThread")
+# ... and leaves these be (thread pools, torch.compile's subprocess, fsspec's loop).
+_LEFT_BE = ("ThreadPoolExecutor-", "InductorSubproc", "fsspecIO")
+
+
+def stop_leftover_threads(before: set[threading.Thread]) -> list[threading.Thread]:
+    """Lightning's check for leftover threads, re-expressed: every thread started since
+    ``before`` that is a daemon with a ``stop()`` (or ``exit()``) is stopped and must be
+    dead right after; the few threads of torch and fsspec it knows are waited for or let
+    be; returns the others (Lightning fails the test with "Test left zombie thread")."""
+    zombies = []
+    for thread in set(threading.enumerate()) - before:
+        stop = getattr(thread, "stop", None) or getattr(thread, "exit", None)
+        if thread.daemon and callable(stop):
+            stop()
+            if thread.is_alive():
+                zombies.append(thread)
+        elif thread.name in _WAITED_FOR or "(_read_thread)" in thread.name:
+            thread.join(20)
+        elif not any(name in thread.name for name in _LEFT_BE):
+            zombies.append(thread)
+    return zombies
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_threads():
+    """Every test here passes Lightning's own check for leftover threads."""
+    before = set(threading.enumerate())
+    yield
+    zombies = stop_leftover_threads(before)
+    assert not zombies, f"the test left threads Lightning's check fails: {zombies}"
 
 
 class TinyModel(pl.LightningModule):
@@ -194,8 +232,8 @@ def test_off_rank_zero_nothing_is_written(tmp_path, monkeypatch):
 # What Lightning's own tests of its loggers (tests/tests_pytorch/loggers/test_all.py and
 # test_logger.py in the Lightning repository) require of every logger, re-expressed for
 # SteplogLogger: it pickles with its Trainer and works under ddp_spawn, takes a prefix,
-# has save_dir/name/version with their meaning (name "lightning_logs" by default), and a
-# fit from a checkpoint continues its run.
+# has save_dir/name/version with their meaning (name "lightning_logs" by default), a
+# fit from a checkpoint continues its run, and it leaves no thread behind.
 
 
 def test_contract_a_trainer_holding_the_logger_pickles(tmp_path):
@@ -343,6 +381,36 @@ def test_contract_fit_from_a_checkpoint_continues_the_run(tmp_path, how):
     assert run.summary[REPLAYED_KEY] == 5
     checkpoints = tmp_path / "lightning_logs" / crashed.version / "checkpoints"
     assert "epoch=2-step=40.ckpt" in {p.name for p in checkpoints.iterdir()}
+
+
+_NEVER_FINISHED = {
+    "jsonl": list,
+    "console (fan-out thread)": lambda: [steplog.ConsoleBackend(file=io.StringIO())],
+    "remote, lane in a thread": lambda: [SlowBackend(0.001)],
+    "remote, delivery process": lambda: [
+        pytest.importorskip("steplog.backends.tensorboard").TensorBoardBackend("tb")
+    ],
+}
+
+
+@pytest.mark.parametrize("backends", list(_NEVER_FINISHED), ids=list(_NEVER_FINISHED))
+def test_contract_a_run_never_finished_leaves_no_thread_lightning_flags(
+    tmp_path, monkeypatch, backends
+):
+    """A logger whose run is never finished (used outside a Trainer, as Lightning's own
+    pickling test does) leaves only threads that Lightning's check can stop: each is a
+    daemon whose ``stop()`` ends the run as the end of the process would ("unfinished",
+    every event written) and returns once the thread is gone."""
+    monkeypatch.chdir(tmp_path)
+    before = set(threading.enumerate())
+    logger = SteplogLogger(*_NEVER_FINISHED[backends](), save_dir=tmp_path)
+    for step in range(100):
+        logger.log_metrics({"loss": 1 / (step + 1)}, step=step)
+    assert set(threading.enumerate()) - before  # the run's threads are running
+    assert stop_leftover_threads(before) == []
+    assert not logger.tracker.active
+    run = steplog.read_run(logger.run_path)
+    assert run.status == "unfinished" and [r.step for r in run.records] == list(range(100))
 
 
 # -- options and errors -------------------------------------------------------------

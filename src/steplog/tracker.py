@@ -55,6 +55,7 @@ from ._process import (
 from ._progress import wait_future, wait_with_progress, wait_with_progress_async
 from ._redact import DEFAULT_SECRET_KEYS, compile_pattern
 from ._redact import redact as _redact
+from ._threads import Stopper
 from ._writer import Writer
 from .backends.base import Backend, backend_name
 from .backends.jsonl import JsonlBackend
@@ -521,6 +522,10 @@ class _TrackerBase:
         worker.refresh_inspection()
         run = _Run(info, buffer, worker, encoder)
         run.previous_summary = previous
+        worker.stopper = Stopper(
+            end_run=_stop_hook(weakref.WeakMethod(self._stop_run), run),
+            grace=2 * self.shutdown_timeout + 1,
+        )
         return run, worker.start(info)
 
     def _run_group(self) -> str | None:
@@ -689,6 +694,13 @@ class _TrackerBase:
         warnings.warn(
             "finish() called on an inactive tracker; ignoring", TrackerWarning, stacklevel=3
         )
+
+    def _stop_run(self, run: _Run) -> None:
+        """A thread of ``run`` is being stopped from outside (``RunThread.stop``, e.g. a
+        test suite's check for leftover threads): end the run as the exit hook would, if
+        it is still this tracker's active run."""
+        if self._run is run:
+            self._end_abruptly("unfinished", "was not finished and its thread was stopped")
 
     def _end_abruptly(self, status: RunStatus, reason: str) -> None:
         """Finish an active run as the process goes away (exit hook, SIGTERM).
@@ -1063,6 +1075,20 @@ def _end_orphaned_run(
         track_ending(run.worker, future, timeout)
     except Exception as exc:  # never raise into the code the collector interrupted
         logger.error("steplog: ending a dropped run failed: %r", exc)
+
+
+def _stop_hook(
+    stop_run: weakref.WeakMethod[Callable[[_Run], None]], run: _Run
+) -> Callable[[], None]:
+    """``Stopper.end_run`` for ``run``: the tracker is held weakly (a dropped tracker's
+    run is ending already, see :func:`_end_orphaned_run`)."""
+
+    def end_run() -> None:
+        method = stop_run()
+        if method is not None:
+            method(run)
+
+    return end_run
 
 
 def _status_for(exc: BaseException) -> RunStatus:

@@ -471,19 +471,35 @@ def test_resume_latest_after_a_finished_run_starts_a_new_one(tmp_path):
     assert run.run_id == again.version and [s.status for s in run.segments] == ["finished"]
 
 
+class ModelWithTestStep(TinyModel):
+    """TinyModel with a test step that logs ``test_loss``."""
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("test_loss", torch.nn.functional.mse_loss(self.net(x), y))
+
+
 def test_a_fixed_version_is_one_run_across_fit_and_test(tmp_path):
     """With ``version=`` given, a second stage (``trainer.test`` after ``fit``) continues
     that run as a new segment instead of starting another run."""
-
-    class Tested(TinyModel):
-        def test_step(self, batch, batch_idx):
-            x, y = batch
-            self.log("test_loss", torch.nn.functional.mse_loss(self.net(x), y))
-
     logger = SteplogLogger(save_dir=tmp_path, version="one")
-    fitted = fit(Tested(), logger, steps=4)
+    fitted = fit(ModelWithTestStep(), logger, steps=4)
     fitted.test(fitted.lightning_module, loader(), verbose=False)
     assert [p.name for p in (tmp_path / "lightning_logs").glob("*.jsonl")] == ["one.jsonl"]
     run = steplog.read_run(logger.run_path)
     assert [s.status for s in run.segments] == ["finished", "finished"]
     assert "test_loss" in run.records[-1].data
+
+
+def test_a_test_continuing_a_run_keeps_its_logs_at_any_step(tmp_path):
+    """Only a fit restored from a checkpoint replays steps: ``trainer.test`` in a new
+    Trainer (its steps start at 0, below the run's) with ``version=`` of a finished run
+    continues that run and keeps its test logs, nothing counted as replayed."""
+    first = SteplogLogger(save_dir=tmp_path)
+    fit(ModelWithTestStep(), first, steps=6)
+    logger = SteplogLogger(save_dir=tmp_path, version=first.version)
+    trainer(logger, steps=6).test(ModelWithTestStep(), loader(), verbose=False)
+    run = steplog.read_run(first.run_path)
+    assert [s.status for s in run.segments] == ["finished", "finished"]
+    assert [r.step for r in run.records if "test_loss" in r.data] == [0]
+    assert REPLAYED_KEY not in run.summary

@@ -230,10 +230,14 @@ class SteplogLogger(TrackerHost, Logger):  # type: ignore[misc,valid-type]
         #: The id the next run takes, once decided (``None``: decided at the start).
         self._next_id: str | None = None
         self._next_kind: _IdKind = "new"
-        #: After a resume: the first step the run file does not have yet; logs at
-        #: steps before it are Lightning's replays, skipped and counted.
+        #: After a resume: the first step the run file does not have yet; in a fit
+        #: restored from a checkpoint, logs at steps before it are Lightning's
+        #: replays, skipped and counted.
         self._first_new_step = 0
         self._replayed = 0
+        #: Whether the stage under way is a fit restored from a checkpoint (see
+        #: :meth:`log_graph`); other stages (a test, a fit from scratch) replay nothing.
+        self._restored_fit = False
         self._decide()
 
     # -- what Lightning asks ----------------------------------------------------
@@ -308,6 +312,17 @@ class SteplogLogger(TrackerHost, Logger):  # type: ignore[misc,valid-type]
             metrics = {f"{join}{key}": value for key, value in metrics.items()}
         tracker.log(metrics, step=step)
 
+    def log_graph(self, model: Any, input_array: Any = None) -> None:
+        """Note which stage starts (Lightning calls this at the start of every stage,
+        right after ``log_hyperparams``, with the module): only a ``fit`` restored from
+        a checkpoint replays steps. A ``test`` or ``validate`` continuing a run logs at
+        steps of its own, which are kept whatever their number."""
+        try:
+            trainer = model.trainer
+            self._restored_fit = trainer.state.fn == "fit" and trainer.ckpt_path is not None
+        except (AttributeError, RuntimeError):  # not attached to a Trainer
+            self._restored_fit = False
+
     @rank_zero_only  # type: ignore[untyped-decorator]
     def finalize(self, status: str) -> None:
         """Finish the run with the steplog status matching Lightning's ``status``."""
@@ -321,6 +336,7 @@ class SteplogLogger(TrackerHost, Logger):  # type: ignore[misc,valid-type]
             tracker.summary[REPLAYED_KEY] = tracker.summary.get(REPLAYED_KEY, 0) + self._replayed
             self._replayed = 0
         self._experiment._reset()
+        self._restored_fit = False
         tracker.finish(status=mapped)
 
     # -- helpers ----------------------------------------------------------------
@@ -369,9 +385,10 @@ class SteplogLogger(TrackerHost, Logger):  # type: ignore[misc,valid-type]
         return tracker
 
     def _replayed_step(self, step: int | None) -> bool:
-        """Whether a log at ``step`` replays a step the resumed run has (then it is
-        counted, and skipped)."""
-        if step is not None and step < self._first_new_step:
+        """Whether a log at ``step`` replays a step the resumed run has: in a fit
+        restored from a checkpoint, one before the run's next step (then it is counted,
+        and skipped)."""
+        if self._restored_fit and step is not None and step < self._first_new_step:
             self._replayed += 1
             return True
         return False

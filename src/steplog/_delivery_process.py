@@ -43,6 +43,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ._threads import run_thread
+
 __all__ = ["ProcessLanes", "main", "movable"]
 
 logger = logging.getLogger("steplog")
@@ -212,9 +214,7 @@ class ProcessLanes:
                 "parent": os.getpid(),
             },
         )
-        self._reader = threading.Thread(
-            target=self._read_answers, name="steplog-delivery-answers", daemon=True
-        )
+        self._reader = run_thread(self._read_answers, name="steplog-delivery-answers")
         self._reader.start()
         try:
             errors, unmovable, states = self._opened.result(START_TIMEOUT)

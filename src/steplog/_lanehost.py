@@ -25,6 +25,7 @@ from typing import Any
 import anyio
 
 from ._lane import Lane
+from ._threads import run_thread
 from .errors import BackendOpenError, WorkerError
 from .events import BackendStats, RunEnd, RunInfo, RunStats
 from .runfile.read import open_run
@@ -276,9 +277,7 @@ class ThreadLanes:
             BackendOpenError: A backend could not open the run.
         """
         self._info = info
-        self._thread = threading.Thread(
-            target=self._thread_main, name=f"steplog-lanes-{info.run_id}", daemon=True
-        )
+        self._thread = run_thread(self._thread_main, name=f"steplog-lanes-{info.run_id}")
         self._thread.start()
         errors = self._opened.result()
         if errors:

@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from ._threads import run_thread
 from .runfile.codec import ValueEncoder, decode
 from .runfile.schema import alert_record, system_record
 from .watch import Alert, ClockWatcher, ValueWatcher, Watcher
@@ -169,7 +170,7 @@ class AlertCallbacks:
     def submit(self, alert: Alert) -> None:
         """Hand ``alert`` to the callback (returns at once)."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._main, name=self.name, daemon=True)
+            self._thread = run_thread(self._main, name=self.name)
             self._thread.start()
         self._queue.put(alert)
 

@@ -31,6 +31,7 @@ import anyio.abc
 
 from ._delivery import Delivery, RetryPolicy
 from ._options import OverflowPolicy
+from ._threads import run_thread
 from .backends.base import Backend
 from .errors import BackendOpenError, WorkerError
 from .events import Event, RunEnd, RunInfo, RunStats
@@ -294,11 +295,8 @@ class Fanout:
 
     def start(self, info: RunInfo) -> None:
         """Start the loop thread and open every backend (raises BackendOpenError)."""
-        self._thread = threading.Thread(
-            target=self._thread_main,
-            args=(info,),
-            name=f"steplog-fanout-{info.run_id}",
-            daemon=True,
+        self._thread = run_thread(
+            self._thread_main, args=(info,), name=f"steplog-fanout-{info.run_id}"
         )
         self._thread.start()
         self._opened.result()

@@ -44,6 +44,7 @@ from ._buffer import LineBuffer, RingCopy
 from ._delivery import DirectRunner, RetryPolicy
 from ._monitor import Monitor
 from ._options import DEFAULT_MAX_ARRAY_SIZE
+from ._threads import Stopper, run_thread
 from ._worker import Fanout, _wait_until
 from .backends.base import Backend
 from .backends.jsonl import _FileSink
@@ -129,6 +130,9 @@ class Writer:
         monitor: Monitor | None = None,
     ) -> None:
         self.buffer = buffer
+        #: How the run's threads are stopped from outside (``RunThread.stop``), set by
+        #: the tracker before :meth:`start`; without one they are plain daemon threads.
+        self.stopper: Stopper | None = None
         #: System metrics and watchers (``None`` when both are off: no work at all).
         self.monitor = monitor
         self.durability = durability
@@ -212,11 +216,11 @@ class Writer:
         The future's result is ``info`` with arrays and tensors in its config converted
         to plain values, as the backends received it.
         """
-        self._thread = threading.Thread(
-            target=self._thread_main,
+        self._thread = run_thread(
+            self._thread_main,
             args=(info,),
             name=f"steplog-writer-{info.run_id}",
-            daemon=True,
+            stopper=self.stopper,
         )
         self._thread.start()
         return self._started

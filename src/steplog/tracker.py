@@ -55,6 +55,7 @@ from ._process import (
 from ._progress import wait_future, wait_with_progress, wait_with_progress_async
 from ._redact import DEFAULT_SECRET_KEYS, compile_pattern
 from ._redact import redact as _redact
+from ._threads import Stopper
 from ._writer import Writer
 from .backends.base import Backend, backend_name
 from .backends.jsonl import JsonlBackend
@@ -461,7 +462,7 @@ class _TrackerBase:
             if muted
             else list(zip(self._names, self.backends, strict=True))
         )
-        group = self.group or os.environ.get("STEPLOG_GROUP") or _elastic_run_id()
+        group = self._run_group()
         run_id, self._next_run_id = self._next_run_id or new_run_id(), None
         info = RunInfo(
             run_id=run_id,
@@ -521,7 +522,26 @@ class _TrackerBase:
         worker.refresh_inspection()
         run = _Run(info, buffer, worker, encoder)
         run.previous_summary = previous
+        worker.stopper = Stopper(
+            end_run=_stop_hook(weakref.WeakMethod(self._stop_run), run),
+            grace=2 * self.shutdown_timeout + 1,
+        )
         return run, worker.start(info)
+
+    def _run_group(self) -> str | None:
+        """The group a run started now gets (see ``group`` in :class:`Tracker`)."""
+        return self.group or os.environ.get("STEPLOG_GROUP") or _elastic_run_id()
+
+    def _latest_run(self) -> Path | None:
+        """The run file ``init(resume="latest")`` would continue if called now, or
+        ``None`` (it would start a new run), for integrations that name a run before it
+        starts (Lightning asks a logger for its version first)."""
+        jsonl = next((b for b in self.backends if isinstance(b, JsonlBackend)), None)
+        if jsonl is None:
+            return None
+        rank = _ranks()[0]
+        directory = jsonl.root / self.experiment_name
+        return _latest_own_run(directory, group=self._run_group(), rank=rank)
 
     def _resume_point(
         self, resume: ResumeLike, *, group: str | None, rank: int | None
@@ -674,6 +694,13 @@ class _TrackerBase:
         warnings.warn(
             "finish() called on an inactive tracker; ignoring", TrackerWarning, stacklevel=3
         )
+
+    def _stop_run(self, run: _Run) -> None:
+        """A thread of ``run`` is being stopped from outside (``RunThread.stop``, e.g. a
+        test suite's check for leftover threads): end the run as the exit hook would, if
+        it is still this tracker's active run."""
+        if self._run is run:
+            self._end_abruptly("unfinished", "was not finished and its thread was stopped")
 
     def _end_abruptly(self, status: RunStatus, reason: str) -> None:
         """Finish an active run as the process goes away (exit hook, SIGTERM).
@@ -1048,6 +1075,20 @@ def _end_orphaned_run(
         track_ending(run.worker, future, timeout)
     except Exception as exc:  # never raise into the code the collector interrupted
         logger.error("steplog: ending a dropped run failed: %r", exc)
+
+
+def _stop_hook(
+    stop_run: weakref.WeakMethod[Callable[[_Run], None]], run: _Run
+) -> Callable[[], None]:
+    """``Stopper.end_run`` for ``run``: the tracker is held weakly (a dropped tracker's
+    run is ending already, see :func:`_end_orphaned_run`)."""
+
+    def end_run() -> None:
+        method = stop_run()
+        if method is not None:
+            method(run)
+
+    return end_run
 
 
 def _status_for(exc: BaseException) -> RunStatus:

@@ -106,6 +106,25 @@ class JsonlBackend(Backend):
     def __repr__(self) -> str:
         return f"JsonlBackend({str(self.root)!r}, fsync={self.fsync})"
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled (an integration's logger carried to another process, e.g. by
+        # Lightning's ddp_spawn), a JsonlBackend is its configuration: the copy has no
+        # open run — no file descriptor, writer process or half-written batch of this one.
+        state = self.__dict__.copy()
+        state.update(
+            _fd=-1,
+            _size=0,
+            _batch_start=0,
+            _unwritten=None,
+            _ring=None,
+            _run_id="",
+            _inline=self.inline_write_limit > 0,
+            _write_seconds=0.0,
+            _encoder=ValueEncoder(max_event_bytes=self.max_event_bytes),
+            _expect_size=None,
+        )
+        return state
+
     @property
     def fallbacks(self) -> int:
         """Values of the current run not stored as themselves (repr, markers, str keys)."""

@@ -620,7 +620,7 @@ class Writer:
     def _drain(self) -> None:
         """Take everything queued and deliver it as one batch."""
         items, count = self.buffer.take(stopping=self._stopping)
-        if not count:
+        if not items:  # (not `count`: under a line tracer it may be one off; see LineBuffer)
             return
         file_data: bytes | None = None  # what the run file gets, when not all of it
         file_count = count

@@ -302,24 +302,15 @@ class _TrackerBase:
         if _find_null(line) is not None:  # NaN and infinities come out as null: tag them
             line = self._encoder.encode_row(step, now, data)
         size = len(line)
-        lock = buffer.lock
-        try:
-            # Acquired inside the try: Ctrl-C is raised as a call returns, and one raised
-            # as acquire() returns must not leave the lock held (finish() would hang).
-            lock.acquire()
-            if (
-                buffer.count < buffer.limit
-                and size <= buffer.line_limit
-                and len(buffer.data) + size <= buffer.byte_limit
-            ):
-                buffer.data += line
-                buffer.count += 1
-                return
-        finally:
-            try:  # noqa: SIM105 (contextlib.suppress costs the hot path ~0.2 µs)
-                lock.release()
-            except RuntimeError:  # acquire() itself was interrupted: nothing to release
-                pass
+        # Lock-free: from here to extend()'s return no other thread and no signal
+        # handler can run (no call before it), and the writer closes this path
+        # (limit = 0) before it swaps the buffer. The argument, and why the three
+        # limits are one comparison: LineBuffer's docstring. Keep this region free of
+        # calls; `buffer.data += line` would store the attribute again after a swap.
+        if buffer.count < buffer.limit and size <= buffer.fast_line:
+            buffer.count += 1
+            buffer.data.extend(line)
+            return
         if size > buffer.line_limit:
             self._put_slow(buffer, line, step, now, data)
         else:  # a wake-up, an overflow, or the writer process's ring

@@ -440,3 +440,34 @@ def test_on_alert_may_finish_its_own_run_without_a_warning(runs_root):
     (path,) = runs_root.rglob("*.jsonl")
     run = steplog.read_run(path)
     assert run.status == "finished" and run.summary == {"stopped_at": 10}
+
+
+@pytest.mark.parametrize("path", ["host", "accelerator", "references"])
+def test_values_that_are_no_plain_numbers_are_checked_as_the_file_has_them(
+    runs_root, monkeypatch, path
+):
+    """Value watchers read tensors and numpy values as the run file records them, in
+    logging order with the plain ones: CPU tensors and numpy scalars read on the spot,
+    tensors the writer reads back (the accelerator path, exercised on CPU), and
+    references kept with ``snapshot=False``; arrays (lists in the file) fire nothing."""
+    torch = pytest.importorskip("torch")
+    np = pytest.importorskip("numpy")
+    from steplog import _arrays
+
+    if path == "accelerator":
+        monkeypatch.setattr(_arrays, "_HOST_CPU", False)
+    tracker, fired = tracker_with(
+        runs_root,
+        [watch.above("loss", 10.0, cooldown=0), watch.nonfinite("grad.norm", cooldown=0)],
+        snapshot=path != "references",
+    )
+    t = torch.tensor
+    values = [1.0, t(20.0), np.float32(3.0), t([50.0, 60.0]), 40.0, np.float64(2.0), t(99.0)]
+    norms = [t(1.0), 2.0, t(float("nan")), 1.0, np.float32("inf"), 1.0, 1.0]
+    for loss, norm in zip(values, norms, strict=True):
+        tracker.log({"loss": loss, "grad": {"norm": norm}})
+    tracker.finish()
+    got = [(a.watcher, a.step) for a in fired]
+    assert got == [("above", 1), ("nonfinite", 2), ("above", 4), ("nonfinite", 4), ("above", 6)]
+    records = steplog.read_run(tracker.backends[0].path).records
+    assert [r.step for r in records] == list(range(7))

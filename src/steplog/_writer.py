@@ -372,7 +372,9 @@ class Writer:
             # before a flush() call is already queued when its request is seen here.
             flushes = self._take_flushes()
             if stop is not None:
-                # The tracker no longer accepts events: drain every one of them.
+                # The tracker no longer accepts events: drain every one of them (at
+                # least once: the value watchers' last values may wait without lines).
+                self._drain()
                 while buffer.count:
                     self._drain()
             else:
@@ -563,11 +565,8 @@ class Writer:
         self.encoder.max_event_bytes = self.buffer.line_limit = limit
         self.direct.remove(runner)
         self.ringed = self.file_runner = runner
-        # Value watchers read the lines too: log() then queues a copy for this thread.
-        watching = self.monitor is not None and bool(self.monitor.needles)
-        self.buffer.attach_ring(
-            self.ring, others=bool(self.direct) or self.fanout is not None or watching
-        )
+        # (Value watchers need no copy of the lines: log() hands them the values.)
+        self.buffer.attach_ring(self.ring, others=bool(self.direct) or self.fanout is not None)
         if self.monitor is not None:
             logger.info(
                 "steplog: durability='process': system and alert records of run %r are "
@@ -618,7 +617,17 @@ class Writer:
             _resolve_after(future, needs)
 
     def _drain(self) -> None:
-        """Take everything queued and deliver it as one batch."""
+        """Take everything queued and deliver it as one batch; then check the values
+        the value watchers were handed before the take (their rows are read back)."""
+        tap = self.monitor.tap if self.monitor is not None else None
+        if tap is None:
+            self._drain_batch()
+            return
+        values = tap.swap()
+        self._drain_batch()
+        self.monitor.check_values(values)  # type: ignore[union-attr]
+
+    def _drain_batch(self) -> None:
         items, count = self.buffer.take(stopping=self._stopping)
         if not items:  # (not `count`: under a line tracer it may be one off; see LineBuffer)
             return
@@ -638,9 +647,6 @@ class Writer:
                 file_count = count - copies
         data = items[0] if len(items) == 1 else b"".join(items)
         self._deliver(data, count, file_data=file_data, file_count=file_count)
-        monitor = self.monitor
-        if monitor is not None and monitor.needles:
-            monitor.scan(data)
 
     def _events_seen(self) -> int:
         """Events logged so far that the writer has seen (taken, or dropped)."""

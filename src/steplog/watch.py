@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from collections.abc import Sequence
-from itertools import accumulate
+from itertools import accumulate, repeat
 from typing import Any
 
 from ._options import positive_int, positive_seconds
@@ -300,13 +301,22 @@ class _Diverging(ValueWatcher):
         self._values = series[len(series) - w + 1 :] if w > 1 else []
         if len(series) < w:
             return []
-        # Windowed means ending at each new value, from prefix sums (C-speed).
+        # Windowed means ending at each new value, from prefix sums; every step below
+        # runs at C speed (map, accumulate), about 0.1 µs per value (issue #26).
         prefix = list(accumulate(series, initial=0.0))
         first = max(w, len(prior) + 1)
-        means = [(prefix[j] - prefix[j - w]) / w for j in range(first, len(series) + 1)]
-        bests = list(accumulate(means, min, initial=self._best))[1:]
-        self._best = bests[-1]
+        sums = map(operator.sub, prefix[first:], prefix[first - w : len(series) + 1 - w])
+        means = list(map(operator.truediv, sums, repeat(float(w))))
         factor = self.factor
+        best = self._best
+        lowest = min(best, min(means))
+        if lowest > 0 and max(means) <= factor * lowest:
+            # No mean exceeds factor x even the lowest mean: quiet, no running minimum
+            # needed (the common case; two C-speed passes).
+            self._best = lowest
+            return self._quiet(means)
+        bests = list(accumulate(means, min, initial=best))[1:]
+        self._best = bests[-1]
         if not any(m > factor * b and b > 0 for m, b in zip(means, bests, strict=True)):
             return self._quiet(means)
         offset = len(steps) - len(means)

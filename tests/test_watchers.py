@@ -3,6 +3,7 @@ from their run files."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -11,6 +12,8 @@ import sys
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import steplog
 from steplog import watch
@@ -471,3 +474,36 @@ def test_values_that_are_no_plain_numbers_are_checked_as_the_file_has_them(
     assert got == [("above", 1), ("nonfinite", 2), ("above", 4), ("nonfinite", 4), ("above", 6)]
     records = steplog.read_run(tracker.backends[0].path).records
     assert [r.step for r in records] == list(range(7))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    # (whole numbers: every sum is exact, so batch splits cannot change a rounding)
+    values=st.lists(st.integers(1, 1_000).map(float), min_size=1, max_size=120),
+    cuts=st.lists(st.integers(0, 120), max_size=6),
+    window=st.integers(1, 8),
+    factor=st.floats(1.01, 4.0),
+)
+def test_diverging_fires_exactly_as_checked_one_value_at_a_time(values, cuts, window, factor):
+    """However the values are split into batches, ``diverging`` fires at exactly the
+    steps a plain one-value-at-a-time reading of its definition gives (the batch check
+    takes a shortcut for quiet batches; it must never change an outcome)."""
+    w = watch.diverging("x", factor=factor, window=window, cooldown=0)
+    w.reset()
+    steps = list(range(len(values)))
+    fired = []
+    bounds = sorted({0, len(values), *(c for c in cuts if c < len(values))})
+    for start, end in itertools.pairwise(bounds):
+        alerts = w.check_batch(steps[start:end], values[start:end], 0.0, 1.0)
+        fired += [a.step for a in alerts]
+    expected, best, active = [], math.inf, False
+    for j in range(window - 1, len(values)):
+        mean = sum(values[j - window + 1 : j + 1]) / window
+        best = min(best, mean)
+        if best > 0 and mean > factor * best:
+            if not active:
+                expected.append(j)
+            active = True
+        else:
+            active = False
+    assert fired == expected

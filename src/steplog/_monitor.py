@@ -242,6 +242,10 @@ class AlertCallbacks:
 _NOT_NUMBERS = frozenset({type(None), str, bool, list, tuple, dict, bytes})
 
 
+#: ``ValueTap.key`` when log() cannot queue on its own: equal to no key of any dict.
+_NO_KEY = object()
+
+
 class _Later:
     """A watched value still to be read from its event's data once the writer has read
     the event's tensors back (a device tensor, or a reference kept with
@@ -284,6 +288,9 @@ class ValueTap:
         #: Rows queued so far (the writer looks for _Later values only when it moved).
         self.rows = 0
         self.lock = threading.Lock() if not LOCK_FREE else None
+        #: The one watched key, not dotted (the GIL): ``log()`` queues a float under it
+        #: itself, without calling :meth:`capture`. Otherwise a key no dict has.
+        self.key: Any = _NO_KEY
         if self.lock is None and len(self.keys) == 1 and "." not in self.keys[0]:
             self.key = self.keys[0]
             self.capture = self._capture_one  # type: ignore[method-assign]

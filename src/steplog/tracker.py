@@ -291,10 +291,14 @@ class _TrackerBase:
         now = _now()
         if self._detour:
             tap = self._tap
-            if tap is not None and tap.capture(step, data):
-                # A watched value that is no plain number: read it from the encoding.
-                self._log_slow(buffer, data, step, now, tap)
-                return
+            if tap is not None:
+                value = data.get(tap.key)  # (one watched key: a float, queued right here)
+                if type(value) is float:
+                    tap.values[0].append((step, value))
+                elif tap.capture(step, data):
+                    # A watched value that is no plain number: read it from the encoding.
+                    self._log_slow(buffer, data, step, now, tap)
+                    return
             if self._slow_calls:
                 self._slow_calls -= 1
                 if not self._slow_calls:

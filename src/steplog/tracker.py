@@ -30,6 +30,7 @@ from ._arrays import DEFER_KEY, host_reader
 from ._arrays import snapshot as _snapshot
 from ._buffer import LineBuffer
 from ._delivery import RetryPolicy
+from ._durability import buffer_type
 from ._monitor import Monitor
 from ._names import check_name, new_run_id
 from ._options import (
@@ -497,7 +498,7 @@ class _TrackerBase:
                         resume_time=time.time(),
                     ),
                 )
-        buffer = LineBuffer(
+        buffer = buffer_type(self.durability)(
             self.buffer_size,
             wake_at=self.batch_size,
             policy=self.overflow,

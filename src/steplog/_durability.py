@@ -20,6 +20,7 @@ whether a flush is confirmed, what the statistics count, and how the file is clo
 
 from __future__ import annotations
 
+import abc
 import logging
 import signal
 import time
@@ -75,8 +76,8 @@ def durability_for(
     """
     if durability != "process":
         return ThreadDurability(buffer, readback)
-    from ._ring import ProcessWriter
-
+    if not isinstance(buffer, RingBuffer):
+        raise TypeError("durability='process' needs the buffer of buffer_type('process')")
     runner = next((r for r in direct if hasattr(r.sink, "start_ring")), None)
     if runner is None:
         return ThreadDurability(
@@ -85,7 +86,7 @@ def durability_for(
             fallback="durability='process' needs a JsonlBackend; run %r is written by "
             "the writer thread instead",
         )
-    if not ProcessWriter.supported() or not isinstance(buffer, RingBuffer):
+    if not _process_writer_supported():
         return ThreadDurability(
             buffer,
             readback,
@@ -102,9 +103,16 @@ def durability_for(
     )
 
 
-class DurabilityStrategy:
-    """Where a run's drained lines go, as the writer thread sees it (the base does what
-    ``durability="thread"`` needs: the run file is one of the direct sinks).
+def _process_writer_supported() -> bool:
+    try:  # (imports POSIX-only modules)
+        from ._ring import ProcessWriter
+    except ImportError:
+        return False
+    return ProcessWriter.supported()
+
+
+class DurabilityStrategy(abc.ABC):
+    """Where a run's drained lines go, as the writer thread sees it.
 
     Attributes:
         runner: The run file's runner when this strategy owns it (not among the
@@ -121,10 +129,11 @@ class DurabilityStrategy:
         self.readback = readback
 
     @property
+    @abc.abstractmethod
     def pid(self) -> int | None:
         """The writer process's id (the delivery process waits for it after a kill)."""
-        return None
 
+    @abc.abstractmethod
     def open(self, info: RunInfo, *, others: bool) -> None:
         """Start writing the run file (its runner is open; ``others``: whether other
         sinks than the run file get the batches).
@@ -133,48 +142,50 @@ class DurabilityStrategy:
             BackendOpenError: The writer process could not start.
         """
 
+    @abc.abstractmethod
     def check(self) -> None:
         """Called at the start of every round of the writer thread."""
 
+    @abc.abstractmethod
     def route(self, items: list[Any], count: int) -> list[Any] | None:
         """Write what the run file gets of a batch taken off the buffer (``count``
         events), and return the encoded items every direct sink gets — None when
         nothing is left for them to do."""
-        if self.buffer.has_rows:
-            return self.readback.encode_rows(items)
-        return items
 
+    @abc.abstractmethod
     def written(self, taken: int) -> int:
         """Events stored so far (``taken``: those the writer delivered)."""
-        return taken
 
+    @abc.abstractmethod
     def queued(self) -> int:
         """Events queued that are not stored yet."""
-        return self.buffer.count
 
+    @abc.abstractmethod
     def copies_dropped(self) -> int:
         """Copies for the sinks other than the run file dropped (the events are stored)."""
-        return 0
 
+    @abc.abstractmethod
     def confirm(self, flushes: _Flushes, stop: StopRequest | None) -> _Flushes:
         """Of ``flushes`` (and those still waiting), those whose events are written."""
-        return flushes
 
+    @abc.abstractmethod
     def waiting(self) -> _Flushes:
         """Take the flushes still waiting for the writer process (the run has ended)."""
-        return []
 
+    @abc.abstractmethod
     def own_writes(self) -> list[DirectRunner]:
         """Runners of the run file the writer thread writes itself beside the direct
         sinks (system and alert records go there too)."""
-        return []
 
+    @abc.abstractmethod
     def finish(self) -> None:
         """The run is ending: everything is drained; the counts must be final."""
 
+    @abc.abstractmethod
     def close(self, end: RunEnd, budget: float | None) -> None:
         """Close the run file if this strategy owns it (``budget``: seconds left)."""
 
+    @abc.abstractmethod
     def forget_after_fork(self) -> None:
         """In a forked child: let go of what this strategy holds."""
 
@@ -194,6 +205,49 @@ class ThreadDurability(DurabilityStrategy):
     def open(self, info: RunInfo, *, others: bool) -> None:
         if self.fallback:
             logger.warning("steplog: " + self.fallback, info.run_id)
+
+    def route(self, items: list[Any], count: int) -> list[Any] | None:
+        # The run file is one of the direct sinks: it gets the whole batch with them.
+        if self.buffer.has_rows:
+            return self.readback.encode_rows(items)
+        return items
+
+    def written(self, taken: int) -> int:
+        return taken
+
+    def queued(self) -> int:
+        return self.buffer.count
+
+    # The writer thread owns nothing more than its direct sinks, which it writes,
+    # flushes and closes itself: the other hooks have nothing to do.
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    def check(self) -> None:
+        pass
+
+    def copies_dropped(self) -> int:
+        return 0
+
+    def confirm(self, flushes: _Flushes, stop: StopRequest | None) -> _Flushes:
+        return flushes
+
+    def waiting(self) -> _Flushes:
+        return []
+
+    def own_writes(self) -> list[DirectRunner]:
+        return []
+
+    def finish(self) -> None:
+        pass
+
+    def close(self, end: RunEnd, budget: float | None) -> None:
+        pass
+
+    def forget_after_fork(self) -> None:
+        pass
 
 
 class ProcessDurability(DurabilityStrategy):

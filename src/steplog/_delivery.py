@@ -153,7 +153,8 @@ class Delivery:
         """A batch was given up: trip the circuit breaker after too many in a row."""
         self._failed_in_a_row += 1
         breaker_after = self.retry.breaker_after if self.uses_breaker else 0
-        if breaker_after and self._failed_in_a_row >= breaker_after:
+        # A refused run stays cut off for good: no probe pause replaces its reopen time.
+        if breaker_after and self._failed_in_a_row >= breaker_after and not self.permanent_error:
             pause = self.retry.probe_delay(self._trips, self.retry_after)
             self._reopen_at = self.clock() + pause
             self._trips += 1

@@ -48,7 +48,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -57,6 +57,9 @@ from ..errors import MlflowError, PermanentBackendError
 from ..events import Event, RunEnd, RunInfo
 from ..runfile.schema import flatten, is_number
 from .base import Backend
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["MlflowBackend", "MlflowError"]
 
@@ -119,7 +122,7 @@ class MlflowBackend(Backend):
         timeout: float = 30.0,
         resume: bool = True,
         verify: bool | None = None,
-        transport: Any = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._httpx = require("httpx", "mlflow", "MlflowBackend")
         uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")

@@ -30,10 +30,11 @@ from typing import Any, TypeVar
 
 import anyio
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
+    initialize,
     invariant,
     precondition,
     rule,
@@ -204,6 +205,11 @@ class LaneMachine(RuleBasedStateMachine):
 
     # -- rules ---------------------------------------------------------------------
 
+    @initialize(n=st.integers(min_value=1, max_value=20))
+    def log_first(self, n: int) -> None:
+        """The run starts with a few steps in the file."""
+        self.log(n)
+
     @precondition(lambda self: not self.finished)
     @rule(n=st.integers(min_value=1, max_value=9))
     def log(self, n: int) -> None:
@@ -213,7 +219,7 @@ class LaneMachine(RuleBasedStateMachine):
             self.logged += 1
         self.tracker.flush()
 
-    @precondition(lambda self: not self.finished)
+    @precondition(lambda self: not self.finished and self.logged >= 20)
     @rule()
     def finish(self) -> None:
         """The run ends: its run end is the file's last record."""
@@ -221,21 +227,15 @@ class LaneMachine(RuleBasedStateMachine):
         self.finished = True
 
     @rule(
-        mode=st.sampled_from(["ok", "flaky", "refuse", "slow", "crash"]),
-        good=st.integers(min_value=0, max_value=3),
+        seconds=st.sampled_from([0.1, 1.0, 10.0]),
+        deadline=st.sampled_from(["keep", None, 0.2, 0.8, 5.0]),
     )
-    def backend_becomes(self, mode: str, good: int) -> None:
-        self.backend.mode = mode
-        self.backend.good = good
-
-    @rule(seconds=st.sampled_from([0.1, 1.0, 10.0]))
-    def time_passes(self, seconds: float) -> None:
+    def time_passes(self, seconds: float, deadline: str | float | None) -> None:
+        """Time passes; the run's stop deadline may be set then (finish() with a
+        timeout: ``seconds`` ahead), or lifted."""
         self.time.now += seconds
-
-    @rule(seconds=st.sampled_from([None, 0.2, 0.8, 5.0]))
-    def deadline_in(self, seconds: float | None) -> None:
-        """The run's stop deadline is set (finish() with a timeout), or lifted."""
-        self.time.deadline = None if seconds is None else self.time.now + seconds
+        if deadline != "keep":
+            self.time.deadline = None if deadline is None else self.time.now + float(deadline)
 
     @rule()
     def flush(self) -> None:
@@ -245,16 +245,20 @@ class LaneMachine(RuleBasedStateMachine):
         self.flushes.append((offset, answered))
         anyio.run(_in_loop, self.host.add_flush, offset, self._answer(offset, answered))
 
-    @rule()
-    def pump(self) -> None:
-        """The lane delivers what the file holds (final once the run is over)."""
+    @rule(
+        mode=st.sampled_from(["ok", "flaky", "refuse", "slow", "crash"]),
+        good=st.integers(min_value=0, max_value=3),
+    )
+    def pump(self, mode: str, good: int) -> None:
+        """The lane delivers what the file holds (final once the run is over) into the
+        backend, which behaves as ``mode`` says (see ScriptedBackend)."""
         lane, backend = self.lane, self.backend
+        backend.mode, backend.good = mode, good
         received = len(backend.received)
         self.time.slept.clear()
         start = self.time.now
         assert lane.cursor is not None
         pending = self.logged - lane.cursor.events  # what the lane has to send
-        mode, good = backend.mode, backend.good
         skipped = lane.given_up is not None or lane.closed
 
         async def pump_or_crash() -> Any:
@@ -267,11 +271,13 @@ class LaneMachine(RuleBasedStateMachine):
 
         progress = _run(pump_or_crash())
         if progress is None:  # the process died after the backend stored a batch
+            event("pump: crash")
             self.crash_batches.append(len(backend.received) - received)
             self._restart()
             return
         sent = len(backend.received) - received
         assert progress.sent == sent
+        event(f"pump: {'skipped' if skipped else mode}, {'down' if progress.down else 'up'}")
         if skipped:
             assert sent == 0 and not self.time.slept
         elif mode == "refuse" and pending:
@@ -456,7 +462,7 @@ class BreakerMachine(RuleBasedStateMachine):
 
 
 TestLaneMachine = LaneMachine.TestCase
-TestLaneMachine.settings = settings(MACHINE_SETTINGS, max_examples=60)
+TestLaneMachine.settings = settings(MACHINE_SETTINGS, max_examples=100, stateful_step_count=30)
 TestBreakerMachine = BreakerMachine.TestCase
 TestBreakerMachine.settings = settings(MACHINE_SETTINGS, max_examples=150, stateful_step_count=30)
 

@@ -18,6 +18,10 @@ Two machines, driven through the seams the code offers, with time faked through
   breaker (as the fan-out and replay use it): it opens after ``breaker_after`` batches
   given up in a row, lets nothing through while open, probes once its growing pause
   has passed, closes on a success, and never calls a backend that refused the run again.
+
+The lane machine calls ``Lane.pump`` itself, as ``LaneHost``'s task would, and runs the
+coroutines without an event loop (nothing in them waits but the fakes); the host's
+pauses between probes of a lane that is down are real time and not modelled here.
 """
 
 from __future__ import annotations

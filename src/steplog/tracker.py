@@ -580,7 +580,7 @@ class _TrackerBase:
         point = resume_point(path)
         if path.stem != point.start.get("run_id"):
             raise RunFileError(f"{path}: its run id {point.start.get('run_id')!r} is not its name")
-        jsonl._expect_size = point.size
+        jsonl.expect_resume(point.size)
         return point
 
     def _monitor(self, encoder: ValueEncoder) -> Monitor | None:

@@ -48,7 +48,8 @@ class Backend(abc.ABC):
     name: str = ""
 
     #: Whether this backend is an in-process sink (memory, console, a live plot, null):
-    #: the writer thread of the logging process feeds it, batch by batch. Every other
+    #: the writer thread of the logging process feeds it, batch by batch — itself for a
+    #: :class:`SyncBackend`, else through the fan-out's event loop. Every other
     #: backend is remote: a *lane* feeds it from the run file, by default in a delivery
     #: process (see docs/concepts.md, "Remote backends follow the run file").
     local: bool = False

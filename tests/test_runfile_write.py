@@ -140,3 +140,28 @@ def test_hand_off_gives_the_descriptor_and_ends_the_run_through_the_process(tmp_
     file.close(b"end\n")  # written from here, not through the dead process
     assert process.ended == []
     assert other.read_bytes().endswith(_step_lines(range(1)) + b"end\n")
+
+
+def test_a_tracker_appends_each_drain_in_one_os_write(tmp_path, monkeypatch):
+    """Through a tracker, the run file gets one os.write per drain of the buffer (plus
+    the run start and the run end), whatever the number of events in it."""
+    real_os = run_file_module.os
+    writes = {"n": 0}
+
+    class CountingOs:
+        def __getattr__(self, name):
+            return getattr(real_os, name)
+
+        @staticmethod
+        def write(fd, data):
+            writes["n"] += 1
+            return real_os.write(fd, data)
+
+    monkeypatch.setattr(run_file_module, "os", CountingOs())
+    tracker = steplog.Tracker(steplog.JsonlBackend(tmp_path), batch_size=256)
+    tracker.init()
+    for step in range(5_000):
+        tracker.log({"x": step})
+    stats = tracker.finish()
+    assert stats.written == 5_000
+    assert writes["n"] == stats.batches + 2

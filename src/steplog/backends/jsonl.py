@@ -1,4 +1,5 @@
-"""The default backend: one JSON-lines file per run."""
+"""The default backend: one JSON-lines file per run — its configuration (where, fsync,
+the largest event); the bytes are written by :class:`steplog.runfile.write.RunFile`."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import argparse
 import dataclasses
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from ._delivery import RetryPolicy
 from ._names import check_name
@@ -267,7 +267,7 @@ def _unique_names(backends: list[Backend]) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _is_run_file(backend: Backend) -> bool:
+def _is_run_file(backend: Backend) -> TypeGuard[JsonlBackend]:
     """A JSONL backend in this process writes the run file; one marked ``local = False``
     is remote (it follows the run file through a lane like any other)."""
     return isinstance(backend, JsonlBackend) and backend.local

@@ -30,10 +30,12 @@ from ._batch import EventBatch
 from ._buffer import LineBuffer
 from ._readback import Readback
 from ._ringbuffer import RingBuffer, RingCopy
+from .backends.jsonl import JsonlBackend
 from .errors import BackendOpenError, WorkerError
 from .events import RunEnd, RunInfo
 from .runfile.codec import ValueEncoder
 from .runfile.schema import alert_record
+from .runfile.write import RunFile
 from .watch import Alert
 
 if TYPE_CHECKING:
@@ -48,6 +50,7 @@ __all__ = [
     "ThreadDurability",
     "buffer_type",
     "durability_for",
+    "run_file_of",
 ]
 
 logger = logging.getLogger("steplog")
@@ -58,6 +61,13 @@ _Flushes = list["FlushRequest"]
 def buffer_type(durability: str) -> type[LineBuffer]:
     """The buffer a run of this durability needs between ``log()`` and the writer."""
     return RingBuffer if durability == "process" else LineBuffer
+
+
+def run_file_of(runner: DirectRunner) -> RunFile | None:
+    """The open run file of the JSONL backend ``runner`` drives; ``None`` for others
+    (and before the run is open)."""
+    backend = runner.backend
+    return backend.run_file if isinstance(backend, JsonlBackend) else None
 
 
 def durability_for(
@@ -78,7 +88,7 @@ def durability_for(
         return ThreadDurability(buffer, readback)
     if not isinstance(buffer, RingBuffer):
         raise TypeError("durability='process' needs the buffer of buffer_type('process')")
-    runner = next((r for r in direct if hasattr(r.sink, "start_ring")), None)
+    runner = next((r for r in direct if isinstance(r.backend, JsonlBackend)), None)
     if runner is None:
         return ThreadDurability(
             buffer,
@@ -255,8 +265,9 @@ class ProcessDurability(DurabilityStrategy):
     docstring); after a take-over, the writer thread does.
 
     Args:
-        runner: The run file's runner (a JSONL sink that can start a ring): opened as
-            a direct sink, then taken out of ``direct`` once the ring runs.
+        runner: The run file's runner (it drives a :class:`steplog.JsonlBackend`, whose
+            :class:`~steplog.runfile.write.RunFile` is handed to the writer process):
+            opened as a direct sink, then taken out of ``direct`` once the ring runs.
         direct: The writer's direct sinks.
     """
 
@@ -290,13 +301,24 @@ class ProcessDurability(DurabilityStrategy):
         return self.ring.pid if self.ring is not None else None
 
     def open(self, info: RunInfo, *, others: bool) -> None:
+        from ._ring import ProcessWriter
+
         runner = self.runner
         assert runner is not None
-        try:
-            ring: ProcessWriter = runner.sink.start_ring(  # type: ignore[attr-defined]
-                capacity=min(self.buffer.byte_budget, 16 * 2**20),
-                flush_interval=self.flush_interval,
+        file = run_file_of(runner)
+        if file is None:
+            raise BackendOpenError("could not start the writer process: the run file is not open")
+        capacity = min(self.buffer.byte_budget, 16 * 2**20)
+
+        def start(fd: int) -> ProcessWriter:
+            ring = ProcessWriter(
+                fd, run_id=info.run_id, capacity=capacity, flush_interval=self.flush_interval
             )
+            ring.start()
+            return ring
+
+        try:
+            ring = file.hand_off(start)
         except Exception as exc:
             raise BackendOpenError(f"could not start the writer process: {exc}") from exc
         self.ring = ring
@@ -369,7 +391,9 @@ class ProcessDurability(DurabilityStrategy):
         assert ring is not None and runner is not None
         lost = ring.take_over()
         status = ring.exit_status
-        runner.sink.ring_gone()  # type: ignore[attr-defined]
+        file = run_file_of(runner)
+        if file is not None:
+            file.take_back()
         self.buffer.detach()
         self.ring = None
         self.took_over = True
@@ -397,7 +421,7 @@ class ProcessDurability(DurabilityStrategy):
         runner = self.runner
         if runner is None or not data:
             return
-        runner.send_lines(data, EventBatch(data, count))
+        runner.send_now(EventBatch(data, count))
         self.file_taken += count
 
     def written(self, taken: int) -> int:
@@ -455,11 +479,12 @@ class ProcessDurability(DurabilityStrategy):
     def close(self, end: RunEnd, budget: float | None) -> None:
         runner, ring = self.runner, self.ring
         assert runner is not None
+        backend = runner.backend
         try:
-            if ring is not None:  # the writer process gets the stop's deadline
-                runner.sink.close(end, budget)  # type: ignore[call-arg]
+            if ring is not None and isinstance(backend, JsonlBackend):
+                backend.close_sync(end, budget)  # the writer process gets the stop's deadline
             else:
-                runner.sink.close(end)
+                backend.close_sync(end)
         except Exception as exc:
             runner.record_error("close", exc)
         if ring is not None and ring.salvaged:
@@ -474,7 +499,8 @@ class ProcessDurability(DurabilityStrategy):
             )
 
     def forget_after_fork(self) -> None:
-        if self.runner is not None:
-            self.runner.sink.forget_after_fork()  # type: ignore[attr-defined]
+        file = None if self.runner is None else run_file_of(self.runner)
+        if file is not None:
+            file.forget_after_fork()  # (and the writer process's channels)
         if self.ring is not None:
             self.ring.forget_after_fork()

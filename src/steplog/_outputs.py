@@ -5,8 +5,9 @@ drained batch to, and what it opens, flushes and closes with the run:
 
 * the run file, written as its durability strategy says (:mod:`steplog._durability`:
   by this thread, or by the writer process);
-* the direct sinks (JSONL, memory, null): one ``os.write`` or append per batch, on the
-  writer thread (:class:`steplog._delivery.DirectRunner`);
+* the direct sinks, every :class:`steplog.SyncBackend` (JSONL — its
+  :class:`steplog.runfile.write.RunFile` —, memory, null): one ``os.write`` or append
+  per batch, on the writer thread (:class:`steplog._delivery.DirectRunner`);
 * the in-process async sinks (console, live plot, a local backend of your own): a
   :class:`steplog._worker.Fanout`, started only when one is attached;
 * the remote backends: a lane each, following the run file (:mod:`steplog._lanestart`),
@@ -26,13 +27,13 @@ from typing import Any
 from ._batch import EventBatch
 from ._buffer import LineBuffer
 from ._delivery import DirectRunner, RetryPolicy
-from ._durability import durability_for
+from ._durability import durability_for, run_file_of
 from ._lanestart import start_lanes
 from ._monitor import Monitor
 from ._readback import Readback
 from ._worker import Fanout, _wait_until
-from .backends.base import Backend
-from .backends.jsonl import _FileSink
+from .backends.base import Backend, SyncBackend
+from .backends.jsonl import JsonlBackend
 from .errors import BackendOpenError
 from .events import BackendStats, RunEnd, RunInfo, RunStats
 from .runfile.codec import ValueEncoder
@@ -93,11 +94,8 @@ class Outputs:
         local: list[tuple[str, Backend]] = []
         self.remote: list[tuple[str, Backend]] = []
         for name, backend in backends:
-            sink = backend._direct_sink()
-            if sink is not None:
-                self.direct.append(
-                    DirectRunner(backend, name, sink, retry=self.retry, deadline=deadline)
-                )
+            if isinstance(backend, SyncBackend) and backend.synchronous and backend.local:
+                self.direct.append(DirectRunner(backend, name, retry=self.retry, deadline=deadline))
             elif backend.local:
                 local.append((name, backend))
             else:
@@ -138,7 +136,7 @@ class Outputs:
         opened: list[DirectRunner] = []
         for runner in self.direct:
             try:
-                runner.sink.open(info, encoder)
+                runner.backend.open_sync(info, encoder)
             except Exception as exc:
                 self._close_quietly(opened, info)
                 raise BackendOpenError(
@@ -183,16 +181,17 @@ class Outputs:
         end = RunEnd(info.run_id, time.time(), "failed", {}, RunStats())
         for runner in runners:
             try:
-                runner.sink.close(end)
+                runner.backend.close_sync(end)
             except Exception as exc:
                 logger.warning("steplog: closing backend %r failed: %r", runner.name, exc)
 
-    def run_file(self) -> Any:
+    def run_file(self) -> JsonlBackend | None:
         """The run file's JSONL backend (a tracker with remote backends has one)."""
         runner = self.durability.runner or next(
-            (r for r in self.direct if isinstance(r.sink, _FileSink)), None
+            (r for r in self.direct if isinstance(r.backend, JsonlBackend)), None
         )
-        return None if runner is None else runner.backend
+        backend = None if runner is None else runner.backend
+        return backend if isinstance(backend, JsonlBackend) else None
 
     def file_size(self) -> int:
         """Bytes in the run file now."""
@@ -214,7 +213,7 @@ class Outputs:
         batch = EventBatch(data, count)
         self.taken += count
         for runner in self.direct:
-            runner.send_lines(data, batch)
+            runner.send_now(batch)
         if self.lanes is not None:
             self.lanes.wake()  # the file grew: the remote backends' lanes read on
         # Async sinks get batches of at most BACKLOG_BATCHES x batch_size events; the
@@ -235,13 +234,14 @@ class Outputs:
     def write_records(self, data: bytes) -> None:
         """Append system and alert records to the run file(s) this thread writes."""
         for runner in [*self.durability.own_writes(), *self.direct]:
-            if not isinstance(runner.sink, _FileSink) or runner.disabled:
+            file = run_file_of(runner)
+            if file is None or runner.disabled:
                 continue
             try:
-                runner.sink.write(data, ())
+                file.append(data)
             except Exception as exc:
                 with contextlib.suppress(Exception):
-                    runner.sink.abandon()  # cut a partial record back out
+                    file.cut_back()  # cut a partial record back out
                 runner.record_error("write system and alert records", exc)
 
     def flush_waits(self) -> list[concurrent.futures.Future[None]]:
@@ -282,7 +282,7 @@ class Outputs:
         self.durability.close(end, budget())  # first, as the run file opened first
         for runner in self.direct:
             try:
-                runner.sink.close(end)
+                runner.backend.close_sync(end)
             except Exception as exc:
                 runner.record_error("close", exc)
         if self.fanout is not None:
@@ -344,8 +344,9 @@ class Outputs:
         """In a forked child: let go of the run file (the writer process's ring is left
         untouched) and the lanes."""
         for runner in self.direct:
-            if isinstance(runner.sink, _FileSink):
-                runner.sink.forget_after_fork()
+            file = run_file_of(runner)
+            if file is not None:
+                file.forget_after_fork()
         self.durability.forget_after_fork()
         if self.lanes is not None:
             self.lanes.forget_after_fork()

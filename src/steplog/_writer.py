@@ -5,9 +5,11 @@ from another thread costs the logging loop far more than setting a
 ``threading.Event``), woken once per ``batch_size`` events or every ``flush_interval``.
 Each round it takes every queued event off the buffer as one batch and hands it to the
 run's outputs (:mod:`steplog._outputs`: the run file, as the run's durability strategy
-says, the local sinks in one ``os.write`` each, the lanes), so the loop it serves pays
-as little of its time as possible for the GIL; then it serves the flushes, and at the
-end the stop (:mod:`steplog._requests`). Events ``log()`` left as rows (tensors to read
+says; the synchronous backends, :class:`steplog.SyncBackend` — the run file's
+:class:`steplog.runfile.write.RunFile` appends a batch in one ``os.write``, which
+releases the GIL; the async in-process sinks; the lanes), so the loop it serves pays as
+little of its time as possible for the GIL; then it serves the flushes, and at the end
+the stop (:mod:`steplog._requests`). Events ``log()`` left as rows (tensors to read
 from a device) are read back and encoded here (:mod:`steplog._readback`), a batch at a
 time; system metrics and watchers (:mod:`steplog._monitor`) run after each round.
 """

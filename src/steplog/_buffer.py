@@ -1,4 +1,9 @@
-"""The bounded buffer between ``log()`` and the writer, with its overflow policies."""
+"""The bounded buffer between ``log()`` and the writer, with its overflow policies.
+
+:class:`LineBuffer` is the producer side of ``durability="thread"``; the writer
+process's mode extends it (:class:`steplog._ringbuffer.RingBuffer`) through two hooks:
+the ``limit`` the hot path gets back after a slow step, and how a dropped item counts.
+"""
 
 from __future__ import annotations
 
@@ -10,25 +15,12 @@ from typing import Any
 
 from ._options import OverflowPolicy
 
-__all__ = ["LineBuffer", "RingCopy", "RingPending", "Row"]
+__all__ = ["LineBuffer", "Row"]
 
 
 #: An event ``log()`` could not encode on the spot (tensors to read from a device, or
 #: references kept with ``snapshot=False``): ``(step, time, data)``, encoded by the writer.
 Row = tuple[int, float, dict[str, Any]]
-
-
-class RingPending(bytes):
-    """A line still to be put into the writer process's ring (queued behind a row)."""
-
-    __slots__ = ()
-
-
-class RingCopy(bytes):
-    """A line the writer process's ring had when it died: the run file has it (the
-    writer thread wrote what the ring held); only the other backends still need it."""
-
-    __slots__ = ()
 
 
 # How long a blocked producer sleeps between checks that the writer is still alive.
@@ -50,7 +42,7 @@ LOCK_FREE: bool = getattr(sys, "_is_gil_enabled", lambda: True)()
 
 #: The longest line ``log()`` appends without the lock. Longer ones (rare: a
 #: 100-key record is ~2.5 KiB) take the locked path; the bound is what lets one count
-#: comparison also keep the byte budget (see :meth:`LineBuffer._reopen`).
+#: comparison also keep the byte budget (see :meth:`LineBuffer._reset_limit`).
 FAST_LINE = 16 * 2**10
 
 
@@ -90,7 +82,7 @@ class LineBuffer:
     2. *Lock holders close it first.* Every step under :attr:`lock` that reads or
        changes :attr:`count`, :attr:`data` or :attr:`segments` first sets ``limit =
        0`` (so no producer enters the region; by 1., none is inside it) and ends with
-       :meth:`_reopen`, which computes the next ``limit``. The writer's :meth:`take`
+       :meth:`_reset_limit`, which computes the next ``limit``. The writer's :meth:`take`
        swaps :attr:`data` for a fresh ``bytearray`` and reads and resets :attr:`count`
        while it is closed: a producer that had loaded the old ``bytearray`` had also
        appended to it (1.), so nothing is lost, counted twice, or torn; everything the
@@ -103,7 +95,12 @@ class LineBuffer:
        ``fast_line`` bytes, so the fast path can never exceed the budget either. The
        first event that does not fit these conservative bounds takes
        :meth:`put_slow`, which decides exactly as before (overflow policy, wake-up)
-       and reopens with fresh bounds.
+       and reopens with fresh bounds (:meth:`_reset_limit`).
+
+    Subclasses (the writer process's mode, :class:`steplog._ringbuffer.RingBuffer`)
+    extend it through two hooks: :meth:`_reset_limit`, the ``limit`` the hot path gets
+    back after a slow step (0: every ``log()`` takes :meth:`put_slow`), and
+    :meth:`_count_drop`, how a dropped item counts.
 
     ``count += 1`` and ``data.extend(line)`` are each on one line and re-read the
     attribute: under a line-level tracer (a debugger's ``sys.settrace``, which can
@@ -142,8 +139,8 @@ class LineBuffer:
         byte_budget: int = 64 * 2**20,
         line_limit: int = 16 * 2**20,
     ) -> None:
-        # Reentrant: a signal handler that logs may interrupt a log() holding it (every
-        # change under it is one attribute update, so the interrupted call stays sound).
+        # Reentrant: a signal handler that logs may interrupt a step holding it (the
+        # handler's item then goes aside: _put_late).
         self.lock = threading.RLock()
         self._held: Callable[[], int] = _recursion_count(self.lock)
         #: Items signal handlers queued while this thread was inside a step under the
@@ -178,19 +175,8 @@ class LineBuffer:
         self._room = threading.Condition(self.lock)
         self._blocked = 0
         self._waiting: set[int] = set()  # threads waiting for room
-        #: ``durability="process"``: the writer process's ring (see :meth:`attach_ring`).
-        self.ring: Any = None
-        self.ringed = 0  # lines log() put into the ring itself
-        #: Ring mode: copies for the other backends dropped (the events are stored).
-        self.others_dropped = 0
-        self.others = False
-        self._rows_pending = False
-        self._ring_lock = threading.RLock()
-        self._in_ring_put = False  # a signal handler's log() must not re-enter ring.put
-        self._since_wake = 0
         self.limit = 0
-        with self.lock:
-            self._reopen()
+        LineBuffer._reset_limit(self)  # (this class's: a subclass is not set up yet)
 
     def connect(self, wake: Callable[[], None], alive: Callable[[], bool]) -> None:
         """Set how to wake the writer and how to tell whether it still runs (called by
@@ -198,22 +184,6 @@ class LineBuffer:
         self._wake = wake
         self._alive = alive
         self._writer = threading.get_ident()
-
-    def attach_ring(self, ring: Any, *, others: bool) -> None:
-        """Send lines straight into the writer process's ring (``durability="process"``).
-
-        From now on ``limit`` stays 0, so every ``log()`` goes through
-        :meth:`put_slow`, which puts its line into ``ring`` (a
-        :class:`steplog._ring.ProcessWriter`) — where it survives a SIGKILL of this
-        process — and, if ``others`` (other backends are attached), also queues it for
-        the writer thread to hand to them. While rows (device tensors the writer must
-        read first) wait in the buffer, later lines queue behind them as
-        :class:`RingPending`, so the file keeps the order of the ``log()`` calls.
-        """
-        with self.lock:
-            self.ring = ring
-            self.others = others
-            self.limit = 0
 
     # -- producer side ----------------------------------------------------------
 
@@ -229,9 +199,6 @@ class LineBuffer:
 
     def put_slow(self, line: bytes) -> None:
         """Queue a line the hot path did not: wake the writer, apply the policy."""
-        if self.ring is not None:
-            self._put_ringed(line)
-            return
         with self.lock:
             self.limit = 0  # closed while this step runs (see the class docstring)
             try:
@@ -245,33 +212,14 @@ class LineBuffer:
                     self._append(line)
                 self._flush_late()
             finally:
-                self._reopen()
+                self._reset_limit()
 
     def put_row(self, row: Row) -> None:
         """Queue an event the writer must encode (see :data:`Row`)."""
-        if self.ring is not None:
-            if not self._take_ring_lock():
-                self._rows_pending = True  # the writer: queue behind, never wait
-                self._queue_item(row, wait=False)
-                return
-            try:
-                self._rows_pending = True
-                self._queue_item(row)
-            finally:
-                self._ring_lock.release()
-            return
         self._queue_item(row)
 
-    def _take_ring_lock(self) -> bool:
-        """Take the ring lock; the writer thread never waits for it (a producer may hold
-        it while it waits for room that only the writer makes): False, then."""
-        if threading.get_ident() == self._writer:
-            return self._ring_lock.acquire(blocking=False)
-        self._ring_lock.acquire()
-        return True
-
     def _queue_item(self, item: Any, *, wait: bool = True) -> None:
-        """Queue a row or a ring-pending line behind the current lines.
+        """Queue a row (or another item that is not a line) behind the current lines.
 
         ``wait=False`` queues it even over the limits (a signal handler's line that
         must not wait; bounded by the signal rate).
@@ -292,27 +240,13 @@ class LineBuffer:
                     self.count += 1
                 self._flush_late()
             finally:
-                self._reopen()
+                self._reset_limit()
 
     def _append(self, line: bytes) -> None:
         # Never ``self.data += line``: that stores the attribute again, and would undo
         # a swap made meanwhile (the lock-free path appends with one call instead).
         self.count += 1
         self.data.extend(line)
-
-    def _reopen(self) -> None:
-        """Open the lock-free path again, with bounds that keep every limit (lock held;
-        see the class docstring, 3.). A step interrupted on this thread (by a signal
-        handler that logs) is still under way: it reopens when it ends."""
-        if self._held() > 1:
-            return
-        if self.ring is not None or self._late or not LOCK_FREE:
-            self.limit = 0
-            return
-        fast_line = self.fast_line = min(self.line_limit, FAST_LINE)
-        room = (self.byte_budget - self._segment_bytes - len(self.data)) // fast_line
-        limit = self.wake_at if self._armed else self.capacity
-        self.limit = min(limit, self.count + room)
 
     def _nested(self) -> bool:
         """Whether this thread already held the lock: a signal handler's ``log()`` that
@@ -343,6 +277,22 @@ class LineBuffer:
             if type(item) is bytearray:
                 self._segment_bytes += len(item)
         self._late = []
+
+    def _reset_limit(self) -> None:
+        """Give the hot path its ``limit`` back after a slow step (lock held): bounds
+        that keep every limit (the class docstring, 3.): at most the batch size while
+        the wake-up is armed, the capacity once it fired, and what the byte budget has
+        room for. A step interrupted on this thread (by a signal handler that logs) is
+        still under way: it reopens when it ends."""
+        if self._held() > 1:
+            return
+        if self._late or not LOCK_FREE:
+            self.limit = 0
+            return
+        fast_line = self.fast_line = min(self.line_limit, FAST_LINE)
+        room = (self.byte_budget - self._segment_bytes - len(self.data)) // fast_line
+        limit = self.wake_at if self._armed else self.capacity
+        self.limit = min(limit, self.count + room)
 
     def _close_segment(self) -> None:
         """Move the current lines into :attr:`segments` (lock held, fast path closed)."""
@@ -403,8 +353,7 @@ class LineBuffer:
     def _drop_oldest(self) -> None:
         """Drop the oldest queued event (lock held)."""
         segments = self.segments
-        line = True  # a line (in ring mode: a copy of one the ring has), not a row
-        first: Any = None
+        item: Any = None  # what was dropped, when it is not a line of a run of lines
         if segments:
             first = segments[0]
             if type(first) is bytearray:
@@ -415,175 +364,19 @@ class LineBuffer:
                     del segments[0]
             else:
                 del segments[0]
-                line = type(first) is RingCopy
+                item = first
         elif self.data:
             del self.data[: self.data.index(b"\n") + 1]
         else:  # only items queued by signal handlers are left
-            line = type(self._late.pop(0)) is bytearray
+            late = self._late.pop(0)
+            if type(late) is not bytearray:
+                item = late
         self.count -= 1
-        if (self.ring is not None and line) or type(first) is RingCopy:
-            self.others_dropped += 1  # a copy of a line in the ring: stored all the same
-        else:
-            self.dropped += 1
+        self._count_drop(item)
 
-    # -- durability="process" ---------------------------------------------------
-
-    def _put_ringed(self, line: bytes) -> None:
-        if not self._take_ring_lock():
-            # The writer thread (a value's __repr__, a callback) while a producer holds
-            # the ring: queue the line for itself to put in, without waiting.
-            self._rows_pending = True
-            self._queue_item(RingPending(line), wait=False)
-            return
-        try:
-            ring = self.ring  # once: the writer thread may take the file over meanwhile
-            if ring is not None:
-                self._put_ringed_locked(ring, line)
-                return
-        finally:
-            self._ring_lock.release()
-        self.put_slow(line)  # it did, before this call got here
-
-    def _put_ringed_locked(self, ring: Any, line: bytes) -> None:
-        """Put a line into the ring, or queue it behind the rows (ring lock held)."""
-        if self._in_ring_put or threading.get_ident() in self._waiting:
-            # A signal handler interrupted a put on this thread: the ring's copy is
-            # not reentrant, so queue the line for the writer — without waiting for
-            # room, which the writer could only make once the interrupted put (that
-            # holds the ring) goes on.
-            self._rows_pending = True
-            self._queue_item(RingPending(line), wait=False)
-            return
-        if self._rows_pending:
-            self._queue_item(RingPending(line))
-            return
-        self._in_ring_put = True
-        try:
-            self._put_into_ring(ring, line)
-        finally:
-            self._in_ring_put = False
-
-    def _put_into_ring(self, ring: Any, line: bytes) -> None:
-        """Put a line into the ring (ring lock held), applying the overflow policy."""
-        if not ring.put(line):
-            ring.wake()
-            if self.policy is not OverflowPolicy.BLOCK and ring.alive():
-                with self.lock:  # a line in the ring cannot be dropped again
-                    self.dropped += 1
-                return
-            if not self._wait_for_ring(ring, line):
-                # The writer process is gone (the writer thread takes the file over and
-                # writes what the ring held), or this is the writer thread, which must
-                # not wait: the line queues for the writer thread, in order.
-                self._rows_pending = True
-                self._queue_item(RingPending(line))
-                return
-        self.ringed += 1
-        self._since_wake += 1
-        if self._since_wake >= self.wake_at:
-            self._since_wake = 0
-            ring.wake()
-        if self.others:
-            self._queue_copy(line)
-
-    def _wait_for_ring(self, ring: Any, line: bytes) -> bool:
-        """Wait until ``line`` is in the ring (``block``); False if it never will be
-        from here: the writer process died, or this is the writer thread."""
-        ident = threading.get_ident()
-        if ident == self._writer:
-            return False
-        self._waiting.add(ident)
-        try:
-            while not ring.put(line):
-                if not ring.wait_for_room(len(line), _BLOCK_POLL_SECONDS) and not ring.alive():
-                    return False
-        finally:
-            self._waiting.discard(ident)
-        return True
-
-    def _queue_copy(self, line: bytes) -> None:
-        """Queue a copy of a line already in the ring, for the other backends.
-
-        The event is stored (the ring has it); only the other backends can miss it, so
-        a copy that finds no room under a drop policy counts in :attr:`others_dropped`,
-        never in :attr:`dropped`.
-        """
-        with self.lock:
-            self.limit = 0
-            try:
-                self._queue_copy_locked(line)
-            finally:
-                self._reopen()
-
-    def _queue_copy_locked(self, line: bytes) -> None:
-        if self.ring is not None:
-            if self.count >= self.wake_at:
-                self._wake_if_armed()
-            if self.policy is not OverflowPolicy.BLOCK and self._full(len(line)):
-                self.others_dropped += 1
-                return
-            if self._overflow(len(line)):  # block, and the writer died
-                self.dropped -= 1
-                self.others_dropped += 1
-                return
-            if self.ring is not None:  # (the wait for room lets go of the lock)
-                self._append(line)
-                return
-        # The writer took the file over since the put: the file has this line.
-        self._close_segment()
-        self.segments.append(RingCopy(line))
-        self.count += 1
-
-    def detach_ring(self) -> None:
-        """The writer process died and the writer thread took the run file over (after
-        writing every line the ring held): lines queue here again, as without a ring.
-
-        Copies of lines the ring had, queued for the other backends, become
-        :class:`RingCopy` lines (one each), so that the writer does not write them to
-        the file twice; a copy queued by a put that raced this call becomes one too.
-        """
-        with self.lock:
-            self.limit = 0
-            self._close_segment()
-            segments: list[Any] = []
-            for item in self.segments:
-                if type(item) is bytearray:
-                    segments += [RingCopy(line) for line in item.splitlines(keepends=True)]
-                else:
-                    segments.append(item)
-            self.segments = segments
-            self._late = [
-                RingCopy(item) if type(item) is bytearray else item for item in self._late
-            ]
-            self._segment_bytes = 0
-            self.ring = None
-            self._rows_pending = False
-            self.has_rows = True
-            self._reopen()
-            self._room.notify_all()
-
-    def ring_idle(self) -> None:
-        """The writer put every row and pending line it took into the ring: lines go
-        straight in again, unless more of them were queued meanwhile.
-
-        Never waits for a lock: a producer may hold one while it waits for room that
-        only the writer's next take makes (then the lines keep queuing behind the rows
-        for one more round).
-        """
-        if not self._ring_lock.acquire(blocking=False):
-            return
-        try:
-            # Nor for the buffer lock while holding the ring lock: log() takes them in
-            # the other order (a signal handler's log() inside a log() holding it).
-            if not self.lock.acquire(blocking=False):
-                return
-            try:
-                if not any(type(item) is not bytearray for item in self.segments):
-                    self._rows_pending = False
-            finally:
-                self.lock.release()
-        finally:
-            self._ring_lock.release()
+    def _count_drop(self, item: Any) -> None:
+        """Count an event :meth:`_drop_oldest` dropped (``item``: None for a line)."""
+        self.dropped += 1
 
     # -- writer side ------------------------------------------------------------
 
@@ -614,13 +407,13 @@ class LineBuffer:
         with self.writer_lock(stopping):
             self.limit = 0
             self._armed = True
-            self._reopen()
+            self._reset_limit()
 
     def take(self, *, stopping: Callable[[], bool] = _never) -> tuple[list[Any], int]:
         """Remove and return every queued item (``bytearray`` runs and rows) and the count."""
         fresh = bytearray()
         with self.writer_lock(stopping):
-            self.limit = 0  # closed: no producer appends until _reopen (class docstring)
+            self.limit = 0  # closed: no producer appends until _reset_limit (docstring)
             try:
                 self._flush_late()
                 items = self.segments
@@ -637,7 +430,7 @@ class LineBuffer:
                 if self._blocked:
                     self._room.notify_all()
             finally:
-                self._reopen()
+                self._reset_limit()
         return items, count
 
     def close(self) -> None:

@@ -19,13 +19,14 @@ import importlib
 import logging
 import math
 import numbers
+import operator
 import os
 import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, overload
 
 import orjson
 
@@ -257,6 +258,36 @@ class _Later:
         self.data = data
 
 
+_FIRST = operator.itemgetter(0)
+_SECOND = operator.itemgetter(1)
+
+
+class _Steps(Sequence[int]):
+    """The steps of a list of ``(step, value)`` entries, read on demand."""
+
+    __slots__ = ("entries",)
+
+    def __init__(self, entries: list[tuple[int, Any]]) -> None:
+        self.entries = entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[int]: ...
+
+    def __getitem__(self, index: int | slice) -> int | list[int]:
+        if isinstance(index, slice):
+            return [entry[0] for entry in self.entries[index]]
+        return int(self.entries[index][0])
+
+    def __iter__(self) -> Iterator[int]:
+        return map(_FIRST, self.entries)
+
+
 class ValueTap:
     """``log()``'s side of the value watchers: each event's watched values, queued.
 
@@ -366,14 +397,17 @@ class ValueTap:
                 queued[index] = fresh[index]  # (a store: no call between it and the load)
         return taken
 
-    def numbers(self, index: int, entries: list[tuple[int, Any]]) -> tuple[list[int], list[Any]]:
+    def numbers(
+        self, index: int, entries: list[tuple[int, Any]]
+    ) -> tuple[Sequence[int], list[Any]]:
         """The steps and numbers of queue ``index``'s ``entries`` (rows read back)."""
-        steps = [entry[0] for entry in entries]
-        values = [entry[1] for entry in entries]
+        values = list(map(_SECOND, entries))
         if not (self.rows and any(type(v) is _Later for v in values)):
-            return steps, values
+            # Steps are read only when a watcher fires: not listed up front.
+            return _Steps(entries), values
         key, flat = self.lookups[index]
-        steps, values = [], []
+        steps: list[int] = []
+        values = []
         for step, value in entries:
             if type(value) is _Later:
                 data = value.data

@@ -663,8 +663,8 @@ def bench_scaling(root: Path, n: int, reps: int, notes: list[str]) -> dict[str, 
                 samples[variant.name]["cpu"].append(cpu)
         rows = {
             name: {
-                "p50_us": statistics.median(s["p50"]),
-                "p99_us": statistics.median(s["p99"]),
+                "p50_us": _median_or_none(s["p50"]),
+                "p99_us": _median_or_none(s["p99"]),
                 "cpu_us": statistics.median(s["cpu"]),
             }
             for name, s in samples.items()
@@ -674,6 +674,16 @@ def bench_scaling(root: Path, n: int, reps: int, notes: list[str]) -> dict[str, 
             row["cpu_x_inline"] = row["cpu_us"] / inline["cpu_us"] if inline else None
         out[workload] = rows
     return out
+
+
+def _median_or_none(values: Sequence[float]) -> float | None:
+    """The median, or None where the figure was not measured (NaN samples)."""
+    kept = [v for v in values if not math.isnan(v)]
+    return statistics.median(kept) if kept else None
+
+
+def fmt_us(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
 
 
 def spread(values: Sequence[float]) -> dict[str, float]:
@@ -874,7 +884,7 @@ def main() -> None:
             for workload, rows in scaling.items():
                 for name, r in rows.items():
                     print(
-                        f"| {workload} | {name} | {r['p50_us']:.2f} | {r['p99_us']:.2f} "
+                        f"| {workload} | {name} | {fmt_us(r['p50_us'])} | {fmt_us(r['p99_us'])} "
                         f"| {r['cpu_us']:.2f} | {fmt_x(r['cpu_x_inline'])} |"
                     )
             torch = sys.modules.get("torch")

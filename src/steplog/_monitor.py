@@ -322,8 +322,12 @@ class ValueTap:
         #: The one watched key, not dotted (the GIL): ``log()`` queues a float under it
         #: itself, without calling :meth:`capture`. Otherwise a key no dict has.
         self.key: Any = _NO_KEY
+        #: What ``log()`` gets for :attr:`key` when the event lacks it: None (nothing
+        #: to check) for the one key; for several, anything else (call capture).
+        self.absent: Any = _NO_KEY
         if self.lock is None and len(self.keys) == 1 and "." not in self.keys[0]:
             self.key = self.keys[0]
+            self.absent = None
             self.capture = self._capture_one  # type: ignore[method-assign]
 
     def capture(self, step: int, data: dict[str, Any]) -> bool:

@@ -364,10 +364,12 @@ class _TrackerBase(_OptionAttributes):
         if self._detour:
             tap = self._tap
             if tap is not None:
-                value = data.get(tap.key)  # (one watched key: a float, queued right here)
+                # One watched key: a float is queued right here, an absent key (None)
+                # skipped; anything else (and several keys: tap.absent) goes to capture.
+                value = data.get(tap.key, tap.absent)
                 if type(value) is float:
                     tap.values[0].append((step, value))
-                elif tap.capture(step, data):
+                elif value is not None and tap.capture(step, data):
                     # A watched value that is no plain number: read it from the encoding.
                     self._log_slow(buffer, data, step, now, tap)
                     return

@@ -1,7 +1,7 @@
 """One backend's delivery: retries with backoff, the circuit breaker, the counts.
 
-Shared by the writer thread (:class:`DirectRunner`, the local backends), the fan-out's
-per-backend runners (:class:`steplog._worker.BackendRunner`) and
+Shared by the writer thread (:class:`DirectRunner`, for each ``SyncBackend``), the
+fan-out's per-backend runners (:class:`steplog._worker.BackendRunner`) and
 :func:`steplog.replay`. The retry contract (see ``Backend.write``): a failed batch is
 passed again, as the same object, until it is written or given up; the next batch
 waits.
@@ -14,16 +14,16 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import anyio
 
-from .backends.base import Backend
+from .backends.base import Backend, SyncBackend
 from .errors import PermanentBackendError
-from .events import BackendStats, Event, RunEnd, RunInfo
+from .events import BackendStats, Event
 
-__all__ = ["Delivery", "DirectRunner", "DirectSink", "RetryPolicy"]
+__all__ = ["Delivery", "DirectRunner", "RetryPolicy"]
 
 logger = logging.getLogger("steplog")
 
@@ -80,7 +80,10 @@ class Delivery:
 
     :meth:`send` delivers a batch to an async backend (the fan-out's runners and
     :func:`steplog.replay` both use it); :class:`DirectRunner` does the same
-    synchronously for the local backends the writer thread drives itself.
+    synchronously for each ``SyncBackend``, which the writer thread drives itself.
+
+    ``clock`` (monotonic seconds, also the clock of ``deadline``) and ``sleep`` (the
+    async pause between attempts) are the seams a test drives time through.
     """
 
     def __init__(
@@ -90,11 +93,15 @@ class Delivery:
         *,
         retry: RetryPolicy,
         deadline: Callable[[], float | None],
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
         self.backend = backend
         self.name = name
         self.retry = retry
         self._deadline = deadline
+        self.clock = clock
+        self.sleep = sleep
         self.disabled = False
         self._failed_in_a_row = 0
         self._reopen_at = 0.0  # when an open breaker lets a probe through
@@ -146,9 +153,10 @@ class Delivery:
         """A batch was given up: trip the circuit breaker after too many in a row."""
         self._failed_in_a_row += 1
         breaker_after = self.retry.breaker_after if self.uses_breaker else 0
-        if breaker_after and self._failed_in_a_row >= breaker_after:
+        # A refused run stays cut off for good: no probe pause replaces its reopen time.
+        if breaker_after and self._failed_in_a_row >= breaker_after and not self.permanent_error:
             pause = self.retry.probe_delay(self._trips, self.retry_after)
-            self._reopen_at = time.monotonic() + pause
+            self._reopen_at = self.clock() + pause
             self._trips += 1
             if not self.disabled:
                 self.disabled = True
@@ -166,7 +174,7 @@ class Delivery:
     def _out_of_time(self, wait: float = 0.0) -> bool:
         """Whether the run's stop deadline passes within ``wait`` seconds."""
         deadline = self._deadline()
-        return deadline is not None and time.monotonic() + wait >= deadline
+        return deadline is not None and self.clock() + wait >= deadline
 
     async def send(self, batch: Sequence[Event]) -> bool:
         """Write one batch with retries; count it as delivered or failed."""
@@ -185,7 +193,7 @@ class Delivery:
         failed without calling it, so a dead backend costs nothing, until a probe after
         a growing pause gets through and the breaker closes again.
         """
-        if self.disabled and time.monotonic() < self._reopen_at:
+        if self.disabled and self.clock() < self._reopen_at:
             return False  # the breaker is open: not called (one probe once it is time)
         attempt = 0
         while True:
@@ -196,7 +204,7 @@ class Delivery:
                 delay = self._retry_after(attempt, exc)
                 if delay is None:
                     break
-                await anyio.sleep(delay)
+                await self.sleep(delay)
             else:
                 self._succeeded()
                 return True
@@ -232,47 +240,28 @@ class Delivery:
         )
 
 
-# -- local backends, written by the writer thread itself -------------------------------
-
-
-class DirectSink(Protocol):
-    """A backend's synchronous side, driven by the writer thread (built-in backends only).
-
-    ``write`` gets a batch as the bytes of its lines and as a ``EventBatch``. If it
-    raises, it is called again with the same objects (a retry), and must then store
-    only what it has not stored yet; if the batch is given up, ``abandon`` is called: it
-    keeps only whole events of it and says how many.
-    """
-
-    def open(self, run: RunInfo, encoder: Any) -> None:
-        """Start the run (``encoder`` is the run's ``ValueEncoder``)."""
-
-    def write(self, data: bytes | bytearray, batch: Sequence[Event]) -> None:
-        """Store one batch."""
-
-    def abandon(self) -> int:
-        """Give up the batch whose writes failed; returns how many of its events stay."""
-
-    def close(self, end: RunEnd) -> None:
-        """End the run and release resources."""
+# -- SyncBackends, written by the writer thread itself ---------------------------------
 
 
 class DirectRunner(Delivery):
-    """Feeds one local backend from the writer thread, with retries."""
+    """Feeds one :class:`~steplog.backends.base.SyncBackend` from the writer thread,
+    with retries: the synchronous twin of :meth:`Delivery.send`."""
 
-    def __init__(self, backend: Backend, name: str, sink: DirectSink, **kwargs: Any) -> None:
+    backend: SyncBackend
+
+    def __init__(self, backend: SyncBackend, name: str, **kwargs: Any) -> None:
         super().__init__(backend, name, **kwargs)
-        self.sink = sink
 
-    def send_lines(self, data: bytes | bytearray, batch: Sequence[Event]) -> None:
-        """Write one batch (``data``: its lines), retrying transient errors; count it."""
+    def send_now(self, batch: Sequence[Event]) -> None:
+        """Write one batch, retrying transient errors (the same batch object again);
+        count it. A batch given up is discarded (the backend keeps its whole events)."""
         if self.disabled:
             self.failed += len(batch)
             return
         attempt = 0
         while True:
             try:
-                self.sink.write(data, batch)
+                self.backend.write_sync(batch)
             except Exception as exc:
                 attempt += 1
                 delay = self._retry_after(attempt, exc)
@@ -285,7 +274,7 @@ class DirectRunner(Delivery):
                 return
         kept = 0
         try:
-            kept = self.sink.abandon()
+            kept = self.backend.discard_sync()
         except Exception as exc:
             self.record_error("discard a failed batch", exc)
         self.delivered += kept

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -62,10 +63,10 @@ def dead_pid() -> int:
     return proc.pid
 
 
-@pytest.fixture
-def runs(tmp_path: Path) -> dict[str, Path]:
+@pytest.fixture(scope="module")
+def runs_made_once(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Three finished runs, one with NaN/inf, and one killed mid-write (torn last line)."""
-    root = tmp_path / "runs"
+    root = tmp_path_factory.mktemp("cli") / "runs"
     a = write_run(
         root,
         "sweep",
@@ -95,6 +96,15 @@ def runs(tmp_path: Path) -> dict[str, Path]:
     body = [json.dumps(start).encode(), *lines[1:-2]]  # drop the run_end line
     torn.write_bytes(b"\n".join(body) + b'\n{"step":20,"time":1.0,"da')
     return {"root": root, "a": a, "nan": b, "c": c, "torn": torn}
+
+
+@pytest.fixture
+def runs(runs_made_once: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
+    """The runs of ``runs_made_once``, copied (times kept) into this test's ``runs``: a
+    test may change them."""
+    made = runs_made_once["root"]
+    root = shutil.copytree(made, tmp_path / "runs")
+    return {name: root / path.relative_to(made) for name, path in runs_made_once.items()}
 
 
 # ── demo ──────────────────────────────────────────────────────────────────────────────

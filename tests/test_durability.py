@@ -97,7 +97,7 @@ import sys, steplog
 tracker = steplog.Tracker(steplog.JsonlBackend(sys.argv[1]), experiment_name="kill",
                           durability="process")
 info = tracker.init()
-print("pid", tracker._run.writer.ring.pid, flush=True)
+print("pid", tracker._run.writer.durability.pid, flush=True)
 i = 0
 while True:
     tracker.log({"i": i, "loss": 1.0 / (i + 1)})
@@ -425,3 +425,20 @@ def test_a_writer_process_killed_just_before_finish_is_recorded(tmp_path, caplog
         caplog.clear()
         run = steplog.read_run(jsonl.path)
         assert run.history["i"] == list(range(2_000)) and run.status == "finished"
+
+
+def test_process_durability_without_a_run_file_is_written_by_the_writer_thread(caplog):
+    """durability='process' with no JSONL backend: the strategy falls back to the writer
+    thread once, at the run's start, with one warning; every event still arrives."""
+    memory = steplog.MemoryBackend()
+    tracker = steplog.Tracker(memory, durability="process")
+    with caplog.at_level(logging.WARNING, logger="steplog"):
+        tracker.init()
+        for i in range(100):
+            tracker.log({"i": i})
+        stats = tracker.finish()
+    assert (stats.logged, stats.written, stats.dropped) == (100, 100, 0)
+    assert [e.data["i"] for e in memory.records] == list(range(100))
+    warnings = [r for r in caplog.records if "needs a JsonlBackend" in r.getMessage()]
+    assert len(warnings) == 1
+    assert not stats.writer_takeover

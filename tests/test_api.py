@@ -47,7 +47,7 @@ def test_import_pulls_in_no_optional_heavy_packages():
 
 
 def test_public_classes_and_functions_report_the_public_module():
-    """repr(steplog.RetryPolicy) says steplog.RetryPolicy, not steplog._worker...."""
+    """repr(steplog.RetryPolicy) says steplog.RetryPolicy, not steplog._fanout...."""
     for name in steplog.__all__:
         value = getattr(steplog, name)
         if isinstance(value, type) or inspect.isfunction(value):

@@ -1,6 +1,6 @@
 """steplog: experiment tracking that is free for the hot loop.
 
-``log()`` copies and enqueues; a background worker writes batches to the backends.
+``log()`` copies and enqueues; a writer thread writes batches to the run file and the backends.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from .watch import Alert as Alert
 __version__ = "0.1.0"
 
 # Public classes and functions say where users import them from (as anyio does):
-# ``steplog.RetryPolicy``, not ``steplog._worker.RetryPolicy``.
+# ``steplog.RetryPolicy``, not ``steplog._fanout.RetryPolicy``.
 for _name, _value in list(globals().items()):
     if (
         not _name.startswith("_")

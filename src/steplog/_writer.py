@@ -195,7 +195,7 @@ class Writer:
         except BaseException as exc:  # the writer must never die silently
             self._dead = True
             logger.error("steplog: the writer thread died", exc_info=exc)
-            error = WorkerError(f"the steplog worker died: {exc!r}")
+            error = WorkerError(f"the steplog writer thread died: {exc!r}")
             error.__cause__ = exc
             futures: list[concurrent.futures.Future[Any]] = [self._started]
             futures += self._take_flushes(last=True)

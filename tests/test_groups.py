@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import steplog
-from steplog.runfile.read import open_run, read_header
+from steplog.runfile.header import read_header
+from steplog.runfile.snapshot import open_run
 from steplog.sync import sync
 
 # One rank of a job as torchrun starts it: RANK, LOCAL_RANK and WORLD_SIZE in the

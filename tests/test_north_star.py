@@ -19,7 +19,7 @@ import pytest
 
 import steplog
 from steplog import Event
-from steplog.runfile.read import parse_record
+from steplog.runfile.records import parse_record
 
 from conftest import MlflowServer, find_run, history
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ._extras import require
-from .runfile.read import RunSnapshot, iter_steps
 from .runfile.schema import RESUME, SYSTEM, is_number
+from .runfile.snapshot import RunSnapshot, iter_steps
 
 __all__ = [
     "STEP",

@@ -71,7 +71,8 @@ from .errors import (
 from .events import RUN_STATUSES, Resumed, RunInfo, RunStats, RunStatus
 from .runfile.codec import ValueEncoder, _find_null
 from .runfile.find import resolve_run
-from .runfile.read import ResumePoint, open_run, read_header, read_start, resume_point
+from .runfile.header import ResumePoint, read_header, resume_point
+from .runfile.snapshot import open_run, read_start
 from .watch import Alert, Watcher
 
 __all__ = ["DEFAULT_EXPERIMENT_NAME", "AsyncTracker", "Tracker"]

@@ -18,8 +18,8 @@ from ..errors import RunFileError
 from ..events import Event, RunEnd, RunInfo
 from ..runfile.codec import ValueEncoder
 from ..runfile.lock import holders, lock
-from ..runfile.read import open_run
 from ..runfile.schema import SCHEMA_VERSION, end_record, resume_record, start_record
+from ..runfile.snapshot import open_run
 from .base import Backend, _overrides
 
 __all__ = ["SCHEMA_VERSION", "JsonlBackend"]
@@ -178,10 +178,7 @@ class JsonlBackend(Backend):
     def _continue_file(self, path: Path) -> None:
         """Make the file of a run being resumed ready to append to: cut off the line a
         killed writer left torn, end a whole last record that lacks its newline."""
-        try:
-            snapshot = open_run(path)
-        except ValueError as exc:
-            raise RunFileError(str(exc)) from None
+        snapshot = open_run(path)  # raises RunFileError for a file that is not a run
         if snapshot.torn:
             logger.info(
                 "steplog: resuming %s: cut off the torn last line (%d bytes)",

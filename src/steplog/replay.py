@@ -69,7 +69,6 @@ async def replay_async(
     retry: RetryPolicy | None = None,
 ) -> dict[str, BackendStats]:
     """:func:`replay` for callers already inside an event loop."""
-
     if not backends:
         raise ValueError("replay needs at least one backend")
     snapshot = open_run(Path(path))

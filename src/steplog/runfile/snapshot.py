@@ -85,7 +85,7 @@ class RunSnapshot:
         torn: Bytes of an unfinished line followed ``end`` at opening time.
         corrupt: Numbers (from 1) of the corrupt lines readers skipped so far.
         resume: The last resume record, once :func:`last_resume` (or
-            :func:`read_header`, in the tail) has found it; see ``resume_known``.
+            :func:`.header.read_header`, in the tail) has found it; see ``resume_known``.
         resume_known: Whether ``resume`` was searched for already (the search can
             read the whole file: done once per snapshot).
     """

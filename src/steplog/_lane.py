@@ -47,8 +47,8 @@ from .events import BackendStats, Event, RunEnd, RunInfo, RunStats
 from .runfile.codec import decode
 from .runfile.follow import complete_lines
 from .runfile.lock import lock
-from .runfile.records import CorruptLineError, parse_record
-from .runfile.schema import KILLED, RESUME, RUN_END, is_number
+from .runfile.records import CorruptLineError, RecordKind, kind_of, parse_record
+from .runfile.schema import KILLED, is_number
 from .runfile.snapshot import last_summary, line_number, open_run
 
 __all__ = [
@@ -516,17 +516,17 @@ class Lane:
             return True
         if record is None:
             return True
-        kind = record.get("type")
-        if kind is None:  # a step record parse_record accepts (an int time, say)
+        kind = kind_of(record)
+        if kind is RecordKind.STEP:  # one parse_record accepts (an int time, say)
             event = _new_tuple(Event, (record["step"], record["time"], record["data"]))
             self.outbox += sampler.add(event, start, end)
             self.end_record = None
-        elif kind == RESUME:
+        elif kind is RecordKind.RESUME:
             self.outbox += sampler.end_segment(end)
             self.end_record = None
             if self.segment is not None and record.get("segment") == self.segment:
                 self.segment_start_events = sampler.run_events
-        elif kind == RUN_END:
+        elif kind is RecordKind.RUN_END:
             self.outbox += sampler.end_segment(end)
             self.end_record = record
             self.end_at = end

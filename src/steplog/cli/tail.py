@@ -10,7 +10,8 @@ from typing import Any
 
 from ..runfile.follow import RunFollower
 from ..runfile.header import read_header
-from ..runfile.schema import RUN_END, flat_data, flatten
+from ..runfile.records import RecordKind, kind_of
+from ..runfile.schema import flat_data, flatten
 from ..runfile.snapshot import RunSnapshot, last_steps, line_number, open_run
 from ._common import (
     EXIT_OK,
@@ -109,11 +110,11 @@ def _follow(snapshot: RunSnapshot, printer: _TailPrinter, interval: float) -> in
             if record is None:
                 warn_corrupt("tail", path, {line_number(path, start)})
                 continue
-            kind = record.get("type")
-            if kind == RUN_END:
+            kind = kind_of(record)
+            if kind is RecordKind.RUN_END:
                 printer.end(str(record.get("status")))
                 return EXIT_OK
-            if "type" not in record:
+            if kind is RecordKind.STEP:
                 printer.step(record)
 
 

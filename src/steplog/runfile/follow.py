@@ -21,8 +21,7 @@ from typing import Any
 import orjson
 
 from .header import WriterState, writer_state
-from .records import CorruptLineError, parse_record
-from .schema import RESUME
+from .records import CorruptLineError, RecordKind, kind_of, parse_record
 from .snapshot import RunSnapshot, last_resume, open_run
 
 __all__ = [
@@ -167,7 +166,7 @@ class RunFollower:
                 continue
             if record is None:
                 continue
-            if record.get("type") == RESUME:
+            if kind_of(record) is RecordKind.RESUME:
                 self.watch.writer = record
             records.append((start, record))
         self.offset = offset

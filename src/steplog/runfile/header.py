@@ -16,8 +16,8 @@ from typing import Any
 
 from ..errors import RunFileError
 from .lock import LOCKS, holders, lock
-from .records import int_of, parse_line, tags_of, text_of
-from .schema import INCOMPLETE, KILLED, RESUME, RUN_END, RUNNING, is_step
+from .records import RecordKind, int_of, kind_of, parse_line, tags_of, text_of
+from .schema import INCOMPLETE, KILLED, RUNNING, is_step
 from .snapshot import (
     TAIL_BYTES,
     RunSnapshot,
@@ -111,15 +111,15 @@ def read_header(snapshot: RunSnapshot, tail_bytes: int = TAIL_BYTES) -> RunHeade
         record = parse_line(line)
         if record is None:
             continue
-        kind = record.get("type")
-        if kind == RUN_END:
+        kind = kind_of(record)
+        if kind is RecordKind.RUN_END:
             if end is None and resume is None:  # a resume after it reopened the run
                 end = record
-        elif kind == RESUME:
+        elif kind is RecordKind.RESUME:
             if resume is None:  # the last one of the file: remember it for last_resume
                 resume = snapshot.resume = record
                 snapshot.resume_known = True
-        elif kind is None and is_step(record):
+        elif kind is RecordKind.STEP and is_step(record):
             if last_step is None:
                 last_step = record
             for key, value in record["data"].items():

@@ -2,19 +2,21 @@
 snapshot readers, the lanes, ``steplog tail``).
 
 A line is decoded by :func:`parse_line` (values tagged by :mod:`.codec` come back as
-themselves) and classified by :func:`parse_record`: a blank line, a corrupt one
-(:class:`CorruptLineError`), a step record (no ``type``: an integer ``step``, a numeric
-``time``, an object ``data``), or a typed record (run start, resume, system sample,
-alert, run end; :mod:`.schema` names them, and a type this version does not know is
-skipped by every reader). :func:`step_records` is the same rule for a stream of lines;
-readers whose hot loop inlines the common case (a step record) say so and fall back to
-:func:`parse_record` for everything else. :func:`alert_of` and :func:`sample_of` turn
-the typed records into values.
+themselves) and checked by :func:`parse_record`: a blank line, a corrupt one
+(:class:`CorruptLineError`), a step record (no ``type``: an integer ``step``, a
+numeric ``time``, an object ``data``), or a typed record. :func:`kind_of` says which
+(:class:`RecordKind`: step, run start, resume, system sample, alert, run end, or a type
+this version does not know, which every reader skips); readers dispatch on it.
+:func:`step_records` is the same rule for a stream of lines; readers whose hot loop
+inlines the common case (a step record) say so and fall back to :func:`parse_record`
+for everything else. :func:`alert_of` and :func:`sample_of` turn the typed records
+into values.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -22,13 +24,15 @@ import orjson
 
 from ..watch import Alert
 from .codec import decode
-from .schema import is_step
+from .schema import ALERT, RESUME, RUN_END, RUN_START, SYSTEM, is_step
 
 __all__ = [
     "CorruptLineError",
+    "RecordKind",
     "SystemSample",
     "alert_of",
     "int_of",
+    "kind_of",
     "parse_line",
     "parse_record",
     "sample_of",
@@ -36,6 +40,31 @@ __all__ = [
     "tags_of",
     "text_of",
 ]
+
+
+class RecordKind(enum.Enum):
+    """What a decoded record is: the one classification every reader dispatches on
+    (:func:`kind_of`)."""
+
+    STEP = "step"  # no ``type``: one ``log()`` call
+    RUN_START = RUN_START  # the first line
+    RESUME = RESUME  # starts a resumed run's new segment
+    SYSTEM = SYSTEM  # a system-metrics sample
+    ALERT = ALERT  # an alert a watcher fired
+    RUN_END = RUN_END  # ends the run (or a segment of a resumed one)
+    OTHER = "other"  # a type of a newer minor version: every reader skips it
+
+
+_KINDS = {kind.value: kind for kind in RecordKind if kind is not RecordKind.STEP}
+
+
+def kind_of(record: Mapping[str, Any]) -> RecordKind:
+    """The kind of a decoded record (a step record is one without a ``type``; whether it
+    is a valid one is :func:`parse_record`'s question)."""
+    if "type" not in record:
+        return RecordKind.STEP
+    kind = record["type"]
+    return _KINDS.get(kind, RecordKind.OTHER) if isinstance(kind, str) else RecordKind.OTHER
 
 
 def parse_line(line: bytes) -> dict[str, Any] | None:

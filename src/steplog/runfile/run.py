@@ -21,15 +21,17 @@ from .codec import decode
 from .columns import frame_of_events, key_list, numpy_columns, to_pandas, to_polars
 from .records import (
     CorruptLineError,
+    RecordKind,
     SystemSample,
     alert_of,
     int_of,
+    kind_of,
     parse_record,
     sample_of,
     tags_of,
     text_of,
 )
-from .schema import ALERT, INCOMPLETE, RESUME, RUN_END, SCHEMA_VERSION, SYSTEM, is_number, is_step
+from .schema import INCOMPLETE, SCHEMA_VERSION, is_number, is_step
 from .snapshot import gc_paused, iter_lines, open_run
 
 __all__ = ["Run", "RunSegment", "read_run"]
@@ -224,22 +226,22 @@ def _read_run(path: Path) -> Run:
                 raise RunFileError(f"{path}:{number}: {exc}") from None
             if record is None:
                 continue
-            kind = record.get("type")
-            if kind == RUN_END:
+            kind = kind_of(record)
+            if kind is RecordKind.RUN_END:
                 end = record
                 segments[-1] = _ended(segments[-1], record)
                 if record.get("summary"):
                     summary = record["summary"]
-            elif kind == RESUME:
+            elif kind is RecordKind.RESUME:
                 end = None
                 segments.append(_segment(record, len(segments), path, number))
                 given = record.get("config")
                 config = given if isinstance(given, dict) else config
-            elif kind == SYSTEM:
+            elif kind is RecordKind.SYSTEM:
                 sample = sample_of(record)
                 if sample is not None:
                     system.append(sample)
-            elif kind == ALERT:
+            elif kind is RecordKind.ALERT:
                 alerts.append(alert_of(record))
             continue  # record types from newer minor versions are skipped
         records.append(Event(step, time, data))

@@ -28,8 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RunFileError
-from .records import CorruptLineError, parse_line, parse_record, step_records
-from .schema import RESUME, RUN_END, RUN_START
+from .records import (
+    CorruptLineError,
+    RecordKind,
+    kind_of,
+    parse_line,
+    parse_record,
+    step_records,
+)
+from .schema import RESUME, RUN_END
 
 __all__ = [
     "CHUNK_BYTES",
@@ -109,7 +116,7 @@ def read_start(path: Path) -> dict[str, Any] | None:
     except OSError:
         return None
     record = parse_line(first)
-    return record if record is not None and record.get("type") == RUN_START else None
+    return record if record is not None and kind_of(record) is RecordKind.RUN_START else None
 
 
 def open_run(path: Path) -> RunSnapshot:
@@ -128,7 +135,7 @@ def open_run(path: Path) -> RunSnapshot:
         start = parse_line(first)
         if not first.strip():
             raise RunFileError(f"{path}: empty file, not a steplog run")
-        if start is None or start.get("type") != RUN_START:
+        if start is None or kind_of(start) is not RecordKind.RUN_START:
             raise RunFileError(f"{path}: not a steplog run file (no run-start record)")
         size = os.fstat(f.fileno()).st_size
         body = len(first)
@@ -206,14 +213,16 @@ def last_summary(snapshot: RunSnapshot) -> dict[str, Any]:
     from.
     """
     record = _search_back(
-        snapshot, _RUN_END_LINE, lambda r: r.get("type") == RUN_END and bool(r.get("summary"))
+        snapshot,
+        _RUN_END_LINE,
+        lambda r: kind_of(r) is RecordKind.RUN_END and bool(r.get("summary")),
     )
     summary = (record or {}).get("summary")
     return dict(summary) if isinstance(summary, dict) else {}
 
 
 def _search_resume(snapshot: RunSnapshot) -> dict[str, Any] | None:
-    return _search_back(snapshot, _RESUME_LINE, lambda r: r.get("type") == RESUME)
+    return _search_back(snapshot, _RESUME_LINE, lambda r: kind_of(r) is RecordKind.RESUME)
 
 
 def _search_back(
@@ -270,7 +279,7 @@ def last_steps(snapshot: RunSnapshot, count: int) -> list[dict[str, Any]]:
                 except CorruptLineError:
                     corrupt.append(index)
                     continue
-                if record is not None and "type" not in record:
+                if record is not None and kind_of(record) is RecordKind.STEP:
                     steps.append((index, record))
             whole = offset == snapshot.body
             if len(steps) >= count or whole:

@@ -10,8 +10,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..watch import Alert
-from .records import alert_of, sample_of
-from .schema import ALERT, INCOMPLETE, RESUME, RUN_END, SYSTEM, flat_data
+from .records import RecordKind, alert_of, kind_of, sample_of
+from .schema import INCOMPLETE, flat_data
 from .snapshot import RunSnapshot, iter_steps
 
 __all__ = ["MetricStats", "MonitorScan", "StepScan", "metric_stats"]
@@ -76,7 +76,8 @@ class StepScan:
 
     def last_resume(self) -> dict[str, Any] | None:
         """The last resume record met, or ``None`` (a run never resumed)."""
-        return next((r for r in reversed(self.others) if r.get("type") == RESUME), None)
+        resumes = (r for r in reversed(self.others) if kind_of(r) is RecordKind.RESUME)
+        return next(resumes, None)
 
     def config(self, start: Mapping[str, Any]) -> dict[str, Any]:
         """The run's config as it stands: the last resume record's (the resuming
@@ -88,10 +89,10 @@ class StepScan:
         """How each segment of the run ended, in order (one unless it was resumed)."""
         statuses = [INCOMPLETE]
         for record in self.others:
-            kind = record.get("type")
-            if kind == RESUME:
+            kind = kind_of(record)
+            if kind is RecordKind.RESUME:
                 statuses.append(INCOMPLETE)
-            elif kind == RUN_END:
+            elif kind is RecordKind.RUN_END:
                 statuses[-1] = str(record.get("status"))
         return statuses
 
@@ -144,8 +145,8 @@ class MonitorScan:
 
     def add(self, record: dict[str, Any]) -> None:
         """Take one typed record (others are ignored)."""
-        kind = record.get("type")
-        if kind == SYSTEM:
+        kind = kind_of(record)
+        if kind is RecordKind.SYSTEM:
             sample = sample_of(record)
             if sample is None:
                 return
@@ -155,5 +156,5 @@ class MonitorScan:
                 if entry is None:
                     entry = self.system[key] = MetricStats()
                 entry.add(sample.events, value)
-        elif kind == ALERT:
+        elif kind is RecordKind.ALERT:
             self.alerts.append(alert_of(record))

@@ -18,10 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from .header import WriterState, writer_state
-from .records import CorruptLineError, RecordKind, kind_of, parse_record
+from .records import CorruptLineError, RecordKind, is_whole_record, kind_of, parse_record
 from .snapshot import RunSnapshot, last_resume, open_run
 
 __all__ = [
@@ -62,19 +60,9 @@ def complete_lines(path: Path, offset: int, size: int, *, final: bool = False) -
         if len(data) == READ_BYTES:  # a line longer than a block: read it whole
             f.seek(offset)
             data = f.readline()
-    if data.endswith(b"\n") or (final and _whole(data)):
+    if data.endswith(b"\n") or (final and is_whole_record(data)):
         return data
     return b""  # a line still being written
-
-
-def _whole(data: bytes) -> bool:
-    """Whether ``data`` (a last line without its newline) is a whole record."""
-    if not data.strip():
-        return False
-    try:
-        return isinstance(orjson.loads(data), dict)
-    except orjson.JSONDecodeError:
-        return False
 
 
 class WriterWatch:

@@ -32,6 +32,7 @@ __all__ = [
     "SystemSample",
     "alert_of",
     "int_of",
+    "is_whole_record",
     "kind_of",
     "parse_line",
     "parse_record",
@@ -79,6 +80,18 @@ def parse_line(line: bytes) -> dict[str, Any] | None:
         decoded: dict[str, Any] = decode(record)
         return decoded
     return record
+
+
+def is_whole_record(line: bytes) -> bool:
+    """Whether ``line``, a last line without its newline, is a whole record (a JSON
+    object) and so counts as complete; else it is torn (its writer killed mid-line, or
+    still writing it)."""
+    if not line.strip():
+        return False
+    try:
+        return isinstance(orjson.loads(line), dict)
+    except orjson.JSONDecodeError:
+        return False
 
 
 class CorruptLineError(ValueError):

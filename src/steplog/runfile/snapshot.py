@@ -31,6 +31,7 @@ from ..errors import RunFileError
 from .records import (
     CorruptLineError,
     RecordKind,
+    is_whole_record,
     kind_of,
     parse_line,
     parse_record,
@@ -154,7 +155,7 @@ def open_run(path: Path) -> RunSnapshot:
             block *= 4
     torn = False
     if tail.strip():
-        if isinstance(parse_line(tail), dict):
+        if is_whole_record(tail):
             end = size  # a whole record that only lacks its newline
         else:
             torn = True

@@ -96,7 +96,7 @@ import sys, steplog
 tracker = steplog.Tracker(steplog.JsonlBackend(sys.argv[1]), experiment_name="kill",
                           durability="process")
 info = tracker.init()
-print("pid", tracker._run.worker.ring.pid, flush=True)
+print("pid", tracker._run.writer.ring.pid, flush=True)
 i = 0
 while True:
     tracker.log({"i": i, "loss": 1.0 / (i + 1)})

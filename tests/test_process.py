@@ -75,6 +75,35 @@ def test_sigterm_finishes_the_run_as_terminated_and_the_process_dies_of_it(tmp_p
     assert run.stats.logged == run.stats.written == len(run.records)
 
 
+SEQUENCE = """
+import signal, steplog
+tracker = steplog.Tracker(steplog.JsonlBackend("runs"), experiment_name="proc")
+for n in range(3):  # three runs in sequence, the first two finished
+    tracker.init({"n": n})
+    tracker.log({"i": 0})
+    if n < 2:
+        tracker.finish()
+signal.raise_signal(signal.SIGTERM)
+"""
+
+
+def test_sigterm_ends_the_active_run_only_after_runs_in_sequence(tmp_path):
+    """The hooks look after runs, not trackers: after a tracker ran runs in sequence,
+    SIGTERM ends its active run once, and leaves the finished ones as they were."""
+    (tmp_path / "seq.py").write_text(SEQUENCE)
+    proc = subprocess.run(
+        [sys.executable, "seq.py"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == -signal.SIGTERM, proc.stderr
+    assert proc.stderr.count("received SIGTERM") == 1
+    runs = sorted(
+        (steplog.read_run(p) for p in (tmp_path / "runs").rglob("*.jsonl")),
+        key=lambda run: run.config["n"],
+    )
+    assert [run.status for run in runs] == ["finished", "finished", "terminated"]
+    assert [len(run.records) for run in runs] == [1, 1, 1]
+
+
 def test_sigterm_chains_the_users_own_handler(tmp_path):
     """A handler installed before init() still runs, after the run is finished."""
     setup = """

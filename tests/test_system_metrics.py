@@ -68,7 +68,7 @@ def test_without_system_metrics_there_are_no_samples(runs_root):
     backend = steplog.JsonlBackend(runs_root)
     tracker = steplog.Tracker(backend)
     tracker.init()
-    assert tracker._run is not None and tracker._run.worker.monitor is None
+    assert tracker._run is not None and tracker._run.writer.monitor is None
     tracker.log({"loss": 1.0})
     tracker.finish()
     assert steplog.read_run(backend.path).system == []

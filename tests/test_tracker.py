@@ -329,6 +329,19 @@ def test_bad_constructor_arguments_raise_clear_errors(kwargs, error, match):
         steplog.Tracker(steplog.MemoryBackend(), **kwargs)
 
 
+def test_options_are_read_back_as_checked_and_fixed_once_the_tracker_is_made():
+    """The tracker's option attributes show the checked values (an overflow policy, a
+    compiled redact pattern, the default JSONL backend) and cannot be reassigned."""
+    tracker = steplog.Tracker(buffer_size=8, overflow="drop_oldest", tags=["a", "b", "a"])
+    assert tracker.buffer_size == 8
+    assert tracker.overflow is steplog.OverflowPolicy.DROP_OLDEST
+    assert tracker.tags == ("a", "b")
+    assert tracker.redact is not None and tracker.redact.search("api_key")
+    assert [type(b) for b in tracker.backends] == [steplog.JsonlBackend]
+    with pytest.raises(AttributeError, match="buffer_size is fixed"):
+        tracker.buffer_size = 16
+
+
 def test_non_backend_positional_argument_is_rejected():
     """Passing something that is not a Backend positionally raises TypeError."""
     with pytest.raises(TypeError, match="Backend"):

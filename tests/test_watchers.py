@@ -203,7 +203,7 @@ def test_without_watchers_there_is_no_monitor_and_no_records(runs_root):
     backend = steplog.JsonlBackend(runs_root)
     tracker = steplog.Tracker(backend)
     tracker.init()
-    assert tracker._run is not None and tracker._run.worker.monitor is None
+    assert tracker._run is not None and tracker._run.writer.monitor is None
     tracker.log({"loss": math.nan})
     stats = tracker.finish()
     run = steplog.read_run(backend.path)

@@ -14,7 +14,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import anyio
@@ -81,6 +81,9 @@ class Delivery:
     :meth:`send` delivers a batch to an async backend (the fan-out's runners and
     :func:`steplog.replay` both use it); :class:`DirectRunner` does the same
     synchronously for the local backends the writer thread drives itself.
+
+    ``clock`` (monotonic seconds, also the clock of ``deadline``) and ``sleep`` (the
+    async pause between attempts) are the seams a test drives time through.
     """
 
     def __init__(
@@ -90,11 +93,15 @@ class Delivery:
         *,
         retry: RetryPolicy,
         deadline: Callable[[], float | None],
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
         self.backend = backend
         self.name = name
         self.retry = retry
         self._deadline = deadline
+        self.clock = clock
+        self.sleep = sleep
         self.disabled = False
         self._failed_in_a_row = 0
         self._reopen_at = 0.0  # when an open breaker lets a probe through
@@ -146,9 +153,10 @@ class Delivery:
         """A batch was given up: trip the circuit breaker after too many in a row."""
         self._failed_in_a_row += 1
         breaker_after = self.retry.breaker_after if self.uses_breaker else 0
-        if breaker_after and self._failed_in_a_row >= breaker_after:
+        # A refused run stays cut off for good: no probe pause replaces its reopen time.
+        if breaker_after and self._failed_in_a_row >= breaker_after and not self.permanent_error:
             pause = self.retry.probe_delay(self._trips, self.retry_after)
-            self._reopen_at = time.monotonic() + pause
+            self._reopen_at = self.clock() + pause
             self._trips += 1
             if not self.disabled:
                 self.disabled = True
@@ -166,7 +174,7 @@ class Delivery:
     def _out_of_time(self, wait: float = 0.0) -> bool:
         """Whether the run's stop deadline passes within ``wait`` seconds."""
         deadline = self._deadline()
-        return deadline is not None and time.monotonic() + wait >= deadline
+        return deadline is not None and self.clock() + wait >= deadline
 
     async def send(self, batch: Sequence[Event]) -> bool:
         """Write one batch with retries; count it as delivered or failed."""
@@ -185,7 +193,7 @@ class Delivery:
         failed without calling it, so a dead backend costs nothing, until a probe after
         a growing pause gets through and the breaker closes again.
         """
-        if self.disabled and time.monotonic() < self._reopen_at:
+        if self.disabled and self.clock() < self._reopen_at:
             return False  # the breaker is open: not called (one probe once it is time)
         attempt = 0
         while True:
@@ -196,7 +204,7 @@ class Delivery:
                 delay = self._retry_after(attempt, exc)
                 if delay is None:
                     break
-                await anyio.sleep(delay)
+                await self.sleep(delay)
             else:
                 self._succeeded()
                 return True

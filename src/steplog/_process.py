@@ -1,10 +1,12 @@
-"""Process-level hooks: interpreter exit, SIGTERM and fork.
+"""Process-level hooks: interpreter exit, SIGTERM, uncaught exceptions and fork.
 
-Trackers register here (:func:`watch`) while their run is active; the hooks end those
-runs when the process is about to go away (``"unfinished"`` at exit, ``"failed"`` after
-an uncaught exception, ``"terminated"`` on SIGTERM) and reset them in a forked child,
-which inherits the parent's memory but not its writer thread. Runs whose end is under
-way (:func:`track_ending`) are waited for at exit and hurried on SIGTERM.
+Runs register here (:func:`watch`) while they are active, each as an object that knows
+how to end itself (:class:`Watched`); the hooks end those runs when the process is about
+to go away (``"unfinished"`` at exit, ``"failed"`` after an uncaught exception,
+``"terminated"`` on SIGTERM) and drop them in a forked child, which inherits the
+parent's memory but not its writer thread. The hooks only call those methods: they
+never see a tracker. Runs whose end is under way (:func:`track_ending`) are waited for
+at exit and hurried on SIGTERM.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import os
 import signal
 import sys
 import threading
-import weakref
 from types import FrameType
 from typing import Any, Protocol
 
@@ -33,22 +34,26 @@ logger = logging.getLogger("steplog")
 
 
 class Watched(Protocol):
-    """What the hooks need from a tracker whose run is active (see :func:`watch`)."""
+    """An active run, as the hooks see it (see :func:`watch`)."""
 
-    #: The active run: ``owner`` (the thread that started it) and ``crash`` (the
-    #: exception type that thread died of, set here).
-    _run: Any
+    #: The thread that started the run.
+    owner: int
+    #: The exception type that thread died of, if any (set by the thread excepthook:
+    #: such a run ends "failed", not "unfinished").
+    crash: type[BaseException] | None
 
-    def _end_abruptly(self, status: Any, reason: str) -> None:
-        """End the active run now, bounded by its shutdown timeout (exit, SIGTERM)."""
+    def end_abruptly(self, status: str, reason: str) -> None:
+        """End the run now, bounded by its shutdown timeout (exit, SIGTERM); report
+        ``reason`` on stderr."""
 
-    def _forget_after_fork(self) -> None:
+    def forget_after_fork(self) -> None:
         """In a forked child: drop the parent's run (its writer did not come along)."""
 
 
-# Trackers with an active run, held weakly: a tracker dropped with its run active is
-# ended by its own finalizer (see Tracker), not kept alive here.
-_watched: weakref.WeakSet[Any] = weakref.WeakSet()
+# Active runs, from their start until their end is asked for (then :func:`track_ending`
+# looks after them). Added to and discarded from without a lock: a garbage-collected
+# tracker unregisters its run from whatever thread the collector runs on.
+_watched: set[Watched] = set()
 _lock = threading.Lock()
 _exit_hook_installed = False
 _sigterm_installed = False
@@ -68,20 +73,19 @@ class Ending:
         self.timeout = timeout
 
 
-# Added to and discarded from without a lock: a garbage-collected tracker registers
-# its run from whatever thread the collector runs on, even one holding a lock here.
+# Added to and discarded from without a lock, as _watched.
 _ending: set[Ending] = set()
 
 
-def watch(tracker: Watched) -> None:
-    """Look after ``tracker``'s active run at exit, on SIGTERM, after fork and when a
-    thread dies of an exception (until :func:`unwatch`)."""
-    _watched.add(tracker)
+def watch(run: Watched) -> None:
+    """Look after an active run at exit, on SIGTERM, after fork and when the thread
+    that started it dies of an exception (until :func:`unwatch`)."""
+    _watched.add(run)
 
 
-def unwatch(tracker: Watched) -> None:
-    """Stop looking after ``tracker`` (its run has ended)."""
-    _watched.discard(tracker)
+def unwatch(run: Watched) -> None:
+    """Stop looking after ``run`` (its end is asked for, or it was dropped)."""
+    _watched.discard(run)
 
 
 def track_ending(writer: Any, future: concurrent.futures.Future[Any], timeout: float) -> None:
@@ -92,10 +96,10 @@ def track_ending(writer: Any, future: concurrent.futures.Future[Any], timeout: f
 
 
 def _end_all(status: str, reason: str) -> None:
-    for tracker in list(_watched):
+    for run in list(_watched):
         try:
-            tracker._end_abruptly(*_exit_status(tracker, status, reason))
-        except Exception:  # one tracker's failure must not stop the others
+            run.end_abruptly(*_exit_status(run, status, reason))
+        except Exception:  # one run's failure must not stop the others
             logger.exception("steplog: ending a run (%s) failed", status)
     _wait_for_endings(None if status == "unfinished" else status)
 
@@ -121,14 +125,13 @@ def _wait_for_endings(hurry: str | None) -> None:
 _crash: type[BaseException] | None = None
 
 
-def _exit_status(tracker: Any, status: str, reason: str) -> tuple[str, str]:
+def _exit_status(run: Watched, status: str, reason: str) -> tuple[str, str]:
     """A run left active at exit is "unfinished", unless the program died of an
     uncaught exception: of the main thread (every run), or of the thread that started
     the run. Then it is "failed" ("interrupted" for KeyboardInterrupt)."""
     if status != "unfinished":
         return status, reason
-    run = getattr(tracker, "_run", None)
-    crash = _crash or getattr(run, "crash", None)
+    crash = _crash or run.crash
     if crash is None:
         return status, reason
     status = crash_status(crash)
@@ -158,9 +161,8 @@ def _install_excepthooks() -> None:
     def thread_excepthook(args: Any) -> None:
         thread = args.thread
         if thread is not None and args.exc_type is not SystemExit:
-            for tracker in list(_watched):
-                run = getattr(tracker, "_run", None)
-                if run is not None and run.owner == thread.ident:
+            for run in list(_watched):
+                if run.owner == thread.ident:
                     run.crash = args.exc_type
         previous_thread_hook(args)
 
@@ -280,10 +282,11 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def _after_fork_in_child() -> None:
-    # The child has copies of the parent's trackers but no worker thread: forget the
-    # parent's runs so the child never writes into the parent's files.
-    for tracker in list(_watched):
-        tracker._forget_after_fork()
+    # The child has copies of the parent's runs but not their writer threads: forget
+    # them so the child never writes into the parent's files.
+    for run in list(_watched):
+        run.forget_after_fork()
+    _watched.clear()
     for ending in list(_ending):  # runs the parent was finishing: theirs too
         ending.writer.forget_after_fork()
     _ending.clear()

@@ -1,17 +1,22 @@
-"""``Tracker`` and ``AsyncTracker``: the lifecycle around the buffer and the worker."""
+"""``Tracker`` and ``AsyncTracker``: the lifecycle of runs around the buffer and the
+writer, and the hot path of ``log()``.
+
+A tracker holds its options (:class:`TrackerOptions`, checked once when it is made)
+and at most one active run (:class:`_Run`: its buffer, its writer and what ending it
+takes). How a run starts — ranks, group, tags, resume — is :mod:`._runstart`'s; the
+process's exit, SIGTERM and fork hooks see the active run, never the tracker
+(:mod:`._process`).
+"""
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import contextlib
-import dataclasses
+import functools
 import itertools
 import logging
 import operator
-import os
 import re
-import socket
 import sys
 import threading
 import time
@@ -20,7 +25,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, cast
+from typing import Any, Generic, TypeVar, cast, overload
 
 import anyio
 import anyio.to_thread
@@ -31,7 +36,7 @@ from ._arrays import snapshot as _snapshot
 from ._buffer import LineBuffer
 from ._delivery import RetryPolicy
 from ._monitor import Monitor
-from ._names import check_name, new_run_id
+from ._names import new_run_id
 from ._options import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_BUFFER_BYTES,
@@ -40,9 +45,7 @@ from ._options import (
     DEFAULT_MAX_ARRAY_SIZE,
     DEFAULT_SHUTDOWN_TIMEOUT,
     OverflowLike,
-    overflow_policy,
-    positive_int,
-    positive_seconds,
+    OverflowPolicy,
 )
 from ._process import (
     crash_status,
@@ -53,26 +56,16 @@ from ._process import (
     watch,
 )
 from ._progress import wait_future, wait_with_progress, wait_with_progress_async
-from ._redact import DEFAULT_SECRET_KEYS, compile_pattern
+from ._redact import DEFAULT_SECRET_KEYS
 from ._redact import redact as _redact
+from ._runstart import ResumeLike, latest_run, plan_run
 from ._threads import Stopper
+from ._tracker_options import DeliveryMode, Durability, TrackerOptions, tracker_options
 from ._writer import Writer
-from .backends.base import Backend, backend_name
-from .backends.jsonl import JsonlBackend
-from .backends.null import NullBackend
-from .errors import (
-    BackendFailedError,
-    FlushTimeoutError,
-    InactiveRunError,
-    RunFileError,
-    RunNotFoundError,
-    TrackerWarning,
-)
-from .events import RUN_STATUSES, Resumed, RunInfo, RunStats, RunStatus
+from .backends.base import Backend
+from .errors import BackendFailedError, FlushTimeoutError, InactiveRunError, TrackerWarning
+from .events import RUN_STATUSES, RunInfo, RunStats, RunStatus
 from .runfile.codec import ValueEncoder, _find_null
-from .runfile.find import resolve_run
-from .runfile.header import ResumePoint, read_header, resume_point
-from .runfile.snapshot import open_run, read_start
 from .watch import Alert, Watcher
 
 __all__ = ["DEFAULT_EXPERIMENT_NAME", "AsyncTracker", "Tracker"]
@@ -85,17 +78,6 @@ DEFAULT_EXPERIMENT_NAME = "default"
 #: model, or ``None``.
 ConfigLike = Any
 
-#: What ``init(resume=...)`` takes: a run id, ``"latest"``, a run file's path, or ``None``.
-ResumeLike = str | os.PathLike[str] | None
-
-#: Who writes the JSONL file: the writer thread, or a writer process (see ``Tracker``).
-Durability = Literal["thread", "process"]
-DURABILITIES: tuple[Durability, ...] = ("thread", "process")
-
-#: Where remote backends' lanes run: a delivery process, or a thread (see ``Tracker``).
-DeliveryMode = Literal["process", "thread"]
-DELIVERIES: tuple[DeliveryMode, ...] = ("process", "thread")
-
 _now = time.time
 _dumps = orjson.dumps
 _LINE = orjson.OPT_APPEND_NEWLINE
@@ -104,19 +86,44 @@ _MISS_STREAK = 8
 # ... for this many calls.
 _SLOW_SPELL = 1_024
 
+_T = TypeVar("_T")
+
 
 class _Run:
-    """The state of the active run: what ``finish()`` needs to end it."""
+    """The active run: its buffer and writer, and what ending it takes.
 
-    __slots__ = ("buffer", "crash", "encoder", "info", "owner", "previous_summary", "worker")
+    Registered with the process's hooks (:func:`._process.watch`) from its start until
+    its end is asked for: they end it with :meth:`end_abruptly` or drop it with
+    :meth:`forget_after_fork`, which go through the tracker that started it (held
+    weakly: a tracker dropped with its run active ends the run from its finalizer).
+    """
+
+    __slots__ = (
+        "buffer",
+        "crash",
+        "encoder",
+        "info",
+        "owner",
+        "previous_summary",
+        "shutdown_timeout",
+        "tracker",
+        "writer",
+    )
 
     def __init__(
-        self, info: RunInfo, buffer: LineBuffer, worker: Writer, encoder: ValueEncoder
+        self,
+        info: RunInfo,
+        buffer: LineBuffer,
+        writer: Writer,
+        encoder: ValueEncoder,
+        tracker: _TrackerBase,
     ) -> None:
         self.info = info
         self.buffer = buffer
-        self.worker = worker
+        self.writer = writer
         self.encoder = encoder
+        self.tracker = weakref.ref(tracker)
+        self.shutdown_timeout = tracker.shutdown_timeout
         #: The thread that started the run, and the exception it died of, if any (set
         #: by the process's excepthook: such a run ends "failed", not "unfinished").
         self.owner = threading.get_ident()
@@ -124,9 +131,119 @@ class _Run:
         #: A resumed run's summary so far: ``tracker.summary`` starts from it.
         self.previous_summary: dict[str, Any] = {}
 
+    def stop(
+        self, status: RunStatus, summary: dict[str, Any], timeout: float | None
+    ) -> concurrent.futures.Future[RunStats]:
+        """Ask the writer to end the run; until its end is written, exit waits for it
+        and SIGTERM can hurry it."""
+        future = self.writer.stop(status, summary, timeout)
+        track_ending(self.writer, future, self.shutdown_timeout)
+        return future
 
-class _TrackerBase:
-    """What ``Tracker`` and ``AsyncTracker`` share: configuration, ``log()``, state."""
+    def cut_short(self, future: Any, status: RunStatus) -> RunStats | None:
+        """Ctrl-C (or a cancellation) while ``finish()`` waits: end the run now, as
+        ``status``, and wait (bounded) for its run end to be written."""
+        if not self.writer.hurry(status):
+            return None
+        print(
+            f"steplog: {status} while finishing run {self.info.run_id!r}; writing its run "
+            "end now (remote backends stop where they are)",
+            file=sys.stderr,
+        )
+        with contextlib.suppress(Exception):
+            stats: RunStats = future.result(2 * self.shutdown_timeout + 1)
+            return stats
+        return None
+
+    def wait_abruptly(self, future: Any) -> RunStats | None:
+        """Wait for the end of a run ended by :meth:`end_abruptly` (bounded: the writer
+        bounds its own shutdown; the margin covers closing the backends); report on
+        stderr, where the user will look."""
+        try:
+            stats: RunStats = wait_with_progress(
+                future, self.writer.pending, timeout=2 * self.shutdown_timeout + 1
+            )
+        except Exception as exc:
+            print(
+                f"steplog: run {self.info.run_id!r} could not be closed: {exc!r}", file=sys.stderr
+            )
+            return None
+        lost = [f"{n}: {b.failed} failed" for n, b in stats.backends.items() if b.failed]
+        if lost:
+            print(f"steplog: undelivered events ({', '.join(lost)})", file=sys.stderr)
+        return stats
+
+    def end_abruptly(self, status: str, reason: str) -> None:
+        """End the run now, as the process goes away (exit, SIGTERM) or a thread of it
+        is stopped from outside (``RunThread.stop``); a no-op once it is ending."""
+        tracker = self.tracker()
+        if tracker is not None:
+            tracker._end_abruptly(self, cast(RunStatus, status), reason)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: the run stays the parent's (its writer did not come along)."""
+        tracker = self.tracker()
+        if tracker is not None:
+            tracker._forget_after_fork(self)
+        self.writer.forget_after_fork()
+
+
+class _Option(Generic[_T]):
+    """A tracker attribute that reads one of its options (fixed once it is made)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, tracker: None, owner: type) -> _Option[_T]: ...
+    @overload
+    def __get__(self, tracker: _OptionAttributes, owner: type | None = None) -> _T: ...
+    def __get__(self, tracker: _OptionAttributes | None, owner: type | None = None) -> Any:
+        if tracker is None:
+            return self
+        return getattr(tracker._options, self.name)
+
+    def __set__(self, tracker: _OptionAttributes, value: object) -> None:
+        raise AttributeError(
+            f"{self.name} is fixed when the tracker is made: make a new tracker to change it"
+        )
+
+
+class _OptionAttributes:
+    """A tracker's options as read-only attributes (see :class:`Tracker`'s arguments)."""
+
+    _options: TrackerOptions
+
+    backends = _Option[tuple[Backend, ...]]()
+    experiment_name = _Option[str]()
+    experiment_config = _Option[dict[str, Any]]()
+    buffer_size = _Option[int]()
+    buffer_bytes = _Option[int]()
+    batch_size = _Option[int]()
+    flush_interval = _Option[float]()
+    overflow = _Option[OverflowPolicy]()
+    shutdown_timeout = _Option[float]()
+    snapshot = _Option[bool]()
+    max_array_size = _Option[int]()
+    handle_sigterm = _Option[bool]()
+    #: The compiled ``redact`` pattern, or ``None``.
+    redact = _Option["re.Pattern[str] | None"]()
+    retry = _Option[RetryPolicy]()
+    strict = _Option[bool]()
+    durability = _Option[Durability]()
+    delivery = _Option[DeliveryMode]()
+    group = _Option["str | None"]()
+    tags = _Option[tuple[str, ...]]()
+    rank0_only = _Option[bool]()
+    #: Seconds between system-metrics samples, or ``None`` (off).
+    system_metrics = _Option["float | None"]()
+    #: The checks the writer thread runs (see :mod:`steplog.watch`).
+    watchers = _Option[tuple[Watcher, ...]]()
+    on_alert = _Option["Callable[[Alert], object] | None"]()
+
+
+class _TrackerBase(_OptionAttributes):
+    """What ``Tracker`` and ``AsyncTracker`` share: options, ``log()``, the active run."""
 
     def __init__(
         self,
@@ -154,66 +271,34 @@ class _TrackerBase:
         watchers: Iterable[Watcher] = (),
         on_alert: Callable[[Alert], object] | None = None,
     ) -> None:
-        for backend in backends:
-            if not isinstance(backend, Backend):
-                raise TypeError(
-                    f"backends must be steplog.Backend instances, got {type(backend).__name__}"
-                    " (options such as experiment_name are keyword-only)"
-                )
-        experiment_config = _config_mapping(experiment_config, "experiment_config")
-        positive_int("buffer_size", buffer_size)
-        positive_int("batch_size", batch_size)
-        positive_int("buffer_bytes", buffer_bytes)
-        flush_interval = positive_seconds("flush_interval", flush_interval)
-        policy = overflow_policy(overflow)
-        positive_int("max_array_size", max_array_size)
-        if durability not in DURABILITIES:
-            raise ValueError(
-                f"durability must be one of {', '.join(map(repr, DURABILITIES))}, "
-                f"got {durability!r}"
-            )
-        if delivery not in DELIVERIES:
-            raise ValueError(
-                f"delivery must be one of {', '.join(map(repr, DELIVERIES))}, got {delivery!r}"
-            )
-        if not isinstance(snapshot, bool):
-            raise TypeError(f"snapshot must be True or False, not {snapshot!r}")
-        shutdown_timeout = positive_seconds("shutdown_timeout", shutdown_timeout)
-        if system_metrics is not None and system_metrics is not False:
-            system_metrics = positive_seconds("system_metrics", system_metrics)
-        else:
-            system_metrics = None
-        watchers = _check_watchers(watchers)
-        if on_alert is not None and not callable(on_alert):
-            raise TypeError(f"on_alert must be a callable or None, not {type(on_alert).__name__}")
-        if on_alert is not None and not watchers:
-            raise ValueError("on_alert is given but no watchers: pass watchers=[steplog.watch...]")
-        #: Seconds between system-metrics samples, or ``None`` (off).
-        self.system_metrics: float | None = system_metrics
-        #: The checks the writer thread runs (see :mod:`steplog.watch`).
-        self.watchers: list[Watcher] = watchers
-        self.on_alert = on_alert
-        self.backends: list[Backend] = list(backends) or [JsonlBackend()]
-        if not any(isinstance(b, JsonlBackend) for b in self.backends) and any(
-            not b.local for b in self.backends
-        ):
-            # Remote backends follow the run file: there always is one (as W&B keeps
-            # its local transaction log), in the default run directory.
-            self.backends.append(JsonlBackend())
-        self.experiment_name = check_name(experiment_name, what="experiment_name")
-        self.experiment_config: dict[str, Any] = dict(experiment_config or {})
-        self.buffer_size = buffer_size
-        self.buffer_bytes = buffer_bytes
-        self.batch_size = batch_size
-        self.flush_interval = flush_interval
-        self.overflow = policy
-        self.shutdown_timeout = shutdown_timeout
-        self.snapshot = snapshot
-        self.max_array_size = max_array_size
+        self._options: TrackerOptions = tracker_options(
+            backends,
+            experiment_name=experiment_name,
+            experiment_config=experiment_config,
+            buffer_size=buffer_size,
+            buffer_bytes=buffer_bytes,
+            batch_size=batch_size,
+            flush_interval=flush_interval,
+            overflow=overflow,
+            shutdown_timeout=shutdown_timeout,
+            snapshot=snapshot,
+            max_array_size=max_array_size,
+            handle_sigterm=handle_sigterm,
+            redact=redact,
+            retry=retry,
+            strict=strict,
+            durability=durability,
+            delivery=delivery,
+            group=group,
+            tags=tags,
+            rank0_only=rank0_only,
+            system_metrics=system_metrics,
+            watchers=watchers,
+            on_alert=on_alert,
+        )
         self._host = host_reader(max_array_size)
         #: Summary values gathered during the run; ``finish(summary)`` is merged over it.
         self.summary: dict[str, Any] = {}
-        self._names = _unique_names(self.backends)
         self._run: _Run | None = None
         # The hot path reads these attributes.
         self._buffer: LineBuffer | None = None
@@ -225,21 +310,6 @@ class _TrackerBase:
         self._host_misses = 0  # host-value misses in a row
         self._lifecycle = threading.RLock()
         self._last_stats: RunStats | None = None
-        self.handle_sigterm = handle_sigterm
-        self.redact = compile_pattern(redact)
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise TypeError(f"retry must be a steplog.RetryPolicy, not {type(retry).__name__}")
-        self.retry = retry if retry is not None else RetryPolicy()
-        self.strict = strict
-        self.durability: Durability = durability
-        self.delivery: DeliveryMode = delivery
-        if group is not None and (not isinstance(group, str) or not group.strip()):
-            raise TypeError(f"group must be a non-empty str or None, not {group!r}")
-        self.group = group
-        self.tags = _check_tags(tags)
-        if not isinstance(rank0_only, bool):
-            raise TypeError(f"rank0_only must be True or False, not {rank0_only!r}")
-        self.rank0_only = rank0_only
         self._forked = False
         self._orphan_hook: weakref.finalize[Any, Any] | None = None
         #: The id the next run takes instead of a new one (set by integrations whose
@@ -374,10 +444,10 @@ class _TrackerBase:
                 return
         data = data.copy()
         if buffer.libraries and not buffer.is_plain(map(type, data.values())):
-            if not self.snapshot:
+            if not self._options.snapshot:
                 buffer.put_row((step, now, data))  # references: the writer reads them
                 return
-            data = _snapshot(data, max_array_size=self.max_array_size)
+            data = _snapshot(data, max_array_size=self._options.max_array_size)
             if DEFER_KEY in data:
                 buffer.put_row((step, now, data))
                 return
@@ -426,16 +496,6 @@ class _TrackerBase:
         """Statistics of the last finished run, or ``None``."""
         return self._last_stats
 
-    def _forget_after_fork(self) -> None:
-        """In a forked child: drop the parent's run (its worker did not come along)."""
-        self._detach_orphan_hook()
-        unwatch(self)
-        if self._run is not None:
-            self._forked = True
-            self._run.worker.forget_after_fork()
-        self._run = None
-        self._buffer = None
-
     def _inactive(self, method: str) -> InactiveRunError:
         if self._forked:
             hint = (
@@ -448,67 +508,22 @@ class _TrackerBase:
             hint = "the run was finished; call init() to start a new run"
         return InactiveRunError(f"{method}() called with no active run: {hint}")
 
-    # -- lifecycle helpers shared by both flavours ------------------------------
-
-    def _merged_config(self, config: Any) -> dict[str, Any]:
-        config = _config_mapping(config, "config")
-        merged: dict[str, Any] = _redact({**self.experiment_config, **(config or {})}, self.redact)
-        return merged
+    # -- the start of a run -----------------------------------------------------
 
     def _start(self, config: Mapping[str, Any] | None, resume: ResumeLike) -> tuple[_Run, Any]:
-        rank, local_rank, world_size = _ranks()
-        muted = self.rank0_only and rank not in (None, 0)
-        backends: list[tuple[str, Backend]] = (
-            [("null", NullBackend())]
-            if muted
-            else list(zip(self._names, self.backends, strict=True))
-        )
-        group = self._run_group()
         run_id, self._next_run_id = self._next_run_id or new_run_id(), None
-        info = RunInfo(
-            run_id=run_id,
-            experiment=self.experiment_name,
-            config=self._merged_config(config),
-            start_time=time.time(),
-            pid=os.getpid(),
-            host=socket.gethostname(),
-            group=group,
-            tags=self.tags,
-            rank=rank,
-            local_rank=local_rank,
-            world_size=world_size,
-        )
-        previous: dict[str, Any] = {}
-        if resume is not None and not muted:
-            point = self._resume_point(resume, group=group, rank=rank)
-            if point is not None:
-                previous = point.summary
-                info = dataclasses.replace(
-                    info,
-                    run_id=str(point.start["run_id"]),
-                    experiment=str(point.start["experiment"]),
-                    config={**point.config, **info.config},
-                    start_time=float(point.start["start_time"]),
-                    group=group or point.start.get("group"),
-                    tags=self.tags or tuple(point.start.get("tags") or ()),
-                    resumed=Resumed(
-                        step=point.next_step,
-                        segment=point.segment,
-                        previous_status=point.previous_status,
-                        resume_time=time.time(),
-                    ),
-                )
+        plan = plan_run(self._options, config, resume=resume, run_id=run_id)
         buffer = LineBuffer(
             self.buffer_size,
             wake_at=self.batch_size,
             policy=self.overflow,
             byte_budget=self.buffer_bytes,
-            line_limit=self._max_event_bytes(),
+            line_limit=self._options.max_event_bytes,
         )
         encoder = ValueEncoder(max_event_bytes=buffer.line_limit)
-        worker = Writer(
+        writer = Writer(
             buffer,
-            backends,
+            plan.backends,
             encoder=encoder,
             batch_size=self.batch_size,
             flush_interval=self.flush_interval,
@@ -520,84 +535,33 @@ class _TrackerBase:
             down_grace=self.shutdown_timeout,
             monitor=self._monitor(encoder),
         )
-        worker.refresh_inspection()
-        run = _Run(info, buffer, worker, encoder)
-        run.previous_summary = previous
-        worker.stopper = Stopper(
-            end_run=_stop_hook(weakref.WeakMethod(self._stop_run), run),
+        writer.refresh_inspection()
+        run = _Run(plan.info, buffer, writer, encoder, self)
+        run.previous_summary = plan.previous_summary
+        writer.stopper = Stopper(
+            end_run=functools.partial(
+                run.end_abruptly, "unfinished", "was not finished and its thread was stopped"
+            ),
             grace=2 * self.shutdown_timeout + 1,
         )
-        return run, worker.start(info)
-
-    def _run_group(self) -> str | None:
-        """The group a run started now gets (see ``group`` in :class:`Tracker`)."""
-        return self.group or os.environ.get("STEPLOG_GROUP") or _elastic_run_id()
+        return run, writer.start(plan.info)
 
     def _latest_run(self) -> Path | None:
         """The run file ``init(resume="latest")`` would continue if called now, or
-        ``None`` (it would start a new run), for integrations that name a run before it
-        starts (Lightning asks a logger for its version first)."""
-        jsonl = next((b for b in self.backends if isinstance(b, JsonlBackend)), None)
-        if jsonl is None:
-            return None
-        rank = _ranks()[0]
-        directory = jsonl.root / self.experiment_name
-        return _latest_own_run(directory, group=self._run_group(), rank=rank)
-
-    def _resume_point(
-        self, resume: ResumeLike, *, group: str | None, rank: int | None
-    ) -> ResumePoint | None:
-        """The run file ``init(resume=...)`` continues, or ``None`` for "latest" when the
-        experiment has no run yet (a first start: the script is the same either way)."""
-        jsonl = next((b for b in self.backends if isinstance(b, JsonlBackend)), None)
-        if jsonl is None:
-            raise ValueError(
-                "resume= continues a run's JSONL file: the tracker needs a "
-                "steplog.JsonlBackend among its backends"
-            )
-        if not isinstance(resume, (str, os.PathLike)):
-            raise TypeError(
-                f"resume must be a run id, 'latest' or a run file's path, not {resume!r}"
-            )
-        directory = jsonl.root / self.experiment_name
-        spec = os.fspath(resume)
-        if spec == "latest":
-            found = _latest_own_run(directory, group=group, rank=rank)
-            if found is None:
-                logger.info("steplog: no run to resume under %s; starting a new run", directory)
-                return None
-            path = found
-        else:
-            own = directory / f"{spec}.jsonl"
-            try:  # an id of this experiment, a prefix, EXPERIMENT/ID, or a path
-                path = own if own.is_file() else resolve_run(spec, jsonl.root)
-            except RunNotFoundError as exc:
-                raise RunNotFoundError(f"no run to resume: {exc}") from None
-            if path.is_dir() or path.resolve().parent.parent != jsonl.root.resolve():
-                raise ValueError(
-                    f"cannot resume {spec!r}: the tracker's JsonlBackend writes under "
-                    f"{str(jsonl.root)!r}; resume a run there (by its run id or file)"
-                )
-        point = resume_point(path)
-        if path.stem != point.start.get("run_id"):
-            raise RunFileError(f"{path}: its run id {point.start.get('run_id')!r} is not its name")
-        jsonl._expect_size = point.size
-        return point
+        ``None`` (for Lightning, which asks a logger for its version first)."""
+        return latest_run(self._options)
 
     def _monitor(self, encoder: ValueEncoder) -> Monitor | None:
         """The writer's system metrics and watchers; ``None`` when both are off."""
-        if self.system_metrics is None and not self.watchers:
+        options = self._options
+        if options.system_metrics is None and not options.watchers:
             return None
         return Monitor(
-            system_interval=self.system_metrics,
-            watchers=self.watchers,
-            on_alert=self.on_alert,
+            system_interval=options.system_metrics,
+            watchers=options.watchers,
+            on_alert=options.on_alert,
             encoder=encoder,
         )
-
-    def _max_event_bytes(self) -> int:
-        limits = [b.max_event_bytes for b in self.backends if isinstance(b, JsonlBackend)]
-        return min(limits, default=16 * 2**20)
 
     def _activate(self, run: _Run) -> None:
         resumed = run.info.resumed
@@ -620,15 +584,17 @@ class _TrackerBase:
             self.experiment_name,
         )
         self._orphan_hook.atexit = False  # the exit hook ends active runs itself
-        watch(self)
+        watch(run)
         install_exit_hook()
         if self.handle_sigterm:
             install_sigterm_handler()
 
+    # -- the end of a run -------------------------------------------------------
+
     def _deactivate(
         self, summary: Mapping[str, Any] | None, status: RunStatus, timeout: float | None
     ) -> Any:
-        """Stop accepting events and ask the worker to end the run; None if inactive."""
+        """Stop accepting events and ask the writer to end the run; None if inactive."""
         if summary is not None and not isinstance(summary, Mapping):
             raise TypeError(f"summary must be a mapping or None, not {type(summary).__name__}")
         if status not in RUN_STATUSES:
@@ -640,76 +606,31 @@ class _TrackerBase:
             self._buffer = None
             self._run = None
             self._detach_orphan_hook()
-            unwatch(self)
+            unwatch(run)
         merged = _redact({**self.summary, **(summary or {})}, self.redact)
-        future = run.worker.stop(status, merged, timeout)
-        # Until its end is written, exit waits for this run and SIGTERM can hurry it.
-        track_ending(run.worker, future, self.shutdown_timeout)
-        return run, future
+        return run, run.stop(status, merged, timeout)
 
     def _detach_orphan_hook(self) -> None:
         hook, self._orphan_hook = self._orphan_hook, None
         if hook is not None:
             hook.detach()
 
-    def _cut_short(self, run: _Run, future: Any, status: RunStatus) -> None:
-        """Ctrl-C (or a cancellation) while ``finish()`` waits: end the run now, as
-        ``status``, and wait (bounded) for its run end to be written."""
-        if not run.worker.hurry(status):
-            return
-        print(
-            f"steplog: {status} while finishing run {run.info.run_id!r}; writing its run "
-            "end now (remote backends stop where they are)",
-            file=sys.stderr,
-        )
-        with contextlib.suppress(Exception):
-            self._last_stats = future.result(2 * self.shutdown_timeout + 1)
-
     def _finished(self, stats: RunStats) -> RunStats:
         """Record a finished run's stats; with ``strict``, raise if a backend lost events."""
         self._last_stats = stats
-        if not self.strict:
-            return stats
-        lost = {n: b for n, b in stats.backends.items() if b.failed or b.missing or b.disabled}
-        if lost:
-            detail = "; ".join(
-                f"{n}: {b.failed} events failed, {b.missing} not delivered ({b.last_error})"
-                for n, b in lost.items()
-            )
-            raise BackendFailedError(
-                f"backends lost or have not got events: {detail} (the run file has them: "
-                "`steplog sync` sends the missing ones)",
-                stats,
-            )
+        if self.strict:
+            _raise_if_lost(stats)
         return stats
 
-    def _warn_reinit(self) -> None:
-        warnings.warn(
-            "init() called on an active tracker (previous run not finished); "
-            "finishing the previous run first",
-            TrackerWarning,
-            stacklevel=3,
-        )
+    # -- what the process hooks ask of a run (through _Run) ---------------------
 
-    def _warn_inactive_finish(self) -> None:
-        warnings.warn(
-            "finish() called on an inactive tracker; ignoring", TrackerWarning, stacklevel=3
-        )
-
-    def _stop_run(self, run: _Run) -> None:
-        """A thread of ``run`` is being stopped from outside (``RunThread.stop``, e.g. a
-        test suite's check for leftover threads): end the run as the exit hook would, if
-        it is still this tracker's active run."""
-        if self._run is run:
-            self._end_abruptly("unfinished", "was not finished and its thread was stopped")
-
-    def _end_abruptly(self, status: RunStatus, reason: str) -> None:
-        """Finish an active run as the process goes away (exit hook, SIGTERM).
+    def _end_abruptly(self, run: _Run, status: RunStatus, reason: str) -> None:
+        """Finish ``run``, if it is still the active run, as the process goes away (exit
+        hook, SIGTERM) or one of its threads is stopped from outside.
 
         Bounded by ``shutdown_timeout``; reports on stderr, where the user will look.
         """
-        run = self._run
-        if run is None:
+        if self._run is not run:
             return
         print(
             f"steplog: run {run.info.run_id!r} ({self.experiment_name}) {reason}; "
@@ -717,21 +638,19 @@ class _TrackerBase:
             file=sys.stderr,
         )
         pending = self._deactivate(None, status, self.shutdown_timeout)
-        if pending is None:
+        if pending is not None:
+            stats = run.wait_abruptly(pending[1])
+            if stats is not None:
+                self._last_stats = stats
+
+    def _forget_after_fork(self, run: _Run) -> None:
+        """In a forked child: drop the parent's run (its writer did not come along)."""
+        if self._run is not run:
             return
-        _, future = pending
-        try:
-            # The worker bounds its own shutdown; the margin covers closing the backends.
-            self._last_stats = wait_with_progress(
-                future, run.worker.pending, timeout=2 * self.shutdown_timeout + 1
-            )
-        except Exception as exc:
-            print(f"steplog: run {run.info.run_id!r} could not be closed: {exc!r}", file=sys.stderr)
-            return
-        stats = self._last_stats
-        lost = [f"{n}: {b.failed} failed" for n, b in stats.backends.items() if b.failed]
-        if lost:
-            print(f"steplog: undelivered events ({', '.join(lost)})", file=sys.stderr)
+        self._detach_orphan_hook()
+        self._forked = True
+        self._run = None
+        self._buffer = None
 
 
 class Tracker(_TrackerBase):
@@ -757,7 +676,7 @@ class Tracker(_TrackerBase):
         flush_interval: Seconds an event may wait in memory before it is handed to the
             backends; also how much a killed process can lose.
         overflow: What ``log()`` does when the buffer is full: ``"block"`` (wait for
-            the worker; nothing is lost), ``"drop_oldest"`` or ``"drop_newest"``
+            the writer; nothing is lost), ``"drop_oldest"`` or ``"drop_newest"``
             (never wait; drops are counted).
         shutdown_timeout: Seconds the interpreter-exit hook waits for an unfinished
             run to be written before abandoning it; also how long ``finish()`` waits
@@ -856,14 +775,14 @@ class Tracker(_TrackerBase):
         """
         with self._lifecycle:
             if self._run is not None:
-                self._warn_reinit()
+                _warn_reinit()
                 self.finish()
             run, started = self._start(config, resume)
             try:
                 run.info = started.result()
             finally:
                 if started.exception() is not None:
-                    run.worker.join()
+                    run.writer.join()
             self._activate(run)
             return run.info
 
@@ -877,7 +796,7 @@ class Tracker(_TrackerBase):
         run = self._run
         if run is None:
             raise self._inactive("flush")
-        future = run.worker.flush()
+        future = run.writer.flush()
         try:
             future.result(timeout)
         except concurrent.futures.TimeoutError as exc:
@@ -911,16 +830,18 @@ class Tracker(_TrackerBase):
         """
         pending = self._deactivate(summary, status, timeout)
         if pending is None:
-            self._warn_inactive_finish()
+            _warn_inactive_finish()
             return None
         run, future = pending
         # A large backlog on a slow backend can take a while: say so on a terminal.
         try:
-            stats: RunStats = wait_with_progress(future, run.worker.pending)
+            stats: RunStats = wait_with_progress(future, run.writer.pending)
         except KeyboardInterrupt:
-            self._cut_short(run, future, "interrupted")
+            cut = run.cut_short(future, "interrupted")
+            if cut is not None:
+                self._last_stats = cut
             raise
-        run.worker.join()
+        run.writer.join()
         return self._finished(stats)
 
     @contextlib.contextmanager
@@ -963,7 +884,7 @@ class AsyncTracker(_TrackerBase):
     arguments, awaitable lifecycle.
 
     ``log()`` is the same plain, non-blocking call; ``init``, ``flush`` and ``finish``
-    are coroutines that never block the caller's event loop (the worker runs in its
+    are coroutines that never block the caller's event loop (the writer runs in its
     own thread). Use ``async with AsyncTracker(...) as tracker:`` or
     ``async with tracker.run(config):``.
     """
@@ -971,13 +892,13 @@ class AsyncTracker(_TrackerBase):
     async def init(self, config: ConfigLike = None, *, resume: ResumeLike = None) -> RunInfo:
         """Open a new run on every backend, or continue one (see :meth:`Tracker.init`)."""
         if self._run is not None:
-            self._warn_reinit()
+            _warn_reinit()
             await self.finish()
         run, started = self._start(config, resume)
         try:
             run.info = await wait_future(started)
         except BaseException:
-            await anyio.to_thread.run_sync(run.worker.join)
+            await anyio.to_thread.run_sync(run.writer.join)
             raise
         self._activate(run)
         return run.info
@@ -987,7 +908,7 @@ class AsyncTracker(_TrackerBase):
         run = self._run
         if run is None:
             raise self._inactive("flush")
-        future = run.worker.flush()
+        future = run.writer.flush()
         try:
             with anyio.fail_after(timeout):
                 await wait_future(future)
@@ -1004,18 +925,18 @@ class AsyncTracker(_TrackerBase):
         """Drain, write the summary, close the backends (see :meth:`Tracker.finish`)."""
         pending = self._deactivate(summary, status, timeout)
         if pending is None:
-            self._warn_inactive_finish()
+            _warn_inactive_finish()
             return None
         run, future = pending
         try:
-            stats: RunStats = await wait_with_progress_async(future, run.worker.pending)
+            stats: RunStats = await wait_with_progress_async(future, run.writer.pending)
         except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, anyio.get_cancelled_exc_class())):
                 # Ctrl-C under asyncio.run() arrives as a cancellation: end the run now
                 # (the exit hook waits for its run end to be written).
-                run.worker.hurry("interrupted")
+                run.writer.hurry("interrupted")
             raise
-        await anyio.to_thread.run_sync(run.worker.join)
+        await anyio.to_thread.run_sync(run.writer.join)
         return self._finished(stats)
 
     @contextlib.asynccontextmanager
@@ -1066,30 +987,44 @@ def _end_orphaned_run(
     asks the writer to stop; exit waits for the run end to be written.
     """
     try:
+        unwatch(run)
         status = cast(RunStatus, crash_status(run.crash))
         print(
             f"steplog: run {run.info.run_id!r} ({experiment}) was dropped without "
             f"finish(); writing what was logged and closing it as {status!r}",
             file=sys.stderr,
         )
-        future = run.worker.stop(status, _redact(dict(summary), pattern), timeout)
-        track_ending(run.worker, future, timeout)
+        run.stop(status, _redact(dict(summary), pattern), timeout)
     except Exception as exc:  # never raise into the code the collector interrupted
         logger.error("steplog: ending a dropped run failed: %r", exc)
 
 
-def _stop_hook(
-    stop_run: weakref.WeakMethod[Callable[[_Run], None]], run: _Run
-) -> Callable[[], None]:
-    """``Stopper.end_run`` for ``run``: the tracker is held weakly (a dropped tracker's
-    run is ending already, see :func:`_end_orphaned_run`)."""
+def _raise_if_lost(stats: RunStats) -> None:
+    """``strict``: a backend lost events, or has not got them all yet."""
+    lost = {n: b for n, b in stats.backends.items() if b.failed or b.missing or b.disabled}
+    if lost:
+        detail = "; ".join(
+            f"{n}: {b.failed} events failed, {b.missing} not delivered ({b.last_error})"
+            for n, b in lost.items()
+        )
+        raise BackendFailedError(
+            f"backends lost or have not got events: {detail} (the run file has them: "
+            "`steplog sync` sends the missing ones)",
+            stats,
+        )
 
-    def end_run() -> None:
-        method = stop_run()
-        if method is not None:
-            method(run)
 
-    return end_run
+def _warn_reinit() -> None:
+    warnings.warn(
+        "init() called on an active tracker (previous run not finished); "
+        "finishing the previous run first",
+        TrackerWarning,
+        stacklevel=3,
+    )
+
+
+def _warn_inactive_finish() -> None:
+    warnings.warn("finish() called on an inactive tracker; ignoring", TrackerWarning, stacklevel=3)
 
 
 def _status_for(exc: BaseException) -> RunStatus:
@@ -1100,42 +1035,6 @@ def _status_for(exc: BaseException) -> RunStatus:
     return "failed"
 
 
-def _config_mapping(config: Any, what: str) -> Mapping[Any, Any] | None:
-    """A config as a mapping: a mapping itself, an ``argparse.Namespace``, a dataclass
-    instance or a pydantic model (their fields, in order); ``None`` stays ``None``."""
-    if config is None or isinstance(config, Mapping):
-        return config
-    if isinstance(config, argparse.Namespace):
-        return dict(vars(config))
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-    dump = getattr(config, "model_dump", None)  # pydantic v2
-    if callable(dump) and type(config).__module__.partition(".")[0] != "builtins":
-        dumped = dump()
-        if isinstance(dumped, Mapping):
-            return dumped
-    raise TypeError(
-        f"{what} must be a mapping, an argparse.Namespace, a dataclass instance or None, "
-        f"not {type(config).__name__}"
-    )
-
-
-def _check_watchers(watchers: Any) -> list[Watcher]:
-    if isinstance(watchers, (str, bytes, Watcher)) or not isinstance(watchers, Iterable):
-        raise TypeError(
-            "watchers must be a list of watchers made by steplog.watch "
-            f"(e.g. [steplog.watch.nonfinite('loss')]), not {type(watchers).__name__}"
-        )
-    out = list(watchers)
-    for watcher in out:
-        if not isinstance(watcher, Watcher):
-            raise TypeError(
-                "watchers must be made by steplog.watch (nonfinite, above, below, "
-                f"diverging, stalled, slower), got {watcher!r}"
-            )
-    return out
-
-
 def _copy_mapping(data: Any) -> dict[str, Any]:
     if isinstance(data, Mapping):
         return dict(data)
@@ -1143,81 +1042,3 @@ def _copy_mapping(data: Any) -> dict[str, Any]:
         f"log() takes a mapping of names to values (e.g. {{'loss': 0.5}}), "
         f"not {type(data).__name__}"
     )
-
-
-def _unique_names(backends: list[Backend]) -> list[str]:
-    names: list[str] = []
-    for backend in backends:
-        base = backend_name(backend)
-        name, n = base, 1
-        while name in names:
-            n += 1
-            name = f"{base}-{n}"
-        names.append(name)
-    return names
-
-
-def _check_tags(tags: Any) -> tuple[str, ...]:
-    if isinstance(tags, (str, bytes)):
-        raise TypeError(f"tags must be a list of strings, not a single string ({tags!r})")
-    try:
-        out = tuple(tags)
-    except TypeError:
-        raise TypeError(f"tags must be a list of strings, not {type(tags).__name__}") from None
-    for tag in out:
-        if not isinstance(tag, str) or not tag:
-            raise TypeError(f"tags must be non-empty strings, got {tag!r}")
-    return tuple(dict.fromkeys(out))  # in order, each once
-
-
-def _ranks() -> tuple[int | None, int | None, int | None]:
-    """``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` from the environment, as torchrun,
-    ``accelerate`` and DeepSpeed set them (``None`` where unset or not a number)."""
-    values: list[int | None] = []
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
-        raw = os.environ.get(name)
-        try:
-            values.append(int(raw) if raw is not None else None)
-        except ValueError:
-            logger.warning("steplog: ignoring %s=%r (not an integer)", name, raw)
-            values.append(None)
-    rank, local_rank, world_size = values
-    if rank is not None and (rank < 0 or (world_size is not None and rank >= world_size)):
-        logger.warning(
-            "steplog: RANK=%s is not a rank of a job of WORLD_SIZE=%s processes", rank, world_size
-        )
-    return rank, local_rank, world_size
-
-
-def _elastic_run_id() -> str | None:
-    """torchrun's job id (``--rdzv-id``), shared by every rank of a job; ``None`` when
-    unset or torchrun's placeholder ``"none"``."""
-    value = os.environ.get("TORCHELASTIC_RUN_ID")
-    return value if value and value != "none" else None
-
-
-def _latest_own_run(directory: Path, *, group: str | None, rank: int | None) -> Path | None:
-    """The run ``resume="latest"`` continues: the most recently started run in
-    ``directory`` that this process would have written — the same rank (in a distributed
-    job every rank resumes its own run) and, when a group is set, the same group — unless
-    it finished (then ``None``: a new run). Files that are not runs (empty, a torn first
-    line: killed while creating them) are skipped."""
-    runs = sorted(directory.glob("*.jsonl"), reverse=True) if directory.is_dir() else []
-    for path in runs:  # run ids sort by start time
-        start = read_start(path)
-        if start is None:
-            logger.warning("steplog: resume='latest' skips %s: not a readable run", path)
-            continue
-        if start.get("rank") != rank:
-            continue
-        if group is not None and start.get("group") != group:
-            continue
-        try:
-            status = read_header(open_run(path)).status
-        except (OSError, ValueError):
-            status = None
-        if status == "finished":  # it ended well: this is a new start, not a restart
-            logger.info("steplog: the latest run %s finished; starting a new run", path.stem)
-            return None
-        return path
-    return None

@@ -33,6 +33,10 @@ Requests respect MLflow's per-request limits (1 000 metrics, 100 params, 100 tag
 exceptions, which the worker retries with backoff (:class:`steplog.RetryPolicy`);
 a batch already partly sent resumes where it stopped. Other 4xx answers raise
 :class:`steplog.PermanentBackendError` with the server's error code and message.
+
+``transport=`` takes an httpx transport (httpx's own seam, e.g. ``httpx.MockTransport``)
+for tests that play the server; such a backend stays in the logging process (its lane
+runs in a thread), since a transport is state of this process.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -53,6 +57,9 @@ from ..errors import MlflowError, PermanentBackendError
 from ..events import Event, RunEnd, RunInfo
 from ..runfile.schema import flatten, is_number
 from .base import Backend
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["MlflowBackend", "MlflowError"]
 
@@ -91,6 +98,12 @@ class MlflowBackend(Backend):
         resume: Reuse an MLflow run already tagged with this steplog run id.
         verify: TLS certificate verification (``False`` when
             ``$MLFLOW_TRACKING_INSECURE_TLS`` is ``true``).
+        transport: An ``httpx.AsyncBaseTransport`` the backend's HTTP client sends its
+            requests through (``httpx.AsyncClient(transport=...)``), e.g. an
+            ``httpx.MockTransport`` that plays the tracking server in tests; default
+            httpx's own. A backend with a transport does not move to the delivery
+            process (the transport, and whatever its handler records, belong to this
+            process): its lane runs in a thread of the logging process.
     """
 
     name = "mlflow"
@@ -109,6 +122,7 @@ class MlflowBackend(Backend):
         timeout: float = 30.0,
         resume: bool = True,
         verify: bool | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._httpx = require("httpx", "mlflow", "MlflowBackend")
         uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
@@ -132,6 +146,11 @@ class MlflowBackend(Backend):
         if verify is None:
             verify = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() != "true"
         self.verify = verify
+        self.transport = transport
+        if transport is not None:
+            # A transport (a test's mock, a custom connection pool) is this process's:
+            # the lane stays here rather than drive a copy of it in the delivery process.
+            self.movable = False
         self.experiment_id: str | None = None
         self.run_id: str | None = None
         self._client: Any = None
@@ -175,6 +194,7 @@ class MlflowBackend(Backend):
             timeout=self.timeout,
             verify=self.verify,
             limits=httpx.Limits(max_connections=4, max_keepalive_connections=4),
+            transport=self.transport,
         )
         self._partial = None
         self._last_step = 0

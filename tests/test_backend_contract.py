@@ -5,15 +5,19 @@ which third-party backends run too) through a real tracker: mixed values (NaN, Â
 big ints, strings, bools, nested mappings, lists, None), odd keys, an empty run, a
 failed run, reuse of one instance for a second run, a large batch. The contract: every
 event is delivered, no backend call fails, and the backend can be reused.
-Backend-specific read-back checks live in each backend's own test file.
+Backend-specific read-back checks live in each backend's own test file. Last, which
+path a backend takes is declared: a ``SyncBackend`` is written by the writer thread
+itself, unless a subclass replaced its async methods or said ``local = False``.
 """
 
 from __future__ import annotations
 
 import io
+import threading
 import uuid
 from collections.abc import Callable
 
+import orjson
 import pytest
 
 import steplog
@@ -94,3 +98,129 @@ def test_check_backend_runs_outside_pytest_and_catches_a_lossy_backend():
 
     with pytest.raises(AssertionError, match="twice"):
         check_backend(lambda tmp: Doubles(), lambda b: [e.step for e in b.records])
+
+
+# -- SyncBackend: the backends the writer thread writes itself, declared ---------------
+
+
+def _thread() -> str:
+    return threading.current_thread().name
+
+
+class Lines(steplog.SyncBackend):
+    """A synchronous backend of one's own: keeps the JSON lines of each batch."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.threads: set[str] = set()
+
+    def open_sync(self, run, encoder):
+        self.threads.add(_thread())
+
+    def write_sync(self, events):
+        self.threads.add(_thread())
+        assert isinstance(events, steplog.EventBatch)
+        self.data += events.data
+
+    def close_sync(self, end):
+        self.threads.add(_thread())
+
+
+def _run(*backends, n=100):
+    tracker = steplog.Tracker(*backends, experiment_name="declared")
+    tracker.init()
+    for step in range(n):
+        tracker.log({"x": step})
+    return tracker.finish()
+
+
+def test_a_sync_backend_of_ones_own_is_written_by_the_writer_thread(tmp_path):
+    """A SyncBackend subclass gets every batch as its JSON lines, from the run's writer
+    thread itself (no fan-out loop), and is counted like any backend."""
+    lines = Lines()
+    stats = _run(steplog.NullBackend(), lines)
+    assert {name.split("-")[1] for name in lines.threads} == {"writer"}
+    steps = [orjson.loads(line)["step"] for line in bytes(lines.data).splitlines()]
+    assert steps == list(range(100))
+    assert stats.backends["lines"].delivered == 100
+
+
+def test_a_memory_backend_whose_write_is_replaced_gets_its_override_called():
+    """A MemoryBackend subclass that replaces the async write (written against the
+    Backend contract) is not synchronous: the fan-out drives it, so its override runs
+    for every batch; one that replaces write_sync stays on the writer thread."""
+
+    class Counting(steplog.MemoryBackend):
+        calls = 0
+
+        def __init__(self):
+            super().__init__()
+            self.threads: set[str] = set()
+
+        async def write(self, events):
+            type(self).calls += 1
+            self.threads.add(_thread())
+            await super().write(events)
+
+    class CountingSync(steplog.MemoryBackend):
+        def __init__(self):
+            super().__init__()
+            self.threads: set[str] = set()
+
+        def write_sync(self, events):
+            self.threads.add(_thread())
+            super().write_sync(events)
+
+    assert steplog.MemoryBackend.synchronous and CountingSync.synchronous
+    assert not Counting.synchronous
+    counting, counting_sync = Counting(), CountingSync()
+    stats = _run(counting, counting_sync)
+    assert Counting.calls > 0
+    assert {name.split("-")[1] for name in counting.threads} == {"fanout"}
+    assert {name.split("-")[1] for name in counting_sync.threads} == {"writer"}
+    for backend in (counting, counting_sync):
+        assert [e.step for e in backend.records] == list(range(100))
+    assert stats.backends["counting"].delivered == stats.backends["countingsync"].delivered
+
+
+def test_a_jsonl_subclass_that_replaces_write_still_writes_a_whole_run_file(tmp_path):
+    """A JsonlBackend subclass that replaces write runs its override (through the
+    fan-out) and its file is the same run as the built-in one writes."""
+
+    class Counting(steplog.JsonlBackend):
+        calls = 0
+
+        async def write(self, events):
+            type(self).calls += 1
+            await super().write(events)
+
+    assert steplog.JsonlBackend.synchronous and not Counting.synchronous
+    backend = Counting(tmp_path)
+    stats = _run(backend)
+    assert Counting.calls > 0
+    run = steplog.read_run(backend.path)
+    assert run.history["x"] == list(range(100)) and run.status == "finished"
+    assert stats.backends["counting"].delivered == 100
+
+
+def test_a_sync_backend_that_says_local_false_follows_the_run_file():
+    """local = False makes a SyncBackend remote: its lane follows the run file (here in
+    a thread of this process), calling the async methods, which call the sync ones."""
+
+    class Remote(steplog.MemoryBackend):
+        local = False
+        movable = False
+
+        def __init__(self):
+            super().__init__()
+            self.threads: set[str] = set()
+
+        def write_sync(self, events):
+            self.threads.add(_thread())
+            super().write_sync(events)
+
+    remote = Remote()
+    stats = _run(remote)
+    assert [e.step for e in remote.records] == list(range(100))
+    assert {name.split("-")[1] for name in remote.threads} == {"lanes"}
+    assert stats.backends["remote"].delivered == 100

@@ -62,14 +62,14 @@ def test_disk_full_mid_run_on_a_real_tiny_filesystem(full_disk):
 
 def test_injected_write_error_mid_run(runs_root, monkeypatch):
     """The same promise where no filesystem can be mounted: os.write fails after a while."""
-    import steplog.backends.jsonl as jsonl_module
+    import steplog.runfile.write as run_file_module  # where the run file is written
 
-    real_write = jsonl_module.os.write
+    real_write = run_file_module.os.write
     calls = {"n": 0}
 
     class FailingOs:
         def __getattr__(self, name):
-            return getattr(jsonl_module.__dict__["_real_os"], name)
+            return getattr(run_file_module.__dict__["_real_os"], name)
 
         @staticmethod
         def write(fd, data):
@@ -78,8 +78,8 @@ def test_injected_write_error_mid_run(runs_root, monkeypatch):
                 raise OSError(errno.ENOSPC, "No space left on device")
             return real_write(fd, data)
 
-    monkeypatch.setitem(jsonl_module.__dict__, "_real_os", jsonl_module.os)
-    monkeypatch.setattr(jsonl_module, "os", FailingOs())
+    monkeypatch.setitem(run_file_module.__dict__, "_real_os", run_file_module.os)
+    monkeypatch.setattr(run_file_module, "os", FailingOs())
     backend = steplog.JsonlBackend(runs_root)
     mem = steplog.MemoryBackend()
     tracker = steplog.Tracker(backend, mem, batch_size=50, retry=FAST)

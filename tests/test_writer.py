@@ -5,13 +5,13 @@ from __future__ import annotations
 import errno
 
 import steplog
-import steplog.backends.jsonl as jsonl_module
+import steplog.runfile.write as run_file_module  # where the run file is written
 
 
 def test_a_write_that_fails_part_way_is_resumed_without_duplicates(runs_root, monkeypatch):
     """A batch write that stops half-way then fails (ENOSPC) resumes after the bytes
     that made it: no torn line, no duplicated step, and the stats match the file."""
-    real_os = jsonl_module.os
+    real_os = run_file_module.os
     state = {"calls": 0, "failed": 0}
 
     class PartialOs:
@@ -28,7 +28,7 @@ def test_a_write_that_fails_part_way_is_resumed_without_duplicates(runs_root, mo
                 raise OSError(errno.ENOSPC, "No space left on device")
             return real_os.write(fd, data)
 
-    monkeypatch.setattr(jsonl_module, "os", PartialOs())
+    monkeypatch.setattr(run_file_module, "os", PartialOs())
     backend = steplog.JsonlBackend(runs_root)
     tracker = steplog.Tracker(
         backend, batch_size=64, retry=steplog.RetryPolicy(retries=5, backoff=0.001)
@@ -50,7 +50,7 @@ def test_a_write_that_fails_part_way_is_resumed_without_duplicates(runs_root, mo
 def test_a_batch_given_up_is_cut_back_to_its_last_whole_line(runs_root, monkeypatch):
     """When retries run out after a partial write, whole lines that made it stay and are
     counted as delivered; the torn rest is cut off, so read_run and the stats agree."""
-    real_os = jsonl_module.os
+    real_os = run_file_module.os
     state = {"broken": False}
 
     class FullDisk:
@@ -65,7 +65,7 @@ def test_a_batch_given_up_is_cut_back_to_its_last_whole_line(runs_root, monkeypa
                 raise OSError(errno.ENOSPC, "No space left on device")
             return real_os.write(fd, data)
 
-    monkeypatch.setattr(jsonl_module, "os", FullDisk())
+    monkeypatch.setattr(run_file_module, "os", FullDisk())
     backend = steplog.JsonlBackend(runs_root)
     mem = steplog.MemoryBackend()
     tracker = steplog.Tracker(

@@ -19,6 +19,7 @@ from .backends import MemoryBackend as MemoryBackend
 from .backends import MlflowBackend as MlflowBackend
 from .backends import NullBackend as NullBackend
 from .backends import Sampled as Sampled
+from .backends import SyncBackend as SyncBackend
 from .backends import TensorBoardBackend as TensorBoardBackend
 from .backends import TrackioBackend as TrackioBackend
 from .backends import WandbBackend as WandbBackend
@@ -100,6 +101,7 @@ __all__ = [
     "RunStatus",
     "Sampled",
     "SteplogError",
+    "SyncBackend",
     "TensorBoardBackend",
     "Tracker",
     "TrackerError",

@@ -1,7 +1,7 @@
 """One backend's delivery: retries with backoff, the circuit breaker, the counts.
 
-Shared by the writer thread (:class:`DirectRunner`, the local backends), the fan-out's
-per-backend runners (:class:`steplog._worker.BackendRunner`) and
+Shared by the writer thread (:class:`DirectRunner`, for each ``SyncBackend``), the
+fan-out's per-backend runners (:class:`steplog._worker.BackendRunner`) and
 :func:`steplog.replay`. The retry contract (see ``Backend.write``): a failed batch is
 passed again, as the same object, until it is written or given up; the next batch
 waits.
@@ -15,15 +15,15 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 
-from .backends.base import Backend
+from .backends.base import Backend, SyncBackend
 from .errors import PermanentBackendError
-from .events import BackendStats, Event, RunEnd, RunInfo
+from .events import BackendStats, Event
 
-__all__ = ["Delivery", "DirectRunner", "DirectSink", "RetryPolicy"]
+__all__ = ["Delivery", "DirectRunner", "RetryPolicy"]
 
 logger = logging.getLogger("steplog")
 
@@ -80,7 +80,7 @@ class Delivery:
 
     :meth:`send` delivers a batch to an async backend (the fan-out's runners and
     :func:`steplog.replay` both use it); :class:`DirectRunner` does the same
-    synchronously for the local backends the writer thread drives itself.
+    synchronously for each ``SyncBackend``, which the writer thread drives itself.
 
     ``clock`` (monotonic seconds, also the clock of ``deadline``) and ``sleep`` (the
     async pause between attempts) are the seams a test drives time through.
@@ -240,47 +240,28 @@ class Delivery:
         )
 
 
-# -- local backends, written by the writer thread itself -------------------------------
-
-
-class DirectSink(Protocol):
-    """A backend's synchronous side, driven by the writer thread (built-in backends only).
-
-    ``write`` gets a batch as the bytes of its lines and as a ``EventBatch``. If it
-    raises, it is called again with the same objects (a retry), and must then store
-    only what it has not stored yet; if the batch is given up, ``abandon`` is called: it
-    keeps only whole events of it and says how many.
-    """
-
-    def open(self, run: RunInfo, encoder: Any) -> None:
-        """Start the run (``encoder`` is the run's ``ValueEncoder``)."""
-
-    def write(self, data: bytes | bytearray, batch: Sequence[Event]) -> None:
-        """Store one batch."""
-
-    def abandon(self) -> int:
-        """Give up the batch whose writes failed; returns how many of its events stay."""
-
-    def close(self, end: RunEnd) -> None:
-        """End the run and release resources."""
+# -- SyncBackends, written by the writer thread itself ---------------------------------
 
 
 class DirectRunner(Delivery):
-    """Feeds one local backend from the writer thread, with retries."""
+    """Feeds one :class:`~steplog.backends.base.SyncBackend` from the writer thread,
+    with retries: the synchronous twin of :meth:`Delivery.send`."""
 
-    def __init__(self, backend: Backend, name: str, sink: DirectSink, **kwargs: Any) -> None:
+    backend: SyncBackend
+
+    def __init__(self, backend: SyncBackend, name: str, **kwargs: Any) -> None:
         super().__init__(backend, name, **kwargs)
-        self.sink = sink
 
-    def send_lines(self, data: bytes | bytearray, batch: Sequence[Event]) -> None:
-        """Write one batch (``data``: its lines), retrying transient errors; count it."""
+    def send_now(self, batch: Sequence[Event]) -> None:
+        """Write one batch, retrying transient errors (the same batch object again);
+        count it. A batch given up is discarded (the backend keeps its whole events)."""
         if self.disabled:
             self.failed += len(batch)
             return
         attempt = 0
         while True:
             try:
-                self.sink.write(data, batch)
+                self.backend.write_sync(batch)
             except Exception as exc:
                 attempt += 1
                 delay = self._retry_after(attempt, exc)
@@ -293,7 +274,7 @@ class DirectRunner(Delivery):
                 return
         kept = 0
         try:
-            kept = self.sink.abandon()
+            kept = self.backend.discard_sync()
         except Exception as exc:
             self.record_error("discard a failed batch", exc)
         self.delivered += kept

@@ -149,7 +149,7 @@ def _resume_point(
     point = resume_point(path)
     if path.stem != point.start.get("run_id"):
         raise RunFileError(f"{path}: its run id {point.start.get('run_id')!r} is not its name")
-    jsonl._expect_size = point.size
+    jsonl.expect_resume(point.size)
     return point
 
 

@@ -1,9 +1,11 @@
 """The fan-out to the in-process async sinks (console, live plot, a local backend of
 your own): remote backends follow the run file through their lanes (``_lane.py``).
 
-The writer thread (:mod:`steplog._writer`) feeds the built-in local backends (JSONL,
-memory, null) itself, synchronously, through a :class:`DirectRunner` each. An async
-in-process sink (``Backend.local``) is fed here: only when one is attached does the
+The writer thread (:mod:`steplog._writer`) feeds the synchronous backends
+(:class:`steplog.SyncBackend`: JSONL, memory, null) itself, through a
+:class:`steplog._delivery.DirectRunner` each. Any other in-process backend
+(``Backend.local``, or a ``SyncBackend`` subclass that replaced the async methods) is
+fed here: only when one is attached does the
 writer start a :class:`Fanout`, an anyio event loop (asyncio backend) in its own daemon
 thread, where each sink gets its own :class:`BackendRunner` task fed by its own queue of
 batches. So a slow sink never holds up the others: it only lets its own backlog grow, up

@@ -3,13 +3,15 @@
 One writer serves one run. It is a plain daemon thread (never an event loop: waking one
 from another thread costs the logging loop far more than setting a
 ``threading.Event``), woken once per ``batch_size`` events or every ``flush_interval``.
-Its common work is to join the lines ``log()`` encoded and hand them to the local
-backends in one ``os.write`` (which releases the GIL), so the loop it serves pays as
-little of its time as possible for the GIL. Events ``log()`` left as rows (tensors to
-read from a device) are read back and encoded here, a batch at a time.
+Its common work is to join the lines ``log()`` encoded and hand them to the
+synchronous backends (:class:`steplog.SyncBackend`: the run file, memory, null) — the
+run file's :class:`steplog.runfile.write.RunFile` appends them in one ``os.write``
+(which releases the GIL) — so the loop it serves pays as little of its time as possible
+for the GIL. Events ``log()`` left as rows (tensors to read from a device) are read back
+and encoded here, a batch at a time.
 
-Backends other than the built-in local ones are async: the writer starts a
-:class:`steplog._worker.Fanout` for them only when one is attached, and hands it each
+Other in-process backends (``local``: the console, a live plot) are async: the writer
+starts a :class:`steplog._worker.Fanout` for them only when one is attached, and hands it each
 batch as a :class:`steplog._batch.EventBatch` whose events are decoded only if read.
 Callers talk to the writer through ``concurrent.futures.Future`` objects, which a sync
 caller waits on and an async caller awaits.
@@ -46,12 +48,13 @@ from ._monitor import Monitor
 from ._options import DEFAULT_MAX_ARRAY_SIZE
 from ._threads import Stopper, run_thread
 from ._worker import Fanout, _wait_until
-from .backends.base import Backend
-from .backends.jsonl import _FileSink
+from .backends.base import Backend, SyncBackend
+from .backends.jsonl import JsonlBackend
 from .errors import BackendOpenError, WorkerError
 from .events import BackendStats, RunEnd, RunInfo, RunStats, RunStatus
 from .runfile.codec import ValueEncoder
 from .runfile.schema import alert_record
+from .runfile.write import RunFile
 from .watch import Alert
 
 __all__ = ["BACKLOG_BATCHES", "Writer"]
@@ -166,12 +169,9 @@ class Writer:
         #: once the file is open: :meth:`_start_lanes`).
         self.remote: list[tuple[str, Backend]] = []
         for name, backend in backends:
-            sink = backend._direct_sink()
-            if sink is not None:
+            if isinstance(backend, SyncBackend) and backend.synchronous and backend.local:
                 self.direct.append(
-                    DirectRunner(
-                        backend, name, sink, retry=self.retry, deadline=self._stop_deadline
-                    )
+                    DirectRunner(backend, name, retry=self.retry, deadline=self._stop_deadline)
                 )
             elif backend.local:
                 local.append((name, backend))
@@ -415,7 +415,7 @@ class Writer:
         opened: list[DirectRunner] = []
         for runner in self.direct:
             try:
-                runner.sink.open(info, self.encoder)
+                runner.backend.open_sync(info, self.encoder)
             except Exception as exc:
                 error = BackendOpenError(
                     f"backend {runner.name!r} ({runner.backend!r}) could not open run "
@@ -453,12 +453,13 @@ class Writer:
                 return False
         return True
 
-    def _run_file(self) -> Any:
+    def _run_file(self) -> JsonlBackend | None:
         """The run file's JSONL backend (a tracker with remote backends has one)."""
         runner = self.file_runner or next(
-            (r for r in self.direct if isinstance(r.sink, _FileSink)), None
+            (r for r in self.direct if isinstance(r.backend, JsonlBackend)), None
         )
-        return None if runner is None else runner.backend
+        backend = None if runner is None else runner.backend
+        return backend if isinstance(backend, JsonlBackend) else None
 
     def _start_lanes(self, info: RunInfo) -> None:
         """A lane per remote backend, following the run file from its cursor: in the
@@ -537,8 +538,9 @@ class Writer:
     def _start_ring(self, info: RunInfo) -> None:
         from ._ring import ProcessWriter
 
-        runner = next((r for r in self.direct if hasattr(r.sink, "start_ring")), None)
-        if runner is None:
+        runner = next((r for r in self.direct if _run_file_of(r) is not None), None)
+        file = None if runner is None else _run_file_of(runner)
+        if runner is None or file is None:
             logger.warning(
                 "steplog: durability='process' needs a JsonlBackend; run %r is written "
                 "by the writer thread instead",
@@ -552,10 +554,18 @@ class Writer:
                 info.run_id,
             )
             return
-        self.ring = runner.sink.start_ring(  # type: ignore[attr-defined]
-            capacity=min(self.buffer.byte_budget, 16 * 2**20),
-            flush_interval=self.flush_interval,
-        )
+
+        def start(fd: int) -> ProcessWriter:
+            ring = ProcessWriter(
+                fd,
+                run_id=info.run_id,
+                capacity=min(self.buffer.byte_budget, 16 * 2**20),
+                flush_interval=self.flush_interval,
+            )
+            ring.start()
+            return ring
+
+        self.ring = file.hand_off(start)
         # A line the ring cannot hold would never fit: such an event is recorded as the
         # too-large marker instead (by log(), or here for the rows), as over
         # max_event_bytes.
@@ -585,8 +595,9 @@ class Writer:
         """
         runners = [*self.direct, *([self.ringed] if self.ringed is not None else [])]
         for runner in runners:
-            if isinstance(runner.sink, _FileSink):
-                runner.sink.forget_after_fork()
+            file = _run_file_of(runner)
+            if file is not None:
+                file.forget_after_fork()
         if self.ring is not None:
             self.ring.forget_after_fork()
         if self.lanes is not None:
@@ -598,7 +609,7 @@ class Writer:
         end = RunEnd(info.run_id, time.time(), "failed", {}, RunStats())
         for runner in runners:
             try:
-                runner.sink.close(end)
+                runner.backend.close_sync(end)
             except Exception as exc:
                 logger.warning("steplog: closing backend %r failed: %r", runner.name, exc)
 
@@ -657,13 +668,14 @@ class Writer:
         if not data:
             return
         for runner in self.direct:
-            if not isinstance(runner.sink, _FileSink) or runner.disabled:
+            file = _run_file_of(runner)
+            if file is None or runner.disabled:
                 continue
             try:
-                runner.sink.write(data, ())
+                file.append(data)
             except Exception as exc:
                 with contextlib.suppress(Exception):
-                    runner.sink.abandon()  # cut a partial record back out
+                    file.cut_back()  # cut a partial record back out
                 runner.record_error("write system and alert records", exc)
 
     def _encode_rows(self, items: list[Any]) -> list[Any]:
@@ -717,7 +729,9 @@ class Writer:
         assert runner is not None  # ring mode has one
         lost = ring.take_over()
         status = ring.exit_status
-        runner.sink.ring_gone()  # type: ignore[attr-defined]
+        file = _run_file_of(runner)
+        if file is not None:
+            file.take_back()
         self.direct.insert(0, runner)  # first: a fork meanwhile closes its file copy
         self.buffer.detach_ring()
         self.ring = self.ringed = None
@@ -746,7 +760,7 @@ class Writer:
         runner = self.file_runner
         if runner is None or not data:
             return
-        runner.send_lines(data, EventBatch(data, count))
+        runner.send_now(EventBatch(data, count))
         self.file_taken += count
 
     def _deliver(
@@ -764,9 +778,9 @@ class Writer:
         for runner in self.direct:
             if file_data is not None and runner is self.file_runner:
                 if file_data:
-                    runner.send_lines(file_data, EventBatch(file_data, file_count))
+                    runner.send_now(EventBatch(file_data, file_count))
             else:
-                runner.send_lines(data, batch)
+                runner.send_now(batch)
         if self.took_over:
             self.file_taken += count if file_data is None else file_count
         if self.lanes is not None:
@@ -832,11 +846,12 @@ class Writer:
             stats=stats,
         )
         for runner in self.direct:
+            backend = runner.backend
             try:
-                if runner is self.ringed:  # the writer process gets the stop's deadline
-                    runner.sink.close(end, request.close_budget())  # type: ignore[call-arg]
+                if runner is self.ringed and isinstance(backend, JsonlBackend):
+                    backend.close_sync(end, request.close_budget())  # the stop's deadline
                 else:
-                    runner.sink.close(end)
+                    backend.close_sync(end)
             except Exception as exc:
                 runner.record_error("close", exc)
         ring = self.ring
@@ -922,6 +937,12 @@ class Writer:
                 for name in self.names
             },
         )
+
+
+def _run_file_of(runner: DirectRunner) -> RunFile | None:
+    """The open run file of the JSONL backend ``runner`` drives; ``None`` for others."""
+    backend = runner.backend
+    return backend.run_file if isinstance(backend, JsonlBackend) else None
 
 
 def stop_timeout(stop: _StopRequest | None) -> float | None:

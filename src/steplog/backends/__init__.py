@@ -8,6 +8,7 @@ optional dependency only when constructed; a missing one raises
 from __future__ import annotations
 
 from .base import Backend as Backend
+from .base import SyncBackend as SyncBackend
 from .console import ConsoleBackend as ConsoleBackend
 from .jsonl import JsonlBackend as JsonlBackend
 from .liveplot import LivePlotBackend as LivePlotBackend
@@ -28,6 +29,7 @@ __all__ = [
     "MlflowBackend",
     "NullBackend",
     "Sampled",
+    "SyncBackend",
     "TensorBoardBackend",
     "TrackioBackend",
     "WandbBackend",

@@ -1,14 +1,16 @@
-"""The interface every backend implements."""
+"""The interface every backend implements (:class:`Backend`), and the one the writer
+thread drives itself (:class:`SyncBackend`)."""
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from ..events import Event, RunEnd, RunInfo
+from ..runfile.codec import ValueEncoder
 
-__all__ = ["Backend"]
+__all__ = ["Backend", "SyncBackend"]
 
 
 class Backend(abc.ABC):
@@ -46,7 +48,8 @@ class Backend(abc.ABC):
     name: str = ""
 
     #: Whether this backend is an in-process sink (memory, console, a live plot, null):
-    #: the writer thread of the logging process feeds it, batch by batch. Every other
+    #: the writer thread of the logging process feeds it, batch by batch — itself for a
+    #: :class:`SyncBackend`, else through the fan-out's event loop. Every other
     #: backend is remote: a *lane* feeds it from the run file, by default in a delivery
     #: process (see docs/concepts.md, "Remote backends follow the run file").
     local: bool = False
@@ -77,20 +80,81 @@ class Backend(abc.ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
-    def _direct_sink(self) -> Any:
-        """The synchronous side the writer thread drives itself, or ``None``.
 
-        Only the built-in local backends (JSONL, memory, null) have one, and only while
-        a subclass has not replaced their methods: every other backend is driven through
-        ``open``/``write``/``close`` on the event loop of the run's fan-out thread.
+class SyncBackend(Backend):
+    """A local backend the writer thread writes itself, synchronously (JSONL, memory, null).
+
+    Declaring a backend this way is what makes it cheap: the run's writer thread calls
+    :meth:`open_sync`, :meth:`write_sync` and :meth:`close_sync` between two drains of
+    the buffer, with no event loop, task or queue in between. Every other in-process
+    backend (``local = True``: the console, a live plot) goes through the fan-out's event
+    loop, and a remote one (``local = False``) through a lane that follows the run file.
+    So a ``SyncBackend`` must be quick: the logging loop waits for it when the buffer is
+    full (``overflow="block"``).
+
+    The contract of :class:`Backend` holds for the synchronous methods: one call at a
+    time, in order; a ``write_sync`` that raises is called again with the *same* batch
+    object (store only what the failed call did not); a batch given up after the retries
+    gets one :meth:`discard_sync`. The async ``open``, ``write`` and ``close`` call the
+    synchronous ones, for when the backend is driven like any other (``steplog.replay``,
+    ``steplog sync``, or as a remote backend: ``local = False``).
+
+    A subclass that replaces ``open``, ``write`` or ``close`` (written against the async
+    contract, e.g. a :class:`steplog.MemoryBackend` that fails on purpose) gets
+    ``synchronous = False`` unless its body sets it: it is then driven through those
+    methods like any in-process backend, so its overrides run. Override the ``*_sync``
+    methods instead to stay on the writer thread.
+    """
+
+    local = True
+
+    #: Whether the writer thread calls the ``*_sync`` methods itself (see the class
+    #: documentation for the subclasses that get ``False``).
+    synchronous: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "synchronous" not in cls.__dict__ and any(
+            name in cls.__dict__ for name in ("open", "write", "close")
+        ):
+            cls.synchronous = False
+
+    @abc.abstractmethod
+    def open_sync(self, run: RunInfo, encoder: ValueEncoder) -> None:
+        """Start a run.
+
+        Args:
+            run: The run.
+            encoder: The run's value encoder, which made the JSON lines of the batches;
+                a backend that writes records of its own encodes them with it (the run
+                file does), others ignore it.
         """
-        return None
 
+    @abc.abstractmethod
+    def write_sync(self, events: Sequence[Event]) -> None:
+        """Store one batch of events, in order (usually a :class:`steplog.EventBatch`,
+        whose ``data`` holds its JSON lines)."""
 
-def _overrides(backend: Backend, base: type, *names: str) -> bool:
-    """Whether ``backend``'s class replaces any of ``base``'s methods ``names``."""
-    cls = type(backend)
-    return any(getattr(cls, name) is not getattr(base, name) for name in names)
+    def discard_sync(self) -> int:
+        """Give up the batch whose ``write_sync`` kept failing; returns how many of its
+        events stay stored (whole ones only). The default: none were stored."""
+        return 0
+
+    @abc.abstractmethod
+    def close_sync(self, end: RunEnd) -> None:
+        """Store the summary, status and statistics, and release resources."""
+
+    async def open(self, run: RunInfo) -> None:
+        """Start a run (calls :meth:`open_sync`, with an encoder of its own)."""
+        self.open_sync(run, ValueEncoder())
+
+    async def write(self, events: Sequence[Event]) -> None:
+        """Store one batch (calls :meth:`write_sync`)."""
+        self.write_sync(events)
+
+    async def close(self, end: RunEnd) -> None:
+        """End the run (calls :meth:`close_sync`)."""
+        self.close_sync(end)
 
 
 def backend_name(backend: Backend) -> str:

@@ -8,16 +8,17 @@ from typing import Any
 
 from .._batch import events_of
 from ..events import Event, RunEnd, RunInfo, RunStats
-from .base import Backend, _overrides
+from ..runfile.codec import ValueEncoder
+from .base import SyncBackend
 
 __all__ = ["MemoryBackend"]
 
 
-class MemoryBackend(Backend):
+class MemoryBackend(SyncBackend):
     """Keeps every event of the latest run in memory.
 
     The attributes describe the most recent run (``open`` resets them). Read them after
-    ``flush()`` or ``finish()``: the worker fills them from its own thread.
+    ``flush()`` or ``finish()``: the writer thread fills them (a :class:`SyncBackend`).
 
     Attributes:
         info: The run that was opened, or ``None``.
@@ -28,8 +29,6 @@ class MemoryBackend(Backend):
         status: The run's end status, or ``None`` while it is running.
         stats: The run's statistics once it is closed.
     """
-
-    local = True  # an in-process sink: the writer thread feeds it
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -48,20 +47,15 @@ class MemoryBackend(Backend):
         """The merged config of the run (empty before ``open``)."""
         return self.info.config if self.info is not None else {}
 
-    async def open(self, run: RunInfo) -> None:
+    def open_sync(self, run: RunInfo, encoder: ValueEncoder) -> None:
         """Forget the previous run and start recording ``run``."""
-        self._start(run)
-
-    def _start(self, run: RunInfo) -> None:
         with self._lock:
             self._reset()
             self.info = run
 
-    async def write(self, events: Sequence[Event]) -> None:
+    def write_sync(self, events: Sequence[Event]) -> None:
         """Append the events and extend the per-key history."""
-        self._add(events_of(events))
-
-    def _add(self, events: Sequence[Event]) -> None:
+        events = events_of(events)
         with self._lock:
             self.records.extend(events)
             history = self.history
@@ -73,42 +67,13 @@ class MemoryBackend(Backend):
                     else:
                         series.append(value)
 
-    async def close(self, end: RunEnd) -> None:
+    def close_sync(self, end: RunEnd) -> None:
         """Record the summary, status and statistics."""
-        self._end(end)
-
-    def _end(self, end: RunEnd) -> None:
         with self._lock:
             self.summary = dict(end.summary)
             self.status = end.status
             self.stats = end.stats
 
-    def _direct_sink(self) -> _MemorySink | None:
-        if _overrides(self, MemoryBackend, "open", "write", "close"):
-            return None
-        return _MemorySink(self)
-
     def steps(self, key: str) -> list[int]:
         """Return the steps at which ``key`` was logged, aligned with ``history[key]``."""
         return [e.step for e in self.records if key in e.data]
-
-
-class _MemorySink:
-    """The writer thread's side of a :class:`MemoryBackend` (see ``DirectSink``)."""
-
-    __slots__ = ("backend",)
-
-    def __init__(self, backend: MemoryBackend) -> None:
-        self.backend = backend
-
-    def open(self, run: RunInfo, encoder: object) -> None:
-        self.backend._start(run)
-
-    def write(self, data: bytes | bytearray, batch: Sequence[Event]) -> None:
-        self.backend._add(events_of(batch))
-
-    def abandon(self) -> int:
-        return 0
-
-    def close(self, end: RunEnd) -> None:
-        self.backend._end(end)

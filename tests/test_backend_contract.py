@@ -69,7 +69,17 @@ FACTORIES: dict[str, Callable] = {
 class TestEveryBackend(BackendContract):
     """The public contract suite (steplog.testing.BackendContract), for each backend."""
 
-    @pytest.fixture(autouse=True, params=list(FACTORIES))
+    @pytest.fixture(
+        autouse=True,
+        params=[
+            # a real MLflow server; W&B starts its service process for each run; trackio
+            # its storage (seconds a run): their own test files keep a fast test each
+            pytest.param(name, marks=pytest.mark.slow)
+            if name in ("mlflow", "wandb", "trackio")
+            else name
+            for name in FACTORIES
+        ],
+    )
     def _factory(self, request):
         self.factory = FACTORIES[request.param]
         self.request = request
@@ -224,3 +234,25 @@ def test_a_sync_backend_that_says_local_false_follows_the_run_file():
     assert [e.step for e in remote.records] == list(range(100))
     assert {name.split("-")[1] for name in remote.threads} == {"lanes"}
     assert stats.backends["remote"].delivered == 100
+
+
+def test_a_jsonl_backend_that_says_local_false_is_not_the_run_file(tmp_path):
+    """A JSONL subclass marked remote follows a run file like any remote backend: the
+    tracker adds the default run file for it instead of treating it as the run file."""
+
+    class Mirror(steplog.JsonlBackend):
+        local = False
+        movable = False
+
+    mirror = Mirror(tmp_path / "mirror")
+    tracker = steplog.Tracker(mirror, experiment_name="declared")
+    tracker.init()
+    for step in range(100):
+        tracker.log({"x": step})
+    stats = tracker.finish()
+    assert stats.backends["mirror"].delivered == 100
+    (run_file,) = [b for b in tracker.backends if type(b) is steplog.JsonlBackend]
+    assert run_file.path is not None and tmp_path / "mirror" not in run_file.path.parents
+    assert steplog.read_run(run_file.path).history["x"] == list(range(100))
+    copies = list((tmp_path / "mirror").rglob("*.jsonl"))
+    assert len(copies) == 1 and steplog.read_run(copies[0]).history["x"] == list(range(100))

@@ -25,7 +25,7 @@ from conftest import MlflowServer, find_run, history
 
 pytest.importorskip("httpx", reason="MlflowBackend needs httpx (pip install -e '.[dev]')")
 pytest.importorskip("wandb", reason="WandbBackend needs wandb (pip install -e '.[dev]')")
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]  # real servers, killed jobs
 
 RULE = {"interval": 0.1, "reduce": "mean", "extremes": True}
 

@@ -284,6 +284,7 @@ def test_default_backend_is_jsonl_under_runs(tmp_path, monkeypatch):
     assert steplog.read_run(path).history["loss"] == [0.5]
 
 
+@pytest.mark.slow
 def test_many_threads_logging_at_once_keep_all_events_and_per_thread_order():
     """8 threads x 100 000 events: every event arrives, each thread's order is kept."""
     mem = steplog.MemoryBackend()
@@ -528,6 +529,7 @@ def test_a_backend_reading_one_event_gets_it_decoded():
     assert seen[-1][1:] == (99, {"i": 99, "v": float("inf")})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("durability", ["thread", "process"])
 @pytest.mark.parametrize("policy", ["block", "drop_oldest", "drop_newest"])
 def test_log_from_a_signal_handler_never_deadlocks(tmp_path, policy, durability):
@@ -579,6 +581,7 @@ print(fired[0], s.logged, s.written, s.dropped)
         assert loop == list(range(60_000)) and sorted(timer) == list(range(fired))
 
 
+@pytest.mark.slow
 def test_another_thread_changing_a_nested_dict_never_raises_into_log(runs_root, monkeypatch):
     """log() of a dict whose nested dict another thread keeps changing (the snapshot path
     walks it: tensors driven as device ones) never raises; every call is recorded

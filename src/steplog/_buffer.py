@@ -1,4 +1,9 @@
-"""The bounded buffer between ``log()`` and the writer, with its overflow policies."""
+"""The bounded buffer between ``log()`` and the writer, with its overflow policies.
+
+:class:`LineBuffer` is the producer side of ``durability="thread"``; the writer
+process's mode extends it (:class:`steplog._ringbuffer.RingBuffer`) through two hooks:
+the ``limit`` the hot path gets back after a slow step, and how a dropped item counts.
+"""
 
 from __future__ import annotations
 
@@ -9,25 +14,12 @@ from typing import Any
 
 from ._options import OverflowPolicy
 
-__all__ = ["LineBuffer", "RingCopy", "RingPending", "Row"]
+__all__ = ["LineBuffer", "Row"]
 
 
 #: An event ``log()`` could not encode on the spot (tensors to read from a device, or
 #: references kept with ``snapshot=False``): ``(step, time, data)``, encoded by the writer.
 Row = tuple[int, float, dict[str, Any]]
-
-
-class RingPending(bytes):
-    """A line still to be put into the writer process's ring (queued behind a row)."""
-
-    __slots__ = ()
-
-
-class RingCopy(bytes):
-    """A line the writer process's ring had when it died: the run file has it (the
-    writer thread wrote what the ring held); only the other backends still need it."""
-
-    __slots__ = ()
 
 
 # How long a blocked producer sleeps between checks that the writer is still alive.
@@ -61,7 +53,9 @@ class LineBuffer:
       wakes the writer once. The writer re-arms it when it takes a batch. So the writer
       is woken at most once per batch, not once per event;
     * overflow: once ``count >= capacity`` (or the bytes reach ``byte_budget``) the
-      policy applies.
+      policy applies;
+    * anything else a subclass must see: ``limit = 0`` sends every ``log()`` through
+      :meth:`put_slow` (a signal handler's late item; the writer process's ring).
 
     Attributes:
         lock: Guards everything below; producers hold it only to append.
@@ -125,16 +119,6 @@ class LineBuffer:
         self._room = threading.Condition(self.lock)
         self._blocked = 0
         self._waiting: set[int] = set()  # threads waiting for room
-        #: ``durability="process"``: the writer process's ring (see :meth:`attach_ring`).
-        self.ring: Any = None
-        self.ringed = 0  # lines log() put into the ring itself
-        #: Ring mode: copies for the other backends dropped (the events are stored).
-        self.others_dropped = 0
-        self.others = False
-        self._rows_pending = False
-        self._ring_lock = threading.RLock()
-        self._in_ring_put = False  # a signal handler's log() must not re-enter ring.put
-        self._since_wake = 0
 
     def connect(self, wake: Callable[[], None], alive: Callable[[], bool]) -> None:
         """Set how to wake the writer and how to tell whether it still runs (called by
@@ -142,22 +126,6 @@ class LineBuffer:
         self._wake = wake
         self._alive = alive
         self._writer = threading.get_ident()
-
-    def attach_ring(self, ring: Any, *, others: bool) -> None:
-        """Send lines straight into the writer process's ring (``durability="process"``).
-
-        From now on ``limit`` stays 0, so every ``log()`` goes through
-        :meth:`put_slow`, which puts its line into ``ring`` (a
-        :class:`steplog._ring.ProcessWriter`) — where it survives a SIGKILL of this
-        process — and, if ``others`` (other backends are attached), also queues it for
-        the writer thread to hand to them. While rows (device tensors the writer must
-        read first) wait in the buffer, later lines queue behind them as
-        :class:`RingPending`, so the file keeps the order of the ``log()`` calls.
-        """
-        with self.lock:
-            self.ring = ring
-            self.others = others
-            self.limit = 0
 
     # -- producer side ----------------------------------------------------------
 
@@ -177,9 +145,6 @@ class LineBuffer:
 
     def put_slow(self, line: bytes) -> None:
         """Queue a line the hot path did not: wake the writer, apply the policy."""
-        if self.ring is not None:
-            self._put_ringed(line)
-            return
         with self.lock:
             if self._nested():
                 self._put_late(bytearray(line))
@@ -193,29 +158,10 @@ class LineBuffer:
 
     def put_row(self, row: Row) -> None:
         """Queue an event the writer must encode (see :data:`Row`)."""
-        if self.ring is not None:
-            if not self._take_ring_lock():
-                self._rows_pending = True  # the writer: queue behind, never wait
-                self._queue_item(row, wait=False)
-                return
-            try:
-                self._rows_pending = True
-                self._queue_item(row)
-            finally:
-                self._ring_lock.release()
-            return
         self._queue_item(row)
 
-    def _take_ring_lock(self) -> bool:
-        """Take the ring lock; the writer thread never waits for it (a producer may hold
-        it while it waits for room that only the writer makes): False, then."""
-        if threading.get_ident() == self._writer:
-            return self._ring_lock.acquire(blocking=False)
-        self._ring_lock.acquire()
-        return True
-
     def _queue_item(self, item: Any, *, wait: bool = True) -> None:
-        """Queue a row or a ring-pending line behind the current lines.
+        """Queue a row (or another item that is not a line) behind the current lines.
 
         ``wait=False`` queues it even over the limits (a signal handler's line that
         must not wait; bounded by the signal rate).
@@ -268,8 +214,12 @@ class LineBuffer:
                 self._segment_bytes += len(item)
         self._late = []
         self.byte_limit = self.byte_budget - self._segment_bytes
-        if self.ring is None:
-            self.limit = self.wake_at if self._armed else self.capacity
+        self._reset_limit()
+
+    def _reset_limit(self) -> None:
+        """Give the hot path its ``limit`` back after a slow step (lock held): the batch
+        size while the wake-up is armed, the capacity once it fired."""
+        self.limit = self.wake_at if self._armed else self.capacity
 
     def _close_segment(self) -> None:
         data = self.data
@@ -282,8 +232,7 @@ class LineBuffer:
     def _wake_if_armed(self) -> None:
         if self._armed:
             self._armed = False
-            if self.ring is None:
-                self.limit = self.capacity
+            self._reset_limit()
             self._wake()
 
     def _overflow(self, size: int) -> bool:
@@ -330,8 +279,7 @@ class LineBuffer:
     def _drop_oldest(self) -> None:
         """Drop the oldest queued event (lock held)."""
         segments = self.segments
-        line = True  # a line (in ring mode: a copy of one the ring has), not a row
-        first: Any = None
+        item: Any = None  # what was dropped, when it is not a line of a run of lines
         if segments:
             first = segments[0]
             if type(first) is bytearray:
@@ -343,168 +291,19 @@ class LineBuffer:
                     del segments[0]
             else:
                 del segments[0]
-                line = type(first) is RingCopy
+                item = first
         elif self.data:
             del self.data[: self.data.index(b"\n") + 1]
         else:  # only items queued by signal handlers are left
-            line = type(self._late.pop(0)) is bytearray
+            late = self._late.pop(0)
+            if type(late) is not bytearray:
+                item = late
         self.count -= 1
-        if (self.ring is not None and line) or type(first) is RingCopy:
-            self.others_dropped += 1  # a copy of a line in the ring: stored all the same
-        else:
-            self.dropped += 1
+        self._count_drop(item)
 
-    # -- durability="process" ---------------------------------------------------
-
-    def _put_ringed(self, line: bytes) -> None:
-        if not self._take_ring_lock():
-            # The writer thread (a value's __repr__, a callback) while a producer holds
-            # the ring: queue the line for itself to put in, without waiting.
-            self._rows_pending = True
-            self._queue_item(RingPending(line), wait=False)
-            return
-        try:
-            ring = self.ring  # once: the writer thread may take the file over meanwhile
-            if ring is not None:
-                self._put_ringed_locked(ring, line)
-                return
-        finally:
-            self._ring_lock.release()
-        self.put_slow(line)  # it did, before this call got here
-
-    def _put_ringed_locked(self, ring: Any, line: bytes) -> None:
-        """Put a line into the ring, or queue it behind the rows (ring lock held)."""
-        if self._in_ring_put or threading.get_ident() in self._waiting:
-            # A signal handler interrupted a put on this thread: the ring's copy is
-            # not reentrant, so queue the line for the writer — without waiting for
-            # room, which the writer could only make once the interrupted put (that
-            # holds the ring) goes on.
-            self._rows_pending = True
-            self._queue_item(RingPending(line), wait=False)
-            return
-        if self._rows_pending:
-            self._queue_item(RingPending(line))
-            return
-        self._in_ring_put = True
-        try:
-            self._put_into_ring(ring, line)
-        finally:
-            self._in_ring_put = False
-
-    def _put_into_ring(self, ring: Any, line: bytes) -> None:
-        """Put a line into the ring (ring lock held), applying the overflow policy."""
-        if not ring.put(line):
-            ring.wake()
-            if self.policy is not OverflowPolicy.BLOCK and ring.alive():
-                with self.lock:  # a line in the ring cannot be dropped again
-                    self.dropped += 1
-                return
-            if not self._wait_for_ring(ring, line):
-                # The writer process is gone (the writer thread takes the file over and
-                # writes what the ring held), or this is the writer thread, which must
-                # not wait: the line queues for the writer thread, in order.
-                self._rows_pending = True
-                self._queue_item(RingPending(line))
-                return
-        self.ringed += 1
-        self._since_wake += 1
-        if self._since_wake >= self.wake_at:
-            self._since_wake = 0
-            ring.wake()
-        if self.others:
-            self._queue_copy(line)
-
-    def _wait_for_ring(self, ring: Any, line: bytes) -> bool:
-        """Wait until ``line`` is in the ring (``block``); False if it never will be
-        from here: the writer process died, or this is the writer thread."""
-        ident = threading.get_ident()
-        if ident == self._writer:
-            return False
-        self._waiting.add(ident)
-        try:
-            while not ring.put(line):
-                if not ring.wait_for_room(len(line), _BLOCK_POLL_SECONDS) and not ring.alive():
-                    return False
-        finally:
-            self._waiting.discard(ident)
-        return True
-
-    def _queue_copy(self, line: bytes) -> None:
-        """Queue a copy of a line already in the ring, for the other backends.
-
-        The event is stored (the ring has it); only the other backends can miss it, so
-        a copy that finds no room under a drop policy counts in :attr:`others_dropped`,
-        never in :attr:`dropped`.
-        """
-        with self.lock:
-            if self.ring is not None:
-                if self.count >= self.wake_at:
-                    self._wake_if_armed()
-                if self.policy is not OverflowPolicy.BLOCK and self._full(len(line)):
-                    self.others_dropped += 1
-                    return
-                if self._overflow(len(line)):  # block, and the writer died
-                    self.dropped -= 1
-                    self.others_dropped += 1
-                    return
-                if self.ring is not None:  # (the wait for room lets go of the lock)
-                    self._append(line)
-                    return
-            # The writer took the file over since the put: the file has this line.
-            self._close_segment()
-            self.segments.append(RingCopy(line))
-            self.count += 1
-
-    def detach_ring(self) -> None:
-        """The writer process died and the writer thread took the run file over (after
-        writing every line the ring held): lines queue here again, as without a ring.
-
-        Copies of lines the ring had, queued for the other backends, become
-        :class:`RingCopy` lines (one each), so that the writer does not write them to
-        the file twice; a copy queued by a put that raced this call becomes one too.
-        """
-        with self.lock:
-            self._close_segment()
-            segments: list[Any] = []
-            for item in self.segments:
-                if type(item) is bytearray:
-                    segments += [RingCopy(line) for line in item.splitlines(keepends=True)]
-                else:
-                    segments.append(item)
-            self.segments = segments
-            self._late = [
-                RingCopy(item) if type(item) is bytearray else item for item in self._late
-            ]
-            self._segment_bytes = 0
-            self.byte_limit = self.byte_budget
-            self.ring = None
-            self._rows_pending = False
-            self.has_rows = True
-            self.limit = 0 if self._late else (self.wake_at if self._armed else self.capacity)
-            self._room.notify_all()
-
-    def ring_idle(self) -> None:
-        """The writer put every row and pending line it took into the ring: lines go
-        straight in again, unless more of them were queued meanwhile.
-
-        Never waits for a lock: a producer may hold one while it waits for room that
-        only the writer's next take makes (then the lines keep queuing behind the rows
-        for one more round).
-        """
-        if not self._ring_lock.acquire(blocking=False):
-            return
-        try:
-            # Nor for the buffer lock while holding the ring lock: log() takes them in
-            # the other order (a signal handler's log() inside a log() holding it).
-            if not self.lock.acquire(blocking=False):
-                return
-            try:
-                if not any(type(item) is not bytearray for item in self.segments):
-                    self._rows_pending = False
-            finally:
-                self.lock.release()
-        finally:
-            self._ring_lock.release()
+    def _count_drop(self, item: Any) -> None:
+        """Count an event :meth:`_drop_oldest` dropped (``item``: None for a line)."""
+        self.dropped += 1
 
     # -- writer side ------------------------------------------------------------
 
@@ -534,7 +333,10 @@ class LineBuffer:
         """Re-enable the wake-up (the writer is about to take a batch)."""
         with self.writer_lock(stopping):
             self._armed = True
-            self.limit = 0 if self.ring is not None or self._late else self.wake_at
+            if self._late:
+                self.limit = 0
+            else:
+                self._reset_limit()
 
     def take(self, *, stopping: Callable[[], bool] = _never) -> tuple[list[Any], int]:
         """Remove and return every queued item (``bytearray`` runs and rows) and the count."""

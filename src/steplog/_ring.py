@@ -15,13 +15,9 @@ Protocol (``_ringchild.py``'s docstring has the details):
   the bytes ever written to the file (written only by the child). Stream byte ``i``
   lives at data offset ``i % capacity``; a line may wrap around the end.
 - Control channel (here → child), one end of a ``socketpair``: ``W`` wake, ``F`` flush
-  request, ``C`` + length + end line to close. The child holds the only other end and
-  this process the only copy of this one, so end-of-file tells the child its parent is
-  gone. (A socket rather than a pipe: ``send(MSG_NOSIGNAL)`` to a dead child fails with
-  ``EPIPE`` instead of raising SIGPIPE, which kills programs that restored its default.)
-- Ack pipe (child → here): ``R`` once attached, ``A`` per flush request served;
-  end-of-file tells this process that the child is gone. ``flush()`` decides by reading
-  ``head``, so a lost or late ``A`` only costs a re-check.
+  request, ``C`` + length + end line to close; ack pipe (child → here): ``R`` once
+  attached, ``A`` per flush request served. End-of-file on either tells one side that
+  the other is gone. ``_ringcontrol.py`` holds this side of both.
 
 Memory ordering: ``put()`` copies the line into the ring, *then* stores the new tail (an
 aligned 8-byte word: one instruction, in separate C calls that a compiler cannot
@@ -52,7 +48,6 @@ hide the real parent's death from the writer.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import mmap
 import os
@@ -63,7 +58,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+
+from ._ringcontrol import ControlChannel
 
 __all__ = ["ProcessWriter"]
 
@@ -79,14 +75,8 @@ _W_ERRORS = 25
 _CHILD_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_ringchild.py")
 _HAVE_MEMFD = hasattr(os, "memfd_create")
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
-_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 # Stands in for the ring's data while there is none (put() never reaches it then).
 _NO_RING = mmap.mmap(-1, mmap.PAGESIZE)
-# How often a waiting flush() re-reads ``head`` when no acknowledgement comes (one can
-# be lost when the control socket is full of wake bytes).
-_RECHECK_SECONDS = 0.05
-# How long a message waits for the control socket's lock before it goes without it.
-_CTL_LOCK_WAIT = 0.25
 
 
 def _ring_fd(size: int) -> int:
@@ -142,11 +132,6 @@ class ProcessWriter:
         self._capacity = -(-capacity // page) * page
         self._flush_interval = flush_interval
         self._lock = threading.Lock()
-        self._flush_lock = threading.Lock()
-        # Held while sending on or closing the control socket: a message sent in parts
-        # must not have a wake-up byte in its middle, and a descriptor must not be
-        # written after it is closed (its number may be reused by then).
-        self._ctl_lock = threading.Lock()
         self._tail = 0
         # put() compares against this cached bound and reads the shared head only when
         # it is passed; -1 refuses every line (not started, closed, forgotten).
@@ -154,11 +139,8 @@ class ProcessWriter:
         self._closed = False
         self._close_result: bool | None = None
         self._proc: subprocess.Popen[bytes] | None = None
-        self._ctl: socket.socket | None = None  # this side of the control channel
-        self._ack = -1  # read end of the ack pipe
+        self._channel = ControlChannel()  # the control socket and the ack pipe
         self._start_offset = 0
-        self._ctl_broken = False
-        self._gone = False  # end-of-file on the ack pipe: the child is exiting
         #: close() wrote what the child had left (it had died, or it was stalled).
         self.salvaged = False
         self._data = _NO_RING
@@ -203,50 +185,18 @@ class ProcessWriter:
             self._start_offset = os.lseek(self._fd, 0, os.SEEK_CUR)  # EBADF: a bad fd
             header = memoryview(mmap.mmap(ring, _HEADER_BYTES)).cast("Q")
             header[_W_MAGIC] = _MAGIC
-            child_fds: list[int] = []
-            self._ack, ack_w = os.pipe()
-            try:
-                # A socket pair rather than a pipe: send(MSG_NOSIGNAL) to a dead child
-                # fails with EPIPE instead of raising SIGPIPE, which kills programs that
-                # restored its default action.
-                self._ctl, ctl_child = socket.socketpair()
-                with ctl_child:
-                    # Copies numbered 3 or above: the child gets /dev/null on 0-2, which
-                    # would replace a descriptor passed there (a daemon with its stdio
-                    # closed gets its new descriptors there).
-                    for fd in (ctl_child.fileno(), ack_w, ring, self._fd):
-                        child_fds.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3))
-                self._proc = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-I",
-                        "-S",
-                        _CHILD_SCRIPT,
-                        *map(str, child_fds),
-                        str(self._capacity),
-                        repr(self._flush_interval),
-                        self._run_id,
-                    ],
-                    pass_fds=child_fds,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    # Its own session: a Ctrl-C or a SIGTERM to the job's process group
-                    # does not reach it; it leaves by itself once this process is gone.
-                    start_new_session=True,
-                )
-            finally:
-                # The child has its own copies; end-of-file on the control socket and
-                # the ack pipe must depend on the child alone.
-                os.close(ack_w)
-                for fd in child_fds:
-                    os.close(fd)
-            self._ctl.setblocking(False)
+            channel = self._channel
+            self._proc = _spawn(
+                channel,
+                (ring, self._fd),
+                (str(self._capacity), repr(self._flush_interval), self._run_id),
+            )
             # Allocating every page now (while the child's interpreter starts) costs
             # ~25 ms for 64 MiB and saves a page fault, ~4 µs, every 4 KiB of puts.
             self._data = mmap.mmap(
                 ring, self._capacity, flags=mmap.MAP_SHARED | _POPULATE, offset=_HEADER_BYTES
             )
-            _wait_ready(self._proc, self._ack, timeout)
+            _wait_ready(self._proc, channel.ack, timeout)
         except BaseException:
             self._abandon()
             raise
@@ -264,12 +214,7 @@ class ProcessWriter:
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
-        if self._ctl is not None:
-            self._ctl.close()
-            self._ctl = None
-        if self._ack >= 0:
-            os.close(self._ack)
-            self._ack = -1
+        self._channel.abandon()
         self._data = _NO_RING
 
     def close(self, end_line: bytes, timeout: float | None = None) -> bool:
@@ -299,9 +244,9 @@ class ProcessWriter:
             return False
         deadline = None if timeout is None else time.monotonic() + timeout
         message = b"C" + len(end_line).to_bytes(8, "little") + end_line
-        ok = self._send_all(message, deadline) and _wait(proc, deadline)
+        ok = self._channel.send_all(message, deadline, self._exited) and _wait(proc, deadline)
         if not ok:
-            if proc.poll() is None and self._ctl_broken:
+            if proc.poll() is None and self._channel.broken:
                 # Its end of the socket is closed, so it is exiting: let it finish.
                 _wait(proc, deadline)
             if proc.poll() is None:  # out of time: stalled (a hung disk, SIGSTOP)
@@ -346,16 +291,23 @@ class ProcessWriter:
 
     def _unwritten_lines(self) -> int:
         """Lines in the ring the child had not written (after a failed salvage)."""
+        rest = self._unwritten()
+        return rest.count(b"\n") if rest else 0
+
+    def _unwritten(self) -> bytes | None:
+        """The bytes in the ring the child had not written; None if the file does not
+        add up (someone else wrote to it: do not guess)."""
+        # The child's descriptor shares our file offset: it says how much it wrote.
         written = os.lseek(self._fd, 0, os.SEEK_CUR) - self._start_offset
         rest = self._tail - written
-        if not 0 < rest <= self._capacity:
-            return 0
+        if not 0 <= rest <= self._capacity:
+            return None
         start = written % self._capacity
         stop = start + rest
         data = self._data
         if stop <= self._capacity:
-            return data[start:stop].count(b"\n")
-        return data[start:].count(b"\n") + data[: stop - self._capacity].count(b"\n")
+            return data[start:stop]
+        return data[start:] + data[: stop - self._capacity]
 
     @property
     def exit_status(self) -> int | None:
@@ -363,65 +315,17 @@ class ProcessWriter:
         killed it); ``None`` while it runs or before it started."""
         return None if self._proc is None else self._proc.returncode
 
-    @contextlib.contextmanager
-    def _control(self) -> Iterator[None]:
-        """Hold the control socket's lock to send a message — unless a thread is stuck
-        holding it: a signal handler (SIGTERM: end the run now) that interrupted that
-        thread inside ``wake()`` waits for this very message. ``wake()`` holds the lock
-        only to send one byte, so after a short wait the message goes without it; the
-        interrupted thread's byte can only follow the whole message (it is frozen), and
-        an extra wake-up is harmless."""
-        held = self._ctl_lock.acquire(timeout=_CTL_LOCK_WAIT)
-        try:
-            yield
-        finally:
-            if held:
-                self._ctl_lock.release()
-
-    def _send_all(self, data: bytes, deadline: float | None) -> bool:
-        """Send a whole control message (non-blocking socket) before ``deadline``."""
-        view = memoryview(data)
-        poller = select.poll()
-        with self._control():
-            ctl = self._ctl
-            if ctl is None:
-                return False
-            poller.register(ctl, select.POLLOUT)
-            while view:
-                try:
-                    view = view[ctl.send(view, _NOSIGNAL) :]
-                    continue
-                except BlockingIOError:
-                    pass
-                except OSError:  # the child is gone
-                    self._ctl_broken = True
-                    return False
-                wait = _RECHECK_SECONDS
-                if deadline is not None:
-                    wait = min(wait, deadline - time.monotonic())
-                    if wait <= 0:
-                        return False
-                poller.poll(wait * 1000)
-                if self._proc is not None and self._proc.poll() is not None:
-                    return False
-        return True
+    def _exited(self) -> bool:
+        """Whether the writer process was started and has exited (it is reaped)."""
+        return self._proc is not None and self._proc.poll() is not None
 
     def _salvage(self, end_line: bytes) -> bool:
         """Write what a dead child left in the ring, then ``end_line``."""
-        data = self._data
-        # The child's descriptor shares our file offset: it says how much it wrote.
-        written = os.lseek(self._fd, 0, os.SEEK_CUR) - self._start_offset
-        rest = self._tail - written
-        if not 0 <= rest <= self._capacity:
-            return False  # someone else wrote to the file; do not guess
-        start = written % self._capacity
-        stop = start + rest
-        if stop <= self._capacity:
-            chunk = data[start:stop]
-        else:
-            chunk = data[start:] + data[: stop - self._capacity]
+        rest = self._unwritten()
+        if rest is None:
+            return False
         try:
-            _write_all(self._fd, chunk + end_line)
+            _write_all(self._fd, rest + end_line)
         except OSError:
             return False
         return True
@@ -436,14 +340,7 @@ class ProcessWriter:
             head = self._tail if written_all else self._header[_W_HEAD]
             self._header = _detached_header(self._tail, head)
             self._data = _NO_RING
-        with self._control():
-            if self._ctl is not None:
-                self._ctl.close()
-                self._ctl = None
-        # A flush() still waiting has seen end-of-file (the child is gone) and leaves.
-        with self._flush_lock:
-            os.close(self._ack)
-            self._ack = -1
+        self._channel.close()
 
     def forget_after_fork(self) -> None:
         """Drop this process's copies of the descriptors and mappings (in a forked child).
@@ -456,20 +353,12 @@ class ProcessWriter:
         # The fork has one thread; a lock held by a thread that no longer exists would
         # never be released, so start with fresh ones.
         self._lock = threading.Lock()
-        self._flush_lock = threading.Lock()
-        self._ctl_lock = threading.Lock()
         self._limit = -1
         self._closed = True
         self._close_result = False
         self._header = _detached_header(self._tail, self._header[_W_HEAD])
         self._data = _NO_RING
-        if self._ctl is not None:
-            self._ctl.close()
-            self._ctl = None
-        if self._ack >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self._ack)
-            self._ack = -1
+        self._channel.forget_after_fork()
         # Keep the Popen object: it is not ours to wait for, and its finaliser stays
         # quiet about a process that is not our child.
 
@@ -557,16 +446,7 @@ class ProcessWriter:
 
     def wake(self) -> None:
         """Ask the child to write now (one byte on the control socket; never blocks)."""
-        # Busy: another thread is sending a message, which wakes the child as well.
-        if not self._ctl_lock.acquire(blocking=False):
-            return
-        try:
-            if self._ctl is not None:
-                # Full: the child has wake-ups queued already. Broken: alive() says so.
-                with contextlib.suppress(OSError):
-                    self._ctl.send(b"W", _NOSIGNAL)
-        finally:
-            self._ctl_lock.release()
+        self._channel.wake()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Block until every line put before this call is written to the file.
@@ -586,49 +466,8 @@ class ProcessWriter:
             return True
         if self._closed:
             return False
-        deadline = None if timeout is None else time.monotonic() + timeout
-        # One request in flight at a time: an acknowledgement then answers the thread
-        # that is waiting, and a late one only makes the next waiter re-check ``head``.
-        if not self._flush_lock.acquire(timeout=-1 if timeout is None else max(timeout, 0)):
-            return False
-        try:
-            if self._header[_W_HEAD] >= target:
-                return True
-            ack = self._ack
-            if ack < 0:
-                return False
-            with self._control():
-                if self._ctl is None:
-                    return False
-                try:
-                    self._ctl.send(b"F", _NOSIGNAL)
-                except BlockingIOError:
-                    pass  # full of wake-ups: the child drains soon anyway
-                except OSError:
-                    return False
-            poller = select.poll()
-            poller.register(ack, select.POLLIN)
-            while self._header[_W_HEAD] < target:
-                wait = _RECHECK_SECONDS
-                if deadline is not None:
-                    wait = min(wait, deadline - time.monotonic())
-                    if wait <= 0:
-                        return False
-                if poller.poll(wait * 1000):
-                    try:
-                        acks = os.read(ack, 4096)
-                    except OSError:
-                        acks = b""
-                    if not acks:  # the child is gone (or going: it closed its end)
-                        self._gone = True
-                        return self._header[_W_HEAD] >= target
-                elif self._proc is not None and self._proc.poll() is not None:
-                    # (End-of-file should have said so, unless a fork of this process
-                    # holds a copy of the child's end of the ack pipe.)
-                    return self._header[_W_HEAD] >= target
-            return True
-        finally:
-            self._flush_lock.release()
+        # (The header is read afresh: close() swaps in a private one.)
+        return self._channel.flush(lambda: self._header[_W_HEAD] >= target, timeout, self._exited)
 
     # -- state ------------------------------------------------------------------------
 
@@ -636,7 +475,9 @@ class ProcessWriter:
         """Whether the writer process is running (False before start and after close,
         and once its end of the ack pipe was seen closed: it is exiting)."""
         proc = self._proc
-        return proc is not None and not self._closed and not self._gone and proc.poll() is None
+        return (
+            proc is not None and not self._closed and not self._channel.gone and proc.poll() is None
+        )
 
     @property
     def pid(self) -> int | None:
@@ -657,6 +498,44 @@ class ProcessWriter:
         """
         errno = self._header[_W_ERRNO]
         return OSError(errno, os.strerror(errno)) if errno else None
+
+
+def _spawn(
+    channel: ControlChannel, fds: tuple[int, int], args: tuple[str, str, str]
+) -> subprocess.Popen[bytes]:
+    """Create the control socket and the ack pipe into ``channel`` and start the writer
+    process with their other ends, then ``fds`` (the ring, the run file), then ``args``
+    (capacity, flush interval, run id) on its command line."""
+    child_fds: list[int] = []
+    channel.ack, ack_w = os.pipe()
+    try:
+        # A socket pair rather than a pipe: send(MSG_NOSIGNAL) to a dead child fails
+        # with EPIPE instead of raising SIGPIPE, which kills programs that restored its
+        # default action.
+        channel.ctl, ctl_child = socket.socketpair()
+        with ctl_child:
+            # Copies numbered 3 or above: the child gets /dev/null on 0-2, which would
+            # replace a descriptor passed there (a daemon with its stdio closed gets
+            # its new descriptors there).
+            for fd in (ctl_child.fileno(), ack_w, *fds):
+                child_fds.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3))
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", _CHILD_SCRIPT, *map(str, child_fds), *args],
+            pass_fds=child_fds,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            # Its own session: a Ctrl-C or a SIGTERM to the job's process group does
+            # not reach it; it leaves by itself once this process is gone.
+            start_new_session=True,
+        )
+    finally:
+        # The child has its own copies; end-of-file on the control socket and the ack
+        # pipe must depend on the child alone.
+        os.close(ack_w)
+        for fd in child_fds:
+            os.close(fd)
+    channel.ctl.setblocking(False)
+    return proc
 
 
 def _detached_header(tail: int, head: int) -> memoryview:

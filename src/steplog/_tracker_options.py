@@ -14,7 +14,7 @@ import argparse
 import dataclasses
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from ._delivery import RetryPolicy
 from ._names import check_name
@@ -90,7 +90,7 @@ class TrackerOptions:
     @property
     def jsonl(self) -> JsonlBackend | None:
         """The first JSONL backend: the run file ``resume=`` continues."""
-        return next((b for b in self.backends if isinstance(b, JsonlBackend)), None)
+        return next((b for b in self.backends if _is_run_file(b)), None)
 
     @property
     def max_event_bytes(self) -> int:
@@ -165,9 +165,7 @@ def tracker_options(
     if on_alert is not None and not checked_watchers:
         raise ValueError("on_alert is given but no watchers: pass watchers=[steplog.watch...]")
     all_backends: list[Backend] = list(backends) or [JsonlBackend()]
-    if not any(isinstance(b, JsonlBackend) for b in all_backends) and any(
-        not b.local for b in all_backends
-    ):
+    if not any(_is_run_file(b) for b in all_backends) and any(not b.local for b in all_backends):
         # Remote backends follow the run file: there always is one (as W&B keeps
         # its local transaction log), in the default run directory.
         all_backends.append(JsonlBackend())
@@ -267,3 +265,9 @@ def _unique_names(backends: list[Backend]) -> tuple[str, ...]:
             name = f"{base}-{n}"
         names.append(name)
     return tuple(names)
+
+
+def _is_run_file(backend: Backend) -> TypeGuard[JsonlBackend]:
+    """A JSONL backend in this process writes the run file; one marked ``local = False``
+    is remote (it follows the run file through a lane like any other)."""
+    return isinstance(backend, JsonlBackend) and backend.local

@@ -35,6 +35,7 @@ from ._arrays import DEFER_KEY, host_reader
 from ._arrays import snapshot as _snapshot
 from ._buffer import LineBuffer
 from ._delivery import RetryPolicy
+from ._durability import buffer_type
 from ._monitor import Monitor
 from ._names import new_run_id
 from ._options import (
@@ -513,7 +514,7 @@ class _TrackerBase(_OptionAttributes):
     def _start(self, config: Mapping[str, Any] | None, resume: ResumeLike) -> tuple[_Run, Any]:
         run_id, self._next_run_id = self._next_run_id or new_run_id(), None
         plan = plan_run(self._options, config, resume=resume, run_id=run_id)
-        buffer = LineBuffer(
+        buffer = buffer_type(self.durability)(
             self.buffer_size,
             wake_at=self.batch_size,
             policy=self.overflow,

@@ -124,6 +124,20 @@ def stall_mid_drain(gate: GateBackend) -> tuple[steplog.Tracker, steplog.MemoryB
     return tracker, mem
 
 
+#: Python that makes CPU tensors report ``is_cpu`` False (for a child process's script):
+#: steplog then drives them through its accelerator path (kept by reference, gathered
+#: and read back in the writer), without an accelerator.
+CPU_TENSORS_AS_DEVICE = "torch.Tensor.is_cpu = property(lambda self: False)"
+
+
+def cpu_tensors_as_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For the rest of the test, CPU tensors report ``is_cpu`` False: steplog takes its
+    accelerator path for them (what runs on a GPU, checked on CPU). Undone after the
+    test by ``monkeypatch``."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.Tensor, "is_cpu", property(lambda self: False))
+
+
 @pytest.fixture
 def runs_root(tmp_path):
     """A fresh run directory."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import steplog
-from steplog.runfile.read import WRITER_GONE_GRACE
+from steplog.runfile.follow import WRITER_GONE_GRACE
 
 from conftest import run_steplog
 
@@ -470,7 +470,7 @@ def test_plot_overlays_runs_and_writes_a_png_of_the_requested_size(runs, tmp_pat
 def test_plot_downsamples_large_runs_and_keeps_spikes(tmp_path):
     """A run with more points than --max-points is drawn from bucket min/mean/max."""
     from steplog._plot import downsample, load_series
-    from steplog.runfile.read import open_run
+    from steplog.runfile.snapshot import open_run
 
     steps = [{"loss": 1.0} for _ in range(20_000)]
     steps[12_345] = {"loss": 50.0}
@@ -557,7 +557,7 @@ def test_plot_against_any_numeric_key(tmp_path, capsys):
     samples are at KEY's last value before them. An --x key no run has is a usage error
     naming the keys there are, as is a system metric; one holding text is exit 1."""
     from steplog._plot import load_series
-    from steplog.runfile.read import open_run
+    from steplog.runfile.snapshot import open_run
 
     steps = [{"loss": 1.0 / (i + 1), "tokens": 512 * (i + 1), "name": "t"} for i in range(30)]
     steps[7] = {"loss": 0.5}  # no tokens here

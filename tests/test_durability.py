@@ -16,7 +16,7 @@ import pytest
 import steplog
 from steplog._ring import ProcessWriter
 
-from conftest import GateBackend
+from conftest import CPU_TENSORS_AS_DEVICE, GateBackend
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -173,8 +173,8 @@ def test_process_mode_with_tensor_rows_and_a_full_block_buffer_finishes(tmp_path
     _process_mode_only()
     pytest.importorskip("torch")
     code = f"""
-import torch, steplog, steplog._arrays as A
-A._HOST_CPU = False  # CPU tensors take the device path: rows the writer must read
+import torch, steplog
+{CPU_TENSORS_AS_DEVICE}  # CPU tensors take the device path: rows the writer must read
 t = steplog.Tracker(steplog.JsonlBackend({str(tmp_path)!r}), durability="process",
                     buffer_size=256, flush_interval=0.01)
 t.init()

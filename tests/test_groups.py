@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import steplog
-from steplog.runfile.read import open_run, read_header
+from steplog.runfile.header import read_header
+from steplog.runfile.snapshot import open_run
 from steplog.sync import sync
 
 from conftest import run_steplog

@@ -19,7 +19,7 @@ import pytest
 
 import steplog
 from steplog import Event
-from steplog.runfile.read import parse_record
+from steplog.runfile.records import parse_record
 
 from conftest import MlflowServer, find_run, history
 
@@ -128,7 +128,7 @@ def expected_points(path: Path) -> list[Event]:
 def wandb_rows(root: Path, run_id: str) -> dict[int, dict]:
     """Every W&B offline row of the run, by step, over its offline runs (one per
     process that fed W&B: the killed one, and the resumed one)."""
-    from steplog.backends._wandb_log import read_offline_history
+    from wandb_offline import read_offline_history
 
     rows: dict[int, dict] = {}
     dirs = sorted((root / "wandb").glob(f"offline-run-*-{run_id}"))

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 import steplog
+from steplog.runfile.header import read_header, resume_point
 from steplog.runfile.lock import holders
-from steplog.runfile.read import open_run, read_header, resume_point
+from steplog.runfile.snapshot import open_run
 
 from conftest import run_steplog
 

@@ -12,7 +12,7 @@ import pytest
 
 import steplog
 
-from conftest import GateBackend, SlowBackend, stall_mid_drain
+from conftest import GateBackend, SlowBackend, cpu_tensors_as_device, stall_mid_drain
 
 
 def make(*backends, **kwargs):
@@ -587,9 +587,7 @@ def test_another_thread_changing_a_nested_dict_never_raises_into_log(runs_root, 
     walks it: tensors driven as device ones) never raises; every call is recorded
     (issue #13 item 9)."""
     torch = pytest.importorskip("torch")
-    from steplog import _arrays
-
-    monkeypatch.setattr(_arrays, "_HOST_CPU", False)
+    cpu_tensors_as_device(monkeypatch)
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # thread switches inside log()'s walks, not once per 5 ms
     jsonl = steplog.JsonlBackend(runs_root)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import steplog
-from steplog.backends._wandb_log import read_offline_history, read_offline_run
+from wandb_offline import read_offline_history, read_offline_run
 
 pytest.importorskip("wandb", reason="WandbBackend needs wandb (pip install -e '.[dev]')")
 pytestmark = pytest.mark.timeout(180)

@@ -47,9 +47,9 @@ from .events import RunStatus as RunStatus
 from .replay import replay as replay
 from .replay import replay_async as replay_async
 from .runfile.columns import scan as scan
-from .runfile.read import Run as Run
-from .runfile.read import RunSegment as RunSegment
-from .runfile.read import read_run as read_run
+from .runfile.run import Run as Run
+from .runfile.run import RunSegment as RunSegment
+from .runfile.run import read_run as read_run
 from .tracker import AsyncTracker as AsyncTracker
 from .tracker import Tracker as Tracker
 from .watch import Alert as Alert

@@ -45,10 +45,11 @@ from .backends.sampled import Checkpoint, Sampled, WindowSampler
 from .errors import RunFileError
 from .events import BackendStats, Event, RunEnd, RunInfo, RunStats
 from .runfile.codec import decode
+from .runfile.follow import complete_lines
 from .runfile.lock import lock
-from .runfile.read import CorruptLineError, parse_record
-from .runfile.read import line_number as _line_number
-from .runfile.schema import KILLED, RESUME, RUN_END, is_number
+from .runfile.records import CorruptLineError, RecordKind, kind_of, parse_record
+from .runfile.schema import KILLED, is_number
+from .runfile.snapshot import last_summary, line_number, open_run
 
 __all__ = [
     "CURSOR_VERSION",
@@ -66,8 +67,6 @@ logger = logging.getLogger("steplog")
 
 #: Version of the cursor file's layout (1: ``steplog sync`` before lanes; still read).
 CURSOR_VERSION = 2
-#: Bytes of the run file a lane reads at a time.
-READ_BYTES = 4 * 2**20
 
 
 def target_of(backend: Backend) -> str:
@@ -419,7 +418,7 @@ class Lane:
         """Deliver what the file holds now; with ``final`` (it will not grow any more),
         also the run's end, and close the backend. ``complete``: a whole last record
         without its newline counts as complete (the snapshot rule of
-        :mod:`steplog.runfile.read`, for ``steplog sync``).
+        :mod:`steplog.runfile.snapshot`, for ``steplog sync``).
 
         Returns what happened: an outage stops the pump (``down``) with the points in
         the outbox, to be sent first by the next one.
@@ -454,30 +453,21 @@ class Lane:
         whether there was one."""
         sampler = self.sampler
         assert sampler is not None
-        with open(self.path, "rb") as f:
-            f.seek(self.read_to)
-            data = f.read(min(READ_BYTES, size - self.read_to))
-        cut = data.rfind(b"\n") + 1
-        if cut == 0:  # no complete line in the block
-            if len(data) == READ_BYTES:  # a line longer than a block: read it whole
-                with open(self.path, "rb") as f:
-                    f.seek(self.read_to)
-                    data = f.readline()
-            if data.endswith(b"\n") or (final and _whole(data)):
-                cut = len(data)
-            else:
-                return False  # a line still being written
+        data = complete_lines(self.path, self.read_to, size, final=final)
+        if not data:
+            return False  # a line still being written
+        cut = len(data)
         offset = self.read_to
         limit = self.read_to + cut
         loads = orjson.loads
         outbox = self.outbox
         passing = self.sampled is None
         events = sampler.run_events
-        for line in data[:cut].split(b"\n"):
+        for line in data.split(b"\n"):
             start = offset
             offset += len(line) + 1
             end = offset if offset < limit else limit
-            # The common case first (a step record), with read.parse_record's rules.
+            # The common case first (a step record), with records.parse_record's rules.
             try:
                 record = loads(line)
                 step, when, values = record["step"], record["time"], record["data"]
@@ -518,7 +508,7 @@ class Lane:
             record = parse_record(line)
         except CorruptLineError as exc:
             if self.strict:
-                number = _line_number(self.path, start)
+                number = line_number(self.path, start)
                 self.fatal = RunFileError(f"{self.path}:{number}: corrupt record ({exc})")
                 self.read_to = start
                 return False
@@ -526,17 +516,17 @@ class Lane:
             return True
         if record is None:
             return True
-        kind = record.get("type")
-        if kind is None:  # a step record parse_record accepts (an int time, say)
+        kind = kind_of(record)
+        if kind is RecordKind.STEP:  # one parse_record accepts (an int time, say)
             event = _new_tuple(Event, (record["step"], record["time"], record["data"]))
             self.outbox += sampler.add(event, start, end)
             self.end_record = None
-        elif kind == RESUME:
+        elif kind is RecordKind.RESUME:
             self.outbox += sampler.end_segment(end)
             self.end_record = None
             if self.segment is not None and record.get("segment") == self.segment:
                 self.segment_start_events = sampler.run_events
-        elif kind == RUN_END:
+        elif kind is RecordKind.RUN_END:
             self.outbox += sampler.end_segment(end)
             self.end_record = record
             self.end_at = end
@@ -625,8 +615,6 @@ class Lane:
         status = str(record.get("status"))
         summary = record.get("summary") or {}
         if not summary:
-            from .runfile.read import last_summary, open_run
-
             with contextlib.suppress(OSError, ValueError):
                 summary = last_summary(open_run(self.path))
         stats = record.get("stats")
@@ -726,16 +714,6 @@ class Lane:
             missing=0 if refused else rest,
             outages=outages,
         )
-
-
-def _whole(data: bytes) -> bool:
-    """Whether ``data`` (a last line without its newline) is a whole record."""
-    if not data.strip():
-        return False
-    try:
-        return isinstance(orjson.loads(data), dict)
-    except orjson.JSONDecodeError:
-        return False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from ._lane import Lane
 from ._threads import run_thread
 from .errors import BackendOpenError, WorkerError
 from .events import BackendStats, RunEnd, RunInfo, RunStats
-from .runfile.read import open_run
+from .runfile.snapshot import open_run
 
 __all__ = ["CLOSE_GRACE_SECONDS", "POLL_SECONDS", "LaneGroups", "LaneHost", "ThreadLanes"]
 

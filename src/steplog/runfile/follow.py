@@ -1,7 +1,7 @@
 """Following a run file that another process still writes: its complete lines from a
 byte offset as they come, and whether its writer is gone.
 
-One mechanism for every follower: the lanes (:mod:`steplog._lane`, live delivery and
+One mechanism for every follower: the lanes (:mod:`steplog._lanereader`, live delivery and
 ``steplog sync``) read with :func:`complete_lines` from their cursor; ``steplog tail -f``
 reads records with a :class:`RunFollower`; a follower that does not read the records
 itself (``steplog sync --follow``, whose lane reads them) asks a :class:`WriterWatch`

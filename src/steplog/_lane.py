@@ -238,6 +238,41 @@ class LaneProgress:
     ended: bool = False  # the run's end was delivered and the backend closed
 
 
+class _Outages:
+    """When a lane's backend did not answer: since when (:attr:`since`, ``None`` while
+    it answers), and every outage's start and end (``None`` while it lasts)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.since: float | None = None
+        self.spans: list[list[float | None]] = []
+
+    def down(self, error: str | None) -> None:
+        """A write was not acknowledged after its retries: an outage starts (logged
+        once), unless one goes on."""
+        if self.since is None:
+            self.since = time.time()
+            self.spans.append([self.since, None])
+            logger.warning(
+                "steplog: backend %r is unreachable (%s); its lane waits and sends from the "
+                "run file once it answers (nothing is lost, the logging loop is not slowed)",
+                self.name,
+                error,
+            )
+
+    def up(self) -> None:
+        """A write was acknowledged: the outage, if one goes on, is over."""
+        if self.since is not None:
+            now = time.time()
+            self.spans[-1][1] = now
+            logger.warning(
+                "steplog: backend %r is back after %.1f s; its lane catches up from the run file",
+                self.name,
+                now - self.since,
+            )
+            self.since = None
+
+
 class Lane:
     """Feeds one backend from a run file, from its cursor on (see the module docstring):
     its :class:`~steplog._lanereader.LaneReader` (:attr:`reader`) turns the file into
@@ -304,11 +339,10 @@ class Lane:
         self.opened = False
         self.closed = False
         self.events_at_open = 0  # the cursor's events when the lane opened
-        self.down_since: float | None = None
+        self.outages = _Outages(self.name)
         self.refused = 0  # points of the outbox the backend refused (it then gives up)
         #: Set when the lane is abandoned (a deadline): no further batch is sent.
         self.stopping = False
-        self.outages: list[list[float | None]] = []
         self._dirty = False
 
     # -- lifecycle ---------------------------------------------------------------
@@ -426,11 +460,10 @@ class Lane:
                     self.refused = len(points)
                     self._give_up(self.delivery.last_error or "refused")
                 else:
-                    self._down()
+                    self.outages.down(self.delivery.last_error)
                 progress.down = True
                 return False
-            if self.down_since is not None:
-                self._up()
+            self.outages.up()
             self._head = None
             self.delivery.delivered += len(points)
             progress.sent += len(points)
@@ -506,29 +539,7 @@ class Lane:
         await self.close(end)
         progress.ended = self.closed
 
-    # -- outages ----------------------------------------------------------------------
-
-    def _down(self) -> None:
-        if self.down_since is None:
-            self.down_since = time.time()
-            self.outages.append([self.down_since, None])
-            logger.warning(
-                "steplog: backend %r is unreachable (%s); its lane waits and sends from the "
-                "run file once it answers (nothing is lost, the logging loop is not slowed)",
-                self.name,
-                self.delivery.last_error,
-            )
-
-    def _up(self) -> None:
-        if self.down_since is not None:
-            now = time.time()
-            self.outages[-1][1] = now
-            logger.warning(
-                "steplog: backend %r is back after %.1f s; its lane catches up from the run file",
-                self.name,
-                now - self.down_since,
-            )
-            self.down_since = None
+    # -- outages and refusals ---------------------------------------------------------
 
     def discard(self) -> None:
         """Forget the points not acknowledged (a replay that stops on a dead backend)."""
@@ -546,6 +557,11 @@ class Lane:
         return self.delivery.retry.probe_delay(probes, self.delivery.retry_after)
 
     # -- reporting --------------------------------------------------------------------
+
+    @property
+    def down_since(self) -> float | None:
+        """When the backend stopped answering; ``None`` while it answers."""
+        return self.outages.since
 
     @property
     def given_up(self) -> str | None:
@@ -582,7 +598,7 @@ class Lane:
             delivered = max(0, total - start)
             earlier = max(0, min(total, start) - self.events_at_open)
         delivered = min(delivered, written)
-        outages = [list(o) for o in self.outages]
+        outages = [list(o) for o in self.outages.spans]
         rest = max(0, written - delivered)
         refused = self.given_up is not None  # the backend refused the run: not retried
         return BackendStats(

@@ -1,4 +1,4 @@
-"""Arrays and tensors: a snapshot at ``log()`` time, conversion in the worker.
+"""Arrays and tensors: a snapshot at ``log()`` time, conversion in the writer thread.
 
 steplog never imports torch, numpy or jax to recognise their values: it looks at the
 module of a value's type, and reaches a library through ``sys.modules`` only once one of
@@ -22,7 +22,7 @@ Nothing on that path synchronises with an accelerator: no ``.item()``, ``.cpu()`
 ``.tolist()`` or ``float()`` on a device tensor. What must still be read from a device
 is left in the data as a :class:`Deferred` placeholder, and the event is marked.
 
-In the worker (:func:`resolve`, in a worker thread so the event loop stays free), the
+In the writer thread (:func:`resolve`, called by ``_readback.Readback`` after each drain), the
 placeholders of a whole batch are read back together: for each CUDA device, every
 source is copied to host memory asynchronously behind a wait on the streams that
 produced it, then one stream synchronisation (which releases the GIL) makes them all
@@ -390,7 +390,7 @@ def _current_stream(torch: Any, device: Any) -> Any:
     return stream
 
 
-# -- worker side -------------------------------------------------------------------
+# -- writer side -------------------------------------------------------------------
 
 
 class ResolveStats:

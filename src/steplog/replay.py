@@ -142,7 +142,7 @@ async def _replay(
             failed[lane.name] = _events_after(snapshot, lane)
             lane.discard()
             await lane.close(_end(info, "unfinished", {}, None, lane.delivered_events))
-    snapshot.corrupt.update(_line_numbers(snapshot.path, lanes[0].corrupt))
+    snapshot.corrupt.update(_line_numbers(snapshot.path, lanes[0].reader.corrupt))
     return {
         lane.name: BackendStats(
             delivered=lane.delivered_events,

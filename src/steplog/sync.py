@@ -334,11 +334,11 @@ async def _sync_locked(
         writer_gone=writer_gone,
         delivery=BackendStats(
             delivered=delivery.delivered,
-            failed=len(lane.outbox) if lane.down_since is not None else lane.refused,
+            failed=lane.pending() if lane.down_since is not None else lane.refused,
             errors=delivery.errors,
             last_error=delivery.last_error,
         ),
-        corrupt=tuple(sorted(line_number(run, at) for at in lane.corrupt)),
+        corrupt=tuple(sorted(line_number(run, at) for at in lane.reader.corrupt)),
     )
 
 

@@ -1,13 +1,13 @@
 """Following a run file that another process still writes: its complete lines from a
 byte offset as they come, and whether its writer is gone.
 
-One mechanism for every follower: the lanes (:mod:`steplog._lane`, live delivery and
-``steplog sync``) read with :func:`complete_lines` from their cursor; ``steplog tail -f``
-reads records with a :class:`RunFollower`; a follower that does not read the records
-itself (``steplog sync --follow``, whose lane reads them) asks a :class:`WriterWatch`
-when to give up. A line still being written is held back until its newline arrives
-(the snapshot rule of :mod:`.snapshot`); a follower stops at the run-end record, or
-once the writer is gone from this host and the file has been quiet for
+One mechanism for every follower: the lanes (:mod:`steplog._lanereader`, live delivery
+and ``steplog sync``) read with :func:`complete_lines` from their cursor;
+``steplog tail -f`` reads records with a :class:`RunFollower`; a follower that does not
+read the records itself (``steplog sync --follow``, whose lane reads them) asks a
+:class:`WriterWatch` when to give up. A line still being written is held back until its
+newline arrives (the snapshot rule of :mod:`.snapshot`); a follower stops at the run-end
+record, or once the writer is gone from this host and the file has been quiet for
 :data:`WRITER_GONE_GRACE`.
 """
 

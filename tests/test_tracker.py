@@ -12,7 +12,7 @@ import pytest
 
 import steplog
 
-from conftest import GateBackend, SlowBackend, cpu_tensors_as_device, stall_mid_drain
+from conftest import GateBackend, SlowBackend, cpu_tensors_as_device, stall_mid_drain, wait_until
 
 
 def make(*backends, **kwargs):
@@ -47,6 +47,106 @@ def test_log_after_finish_raises_and_says_run_was_finished():
         tracker.log({"loss": 1.0})
     with pytest.raises(steplog.InactiveRunError):
         tracker.flush()
+
+
+class _Paused:
+    """A value whose ``repr()`` (which ``log()`` calls on its caller's thread, to record
+    a value it cannot serialise) waits until :attr:`go` is set."""
+
+    def __init__(self) -> None:
+        self.inside = threading.Event()
+        self.go = threading.Event()
+
+    def __repr__(self) -> str:
+        self.inside.set()
+        self.go.wait(10)
+        return "paused"
+
+
+@pytest.mark.parametrize("durability", ["thread", "process"])
+def test_a_log_under_way_in_another_thread_as_finish_ends_the_run_raises(runs_root, durability):
+    """A log() of another thread that began before finish() and goes on after the run
+    ended raises InactiveRunError: it is never counted as logged and then left out of
+    the file (before: it returned normally and its event was lost, counted nowhere)."""
+    tracker = steplog.Tracker(steplog.JsonlBackend(runs_root), durability=durability)
+    tracker.init()
+    tracker.log({"before": 1})
+    value = _Paused()
+    outcome: list[BaseException | None] = []
+
+    def late() -> None:
+        try:
+            tracker.log({"late": value})
+        except steplog.InactiveRunError as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=late)
+    thread.start()
+    assert value.inside.wait(10)  # inside log(), past its check for an active run
+    stats = tracker.finish()
+    value.go.set()
+    thread.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], steplog.InactiveRunError)
+    assert "not recorded" in str(outcome[0])
+    assert (stats.logged, stats.written, stats.dropped) == (1, 1, 0)
+    (path,) = runs_root.rglob("*.jsonl")
+    assert [e.data for e in steplog.read_run(path).records] == [{"before": 1}]
+
+
+class _HeldMemory(steplog.MemoryBackend):
+    """A memory backend whose writer-thread writes wait until :attr:`go` is set (the
+    buffer then fills up behind them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = threading.Event()
+
+    def write_sync(self, events):
+        self.go.wait(10)
+        super().write_sync(events)
+
+
+def test_a_log_waiting_for_room_as_finish_ends_the_run_is_written_or_raises():
+    """Under 'block', a log() of another thread that waits for room when finish() ends
+    the run either has its event written or raises InactiveRunError: every call that
+    returned is in the backend, and logged == written + dropped (before: the waiting
+    call went in after the writer's last drain, returned normally, and was lost)."""
+    mem = _HeldMemory()
+    tracker = steplog.Tracker(mem, buffer_size=8, batch_size=4, overflow="block")
+    tracker.init()
+    returned: list[int] = []
+    ended: list[BaseException] = []
+
+    def produce() -> None:
+        for i in range(10_000):
+            try:
+                tracker.log({"i": i})
+            except steplog.InactiveRunError as exc:
+                ended.append(exc)
+                return
+            returned.append(i)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    # The writer is held inside its first write, the buffer fills, the producer waits.
+    assert wait_until(lambda: len(returned) >= 8)
+    settled = -1
+    while settled != len(returned):
+        settled = len(returned)
+        time.sleep(0.05)
+    results: list[steplog.RunStats | None] = []
+    finisher = threading.Thread(target=lambda: results.append(tracker.finish()))
+    finisher.start()
+    assert wait_until(lambda: not tracker.active)
+    mem.go.set()
+    finisher.join(10)
+    producer.join(10)
+    (stats,) = results
+    assert stats is not None and len(ended) == 1
+    assert [e.data["i"] for e in mem.records] == returned
+    assert stats.logged == stats.written + stats.dropped == len(returned)
 
 
 @pytest.mark.parametrize("bad", [[("loss", 1.0)], "loss", 3.0, None])

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ._options import OverflowPolicy
+from .errors import InactiveRunError
 
 __all__ = ["LineBuffer", "Row"]
 
@@ -30,6 +31,10 @@ _STOP_LOCK_WAIT = 0.25
 
 def _never() -> bool:
     return False
+
+
+def _no_deadline() -> float | None:
+    return None
 
 
 class LineBuffer:
@@ -55,7 +60,9 @@ class LineBuffer:
     * overflow: once ``count >= capacity`` (or the bytes reach ``byte_budget``) the
       policy applies;
     * anything else a subclass must see: ``limit = 0`` sends every ``log()`` through
-      :meth:`put_slow` (a signal handler's late item; the writer process's ring).
+      :meth:`put_slow` (a signal handler's late item; the writer process's ring);
+    * the end of the run (:meth:`end`): ``limit`` stays 0, and :meth:`put_slow` turns
+      the event away under the lock.
 
     Attributes:
         lock: Guards everything below; producers hold it only to append.
@@ -71,6 +78,8 @@ class LineBuffer:
             into an empty buffer).
         dropped: Events dropped by the overflow policy so far.
         max_depth: Most events seen queued (by :meth:`take` or at an overflow).
+        ended: The writer's last take is next (:meth:`end`): producers are turned away.
+        closed: Overflows no longer wait (:meth:`end`, or :meth:`close`).
     """
 
     def __init__(
@@ -103,6 +112,7 @@ class LineBuffer:
         self.dropped = 0
         self.max_depth = 0
         self.closed = False
+        self.ended = False
         #: Whether ``log()``'s slow path must look for arrays and tensors (refreshed by
         #: the writer: true once torch, numpy or jax is imported).
         self.libraries = False
@@ -146,6 +156,7 @@ class LineBuffer:
     def put_slow(self, line: bytes) -> None:
         """Queue a line the hot path did not: wake the writer, apply the policy."""
         with self.lock:
+            self._refuse_if_ended()
             if self._nested():
                 self._put_late(bytearray(line))
                 return
@@ -153,6 +164,7 @@ class LineBuffer:
             if self.count >= self.limit:
                 self._wake_if_armed()
             if not self._overflow(len(line)):
+                self._refuse_if_ended()  # the wait for room let go of the lock
                 self._append(line)
             self._flush_late()
 
@@ -167,6 +179,7 @@ class LineBuffer:
         must not wait; bounded by the signal rate).
         """
         with self.lock:
+            self._refuse_if_ended()
             self.has_rows = True
             if self._nested():
                 self._put_late(item)
@@ -175,10 +188,19 @@ class LineBuffer:
             if self.count >= self.limit:
                 self._wake_if_armed()
             if not (wait and self._overflow(0)):
+                self._refuse_if_ended()  # the wait for room let go of the lock
                 self._close_segment()
                 self.segments.append(item)
                 self.count += 1
             self._flush_late()
+
+    def _refuse_if_ended(self) -> None:
+        """Turn a new event away once the run is ending (lock held; see :meth:`end`)."""
+        if self.ended:
+            raise InactiveRunError(
+                "log() called with no active run: the run ended while the call was under "
+                "way (finish() or the exit in another thread); the event is not recorded"
+            )
 
     def _append(self, line: bytes) -> None:
         self.data += line
@@ -218,8 +240,12 @@ class LineBuffer:
 
     def _reset_limit(self) -> None:
         """Give the hot path its ``limit`` back after a slow step (lock held): the batch
-        size while the wake-up is armed, the capacity once it fired."""
-        self.limit = self.wake_at if self._armed else self.capacity
+        size while the wake-up is armed, the capacity once it fired; 0 for good once the
+        run is ending (:meth:`end`)."""
+        if self.ended:
+            self.limit = 0
+        else:
+            self.limit = self.wake_at if self._armed else self.capacity
 
     def _close_segment(self) -> None:
         data = self.data
@@ -260,6 +286,8 @@ class LineBuffer:
             while self._full(size) and not self.closed:
                 self._wake()
                 self._room.wait(_BLOCK_POLL_SECONDS)
+                if self.ended:
+                    break  # the caller turns the event away (a drop now would not count)
                 if not self._alive():
                     # Never block forever on a dead writer: count the event as dropped
                     # so the accounting stays exact.
@@ -354,6 +382,33 @@ class LineBuffer:
             if self._blocked:
                 self._room.notify_all()
         return items, count
+
+    def end(
+        self,
+        *,
+        stopping: Callable[[], bool] = _never,
+        remaining: Callable[[], float | None] = _no_deadline,
+    ) -> None:
+        """The run is ending: turn producers away; the writer's last take comes next.
+
+        Called by the writer once it has the stop, before its last take. The tracker no
+        longer hands this buffer out by then, but a ``log()`` of another thread may hold
+        it still (it read it just before ``finish()``, or it waits for room). From here
+        on such a call raises ``InactiveRunError``: ``ended`` is set under the lock, and a
+        producer queues an event (or counts a drop) only under the lock with ``ended``
+        unset — so the last take gets every event a producer counted, and the run end's
+        ``logged == written + dropped`` holds. ``limit`` stays 0 (the hot path's check
+        fails, so every ``log()`` reaches :meth:`put_slow`, which raises); a producer
+        waiting for room wakes up to it. ``remaining``: how long the stop lets a
+        subclass wait for a producer still under way (the stop's deadline).
+        """
+        with self.writer_lock(stopping):
+            self.ended = self.closed = True
+            self.limit = 0
+            # RuntimeError: writer_lock went on without the lock (a frozen producer; see
+            # there); waiting producers see ``ended`` at their next poll.
+            with contextlib.suppress(RuntimeError):
+                self._room.notify_all()
 
     def close(self) -> None:
         """Release every blocked producer; later overflows no longer wait."""

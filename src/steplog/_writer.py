@@ -246,7 +246,11 @@ class Writer:
             # before a flush() call is already queued when its request is seen here.
             flushes = self._take_flushes()
             if stop is not None:
-                # The tracker no longer accepts events: drain every one of them.
+                # The tracker no longer hands the buffer out, but another thread's log()
+                # may hold it still: end it first, so that such a call either counts its
+                # event before the drain below (which takes it), or raises
+                # InactiveRunError — never counted and left behind.
+                buffer.end(stopping=self.requests.stopping, remaining=stop.remaining)
                 while buffer.count:
                     self._drain()
             else:

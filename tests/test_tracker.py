@@ -716,3 +716,24 @@ def test_another_thread_changing_a_nested_dict_never_raises_into_log(runs_root, 
     stats = tracker.finish()
     assert stats.logged == stats.written == 5_000
     assert steplog.read_run(jsonl.path).history["i"] == list(range(5_000))
+
+
+def test_a_log_while_finish_is_under_way_says_the_run_is_finishing():
+    """A log() that arrives once finish() has begun (here from a backend's close, which
+    runs inside finish()) is refused with a hint about the end, not "call init() first"."""
+    messages: list[str] = []
+
+    class LogsAtClose(steplog.MemoryBackend):
+        def close_sync(self, end):
+            try:
+                tracker.log({"late": 1})
+            except steplog.InactiveRunError as exc:
+                messages.append(str(exc))
+            super().close_sync(end)
+
+    tracker = steplog.Tracker(LogsAtClose())
+    tracker.init()
+    tracker.log({"x": 1})
+    tracker.finish()
+    assert len(messages) == 1
+    assert "finishing" in messages[0] and "first" not in messages[0]

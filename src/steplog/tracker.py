@@ -311,6 +311,7 @@ class _TrackerBase(_OptionAttributes):
         self._host_misses = 0  # host-value misses in a row
         self._lifecycle = threading.RLock()
         self._last_stats: RunStats | None = None
+        self._ended = False  # a run was ended (its stats may still be on their way)
         self._forked = False
         self._orphan_hook: weakref.finalize[Any, Any] | None = None
         #: The id the next run takes instead of a new one (set by integrations whose
@@ -503,10 +504,10 @@ class _TrackerBase(_OptionAttributes):
                 "this process was forked from one with an active run, which stays the "
                 "parent's; call init() to start this process's own run"
             )
-        elif self._last_stats is None:
+        elif self._last_stats is None and not self._ended:
             hint = "call init() (or use 'with tracker.run(config):') first"
         else:
-            hint = "the run was finished; call init() to start a new run"
+            hint = "the run was finished (or is finishing); call init() to start a new run"
         return InactiveRunError(f"{method}() called with no active run: {hint}")
 
     # -- the start of a run -----------------------------------------------------
@@ -606,6 +607,7 @@ class _TrackerBase(_OptionAttributes):
                 return None
             self._buffer = None
             self._run = None
+            self._ended = True
             self._detach_orphan_hook()
             unregister(run)
         merged = _redact({**self.summary, **(summary or {})}, self.redact)

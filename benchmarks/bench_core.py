@@ -30,7 +30,7 @@ Sections, in the order a full run prints them:
 6. Size scaling and the tensor path (``--scaling``): log() p50/p99 and net process CPU
    per event for dicts of 10, 30 and 100 keys (steplog default, ``snapshot=False``,
    naive), then for 4 CPU torch 0-d tensors + 6 floats (also through the accelerator
-   path, ``steplog._arrays._HOST_CPU = False``) and for 4 numpy arrays of 10 elements
+   path: CPU tensors made to report ``is_cpu`` False) and for 4 numpy arrays of 10 elements
    + 6 floats, next to an inline write that calls ``.tolist()`` on them (the strongest
    inline write for plain dicts).
 
@@ -519,15 +519,18 @@ class Variant:
 
 @contextlib.contextmanager
 def host_cpu(on: bool) -> Iterator[None]:
-    """Set ``steplog._arrays._HOST_CPU`` for the duration (tests use the same switch)."""
-    from steplog import _arrays
+    """With ``on`` False, CPU tensors report ``is_cpu`` False for the duration: steplog
+    drives them through its accelerator path (as the tests' ``cpu_tensors_as_device``)."""
+    if on:
+        yield
+        return
+    import torch
 
-    saved = _arrays._HOST_CPU
-    _arrays._HOST_CPU = on
+    torch.Tensor.is_cpu = property(lambda self: False)
     try:
         yield
     finally:
-        _arrays._HOST_CPU = saved
+        del torch.Tensor.is_cpu
 
 
 def sized_record(keys: int) -> MakeRecord:
@@ -596,15 +599,10 @@ def scaling_workloads(root: Path, notes: list[str]) -> list[tuple[str, MakeRecor
         notes.append("torch is not importable: the CPU tensor rows are skipped")
         print("\n(torch is not importable: the CPU tensor rows are skipped)")
     else:
-        from steplog import _arrays
-
         tensors = list(arrays)
-        if hasattr(_arrays, "_HOST_CPU"):
-            tensors.append(
-                Variant("steplog JSONL (block), accelerator path", tracker(), host_cpu=False)
-            )
-        else:
-            notes.append("steplog._arrays._HOST_CPU is missing: no accelerator-path row")
+        tensors.append(
+            Variant("steplog JSONL (block), accelerator path", tracker(), host_cpu=False)
+        )
         tensors.append(naive_tolist)
         pools = [[torch.tensor(k + j / 1024) for j in range(1024)] for k in range(4)]
         workloads.append(("4 CPU torch 0-d tensors + 6 floats", pooled_record(pools), tensors))

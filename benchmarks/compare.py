@@ -309,8 +309,9 @@ class Wandb(Contender):
 
     @staticmethod
     def kept(workdir: Path) -> list[int]:
-        # W&B's transaction log, parsed with W&B's own protobufs (steplog's reader).
-        from steplog.backends._wandb_log import read_offline_history
+        # W&B's transaction log, parsed with W&B's own protobufs (the tests' reader).
+        sys.path.insert(0, str(REPO / "tests"))
+        from wandb_offline import read_offline_history
 
         out = []
         for run_dir in glob.glob(str(workdir / "wandb" / "offline-run-*")):
@@ -586,7 +587,8 @@ class SteplogWandb(_SteplogRemote):
     @staticmethod
     def kept(workdir: Path) -> list[int]:
         def read() -> list[int]:
-            from steplog.backends._wandb_log import read_offline_history
+            sys.path.insert(0, str(REPO / "tests"))
+            from wandb_offline import read_offline_history
 
             out = []
             for run_dir in glob.glob(str(workdir / "wandb" / "offline-run-*")):

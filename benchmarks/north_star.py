@@ -273,7 +273,7 @@ class Job:
 
 
 def bench_scenario(durability: str, total: int, work: Path) -> dict[str, Any]:
-    from steplog.backends._wandb_log import read_offline_history
+    from wandb_offline import read_offline_history
 
     work.mkdir(parents=True)
     server = MlflowServer(work)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import subprocess
 import sys
@@ -9,6 +12,7 @@ import tempfile
 import textwrap
 import threading
 import time
+from unittest import mock
 
 import pytest
 
@@ -49,6 +53,51 @@ def run_script(code: str, tmp_path, timeout: float = 60) -> subprocess.Completed
     )
 
 
+def run_steplog(
+    *args: str, cwd=None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``steplog ARGS`` run in this process (``steplog.cli.main``), its output captured.
+
+    Returns what ``subprocess.run([sys.executable, "-m", "steplog", *args],
+    capture_output=True, text=True)`` would, at a fraction of the cost of a new
+    interpreter. What a real process would not share with the test is kept apart: the
+    working directory (``cwd``), the environment (``env``, the whole of it, as for
+    ``subprocess.run``) and the ``steplog`` logger's warnings (which a process prints on
+    its stderr through logging's last-resort handler) are set for the call and restored
+    after it. Tests of the real process (the entry point, signals, pipes) use
+    ``subprocess`` themselves.
+    """
+    from steplog.cli import main
+
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
+    err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
+    handler = logging.StreamHandler(err)
+    handler.setLevel(logging.WARNING)
+    steplog_logger = logging.getLogger("steplog")
+    with contextlib.ExitStack() as stack:
+        if env is not None:
+            stack.enter_context(mock.patch.dict(os.environ, env, clear=True))
+        if cwd is not None:
+            stack.callback(os.chdir, os.getcwd())
+            os.chdir(cwd)
+        stack.enter_context(contextlib.redirect_stdout(out))
+        stack.enter_context(contextlib.redirect_stderr(err))
+        steplog_logger.addHandler(handler)
+        stack.callback(steplog_logger.removeHandler, handler)
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse: --help (0) and usage errors (2)
+            code = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess(["steplog", *args], code, _captured(out), _captured(err))
+
+
+def _captured(stream: io.TextIOWrapper) -> str:
+    """What was written to ``stream``, with newlines as ``text=True`` reads them."""
+    stream.flush()
+    raw = stream.buffer.getvalue()  # type: ignore[attr-defined]
+    return raw.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n")
+
+
 def wait_until(predicate, timeout: float = 5.0) -> bool:
     """Poll ``predicate`` until it is true or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
@@ -73,6 +122,20 @@ def stall_mid_drain(gate: GateBackend) -> tuple[steplog.Tracker, steplog.MemoryB
         tracker.log({"i": i})
     assert wait_until(lambda: len(mem.records) == 10 and not tracker._buffer.count)
     return tracker, mem
+
+
+#: Python that makes CPU tensors report ``is_cpu`` False (for a child process's script):
+#: steplog then drives them through its accelerator path (kept by reference, gathered
+#: and read back in the writer), without an accelerator.
+CPU_TENSORS_AS_DEVICE = "torch.Tensor.is_cpu = property(lambda self: False)"
+
+
+def cpu_tensors_as_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For the rest of the test, CPU tensors report ``is_cpu`` False: steplog takes its
+    accelerator path for them (what runs on a GPU, checked on CPU). Undone after the
+    test by ``monkeypatch``."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.Tensor, "is_cpu", property(lambda self: False))
 
 
 @pytest.fixture
@@ -178,6 +241,14 @@ class MlflowServer:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config, items):
+    """A test that uses the real MLflow server (the ``mlflow_server`` fixture) is slow."""
+    for item in items:
+        if "mlflow_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 import pickle
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import steplog
 import steplog.errors
@@ -47,7 +50,7 @@ def test_import_pulls_in_no_optional_heavy_packages():
 
 
 def test_public_classes_and_functions_report_the_public_module():
-    """repr(steplog.RetryPolicy) says steplog.RetryPolicy, not steplog._worker...."""
+    """repr(steplog.RetryPolicy) says steplog.RetryPolicy, not steplog._fanout...."""
     for name in steplog.__all__:
         value = getattr(steplog, name)
         if isinstance(value, type) or inspect.isfunction(value):
@@ -78,11 +81,30 @@ def test_every_error_is_a_steplog_error_and_exported():
     assert issubclass(steplog.MissingExtraError, ImportError)
 
 
-def _module_imports() -> dict[str, set[str]]:
-    """steplog's modules and the steplog modules each imports at module level."""
-    import ast
-    from pathlib import Path
+def _type_checking_only(node: ast.AST) -> bool:
+    """Whether ``node`` is an ``if TYPE_CHECKING:`` block (imports for annotations only,
+    never run: they cannot make a cycle at import time, so the graph leaves them out)."""
+    if not isinstance(node, ast.If):
+        return False
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
+
+def _imports_in(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Every import statement in ``tree``: at module level and inside functions, classes
+    and other blocks alike (a lazy import is an edge of the graph as well), except
+    those under ``if TYPE_CHECKING:``."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        elif not _type_checking_only(node):
+            yield from _imports_in(node)
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """steplog's modules and the steplog modules each imports, anywhere in it."""
     root = Path(steplog.__file__).parent
     graph: dict[str, set[str]] = {}
     for path in root.rglob("*.py"):
@@ -90,22 +112,28 @@ def _module_imports() -> dict[str, set[str]]:
         package = parts[:-1]  # what relative imports start from (a package: itself)
         name = ".".join(parts if parts[-1] != "__init__" else parts[:-1])
         imports: set[str] = set()
-        for node in ast.parse(path.read_text()).body:  # module level only
-            if isinstance(node, ast.ImportFrom) and node.level:
+        for node in _imports_in(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imports.update(a.name for a in node.names if a.name.startswith("steplog"))
+                continue
+            if node.level:  # relative: resolved against the module's package
                 base = package[: len(package) - node.level + 1]
                 target = ".".join([*base, *(node.module.split(".") if node.module else [])])
-                imports.add(target)
-                for alias in node.names:  # "from . import x" may name a module
-                    imports.add(f"{target}.{alias.name}")
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("steplog"):
-                imports.add(node.module or "")
+            elif (node.module or "").startswith("steplog"):
+                target = node.module or ""
+            else:
+                continue
+            imports.add(target)
+            for alias in node.names:  # "from . import x" may name a module
+                imports.add(f"{target}.{alias.name}")
         graph[name] = imports
     return {m: {i for i in deps if i in graph and i != m} for m, deps in graph.items()}
 
 
 def test_the_import_graph_has_no_cycles_and_backends_do_not_import_the_cli():
-    """Module-level imports form no cycle (package __init__ re-exports aside), and no
-    backend imports a CLI module."""
+    """Imports form no cycle, counting those inside functions (``if TYPE_CHECKING:``
+    blocks and package ``__init__`` re-exports aside), and no backend imports a CLI
+    module."""
     graph = _module_imports()
     packages = {m for m in graph if any(o.startswith(m + ".") for o in graph)}
     edges = {m: {d for d in deps if d not in packages} for m, deps in graph.items()}

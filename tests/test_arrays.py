@@ -1,7 +1,8 @@
 """Arrays and tensors: snapshot at log() time, conversion in the worker (CPU in CI).
 
 The accelerator path (stacking device scalars, placeholders read back per batch) is
-exercised on CPU by turning ``_arrays._HOST_CPU`` off, which makes CPU tensors take it.
+exercised on CPU by making CPU tensors report ``is_cpu`` False
+(``conftest.cpu_tensors_as_device``), which makes them take it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import pytest
 
 import steplog
 from steplog import _arrays
+
+from conftest import cpu_tensors_as_device
 
 torch_dispatch = pytest.importorskip("torch.utils._python_dispatch")
 TorchDispatchMode = torch_dispatch.TorchDispatchMode
@@ -40,7 +43,7 @@ DTYPES = [
 def path(request, monkeypatch):
     """Run a test on the CPU fast path and on the accelerator path (driven with CPU)."""
     if request.param == "device-path":
-        monkeypatch.setattr(_arrays, "_HOST_CPU", False)
+        cpu_tensors_as_device(monkeypatch)
     return request.param
 
 
@@ -154,7 +157,7 @@ def copies(ops: list[str]) -> list[str]:
 def test_fresh_device_tensors_cost_no_operation_in_log(monkeypatch, runs_root):
     """On the accelerator path, log() of fresh tensors dispatches no aten op at all:
     they are kept by reference (with their version), not detached, stacked or copied."""
-    monkeypatch.setattr(_arrays, "_HOST_CPU", False)
+    cpu_tensors_as_device(monkeypatch)
     jsonl = steplog.JsonlBackend(runs_root)
     tracker = steplog.Tracker(jsonl)
     tracker.init()
@@ -176,7 +179,7 @@ def test_fresh_device_tensors_cost_no_operation_in_log(monkeypatch, runs_root):
 def test_tensors_already_changed_in_place_are_copied_at_the_call(monkeypatch):
     """An accumulator (changed in place before the call) is snapshotted at log(): one
     stack per call, device and dtype, as before; a fresh tensor beside it is not."""
-    monkeypatch.setattr(_arrays, "_HOST_CPU", False)
+    cpu_tensors_as_device(monkeypatch)
     acc = torch.zeros(())
     count = torch.zeros((), dtype=torch.int64)
     acc += 1
@@ -196,7 +199,7 @@ def test_tensors_already_changed_in_place_are_copied_at_the_call(monkeypatch):
 
 def test_the_writer_reads_a_batch_with_a_constant_number_of_copies(monkeypatch):
     """Reading back N events' tensors costs one gather per device and dtype, not N."""
-    monkeypatch.setattr(_arrays, "_HOST_CPU", False)
+    cpu_tensors_as_device(monkeypatch)
     counts = []
     for n in (10, 1_000):
         rows = []
@@ -222,7 +225,7 @@ def test_the_writer_reads_a_batch_with_a_constant_number_of_copies(monkeypatch):
 def test_a_tensor_changed_after_log_is_recorded_as_changed(monkeypatch, runs_root, caplog):
     """A fresh tensor changed in place after log() and before the writer read it is
     never recorded silently with the later value: it is marked, counted and warned."""
-    monkeypatch.setattr(_arrays, "_HOST_CPU", False)
+    cpu_tensors_as_device(monkeypatch)
     jsonl = steplog.JsonlBackend(runs_root)
     tracker = steplog.Tracker(jsonl, flush_interval=5.0)
     tracker.init()
@@ -289,7 +292,7 @@ def test_large_tensor_summaries_for_integer_bool_and_half_dtypes(dtype, path):
 def test_snapshot_false_keeps_references_and_still_converts(monkeypatch):
     """snapshot=False stores device tensors as references (no copy, no launch); the
     writer converts them. (Host values are read at the call: that is their snapshot.)"""
-    monkeypatch.setattr(_arrays, "_HOST_CPU", False)  # CPU tensors take the device path
+    cpu_tensors_as_device(monkeypatch)  # CPU tensors take the device path
     vec = torch.zeros(2)
     gate = GateMemory()
     tracker = steplog.Tracker(gate, snapshot=False)
@@ -410,7 +413,7 @@ def test_tensor_subclasses_are_recognised(path):
 def test_an_unreadable_tensor_costs_only_its_own_value(monkeypatch, runs_root, caplog):
     """A source that cannot be read (e.g. a CUDA-graph output a replay overwrote) does not
     stop the batch: the others are read one by one, it records the error."""
-    monkeypatch.setattr(_arrays, "_HOST_CPU", False)
+    cpu_tensors_as_device(monkeypatch)
 
     class Unreadable(torch.Tensor):
         def tolist(self):

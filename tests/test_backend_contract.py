@@ -69,7 +69,17 @@ FACTORIES: dict[str, Callable] = {
 class TestEveryBackend(BackendContract):
     """The public contract suite (steplog.testing.BackendContract), for each backend."""
 
-    @pytest.fixture(autouse=True, params=list(FACTORIES))
+    @pytest.fixture(
+        autouse=True,
+        params=[
+            # a real MLflow server; W&B starts its service process for each run; trackio
+            # its storage (seconds a run): their own test files keep a fast test each
+            pytest.param(name, marks=pytest.mark.slow)
+            if name in ("mlflow", "wandb", "trackio")
+            else name
+            for name in FACTORIES
+        ],
+    )
     def _factory(self, request):
         self.factory = FACTORIES[request.param]
         self.request = request

@@ -158,6 +158,44 @@ def test_block_policy_waits_for_room_in_the_byte_budget():
     assert buffer.take()[1] == 1
 
 
+@pytest.mark.parametrize("policy", ["block", "drop_oldest", "drop_newest"])
+def test_an_ended_buffer_turns_every_producer_away_the_waiting_one_too(policy):
+    """Once the writer ends the buffer (the run is ending; its last take comes next), a
+    producer waiting for room and every later put raise InactiveRunError: nothing is
+    queued or counted after the last take, so it holds every event counted."""
+    buffer = LineBuffer(2, wake_at=2, policy=policy)
+    put(buffer, b"1\n")
+    put(buffer, b"2\n")
+    outcome: list[BaseException | None] = []
+    done = threading.Event()
+
+    def waiting() -> None:
+        try:
+            put(buffer, b"3\n")
+        except steplog.InactiveRunError as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+        done.set()
+
+    if policy == "block":
+        producer = threading.Thread(target=waiting)
+        producer.start()
+        assert not done.wait(0.2), "the third line must wait for room"
+        buffer.end()
+        assert done.wait(5)
+        producer.join()
+        assert len(outcome) == 1 and isinstance(outcome[0], steplog.InactiveRunError)
+    else:
+        buffer.end()
+    with pytest.raises(steplog.InactiveRunError, match="not recorded"):
+        put(buffer, b"4\n")
+    with pytest.raises(steplog.InactiveRunError):
+        buffer.put_row((5, 0.0, {"x": 5}))
+    items, count = buffer.take()
+    assert (b"".join(items), count, buffer.dropped) == (b"1\n2\n", 2, 0)
+
+
 def test_a_line_longer_than_the_budget_still_fits_an_empty_buffer():
     """One line larger than the whole byte budget is queued, not dropped or blocked."""
     buffer = LineBuffer(10, wake_at=10, policy="drop_newest", byte_budget=1_000)

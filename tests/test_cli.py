@@ -1,4 +1,6 @@
-"""The command line, run as a user would: through a subprocess, on real run files."""
+"""The command line on real run files: ``cli.main(argv)`` in this process with its output
+captured (``run_cli``), and a few smoke tests in a real process (``python -m steplog``:
+the entry point, a pipe closed early, ``tail -f`` of a live writer, a killed writer)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -17,7 +20,9 @@ from pathlib import Path
 import pytest
 
 import steplog
-from steplog.runfile.read import WRITER_GONE_GRACE
+from steplog.runfile.follow import WRITER_GONE_GRACE
+
+from conftest import run_steplog
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -30,13 +35,14 @@ needs_matplotlib = pytest.mark.skipif(
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None):
+    """`steplog ARGS` in this process, as the shell would run it (see conftest)."""
+    return run_steplog(*args, cwd=cwd, env=env)
+
+
+def run_cli_process(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`python -m steplog ARGS` in a real process: for what only a process shows."""
     return subprocess.run(
-        [sys.executable, "-m", "steplog", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-        env=env,
+        [sys.executable, "-m", "steplog", *args], capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -57,10 +63,10 @@ def dead_pid() -> int:
     return proc.pid
 
 
-@pytest.fixture
-def runs(tmp_path: Path) -> dict[str, Path]:
+@pytest.fixture(scope="module")
+def runs_made_once(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Three finished runs, one with NaN/inf, and one killed mid-write (torn last line)."""
-    root = tmp_path / "runs"
+    root = tmp_path_factory.mktemp("cli") / "runs"
     a = write_run(
         root,
         "sweep",
@@ -92,14 +98,27 @@ def runs(tmp_path: Path) -> dict[str, Path]:
     return {"root": root, "a": a, "nan": b, "c": c, "torn": torn}
 
 
+@pytest.fixture
+def runs(runs_made_once: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
+    """The runs of ``runs_made_once``, copied (times kept) into this test's ``runs``: a
+    test may change them."""
+    made = runs_made_once["root"]
+    root = shutil.copytree(made, tmp_path / "runs")
+    return {name: root / path.relative_to(made) for name, path in runs_made_once.items()}
+
+
 # ── demo ──────────────────────────────────────────────────────────────────────────────
 
 
+@pytest.mark.slow
 @needs_matplotlib
 def test_demo_writes_a_readable_run_reports_cost_and_plots(tmp_path):
-    """`steplog demo` logs to JSONL, prints path, steps/s, per-call cost, plot command."""
+    """`steplog demo` logs to JSONL, prints path, steps/s, per-call cost, plot command
+    (a real process: the smoke test of what a new user runs first)."""
     png = tmp_path / "demo.png"
-    result = run_cli("demo", "--steps", "20000", "--root", str(tmp_path), "--plot", str(png))
+    result = run_cli_process(
+        "demo", "--steps", "20000", "--root", str(tmp_path), "--plot", str(png)
+    )
     assert result.returncode == 0, result.stderr
     match = re.search(r"run written to (\S+\.jsonl)", result.stdout)
     assert match, result.stdout
@@ -135,6 +154,18 @@ def test_no_command_prints_help_and_exits_2():
     assert result.returncode == 2
     for name in ("demo", "ls", "show", "tail", "plot", "compare", "export"):
         assert name in result.stdout
+
+
+@pytest.mark.parametrize("module", ["steplog", "steplog.cli"])
+def test_python_dash_m_runs_the_command_line(module):
+    """`python -m steplog` and `python -m steplog.cli` are the command line, exit code
+    included (a real process: the entry points themselves)."""
+    result = subprocess.run(
+        [sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "usage: steplog" in result.stdout
+    assert subprocess.run([sys.executable, "-m", module], capture_output=True).returncode == 2
 
 
 @pytest.mark.parametrize("command", ["demo", "ls", "show", "tail", "plot", "compare", "export"])
@@ -188,6 +219,7 @@ def test_ls_sorts_filters_limits_and_speaks_json(runs):
     assert [r["run_id"] for r in rows] == [runs["c"].stem]
 
 
+@pytest.mark.slow
 def test_ls_reads_only_the_ends_of_hundreds_of_runs(tmp_path):
     """300 runs list correctly; each file is read at its first line and tail only."""
     root = tmp_path / "many"
@@ -290,6 +322,7 @@ def test_show_resolves_ids_prefixes_and_latest(runs):
     )
 
 
+@pytest.mark.slow
 def test_a_reader_that_stops_early_gets_no_error(tmp_path):
     """`steplog export RUN -o - | head -2`: exit 0, nothing on stderr, once the pipe closes."""
     path = write_run(tmp_path / "runs", "big", {}, [{"loss": float(i)} for i in range(50_000)])
@@ -369,7 +402,10 @@ WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_tail_follow_prints_each_new_step_once_and_stops_at_run_end(tmp_path):
+    """`steplog tail -f` in a real process follows a live writer: each step once, a half
+    written line waited for, and it stops at the run end."""
     path = tmp_path / "live.jsonl"
     go = tmp_path / "go"
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(go)])
@@ -378,12 +414,15 @@ def test_tail_follow_prints_each_new_step_once_and_stops_at_run_end(tmp_path):
             time.sleep(0.01)
         follower = subprocess.Popen(
             [sys.executable, "-m", "steplog", "tail", "-f", str(path), "-k", "loss",
-             "--interval", "0.02"],
+             "--interval", "0.02", "-n", "100"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )  # fmt: skip
-        time.sleep(0.5)  # the follower is waiting on a file with no steps yet
+        # Usually the follower is waiting on a file with no steps yet when the steps come;
+        # on a loaded machine it may start after some of them: "-n 100" shows those first,
+        # so each step is printed once either way.
+        time.sleep(0.5)
         go.touch()
         out, err = follower.communicate(timeout=60)
     finally:
@@ -434,7 +473,7 @@ def test_plot_overlays_runs_and_writes_a_png_of_the_requested_size(runs, tmp_pat
 def test_plot_downsamples_large_runs_and_keeps_spikes(tmp_path):
     """A run with more points than --max-points is drawn from bucket min/mean/max."""
     from steplog._plot import downsample, load_series
-    from steplog.runfile.read import open_run
+    from steplog.runfile.snapshot import open_run
 
     steps = [{"loss": 1.0} for _ in range(20_000)]
     steps[12_345] = {"loss": 50.0}
@@ -467,12 +506,9 @@ def test_plot_failures_exit_1_with_a_reason(runs, tmp_path):
     assert usage.returncode == 2
 
 
-def test_plot_without_matplotlib_names_the_extra(runs, tmp_path):
-    shim = tmp_path / "shim"
-    shim.mkdir()
-    (shim / "matplotlib.py").write_text("raise ImportError('blocked for the test')\n")
-    env = {**os.environ, "PYTHONPATH": str(shim)}
-    result = run_cli("plot", str(runs["a"]), "-o", str(tmp_path / "x.png"), env=env)
+def test_plot_without_matplotlib_names_the_extra(runs, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    result = run_cli("plot", str(runs["a"]), "-o", str(tmp_path / "x.png"))
     assert result.returncode == 1
     assert "pip install 'steplog[plot]'" in result.stderr
 
@@ -524,7 +560,7 @@ def test_plot_against_any_numeric_key(tmp_path, capsys):
     samples are at KEY's last value before them. An --x key no run has is a usage error
     naming the keys there are, as is a system metric; one holding text is exit 1."""
     from steplog._plot import load_series
-    from steplog.runfile.read import open_run
+    from steplog.runfile.snapshot import open_run
 
     steps = [{"loss": 1.0 / (i + 1), "tokens": 512 * (i + 1), "name": "t"} for i in range(30)]
     steps[7] = {"loss": 0.5}  # no tokens here
@@ -768,6 +804,7 @@ def run_with_terminal_stderr(code: str) -> tuple[int, str, str]:
     return proc.returncode, out, b"".join(chunks).decode(errors="replace")
 
 
+@pytest.mark.slow
 def test_finish_shows_progress_for_a_slow_backlog_on_a_terminal_only():
     code, out, terminal = run_with_terminal_stderr(SLOW_FINISH)
     assert code == 0, terminal
@@ -781,6 +818,7 @@ def test_finish_shows_progress_for_a_slow_backlog_on_a_terminal_only():
     assert quiet.stderr == ""  # not a terminal: no bar, no noise
 
 
+@pytest.mark.slow
 def test_async_finish_shows_progress_without_blocking_the_event_loop():
     code, out, terminal = run_with_terminal_stderr(ASYNC_SLOW_FINISH)
     assert code == 0, terminal
@@ -876,6 +914,7 @@ DYING_WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("json_mode", [False, True], ids=["text", "json"])
 def test_tail_follow_stops_when_the_writer_is_killed(tmp_path, json_mode):
     """tail -f of a run whose writer dies without a run end stops (exit 1) and says the
@@ -935,6 +974,7 @@ RESUMING_WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_tail_follow_of_a_resumed_run_follows_its_current_writer(tmp_path):
     """tail -f of a resumed run watches the process that resumed it, not the one that
     started it (long gone): a quiet but live resumed writer is followed to its end."""
@@ -956,11 +996,7 @@ def test_tail_follow_of_a_resumed_run_follows_its_current_writer(tmp_path):
     )
     try:
         assert writer.stdout is not None and writer.stdout.readline() == "ready\n"
-        follower = subprocess.run(
-            [sys.executable, "-m", "steplog", "tail", "-f", str(path), "-k", "loss",
-             "--interval", "0.05"],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        follower = run_cli("tail", "-f", str(path), "-k", "loss", "--interval", "0.05")
     finally:
         writer.wait(timeout=60)
         assert writer.stdout is not None
@@ -978,6 +1014,7 @@ def _dead_pid() -> int:
     return int(done.stdout)
 
 
+@pytest.mark.slow
 def test_tail_follow_of_a_dead_writers_run_stops_at_once(runs):
     """A run ls calls incomplete (writer not alive on this host) ends tail -f at once."""
     started = time.monotonic()
@@ -1086,6 +1123,7 @@ def live_run(tmp_path):
     writer.stdout.close()
 
 
+@pytest.mark.slow
 def test_show_of_a_growing_file_describes_one_snapshot(live_run):
     """show while another process appends: record count, last step and per-key
     statistics all describe the same records."""
@@ -1105,6 +1143,7 @@ def test_show_of_a_growing_file_describes_one_snapshot(live_run):
         assert int(match.group(1).replace(",", "")) == int(match.group(2)) + 1
 
 
+@pytest.mark.slow
 def test_export_of_a_growing_file_writes_the_rows_it_announces(live_run, tmp_path):
     """export while another process appends: the row count printed is the number of
     rows written, and they are the steps 0 .. count - 1."""

@@ -17,7 +17,7 @@ import pytest
 import steplog
 from steplog._lane import delivery_states
 
-from conftest import FileRecorder, wait_until
+from conftest import FileRecorder, run_steplog, wait_until
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX processes")
 
@@ -48,6 +48,7 @@ def _delivery_processes(parent: int) -> list[int]:
     return [int(pid) for pid in found.stdout.split()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("durability", ["thread", "process"])
 def test_a_killed_process_s_events_reach_the_remote_backend(tmp_path, durability):
     """SIGKILL of the logging process right after logging (nothing flushed): its
@@ -86,6 +87,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_the_loop_pays_nothing_for_a_slow_remote_backend_and_it_gets_everything(tmp_path):
     """A remote backend taking 20 ms a write moves to the delivery process: the loop logs
     at full speed, finish() waits for it, it gets every event once, in order, and the
@@ -148,6 +150,7 @@ def test_a_finish_deadline_leaves_the_rest_to_the_background_and_it_arrives(tmp_
     assert recorder.ends()[-1][1] == "finished"
 
 
+@pytest.mark.slow
 def test_a_fork_does_not_keep_the_delivery_process_waiting(tmp_path):
     """A forked child of the logging process (a DataLoader worker) lets go of the
     delivery process's socket: when the parent is killed, the delivery process still
@@ -191,6 +194,7 @@ os.kill(os.getpid(), 9)
         os.kill(child, signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_a_resume_goes_on_where_the_killed_process_s_delivery_stopped(tmp_path):
     """The backend is down when the job is killed, and its delivery process dies too (a
     node reboot): the cursor stays where the backend stopped. The resumed run's lane
@@ -228,12 +232,12 @@ def test_a_resume_goes_on_where_the_killed_process_s_delivery_stopped(tmp_path):
     assert recorder.steps() == [e.step for e in run.records] == list(range(killed_kept + 100))
     got = stats.backends["recorder"]
     assert (got.delivered, got.caught_up, got.missing) == (100, killed_kept, 0)
-    shown = subprocess.run(
-        [sys.executable, "-m", "steplog", "show", str(path)],
-        capture_output=True, text=True, timeout=60, check=True,
-    ).stdout  # fmt: skip
+    shown = run_steplog("show", str(path))
+    assert shown.returncode == 0, shown.stderr
     total = killed_kept + 100
-    assert f"recorder  {total:,} delivered · up to date · run end delivered (finished)" in shown
+    assert f"recorder  {total:,} delivered · up to date · run end delivered (finished)" in (
+        shown.stdout
+    )
 
 
 def test_steplog_show_says_a_backend_is_behind_and_how_to_send_the_rest(tmp_path):
@@ -257,12 +261,10 @@ def test_steplog_show_says_a_backend_is_behind_and_how_to_send_the_rest(tmp_path
         tracker.log({"x": step})
     tracker.finish()
     path = tracker.backends[0].path
-    shown = subprocess.run(
-        [sys.executable, "-m", "steplog", "show", str(path)],
-        capture_output=True, text=True, timeout=60, check=True,
-    ).stdout  # fmt: skip
-    assert "recorder  0 delivered · 300 behind" in shown
-    assert "steplog sync" in shown
+    shown = run_steplog("show", str(path))
+    assert shown.returncode == 0, shown.stderr
+    assert "recorder  0 delivered · 300 behind" in shown.stdout
+    assert "steplog sync" in shown.stdout
     (out / "down").unlink()
     result = sync(path, recorder)
     assert result.ended and recorder.steps() == list(range(300))

@@ -50,7 +50,7 @@ from steplog._lane import Cursor, Lane
 from steplog._lanehost import LaneHost
 from steplog.errors import PermanentBackendError
 from steplog.events import Event, RunEnd, RunInfo
-from steplog.runfile.read import open_run
+from steplog.runfile.snapshot import open_run
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -192,7 +192,17 @@ def test_every_stand_in_matches_one_block(table: dict[tuple[str, str], str]) -> 
         assert len(matching) == 1, f"{path}: {snippet!r} matches {matching}"
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=[block.id for block in BLOCKS])
+@pytest.mark.parametrize(
+    "block",
+    [
+        # A fresh interpreter per block: README's are the fast tier's smoke test of what
+        # a user types first, the docs' blocks (fits, servers, plots among them) are slow.
+        pytest.param(
+            block, id=block.id, marks=() if block.path == "README.md" else pytest.mark.slow
+        )
+        for block in BLOCKS
+    ],
+)
 def test_doc_block_runs(block: DocBlock, tmp_path: Path) -> None:
     """The block runs to completion in a fresh interpreter, with no traceback printed."""
     if block.skip is not None:

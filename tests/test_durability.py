@@ -16,7 +16,7 @@ import pytest
 import steplog
 from steplog._ring import ProcessWriter
 
-from conftest import GateBackend
+from conftest import CPU_TENSORS_AS_DEVICE, GateBackend
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -76,6 +76,7 @@ def kill_once(tmp_path, run_for: float) -> tuple[int, float]:
     return kept, killed_at - lost_since
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_keeps_a_gap_free_prefix(tmp_path):
     """20 SIGKILLs: every file reads, is gap-free, and loses at most ~flush_interval."""
     rng = random.Random(1234)
@@ -149,6 +150,7 @@ def _running(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not ProcessWriter.supported(), reason="durability='process' needs POSIX on x86-64"
 )
@@ -164,14 +166,15 @@ def _process_mode_only():
         pytest.skip("durability='process' needs POSIX on x86-64")
 
 
+@pytest.mark.slow
 def test_process_mode_with_tensor_rows_and_a_full_block_buffer_finishes(tmp_path):
     """Rows for the writer (device tensors) and a full 'block' buffer never deadlock the
     writer with a producer waiting for room (ring mode keeps lines behind rows)."""
     _process_mode_only()
     pytest.importorskip("torch")
     code = f"""
-import torch, steplog, steplog._arrays as A
-A._HOST_CPU = False  # CPU tensors take the device path: rows the writer must read
+import torch, steplog
+{CPU_TENSORS_AS_DEVICE}  # CPU tensors take the device path: rows the writer must read
 t = steplog.Tracker(steplog.JsonlBackend({str(tmp_path)!r}), durability="process",
                     buffer_size=256, flush_interval=0.01)
 t.init()
@@ -284,6 +287,7 @@ def _writer_process_of(pid: int) -> int:
     return int(child)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("others", "buffer_bytes", "kill_while_logging"),
     [
@@ -344,6 +348,7 @@ def _writer_process_pid() -> int:
     return _writer_process_of(os.getpid())
 
 
+@pytest.mark.slow
 def test_a_flush_racing_the_writer_process_s_death_writes_everything_and_never_raises(
     tmp_path,
 ):
@@ -364,6 +369,7 @@ def test_a_flush_racing_the_writer_process_s_death_writes_everything_and_never_r
         assert steplog.read_run(jsonl.path).history["i"] == list(range(2_000))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flush_first", [False, True])
 def test_finish_timeout_holds_with_a_stalled_writer_process(tmp_path, flush_first, caplog):
     """The writer process stalls (SIGSTOP; a write hung on a dead NFS server looks the
@@ -399,6 +405,7 @@ def test_finish_timeout_holds_with_a_stalled_writer_process(tmp_path, flush_firs
     assert stats.backends["jsonl"].delivered == 200
 
 
+@pytest.mark.slow
 def test_a_writer_process_killed_just_before_finish_is_recorded(tmp_path, caplog):
     """The writer process killed just before finish(): every event and the run end are
     written from here, and that is said (a warning, writer_takeover) as for a death

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 import steplog
 
 from conftest import run_script
@@ -35,6 +37,7 @@ def test_process_exiting_without_finish_records_unfinished_and_keeps_every_event
     assert run.stats is not None and run.stats.logged == run.stats.written == 50_000
 
 
+@pytest.mark.slow
 def test_uncaught_exception_still_drains_the_run(tmp_path):
     """A script dying of an exception keeps its events and records 'unfinished'."""
     result = run_script(
@@ -54,6 +57,7 @@ def test_uncaught_exception_still_drains_the_run(tmp_path):
     assert len(run.records) == 1000
 
 
+@pytest.mark.slow
 def test_async_tracker_left_unfinished_is_drained_at_exit(tmp_path):
     """An AsyncTracker whose event loop ended without finish() is still drained at exit."""
     result = run_script(
@@ -74,6 +78,7 @@ def test_async_tracker_left_unfinished_is_drained_at_exit(tmp_path):
     assert run.history["i"] == list(range(2000))
 
 
+@pytest.mark.slow
 def test_exit_with_a_stalled_backend_is_bounded_by_shutdown_timeout(tmp_path):
     """A backend that never returns cannot hang exit: it is abandoned and reported."""
     started = time.monotonic()

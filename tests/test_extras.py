@@ -21,6 +21,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("module", "code", "extra"), CASES)
 def test_missing_dependency_raises_missing_extra_error(tmp_path, module, code, extra):
     shim = tmp_path / "shim"

@@ -299,6 +299,7 @@ def test_scan_bad_arguments_raise_at_the_call(tmp_path):
         steplog.read_run(write_run(tmp_path / "r", "e", {}, 3)).to_numpy(["loss", "loss"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("blocked", "call", "extra"),
     [

@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 
 import steplog
-from steplog.runfile.read import open_run, read_header
+from steplog.runfile.header import read_header
+from steplog.runfile.snapshot import open_run
 from steplog.sync import sync
+
+from conftest import run_steplog
 
 # One rank of a job as torchrun starts it: RANK, LOCAL_RANK and WORLD_SIZE in the
 # environment (torchrun also sets TORCHELASTIC_RUN_ID to its --rdzv-id).
@@ -49,16 +52,12 @@ def _torchrun(
 
 
 def _steplog(*args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "steplog", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    done = run_steplog(*args)
+    assert done.returncode == 0, done.stderr
     return done.stdout
 
 
+@pytest.mark.slow
 def test_each_rank_records_its_rank_and_the_group(tmp_path: Path) -> None:
     """Under torchrun every rank's run file carries its rank, local rank, the world size,
     the group and the tags; read_run gives them back."""
@@ -76,6 +75,7 @@ def test_each_rank_records_its_rank_and_the_group(tmp_path: Path) -> None:
     assert (start["rank"], start["local_rank"], start["world_size"]) == (1, 1, 4)
 
 
+@pytest.mark.slow
 def test_torchrun_job_id_is_the_default_group(tmp_path: Path) -> None:
     """Without group=, the ranks of one torchrun job share its --rdzv-id
     (TORCHELASTIC_RUN_ID); STEPLOG_GROUP sets the group as well."""
@@ -89,6 +89,7 @@ def test_torchrun_job_id_is_the_default_group(tmp_path: Path) -> None:
     assert groups == {"a": {"job-42"}, "b": {"mine"}, "c": {None}}
 
 
+@pytest.mark.slow
 def test_rank0_only_writes_one_run(tmp_path: Path) -> None:
     """rank0_only=True: rank 0 writes its run; the other ranks' trackers work (init,
     log, finish) and write nothing."""
@@ -126,6 +127,7 @@ def test_bad_group_and_tags_are_refused_at_construction() -> None:
         steplog.Tracker(rank0_only="yes")  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_cli_lists_shows_and_compares_a_group(tmp_path: Path) -> None:
     """`steplog ls` lists a group's runs together by rank with GROUP and RANK columns
     and filters by group and tag; `show group:NAME` merges the ranks' metrics;
@@ -159,16 +161,12 @@ def test_cli_lists_shows_and_compares_a_group(tmp_path: Path) -> None:
 def test_unknown_group_names_the_groups_there(tmp_path: Path) -> None:
     """A group that has no run fails with the groups there are."""
     _torchrun(tmp_path, 1, group="real")
-    done = subprocess.run(
-        [sys.executable, "-m", "steplog", "show", "group:nope", "--root", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_steplog("show", "group:nope", "--root", str(tmp_path))
     assert done.returncode == 1
     assert "no run of group 'nope'" in done.stderr and "groups: real" in done.stderr
 
 
+@pytest.mark.slow
 def test_plot_overlays_the_ranks_of_a_group(tmp_path: Path) -> None:
     """`steplog plot group:NAME` draws the group's runs into one image, which takes
     them in rank order."""
@@ -187,12 +185,7 @@ def test_ls_with_filters_that_match_nothing_says_so(tmp_path: Path) -> None:
     """`steplog ls --tag X` with runs there but none tagged X says the filters matched
     nothing, not that the directory has no runs."""
     _torchrun(tmp_path, 1, group="g", tags=["a"])
-    done = subprocess.run(
-        [sys.executable, "-m", "steplog", "ls", str(tmp_path), "-t", "nope", "-g", "g"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_steplog("ls", str(tmp_path), "-t", "nope", "-g", "g")
     assert done.returncode == 0 and done.stdout == ""
     assert f"no runs under {str(tmp_path)!r} match -g g -t nope" in done.stderr
 

@@ -30,6 +30,7 @@ def only_run(root):
 # -- item 2: a tracker dropped with its run active ------------------------------------
 
 
+@pytest.mark.slow
 def test_function_that_forgets_finish_keeps_every_event(tmp_path):
     """A train() function that never calls finish(): its tracker is dropped on return
     and the process exits at once; the run is closed 'unfinished' with every event."""
@@ -84,6 +85,7 @@ def test_rebinding_the_tracker_name_closes_the_old_run(tmp_path):
 # -- item 3: runs in threads that Python waits for -------------------------------------
 
 
+@pytest.mark.slow
 def test_non_daemon_thread_keeps_logging_after_main_returns(tmp_path):
     """Python waits for non-daemon threads: a run they log to (made in the main thread)
     stays usable until they end, and a run they start after main returned works too."""
@@ -124,6 +126,7 @@ def test_non_daemon_thread_keeps_logging_after_main_returns(tmp_path):
     assert late.history["i"] == list(range(100))
 
 
+@pytest.mark.slow
 def test_run_left_unfinished_by_a_thread_is_closed_after_the_thread_ends(tmp_path):
     """A non-daemon thread that never finishes its run: closed 'unfinished' once Python
     has waited for the thread, with every event the thread logged after main returned."""
@@ -188,6 +191,7 @@ class _HangsInThread(steplog.Backend):
             await anyio.to_thread.run_sync(self.release.wait)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["write", "close"])
 def test_finish_timeout_holds_when_a_backend_hangs_in_a_thread_call(tmp_path, where):
     """finish(timeout=0.5) returns although a backend never returns from a thread call;
@@ -247,6 +251,7 @@ def test_a_backend_that_blocks_its_event_loop_cannot_hang_finish(tmp_path):
     assert run.status == "finished" and len(run.records) == 100
 
 
+@pytest.mark.slow
 def test_exit_with_a_backend_hanging_in_a_thread_call_closes_the_jsonl_run(tmp_path):
     """At exit, the same hang costs that backend only: the JSONL run gets its run end."""
     started = time.monotonic()
@@ -301,6 +306,7 @@ print("finished", flush=True)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("signum", "status"), [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated")]
 )
@@ -338,6 +344,7 @@ def test_signal_during_a_slow_finish_still_writes_the_run_end(tmp_path, signum, 
 # -- an uncaught exception ends the program -----------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("raises", "status"),
     [("ValueError('diverged')", "failed"), ("KeyboardInterrupt", "interrupted")],
@@ -362,6 +369,7 @@ def test_script_dying_of_an_uncaught_exception_records_it(tmp_path, raises, stat
     assert run.history["i"] == list(range(1000))
 
 
+@pytest.mark.slow
 def test_thread_dying_of_an_exception_fails_the_run_it_started(tmp_path):
     """A thread that started a run and died of an exception: that run is 'failed'; the
     main thread's run, which ended normally but unfinished, stays 'unfinished'."""

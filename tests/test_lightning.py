@@ -125,6 +125,7 @@ def train_steps(run) -> list[int]:
     return [r.step for r in run.records if "train_loss" in r.data]
 
 
+@pytest.mark.slow
 def test_every_metric_lands_in_the_run_at_its_step(tmp_path):
     """A 300-step fit: the hyperparameters are the config, each logged step is a record
     at Lightning's step, the run ends finished, and the run file sits at
@@ -143,6 +144,7 @@ def test_every_metric_lands_in_the_run_at_its_step(tmp_path):
     assert all(r.data["epoch"] == r.step // 16 for r in train)  # 16 batches an epoch
 
 
+@pytest.mark.slow
 def test_experiment_log_writes_tensors_at_the_given_step(tmp_path):
     """``self.logger.experiment.log`` from training_step records the tensors as
     numbers in the same run as Lightning's own metrics."""
@@ -156,6 +158,7 @@ def test_experiment_log_writes_tensors_at_the_given_step(tmp_path):
     assert all(direct[s] == pytest.approx(lightning[s]) for s in lightning)
 
 
+@pytest.mark.slow
 def test_a_fit_that_raises_records_failed(tmp_path):
     """An exception in training_step: Lightning finalizes with "failed", the run ends
     "failed" with the steps before it."""
@@ -167,6 +170,7 @@ def test_a_fit_that_raises_records_failed(tmp_path):
     assert [r.step for r in run.records] == list(range(20))
 
 
+@pytest.mark.slow
 def test_ctrl_c_records_interrupted(tmp_path):
     """A KeyboardInterrupt in the fit: Lightning calls finalize("failed") and exits;
     steplog records "interrupted"."""
@@ -187,6 +191,7 @@ def test_ctrl_c_records_interrupted(tmp_path):
     assert steplog.read_run(logger.run_path).status == "interrupted"
 
 
+@pytest.mark.slow
 def test_two_loggers_side_by_side(tmp_path):
     """Two steplog loggers and Lightning's CSVLogger in one Trainer: each steplog run
     holds every step."""
@@ -202,6 +207,7 @@ def test_two_loggers_side_by_side(tmp_path):
     assert (tmp_path / "csv" / "lightning_logs" / "version_0" / "metrics.csv").exists()
 
 
+@pytest.mark.slow
 def test_a_second_fit_is_a_new_run(tmp_path):
     """The same logger in two fits writes two runs, each with its own version."""
     logger = SteplogLogger(steplog.JsonlBackend(tmp_path))
@@ -213,6 +219,7 @@ def test_a_second_fit_is_a_new_run(tmp_path):
     assert steplog.read_run(first).status == steplog.read_run(logger.run_path).status == "finished"
 
 
+@pytest.mark.slow
 def test_off_rank_zero_nothing_is_written(tmp_path, monkeypatch):
     """On a rank other than zero (as DDP sets it), the logger writes no run and
     ``experiment.log`` is a no-op."""
@@ -259,6 +266,7 @@ def test_contract_a_trainer_holding_the_logger_pickles(tmp_path):
     assert [r.data for r in steplog.read_run(copy.run_path).records] == [{"acc": 1.0}]
 
 
+@pytest.mark.slow
 def test_contract_a_spawned_copy_writes_the_run_the_logger_names(tmp_path, monkeypatch):
     """What ddp_spawn does, in this process: the Trainer is pickled before anything is
     logged and each process fits with its copy. Rank zero's copy writes the run whose id
@@ -285,6 +293,7 @@ _SPAWN_REASON = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     (os.cpu_count() or 1) < 4 and not os.environ.get("STEPLOG_TEST_SPAWN"), reason=_SPAWN_REASON
 )
@@ -302,6 +311,7 @@ def test_contract_ddp_spawn_writes_one_run_from_rank_zero(tmp_path):
     assert run.status == "finished" and train_steps(run) == list(range(6))
 
 
+@pytest.mark.slow
 def test_contract_prefix_is_joined_to_every_key(tmp_path):
     """``prefix=`` goes before every key Lightning logs, joined by ``LOGGER_JOIN_CHAR``
     ("-", as in Lightning's own loggers)."""
@@ -312,6 +322,7 @@ def test_contract_prefix_is_joined_to_every_key(tmp_path):
     assert [sorted(r.data) for r in run.records] == [["tmp-epoch", "tmp-train_loss"]] * 5
 
 
+@pytest.mark.slow
 def test_contract_default_name_is_lightning_logs(tmp_path):
     """Without a name, the experiment is "lightning_logs", as for Lightning's loggers."""
     logger = SteplogLogger(save_dir=tmp_path)
@@ -320,6 +331,7 @@ def test_contract_default_name_is_lightning_logs(tmp_path):
     assert logger.run_path.parent == tmp_path / "lightning_logs"
 
 
+@pytest.mark.slow
 def test_contract_save_dir_name_version_place_the_run_and_its_checkpoints(tmp_path):
     """``save_dir``, ``name`` and ``version`` are where runs go, the experiment and the run
     id: the run is ``save_dir/name/version.jsonl`` with that id, and ModelCheckpoint
@@ -352,6 +364,7 @@ def crash_after_a_checkpoint(tmp_path) -> tuple[SteplogLogger, str]:
 
 # Lightning says so whenever a resumed fit checkpoints into its version's directory again
 # (for CSVLogger and TensorBoardLogger given their version too).
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
 @pytest.mark.parametrize("how", ["version", "resume_id", "resume_latest"])
 def test_contract_fit_from_a_checkpoint_continues_the_run(tmp_path, how):
@@ -393,6 +406,7 @@ _NEVER_FINISHED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backends", list(_NEVER_FINISHED), ids=list(_NEVER_FINISHED))
 def test_contract_a_run_never_finished_leaves_no_thread_lightning_flags(
     tmp_path, monkeypatch, backends
@@ -459,6 +473,7 @@ def test_pickling_a_backend_that_does_not_pickle_names_it(tmp_path):
         pickle.dumps(logger)
 
 
+@pytest.mark.slow
 def test_resume_latest_after_a_finished_run_starts_a_new_one(tmp_path):
     """``resume="latest"`` continues only a run that did not finish: after a finished run
     the logger's version is a new id, and its run is a new file."""
@@ -479,6 +494,7 @@ class ModelWithTestStep(TinyModel):
         self.log("test_loss", torch.nn.functional.mse_loss(self.net(x), y))
 
 
+@pytest.mark.slow
 def test_a_fixed_version_is_one_run_across_fit_and_test(tmp_path):
     """With ``version=`` given, a second stage (``trainer.test`` after ``fit``) continues
     that run as a new segment instead of starting another run."""
@@ -491,6 +507,7 @@ def test_a_fixed_version_is_one_run_across_fit_and_test(tmp_path):
     assert "test_loss" in run.records[-1].data
 
 
+@pytest.mark.slow
 def test_a_test_continuing_a_run_keeps_its_logs_at_any_step(tmp_path):
     """Only a fit restored from a checkpoint replays steps: ``trainer.test`` in a new
     Trainer (its steps start at 0, below the run's) with ``version=`` of a finished run

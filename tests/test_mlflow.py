@@ -18,7 +18,7 @@ import pytest
 import steplog
 from steplog.sync import sync
 
-from conftest import MlflowProxy, find_run, history, mlflow_api
+from conftest import MlflowProxy, find_run, history, mlflow_api, run_steplog
 
 pytest.importorskip("httpx", reason="MlflowBackend needs httpx (pip install -e '.[dev]')")
 pytestmark = pytest.mark.timeout(300)
@@ -278,10 +278,7 @@ def test_replay_of_a_crashed_run_marks_it_killed(mlflow_server, tmp_path):
     tracker.finish()
     lines = jsonl.path.read_bytes().split(b"\n")
     jsonl.path.write_bytes(b"\n".join(lines[:-2]) + b'\n{"step": 100, "ti')  # killed
-    result = subprocess.run(
-        [sys.executable, "-m", "steplog", "replay", str(jsonl.path), "--mlflow", mlflow_server],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    result = run_steplog("replay", str(jsonl.path), "--mlflow", mlflow_server)
     assert result.returncode == 0, result.stderr
     assert "mlflow 100 delivered" in result.stdout
     run = find_run(mlflow_server, experiment, steplog.read_run(jsonl.path).run_id)

@@ -68,6 +68,7 @@ def mlflow_has_points(url: str, experiment: str, steplog_id: str) -> bool:
     )
 
 
+@pytest.mark.slow
 def test_server_killed_and_restarted_twice_gets_every_step_exactly_once(tmp_path, caplog):
     """Twice, while a loop logs on: the server is SIGKILLed; once the tracker reports it
     unreachable and steps have been logged meanwhile, it is restarted on the same store

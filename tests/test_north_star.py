@@ -19,13 +19,13 @@ import pytest
 
 import steplog
 from steplog import Event
-from steplog.runfile.read import parse_record
+from steplog.runfile.records import parse_record
 
 from conftest import MlflowServer, find_run, history
 
 pytest.importorskip("httpx", reason="MlflowBackend needs httpx (pip install -e '.[dev]')")
 pytest.importorskip("wandb", reason="WandbBackend needs wandb (pip install -e '.[dev]')")
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]  # real servers, killed jobs
 
 RULE = {"interval": 0.1, "reduce": "mean", "extremes": True}
 
@@ -128,7 +128,7 @@ def expected_points(path: Path) -> list[Event]:
 def wandb_rows(root: Path, run_id: str) -> dict[int, dict]:
     """Every W&B offline row of the run, by step, over its offline runs (one per
     process that fed W&B: the killed one, and the resumed one)."""
-    from steplog.backends._wandb_log import read_offline_history
+    from wandb_offline import read_offline_history
 
     rows: dict[int, dict] = {}
     dirs = sorted((root / "wandb").glob(f"offline-run-*-{run_id}"))

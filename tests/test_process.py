@@ -244,7 +244,7 @@ FULL_SPEED_SIGNAL = """
 import os, signal, sys, threading, steplog
 signal.signal(signal.SIGINT, signal.default_int_handler)  # CI may start us with it ignored
 t = steplog.Tracker(steplog.JsonlBackend(sys.argv[1]), durability=sys.argv[2],
-                    shutdown_timeout=5)
+                    shutdown_timeout=30)
 t.init()
 t.summary["kept"] = 1
 threading.Timer(0.3, lambda: os.kill(os.getpid(), int(sys.argv[3]))).start()
@@ -258,6 +258,7 @@ except KeyboardInterrupt:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("durability", ["thread", "process"])
 @pytest.mark.parametrize(
     ("signum", "status"), [(signal.SIGTERM, "terminated"), (signal.SIGINT, "interrupted")]
@@ -275,11 +276,12 @@ def test_a_signal_inside_log_never_stalls_the_run_end(tmp_path, durability, sign
             [sys.executable, "-c", FULL_SPEED_SIGNAL, str(root), durability, str(int(signum))],
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=120,
         )
         took = time.monotonic() - started
         assert done.returncode in (-signal.SIGTERM, 0), done.stderr
-        assert took < 5, (took, done.stderr)  # shutdown_timeout=5: never reached
+        # shutdown_timeout=30, far above a slow start of the interpreter: never reached
+        assert took < 30, (took, done.stderr)
         assert "could not be closed" not in done.stderr
         (path,) = root.rglob("*.jsonl")
         run = steplog.read_run(path)

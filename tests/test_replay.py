@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 
 import pytest
 
 import steplog
+
+from conftest import run_steplog
 
 
 def recorded(tmp_path, steps: int = 2500, crash: bool = False):
@@ -78,30 +78,21 @@ def test_a_backend_that_cannot_open_fails_the_replay(tmp_path):
 def test_replay_cli_into_another_jsonl_root(tmp_path):
     path = recorded(tmp_path, steps=300)
     other = tmp_path / "copy"
-    result = subprocess.run(
-        [sys.executable, "-m", "steplog", "replay", str(path), "--jsonl", str(other)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    result = run_steplog("replay", str(path), "--jsonl", str(other))
     assert result.returncode == 0, result.stderr
     assert "jsonl 300 delivered" in result.stdout
     copy = steplog.read_run(next(other.rglob("*.jsonl")))
     original = steplog.read_run(path)
     assert copy.run_id == original.run_id
     assert [e.data["loss"] for e in copy.records] == [e.data["loss"] for e in original.records]
-    again = subprocess.run(
-        [sys.executable, "-m", "steplog", "replay", str(path), "--jsonl", str(other)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    again = run_steplog("replay", str(path), "--jsonl", str(other))
     assert again.returncode == 1  # the run file exists: JSONL refuses to overwrite it
     assert "could not open backend" in again.stderr
 
 
 def test_replay_cli_needs_a_destination(tmp_path):
     path = recorded(tmp_path, steps=3)
-    result = subprocess.run(
-        [sys.executable, "-m", "steplog", "replay", str(path)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    result = run_steplog("replay", str(path))
     assert result.returncode == 2
     assert "at least one of" in result.stderr
 

@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 
 import steplog
+from steplog.runfile.header import read_header, resume_point
 from steplog.runfile.lock import holders
-from steplog.runfile.read import open_run, read_header, resume_point
+from steplog.runfile.snapshot import open_run
+
+from conftest import run_steplog
 
 # A training script as a user writes it for a pre-emptible job: the same command on
 # every (re)start, resume="latest".
@@ -54,6 +57,7 @@ def _only_run(root: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_killed_job_resumed_twice_is_one_run_with_every_step_once(tmp_path: Path) -> None:
     """A job SIGKILLed twice and restarted with resume="latest" leaves one run file:
     every step once and in order, three segments, the last one finished."""
@@ -263,14 +267,9 @@ def test_replay_and_cli_read_a_resumed_run_as_one(tmp_path: Path) -> None:
     steplog.replay(path, memory)
     assert [e.step for e in memory.records] == list(range(200))
     assert memory.status == "finished"
-    shown = subprocess.run(
-        [sys.executable, "-m", "steplog", "show", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    assert "resumed   1 time: incomplete → finished" in shown
+    shown = run_steplog("show", str(path))
+    assert shown.returncode == 0, shown.stderr
+    assert "resumed   1 time: incomplete → finished" in shown.stdout
 
 
 def test_resume_keeps_the_run_start_record_and_appends_only(tmp_path: Path) -> None:
@@ -323,6 +322,7 @@ def _hold_lock(path: Path, seconds: float, *, as_writer: bool = True) -> subproc
     return holder
 
 
+@pytest.mark.slow
 def test_resume_waits_for_a_writer_process_that_still_holds_the_file(tmp_path: Path) -> None:
     """A run whose logging process is gone but whose file is still locked (its writer
     process draining) is resumed once the lock is free; one still locked after the
@@ -379,6 +379,7 @@ tracker.finish()
 """
 
 
+@pytest.mark.slow
 def test_every_rank_resumes_its_own_run(tmp_path: Path) -> None:
     """Under torchrun every rank passes resume="latest": on the first start each rank
     starts its own run (even while the others are creating theirs), and after a kill
@@ -412,21 +413,12 @@ def test_show_and_compare_give_a_resumed_runs_config_as_it_stands(tmp_path: Path
     assert _job(tmp_path, 20, LR="0.2") == 0
     path = _only_run(tmp_path)
     assert steplog.read_run(path).config == {"lr": 0.2}
-    shown = subprocess.run(
-        [sys.executable, "-m", "steplog", "show", str(path), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    assert json.loads(shown)["config"] == {"lr": 0.2}
-    compared = subprocess.run(
-        [sys.executable, "-m", "steplog", "compare", str(path), str(path), "--all-config"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    shown = run_steplog("show", str(path), "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["config"] == {"lr": 0.2}
+    done = run_steplog("compare", str(path), str(path), "--all-config")
+    assert done.returncode == 0, done.stderr
+    compared = done.stdout
     assert next(line for line in compared.splitlines() if "config.lr" in line).split()[1:] == [
         "0.2",
         "0.2",

@@ -151,6 +151,7 @@ def test_accounting_invariant_holds_for_every_backend_under_faults(policy):
     assert stats.logged == stats.written + stats.dropped
 
 
+@pytest.mark.slow
 def test_a_100ms_per_write_backend_does_not_hold_up_the_loop_or_the_others():
     """A slow remote backend (100 ms a write) under drop_oldest: the loop never waits
     for it, the others get every event handed out, and the slow one sheds nothing: its

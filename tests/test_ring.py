@@ -275,6 +275,7 @@ _LOGGER_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_sigkill_of_the_logging_process_loses_nothing(tmp_path: Path) -> None:
     """SIGKILL of the logging process at a random moment (5 times): every line it put is
     in the file, whole, once, in order, followed by a run-end record with status
@@ -350,6 +351,7 @@ _FORK_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("forget", [True, False], ids=["forget_after_fork", "no_forget"])
 def test_a_fork_does_not_keep_the_writer_alive(tmp_path: Path, forget: bool) -> None:
     """A fork of the logging process that called forget_after_fork() (through

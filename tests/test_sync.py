@@ -25,7 +25,7 @@ import pytest
 import steplog
 from steplog.sync import SyncResume, cursor_path, sync
 
-from conftest import find_run, history, wait_until
+from conftest import find_run, history, run_steplog, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -109,10 +109,9 @@ def local_points(path: Path) -> dict[int, dict]:
     return {e.step: e.data for e in steplog.read_run(path).records}
 
 
-def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "steplog", *args], capture_output=True, text=True, timeout=timeout
-    )
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`steplog ARGS` in this process (see conftest.run_steplog)."""
+    return run_steplog(*args)
 
 
 def cursor_of(path: Path) -> dict:

@@ -16,6 +16,8 @@ import pytest
 
 import steplog
 
+from conftest import run_steplog
+
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -185,14 +187,11 @@ def test_gpu_metrics_are_recorded_per_device_with_a_stand_in_nvml(tmp_path):
 def test_show_prints_the_system_metrics(runs_root):
     """``steplog show`` summarises each system metric (text and JSON)."""
     run, _ = sampled_run(runs_root, 0.15)
-    cmd = [sys.executable, "-m", "steplog", "show", str(run.path)]
-    text = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    text = run_steplog("show", str(run.path))
     assert text.returncode == 0, text.stderr
     assert f"system metrics ({len(run.system)} samples)" in text.stdout
     assert "rss_mb" in text.stdout and "cpu_percent" in text.stdout
-    data = json.loads(
-        subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=60).stdout
-    )
+    data = json.loads(run_steplog("show", str(run.path), "--json").stdout)
     assert data["system"]["rss_mb"]["count"] == len(run.system)
     assert data["system"]["rss_mb"]["last"] == run.system[-1].data["rss_mb"]
 
@@ -205,17 +204,10 @@ def test_plot_draws_system_keys(runs_root, tmp_path):
     error that says so."""
     run, _ = sampled_run(runs_root, 0.15)
     out = tmp_path / "sys.png"
-    cmd = [sys.executable, "-m", "steplog", "plot", str(run.path), "-o", str(out)]
-    done = subprocess.run(
-        [*cmd, "-k", "system.rss_mb", "-k", "loss", "--x", "time"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    cmd = ["plot", str(run.path), "-o", str(out)]
+    done = run_steplog(*cmd, "-k", "system.rss_mb", "-k", "loss", "--x", "time")
     assert done.returncode == 0, done.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    missing = subprocess.run(
-        [*cmd, "-k", "system.gpu0.util_percent"], capture_output=True, text=True, timeout=120
-    )
+    missing = run_steplog(*cmd, "-k", "system.gpu0.util_percent")
     assert missing.returncode != 0
     assert "system.gpu0.util_percent" in missing.stderr

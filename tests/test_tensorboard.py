@@ -201,6 +201,7 @@ def _loss_points(run_dir: Path) -> dict[int, float]:
     return {p.step: p.value for p in points}
 
 
+@pytest.mark.slow
 def test_a_killed_and_resumed_run_keeps_every_point_tensorboard_had(tmp_path):
     """A job SIGKILLed twice (once just after a flush, once with 100 events still on
     their way) and restarted with resume="latest" each time: TensorBoard's reader still

@@ -12,7 +12,7 @@ import pytest
 
 import steplog
 
-from conftest import GateBackend, SlowBackend, stall_mid_drain
+from conftest import GateBackend, SlowBackend, cpu_tensors_as_device, stall_mid_drain, wait_until
 
 
 def make(*backends, **kwargs):
@@ -47,6 +47,106 @@ def test_log_after_finish_raises_and_says_run_was_finished():
         tracker.log({"loss": 1.0})
     with pytest.raises(steplog.InactiveRunError):
         tracker.flush()
+
+
+class _Paused:
+    """A value whose ``repr()`` (which ``log()`` calls on its caller's thread, to record
+    a value it cannot serialise) waits until :attr:`go` is set."""
+
+    def __init__(self) -> None:
+        self.inside = threading.Event()
+        self.go = threading.Event()
+
+    def __repr__(self) -> str:
+        self.inside.set()
+        self.go.wait(10)
+        return "paused"
+
+
+@pytest.mark.parametrize("durability", ["thread", "process"])
+def test_a_log_under_way_in_another_thread_as_finish_ends_the_run_raises(runs_root, durability):
+    """A log() of another thread that began before finish() and goes on after the run
+    ended raises InactiveRunError: it is never counted as logged and then left out of
+    the file (before: it returned normally and its event was lost, counted nowhere)."""
+    tracker = steplog.Tracker(steplog.JsonlBackend(runs_root), durability=durability)
+    tracker.init()
+    tracker.log({"before": 1})
+    value = _Paused()
+    outcome: list[BaseException | None] = []
+
+    def late() -> None:
+        try:
+            tracker.log({"late": value})
+        except steplog.InactiveRunError as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=late)
+    thread.start()
+    assert value.inside.wait(10)  # inside log(), past its check for an active run
+    stats = tracker.finish()
+    value.go.set()
+    thread.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], steplog.InactiveRunError)
+    assert "not recorded" in str(outcome[0])
+    assert (stats.logged, stats.written, stats.dropped) == (1, 1, 0)
+    (path,) = runs_root.rglob("*.jsonl")
+    assert [e.data for e in steplog.read_run(path).records] == [{"before": 1}]
+
+
+class _HeldMemory(steplog.MemoryBackend):
+    """A memory backend whose writer-thread writes wait until :attr:`go` is set (the
+    buffer then fills up behind them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = threading.Event()
+
+    def write_sync(self, events):
+        self.go.wait(10)
+        super().write_sync(events)
+
+
+def test_a_log_waiting_for_room_as_finish_ends_the_run_is_written_or_raises():
+    """Under 'block', a log() of another thread that waits for room when finish() ends
+    the run either has its event written or raises InactiveRunError: every call that
+    returned is in the backend, and logged == written + dropped (before: the waiting
+    call went in after the writer's last drain, returned normally, and was lost)."""
+    mem = _HeldMemory()
+    tracker = steplog.Tracker(mem, buffer_size=8, batch_size=4, overflow="block")
+    tracker.init()
+    returned: list[int] = []
+    ended: list[BaseException] = []
+
+    def produce() -> None:
+        for i in range(10_000):
+            try:
+                tracker.log({"i": i})
+            except steplog.InactiveRunError as exc:
+                ended.append(exc)
+                return
+            returned.append(i)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    # The writer is held inside its first write, the buffer fills, the producer waits.
+    assert wait_until(lambda: len(returned) >= 8)
+    settled = -1
+    while settled != len(returned):
+        settled = len(returned)
+        time.sleep(0.05)
+    results: list[steplog.RunStats | None] = []
+    finisher = threading.Thread(target=lambda: results.append(tracker.finish()))
+    finisher.start()
+    assert wait_until(lambda: not tracker.active)
+    mem.go.set()
+    finisher.join(10)
+    producer.join(10)
+    (stats,) = results
+    assert stats is not None and len(ended) == 1
+    assert [e.data["i"] for e in mem.records] == returned
+    assert stats.logged == stats.written + stats.dropped == len(returned)
 
 
 @pytest.mark.parametrize("bad", [[("loss", 1.0)], "loss", 3.0, None])
@@ -284,6 +384,7 @@ def test_default_backend_is_jsonl_under_runs(tmp_path, monkeypatch):
     assert steplog.read_run(path).history["loss"] == [0.5]
 
 
+@pytest.mark.slow
 def test_many_threads_logging_at_once_keep_all_events_and_per_thread_order():
     """8 threads x 100 000 events: every event arrives, each thread's order is kept."""
     mem = steplog.MemoryBackend()
@@ -528,6 +629,7 @@ def test_a_backend_reading_one_event_gets_it_decoded():
     assert seen[-1][1:] == (99, {"i": 99, "v": float("inf")})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("durability", ["thread", "process"])
 @pytest.mark.parametrize("policy", ["block", "drop_oldest", "drop_newest"])
 def test_log_from_a_signal_handler_never_deadlocks(tmp_path, policy, durability):
@@ -579,14 +681,13 @@ print(fired[0], s.logged, s.written, s.dropped)
         assert loop == list(range(60_000)) and sorted(timer) == list(range(fired))
 
 
+@pytest.mark.slow
 def test_another_thread_changing_a_nested_dict_never_raises_into_log(runs_root, monkeypatch):
     """log() of a dict whose nested dict another thread keeps changing (the snapshot path
     walks it: tensors driven as device ones) never raises; every call is recorded
     (issue #13 item 9)."""
     torch = pytest.importorskip("torch")
-    from steplog import _arrays
-
-    monkeypatch.setattr(_arrays, "_HOST_CPU", False)
+    cpu_tensors_as_device(monkeypatch)
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # thread switches inside log()'s walks, not once per 5 ms
     jsonl = steplog.JsonlBackend(runs_root)
@@ -615,3 +716,24 @@ def test_another_thread_changing_a_nested_dict_never_raises_into_log(runs_root, 
     stats = tracker.finish()
     assert stats.logged == stats.written == 5_000
     assert steplog.read_run(jsonl.path).history["i"] == list(range(5_000))
+
+
+def test_a_log_while_finish_is_under_way_says_the_run_is_finishing():
+    """A log() that arrives once finish() has begun (here from a backend's close, which
+    runs inside finish()) is refused with a hint about the end, not "call init() first"."""
+    messages: list[str] = []
+
+    class LogsAtClose(steplog.MemoryBackend):
+        def close_sync(self, end):
+            try:
+                tracker.log({"late": 1})
+            except steplog.InactiveRunError as exc:
+                messages.append(str(exc))
+            super().close_sync(end)
+
+    tracker = steplog.Tracker(LogsAtClose())
+    tracker.init()
+    tracker.log({"x": 1})
+    tracker.finish()
+    assert len(messages) == 1
+    assert "finishing" in messages[0] and "first" not in messages[0]

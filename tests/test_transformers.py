@@ -66,6 +66,7 @@ def trainer(
     )
 
 
+@pytest.mark.slow
 def test_on_log_matches_the_trainers_log_history(tmp_path):
     """Every on_log call is a record at the Trainer's global step with the values of
     ``state.log_history``; the config holds the arguments and the model config; the
@@ -89,6 +90,7 @@ def test_on_log_matches_the_trainers_log_history(tmp_path):
     assert saved["path"] == str(callback.run_path)
 
 
+@pytest.mark.slow
 def test_only_the_world_process_zero_writes(tmp_path):
     """On a process that is not the world's zero, the callback starts no run: not for
     train(), nor for evaluate() or predict() outside it."""
@@ -106,6 +108,7 @@ def test_only_the_world_process_zero_writes(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     "resume" not in inspect.signature(steplog.Tracker.init).parameters,
     reason="Tracker.init(resume=...) has not landed yet",
@@ -125,6 +128,7 @@ def test_a_training_resumed_from_a_checkpoint_continues_the_run(tmp_path):
     assert [r.step for r in run.records if "loss" in r.data] == [5, 10, 15, 20, 25, 30]
 
 
+@pytest.mark.slow
 def test_steps_the_trainer_replays_after_a_resume_are_not_logged_twice(tmp_path):
     """Resumed from a checkpoint older than the run's last step, the Trainer replays the
     steps in between: those the file has are skipped (counted in the summary), so each
@@ -141,6 +145,7 @@ def test_steps_the_trainer_replays_after_a_resume_are_not_logged_twice(tmp_path)
     assert len(run.segments) == 2
 
 
+@pytest.mark.slow
 def test_a_second_train_starts_a_new_run_that_later_evaluations_join(tmp_path):
     """train() twice with one callback makes two runs (a run holds one training); an
     evaluate() goes into the run of the latest training, at its global step."""
@@ -159,6 +164,7 @@ def test_a_second_train_starts_a_new_run_that_later_evaluations_join(tmp_path):
     assert run.status == "finished"
 
 
+@pytest.mark.slow
 def test_evaluations_before_train_are_continued_by_the_training(tmp_path):
     """evaluate() and predict() before any train() start the callback's run; each call
     leaves it finished, the next one continues it, and train() continues it too (one
@@ -192,6 +198,7 @@ def test_evaluations_before_train_are_continued_by_the_training(tmp_path):
     assert saved["run_id"] == run.run_id
 
 
+@pytest.mark.slow
 def test_without_a_run_file_an_evaluation_after_train_is_a_run_of_its_own(tmp_path, caplog):
     """With only in-process backends there is no run file to continue: an evaluate()
     after train() is still recorded, at the global step, in a new finished run with the
@@ -212,6 +219,7 @@ def test_without_a_run_file_an_evaluation_after_train_is_a_run_of_its_own(tmp_pa
     assert len(warned) == 1
 
 
+@pytest.mark.slow
 def test_report_to_steplog_works_after_register_report_to(tmp_path, monkeypatch):
     """transformers refuses ``report_to="steplog"`` (its list of integrations is closed)
     until ``register_report_to()`` adds SteplogCallback to the registry the Trainer reads
@@ -263,6 +271,7 @@ def test_register_report_to_says_when_transformers_has_no_registry(monkeypatch):
 # nothing to warn about on a plain run.
 
 
+@pytest.mark.slow
 def test_evaluate_after_train_is_recorded_in_the_training_run_at_the_global_step(tmp_path):
     """trainer.evaluate() after train() adds its metrics to the run train() wrote, at the
     Trainer's global step, and leaves that run finished (no second run file); the
@@ -285,6 +294,7 @@ def test_evaluate_after_train_is_recorded_in_the_training_run_at_the_global_step
     assert run.summary["global_step"] == 10
 
 
+@pytest.mark.slow
 def test_evaluate_without_train_starts_a_run(tmp_path):
     """trainer.evaluate() with no train() starts a run on its log (as MLflow's and W&B's
     callbacks do): its config the arguments and the model config, the metrics at the
@@ -301,6 +311,7 @@ def test_evaluate_without_train_starts_a_run(tmp_path):
     assert run.summary["eval_loss"] == pytest.approx(metrics["eval_loss"])
 
 
+@pytest.mark.slow
 def test_predict_metrics_are_recorded(tmp_path):
     """trainer.predict() (on_predict, no on_log) records its metrics at the global step:
     in the training's run after train(), in a run of its own without one (as W&B's
@@ -322,6 +333,7 @@ def test_predict_metrics_are_recorded(tmp_path):
     assert run.summary["test_loss"] == pytest.approx(output.metrics["test_loss"])
 
 
+@pytest.mark.slow
 def test_a_plain_run_logs_no_warning(tmp_path, caplog):
     """train(), evaluate() and predict() with a stock model config log no steplog
     warning and raise none (pytest turns warnings into errors here): the int keys every

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import steplog
-from steplog.backends._wandb_log import read_offline_history, read_offline_run
+from wandb_offline import read_offline_history, read_offline_run
 
 pytest.importorskip("wandb", reason="WandbBackend needs wandb (pip install -e '.[dev]')")
 pytestmark = pytest.mark.timeout(180)
@@ -30,6 +30,7 @@ def offline_dir(root: Path, run_id: str) -> Path:
     return dirs[0]
 
 
+@pytest.mark.slow
 def test_history_config_and_summary_reach_the_offline_run(tmp_path):
     """Every logged step, the config and the summary reach W&B's offline run."""
     jsonl = steplog.JsonlBackend(tmp_path / "runs")
@@ -57,6 +58,7 @@ def test_history_config_and_summary_reach_the_offline_run(tmp_path):
     assert offline.summary["steplog/status"] == "finished"
 
 
+@pytest.mark.slow
 def test_out_of_order_steps_are_counted_and_reported_not_silently_dropped(tmp_path, caplog):
     """A step lower than one already sent is not sent: it is counted and reported once."""
     wb = steplog.WandbBackend(project="steplog-test", dir=tmp_path)
@@ -74,6 +76,7 @@ def test_out_of_order_steps_are_counted_and_reported_not_silently_dropped(tmp_pa
     assert offline.summary["steplog/out_of_order"] == 2
 
 
+@pytest.mark.slow
 def test_step_metric_mode_keeps_every_event(tmp_path):
     """With step_metric=True every event is a W&B row, out-of-order steps included."""
     wb = steplog.WandbBackend(project="steplog-test", dir=tmp_path, step_metric=True)
@@ -89,6 +92,7 @@ def test_step_metric_mode_keeps_every_event(tmp_path):
     assert [row["x"] for row in rows] == [float(s) for s in order]
 
 
+@pytest.mark.slow
 def test_sampled_wandb_gets_a_thinned_stream(tmp_path):
     """Sampled(wb, every=100, reduce="mean") sends W&B one mean per 100 steps."""
     jsonl = steplog.JsonlBackend(tmp_path / "runs")

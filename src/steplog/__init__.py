@@ -1,6 +1,6 @@
 """steplog: experiment tracking that is free for the hot loop.
 
-``log()`` copies and enqueues; a background worker writes batches to the backends.
+``log()`` copies and enqueues; a writer thread writes batches to the run file and the backends.
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ from .events import RunStatus as RunStatus
 from .replay import replay as replay
 from .replay import replay_async as replay_async
 from .runfile.columns import scan as scan
-from .runfile.read import Run as Run
-from .runfile.read import RunSegment as RunSegment
-from .runfile.read import read_run as read_run
+from .runfile.run import Run as Run
+from .runfile.run import RunSegment as RunSegment
+from .runfile.run import read_run as read_run
 from .tracker import AsyncTracker as AsyncTracker
 from .tracker import Tracker as Tracker
 from .watch import Alert as Alert
@@ -57,7 +57,7 @@ from .watch import Alert as Alert
 __version__ = "0.1.0"
 
 # Public classes and functions say where users import them from (as anyio does):
-# ``steplog.RetryPolicy``, not ``steplog._worker.RetryPolicy``.
+# ``steplog.RetryPolicy``, not ``steplog._fanout.RetryPolicy``.
 for _name, _value in list(globals().items()):
     if (
         not _name.startswith("_")

@@ -1,4 +1,4 @@
-"""Arrays and tensors: a snapshot at ``log()`` time, conversion in the worker.
+"""Arrays and tensors: a snapshot at ``log()`` time, conversion in the writer thread.
 
 steplog never imports torch, numpy or jax to recognise their values: it looks at the
 module of a value's type, and reaches a library through ``sys.modules`` only once one of
@@ -22,7 +22,7 @@ Nothing on that path synchronises with an accelerator: no ``.item()``, ``.cpu()`
 ``.tolist()`` or ``float()`` on a device tensor. What must still be read from a device
 is left in the data as a :class:`Deferred` placeholder, and the event is marked.
 
-In the worker (:func:`resolve`, in a worker thread so the event loop stays free), the
+In the writer thread (:func:`resolve`, called by ``_readback.Readback`` after each drain), the
 placeholders of a whole batch are read back together: for each CUDA device, every
 source is copied to host memory asynchronously behind a wait on the streams that
 produced it, then one stream synchronisation (which releases the GIL) makes them all
@@ -64,11 +64,6 @@ _LIBRARIES = ("torch", "numpy", "jax")
 _BASE_PLAIN: frozenset[type] = frozenset({float, int, str, bool, type(None)})
 _plain: frozenset[type] = _BASE_PLAIN
 _numpy_seen = False
-
-#: Whether CPU tensors are read on the hot path (they have no device to wait for).
-#: Tests turn it off to drive CPU tensors through the accelerator path.
-_HOST_CPU = True
-
 
 #: How often a worker waiting for ``torch.cuda.set_sync_debug_mode(0)`` checks again.
 _SYNC_DEBUG_POLL_SECONDS = 0.05
@@ -214,7 +209,7 @@ def _snap(value: Any, container: Any, key: Any, walk: _Walk) -> Any:
     if kind is None:
         kind = _kinds[tp] = _kind_of(tp)
     if kind == _TORCH:
-        if _HOST_CPU and value.is_cpu:
+        if value.is_cpu:
             if value.dim() == 0:
                 return value.item()  # no device to wait for; ~0.15 µs
         elif (
@@ -281,7 +276,7 @@ def host_reader(max_size: int) -> Callable[[Any], Any]:
         if kind is None:
             kind = kinds[tp] = _kind_of(tp)
         if kind == _TORCH:
-            if _HOST_CPU and value.is_cpu:
+            if value.is_cpu:
                 if value.dim() == 0:
                     return value.item()
                 if value.numel() <= max_size:
@@ -297,7 +292,7 @@ def host_reader(max_size: int) -> Callable[[Any], Any]:
 
 
 def _snap_tensor(torch: Any, value: Any, container: Any, key: Any, walk: _Walk) -> Any:
-    on_host = _HOST_CPU and value.is_cpu
+    on_host = value.is_cpu
     if not on_host and value._version == 0 and value.numel() <= walk.max_size:
         # A fresh device tensor that carries an autograd graph (the others are listed
         # by _snap): detached — a view sharing the version counter, no launch — so the
@@ -395,7 +390,7 @@ def _current_stream(torch: Any, device: Any) -> Any:
     return stream
 
 
-# -- worker side -------------------------------------------------------------------
+# -- writer side -------------------------------------------------------------------
 
 
 class ResolveStats:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ._options import OverflowPolicy
+from .errors import InactiveRunError
 
 __all__ = ["LineBuffer", "Row"]
 
@@ -31,6 +32,10 @@ _STOP_LOCK_WAIT = 0.25
 
 def _never() -> bool:
     return False
+
+
+def _no_deadline() -> float | None:
+    return None
 
 
 #: Whether ``log()`` may append without the lock: the GIL makes the append region of
@@ -97,6 +102,10 @@ class LineBuffer:
        :meth:`put_slow`, which decides exactly as before (overflow policy, wake-up)
        and reopens with fresh bounds (:meth:`_reset_limit`).
 
+    The end of the run (:meth:`end`) closes the path for good: ``limit`` stays 0, and
+    :meth:`put_slow` turns the event away under the lock (a producer whose region ran
+    before it queued its line before the last take: it is written and counted).
+
     Subclasses (the writer process's mode, :class:`steplog._ringbuffer.RingBuffer`)
     extend it through two hooks: :meth:`_reset_limit`, the ``limit`` the hot path gets
     back after a slow step (0: every ``log()`` takes :meth:`put_slow`), and
@@ -128,6 +137,8 @@ class LineBuffer:
             into an empty buffer).
         dropped: Events dropped by the overflow policy so far.
         max_depth: Most events seen queued (by :meth:`take` or at an overflow).
+        ended: The writer's last take is next (:meth:`end`): producers are turned away.
+        closed: Overflows no longer wait (:meth:`end`, or :meth:`close`).
     """
 
     def __init__(
@@ -139,8 +150,8 @@ class LineBuffer:
         byte_budget: int = 64 * 2**20,
         line_limit: int = 16 * 2**20,
     ) -> None:
-        # Reentrant: a signal handler that logs may interrupt a step holding it (the
-        # handler's item then goes aside: _put_late).
+        # Reentrant: a signal handler that logs may interrupt a log() holding it (every
+        # change under it is one attribute update, so the interrupted call stays sound).
         self.lock = threading.RLock()
         self._held: Callable[[], int] = _recursion_count(self.lock)
         #: Items signal handlers queued while this thread was inside a step under the
@@ -159,6 +170,7 @@ class LineBuffer:
         self.dropped = 0
         self.max_depth = 0
         self.closed = False
+        self.ended = False
         #: Whether ``log()``'s slow path must look for arrays and tensors (refreshed by
         #: the writer: true once torch, numpy or jax is imported).
         self.libraries = False
@@ -202,6 +214,7 @@ class LineBuffer:
         with self.lock:
             self.limit = 0  # closed while this step runs (see the class docstring)
             try:
+                self._refuse_if_ended()
                 if self._nested():
                     self._put_late(bytearray(line))
                     return
@@ -209,6 +222,7 @@ class LineBuffer:
                 if self._armed and self.count >= self.wake_at:
                     self._wake_if_armed()
                 if not self._overflow(len(line)):
+                    self._refuse_if_ended()  # the wait for room let go of the lock
                     self._append(line)
                 self._flush_late()
             finally:
@@ -227,6 +241,7 @@ class LineBuffer:
         with self.lock:
             self.limit = 0
             try:
+                self._refuse_if_ended()
                 self.has_rows = True
                 if self._nested():
                     self._put_late(item)
@@ -235,12 +250,21 @@ class LineBuffer:
                 if self._armed and self.count >= self.wake_at:
                     self._wake_if_armed()
                 if not (wait and self._overflow(0)):
+                    self._refuse_if_ended()  # the wait for room let go of the lock
                     self._close_segment()
                     self.segments.append(item)
                     self.count += 1
                 self._flush_late()
             finally:
                 self._reset_limit()
+
+    def _refuse_if_ended(self) -> None:
+        """Turn a new event away once the run is ending (lock held; see :meth:`end`)."""
+        if self.ended:
+            raise InactiveRunError(
+                "log() called with no active run: the run ended while the call was under "
+                "way (finish() or the exit in another thread); the event is not recorded"
+            )
 
     def _append(self, line: bytes) -> None:
         # Never ``self.data += line``: that stores the attribute again, and would undo
@@ -282,11 +306,12 @@ class LineBuffer:
         """Give the hot path its ``limit`` back after a slow step (lock held): bounds
         that keep every limit (the class docstring, 3.): at most the batch size while
         the wake-up is armed, the capacity once it fired, and what the byte budget has
-        room for. A step interrupted on this thread (by a signal handler that logs) is
-        still under way: it reopens when it ends."""
+        room for; 0 for good once the run is ending (:meth:`end`). A step interrupted
+        on this thread (by a signal handler that logs) is still under way: it reopens
+        when it ends."""
         if self._held() > 1:
             return
-        if self._late or not LOCK_FREE:
+        if self.ended or self._late or not LOCK_FREE:
             self.limit = 0
             return
         fast_line = self.fast_line = min(self.line_limit, FAST_LINE)
@@ -334,6 +359,8 @@ class LineBuffer:
                 self._wake()
                 self._room.wait(_BLOCK_POLL_SECONDS)
                 self.limit = 0  # the writer reopened it while this thread waited
+                if self.ended:
+                    break  # the caller turns the event away (a drop now would not count)
                 if not self._alive():
                     # Never block forever on a dead writer: count the event as dropped
                     # so the accounting stays exact.
@@ -432,6 +459,35 @@ class LineBuffer:
             finally:
                 self._reset_limit()
         return items, count
+
+    def end(
+        self,
+        *,
+        stopping: Callable[[], bool] = _never,
+        remaining: Callable[[], float | None] = _no_deadline,
+    ) -> None:
+        """The run is ending: turn producers away; the writer's last take comes next.
+
+        Called by the writer once it has the stop, before its last take. The tracker no
+        longer hands this buffer out by then, but a ``log()`` of another thread may hold
+        it still (it read it just before ``finish()``, or it waits for room). From here
+        on such a call raises ``InactiveRunError``: ``ended`` is set under the lock, and a
+        producer queues an event (or counts a drop) only under the lock with ``ended``
+        unset, or in the lock-free region, which runs wholly before the ``limit = 0``
+        stored here (its line is then queued for the last take) or fails its check
+        after it — so the last take gets every event a producer counted, and the run
+        end's ``logged == written + dropped`` holds. ``limit`` stays 0 (the hot path's check
+        fails, so every ``log()`` reaches :meth:`put_slow`, which raises); a producer
+        waiting for room wakes up to it. ``remaining``: how long the stop lets a
+        subclass wait for a producer still under way (the stop's deadline).
+        """
+        with self.writer_lock(stopping):
+            self.ended = self.closed = True
+            self.limit = 0
+            # RuntimeError: writer_lock went on without the lock (a frozen producer; see
+            # there); waiting producers see ``ended`` at their next poll.
+            with contextlib.suppress(RuntimeError):
+                self._room.notify_all()
 
     def close(self) -> None:
         """Release every blocked producer; later overflows no longer wait."""

@@ -1,7 +1,7 @@
 """One backend's delivery: retries with backoff, the circuit breaker, the counts.
 
 Shared by the writer thread (:class:`DirectRunner`, for each ``SyncBackend``), the
-fan-out's per-backend runners (:class:`steplog._worker.BackendRunner`) and
+fan-out's per-backend runners (:class:`steplog._fanout.BackendRunner`) and
 :func:`steplog.replay`. The retry contract (see ``Backend.write``): a failed batch is
 passed again, as the same object, until it is written or given up; the next batch
 waits.

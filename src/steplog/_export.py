@@ -17,8 +17,8 @@ from typing import IO, Any
 import orjson
 
 from ._extras import require
-from .runfile.read import RunSnapshot, iter_steps
 from .runfile.schema import flat_data
+from .runfile.snapshot import RunSnapshot, iter_steps
 
 __all__ = ["export"]
 

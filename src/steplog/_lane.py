@@ -6,7 +6,9 @@ cursor only once the backend acknowledged a batch. Live delivery, catch-up after
 outage, delivery after the logging process was killed, a resumed run, ``steplog sync``
 and ``steplog replay`` are the same lane in different situations: what differs is who
 drives it (:mod:`steplog._lanehost`: a thread or the delivery process) and when it
-stops (at the run end, when the writer is gone, after one pass).
+stops (at the run end, when the writer is gone, after one pass). A lane's
+:class:`~steplog._lanereader.LaneReader` turns the file into points with checkpoints;
+the :class:`Lane` sends them and moves the cursor.
 
 A :class:`steplog.Sampled` backend is sampled *by its lane*, from the file, with a
 :class:`~steplog.backends.sampled.WindowSampler`: the cursor stops at the start of a
@@ -38,17 +40,15 @@ from typing import Any
 
 import orjson
 
-from ._batch import _new_tuple
 from ._delivery import Delivery, RetryPolicy
+from ._lanereader import LaneReader
 from .backends.base import Backend, backend_name
-from .backends.sampled import Checkpoint, Sampled, WindowSampler
+from .backends.sampled import Sampled
 from .errors import RunFileError
 from .events import BackendStats, Event, RunEnd, RunInfo, RunStats
-from .runfile.codec import decode
 from .runfile.lock import lock
-from .runfile.read import CorruptLineError, parse_record
-from .runfile.read import line_number as _line_number
-from .runfile.schema import KILLED, RESUME, RUN_END, is_number
+from .runfile.schema import KILLED
+from .runfile.snapshot import last_summary, open_run
 
 __all__ = [
     "CURSOR_VERSION",
@@ -66,8 +66,6 @@ logger = logging.getLogger("steplog")
 
 #: Version of the cursor file's layout (1: ``steplog sync`` before lanes; still read).
 CURSOR_VERSION = 2
-#: Bytes of the run file a lane reads at a time.
-READ_BYTES = 4 * 2**20
 
 
 def target_of(backend: Backend) -> str:
@@ -240,28 +238,46 @@ class LaneProgress:
     ended: bool = False  # the run's end was delivered and the backend closed
 
 
-class _Pass:
-    """Events pass unchanged: each is its own point, safe once acknowledged."""
+class _Outages:
+    """When a lane's backend did not answer: since when (:attr:`since`, ``None`` while
+    it answers), and every outage's start and end (``None`` while it lasts)."""
 
-    def __init__(self, state: dict[str, Any], events: int) -> None:
-        self.run_events = events
-        self.safe: Checkpoint = (0, events, {})
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.since: float | None = None
+        self.spans: list[list[float | None]] = []
 
-    def start(self, offset: int) -> None:
-        self.safe = (offset, self.run_events, {})
+    def down(self, error: str | None) -> None:
+        """A write was not acknowledged after its retries: an outage starts (logged
+        once), unless one goes on."""
+        if self.since is None:
+            self.since = time.time()
+            self.spans.append([self.since, None])
+            logger.warning(
+                "steplog: backend %r is unreachable (%s); its lane waits and sends from the "
+                "run file once it answers (nothing is lost, the logging loop is not slowed)",
+                self.name,
+                error,
+            )
 
-    def add(self, event: Event, start: int, end: int) -> list[tuple[Event, Any]]:
-        self.run_events += 1
-        self.safe = (end, self.run_events, {})
-        return [(event, (end, self.run_events, start))]
-
-    def end_segment(self, end: int) -> list[tuple[Event, Checkpoint]]:
-        self.safe = (end, self.run_events, {})
-        return []
+    def up(self) -> None:
+        """A write was acknowledged: the outage, if one goes on, is over."""
+        if self.since is not None:
+            now = time.time()
+            self.spans[-1][1] = now
+            logger.warning(
+                "steplog: backend %r is back after %.1f s; its lane catches up from the run file",
+                self.name,
+                now - self.since,
+            )
+            self.since = None
 
 
 class Lane:
-    """Feeds one backend from a run file, from its cursor on (see the module docstring).
+    """Feeds one backend from a run file, from its cursor on (see the module docstring):
+    its :class:`~steplog._lanereader.LaneReader` (:attr:`reader`) turns the file into
+    points with checkpoints; the lane sends them with retries, moves and saves the
+    cursor on acknowledgement, waits out outages, and closes the backend at the run end.
 
     Driven by one task at a time: :meth:`open`, then :meth:`pump` whenever the file may
     have grown (``final=True`` once it will not grow any more), until a pump reports
@@ -278,7 +294,8 @@ class Lane:
             backlog).
         deadline: The stop's deadline (``time.monotonic()`` seconds), or ``None``.
         strict: Raise :class:`~steplog.RunFileError` on a corrupt line (replay), once
-            the points before it are sent, instead of skipping it (:attr:`corrupt`).
+            the points before it are sent, instead of skipping it (the reader's
+            ``corrupt``).
         limit: Read the file up to this offset only (a replay of a snapshot).
         killed_status: The status a run without a run end is closed with when the file
             will not grow any more (``final``).
@@ -300,9 +317,9 @@ class Lane:
     ) -> None:
         self.path = Path(path)
         self.backend = backend
-        self.sampled = backend if isinstance(backend, Sampled) else None
+        sampled = backend if isinstance(backend, Sampled) else None
         #: The backend that gets the points (a Sampled backend's inner one).
-        self.target: Backend = self.sampled.backend if self.sampled is not None else backend
+        self.target: Backend = sampled.backend if sampled is not None else backend
         self.name = name or backend_name(backend)
         self.cursor_file = cursor
         self.batch_size = batch_size
@@ -310,40 +327,22 @@ class Lane:
             self.target, self.name, retry=retry or RetryPolicy(), deadline=deadline
         )
         self.delivery.uses_breaker = False  # an outage pauses the lane: see pump()
-        self.strict = strict
-        #: Read no further than this offset (a replay reads the file as it was).
-        self.limit = limit
+        #: What the lane sends: the file from the cursor, as points with checkpoints.
+        self.reader = LaneReader(self.path, sampled, strict=strict, limit=limit)
         #: The status a final pump closes a run with that has no run end.
         self.killed_status = killed_status
-        #: A corrupt line met in strict mode: raised once what came before it is sent.
-        self.fatal: RunFileError | None = None
         self.lock = CursorLock(cursor) if cursor is not None else None
         self.cursor: Cursor | None = None
         self.run_id = ""
-        #: Where reading goes on (the end of the last line read).
-        self.read_to = 0
-        #: Points made from what was read and not acknowledged yet, with their checkpoints.
-        #: (A pass-through lane's checkpoints hold where the step record starts, an int,
-        #: in place of a sampler state: the cursor's ``last_step_at``.)
-        self.outbox: list[tuple[Event, tuple[int, int, Any]]] = []
         #: The batch being sent (the outbox's head) and its checkpoint, until acknowledged.
         self._head: tuple[list[Event], tuple[int, int, Any]] | None = None
-        self.sampler: WindowSampler | _Pass | None = None
-        self.end_record: dict[str, Any] | None = None  # the last run end read, if last
-        self.end_at = 0  # the byte after it
         self.opened = False
         self.closed = False
-        self.corrupt: set[int] = set()
-        #: Events of the run before the segment this lane's process logs (delivered
-        #: counts in the run end are this segment's); ``None`` until it is met.
-        self.segment: int | None = None
-        self.segment_start_events: int | None = None
         self.events_at_open = 0  # the cursor's events when the lane opened
-        self.down_since: float | None = None
+        self.outages = _Outages(self.name)
         self.refused = 0  # points of the outbox the backend refused (it then gives up)
         #: Set when the lane is abandoned (a deadline): no further batch is sent.
         self.stopping = False
-        self.outages: list[list[float | None]] = []
         self._dirty = False
 
     # -- lifecycle ---------------------------------------------------------------
@@ -361,17 +360,8 @@ class Lane:
         found.backend = self.name
         found.given_up = None  # a new lane (process, sync) tries again
         self.cursor = found
-        self.read_to = found.offset
         self.events_at_open = found.events
-        self.segment = segment
-        if segment is None or segment == 0:
-            self.segment_start_events = 0
-        if self.sampled is not None:
-            self.sampler = self.sampled.sampler(found.state)
-        else:
-            self.sampler = _Pass(found.state, found.events)
-        self.sampler.start(found.offset)
-        self.end_record = None
+        self.reader.start(found.offset, found.events, found.state, segment=segment)
 
     def resend_last_step(self) -> None:
         """Send the last acknowledged step again first (an unsampled lane that goes on
@@ -379,7 +369,7 @@ class Lane:
         the run's last step and stores a point it has once)."""
         cursor = self.cursor
         if (
-            self.sampled is not None
+            self.reader.sampled is not None
             or not getattr(self.target, "resend_last_step", False)
             or cursor is None
             or cursor.ended
@@ -387,9 +377,7 @@ class Lane:
             or not cursor.events
         ):
             return
-        self.read_to = cursor.last_step_at
-        self.sampler = _Pass({}, cursor.events - 1)
-        self.sampler.start(self.read_to)
+        self.reader.rewind(cursor.last_step_at, cursor.events)
 
     async def open(self, info: RunInfo) -> None:
         """Open the backend for the run (errors propagate: the caller reports them)."""
@@ -413,13 +401,18 @@ class Lane:
             cursor.status = end.status
         self._save(force=True)
 
-    # -- reading and sending ---------------------------------------------------------
+    def save_cursor(self) -> None:
+        """Write the cursor file as it stands (a lane that stops: its driver, before it
+        releases the cursor's lock)."""
+        self._save(force=True)
+
+    # -- sending ----------------------------------------------------------------------
 
     async def pump(self, *, final: bool = False, complete: bool = False) -> LaneProgress:
         """Deliver what the file holds now; with ``final`` (it will not grow any more),
         also the run's end, and close the backend. ``complete``: a whole last record
         without its newline counts as complete (the snapshot rule of
-        :mod:`steplog.runfile.read`, for ``steplog sync``).
+        :mod:`steplog.runfile.snapshot`, for ``steplog sync``).
 
         Returns what happened: an outage stops the pump (``down``) with the points in
         the outbox, to be sent first by the next one.
@@ -430,117 +423,21 @@ class Lane:
             return progress
         if self.cursor.given_up is not None:
             return progress
+        reader = self.reader
         while True:
-            if self.outbox and not await self._send(progress):
+            if reader.outbox and not await self._send(progress):
                 return progress
-            if self.fatal is not None:
-                raise self.fatal
-            size = self._size()
-            if self.read_to >= size or not self._read(size, final=final or complete):
+            if reader.fatal is not None:
+                raise reader.fatal
+            size = reader.size()
+            if reader.read_to >= size or not reader.read(size, final=final or complete):
                 break  # everything read, or only a line still being written is left
         self._advance_to_safe()
-        if final or self.end_record is not None:
+        if final or reader.end_record is not None:
             await self._end(progress, final=final)
         else:
             self._save()
         return progress
-
-    def _size(self) -> int:
-        size = os.stat(self.path).st_size
-        return size if self.limit is None else min(size, self.limit)
-
-    def _read(self, size: int, *, final: bool) -> bool:
-        """Read complete lines from :attr:`read_to` (one block at most) into the outbox;
-        whether there was one."""
-        sampler = self.sampler
-        assert sampler is not None
-        with open(self.path, "rb") as f:
-            f.seek(self.read_to)
-            data = f.read(min(READ_BYTES, size - self.read_to))
-        cut = data.rfind(b"\n") + 1
-        if cut == 0:  # no complete line in the block
-            if len(data) == READ_BYTES:  # a line longer than a block: read it whole
-                with open(self.path, "rb") as f:
-                    f.seek(self.read_to)
-                    data = f.readline()
-            if data.endswith(b"\n") or (final and _whole(data)):
-                cut = len(data)
-            else:
-                return False  # a line still being written
-        offset = self.read_to
-        limit = self.read_to + cut
-        loads = orjson.loads
-        outbox = self.outbox
-        passing = self.sampled is None
-        events = sampler.run_events
-        for line in data[:cut].split(b"\n"):
-            start = offset
-            offset += len(line) + 1
-            end = offset if offset < limit else limit
-            # The common case first (a step record), with read.parse_record's rules.
-            try:
-                record = loads(line)
-                step, when, values = record["step"], record["time"], record["data"]
-                if type(step) is not int or type(values) is not dict or "type" in record:
-                    raise ValueError
-                if type(when) is not float and not is_number(when):
-                    raise ValueError
-            except Exception:  # another record type, a blank or corrupt line
-                if passing:
-                    sampler.run_events = events
-                if not self._other(line, start, end):
-                    return True  # a corrupt line in strict mode: stop before it
-                events = sampler.run_events
-                continue
-            if b'"$' in line:
-                values = decode(values)
-            event = _new_tuple(Event, (step, when, values))
-            self.end_record = None
-            if passing:
-                events += 1
-                outbox.append((event, (end, events, start)))
-            else:
-                outbox += sampler.add(event, start, end)
-        if passing and events != sampler.run_events:
-            sampler.run_events = events
-            sampler.safe = (offset if offset < limit else limit, events, {})
-        self.read_to += cut
-        return True
-
-    def _other(self, line: bytes, start: int, end: int) -> bool:
-        """A line that is not a plain step record: another record type (a resume, a run
-        end), a blank one, or a corrupt one; False: stop reading (strict mode)."""
-        sampler = self.sampler
-        assert sampler is not None
-        if not line.strip():
-            return True
-        try:
-            record = parse_record(line)
-        except CorruptLineError as exc:
-            if self.strict:
-                number = _line_number(self.path, start)
-                self.fatal = RunFileError(f"{self.path}:{number}: corrupt record ({exc})")
-                self.read_to = start
-                return False
-            self.corrupt.add(start)
-            return True
-        if record is None:
-            return True
-        kind = record.get("type")
-        if kind is None:  # a step record parse_record accepts (an int time, say)
-            event = _new_tuple(Event, (record["step"], record["time"], record["data"]))
-            self.outbox += sampler.add(event, start, end)
-            self.end_record = None
-        elif kind == RESUME:
-            self.outbox += sampler.end_segment(end)
-            self.end_record = None
-            if self.segment is not None and record.get("segment") == self.segment:
-                self.segment_start_events = sampler.run_events
-        elif kind == RUN_END:
-            self.outbox += sampler.end_segment(end)
-            self.end_record = record
-            self.end_at = end
-        return True
 
     async def _send(self, progress: LaneProgress) -> bool:
         """Send the outbox in batches; whether all of it was acknowledged.
@@ -550,11 +447,12 @@ class Lane:
         of it (see ``Backend.write``), so one that stored part of it goes on after that
         part instead of storing it twice.
         """
-        while self.outbox:
+        outbox = self.reader.outbox
+        while outbox:
             if self.stopping:
                 return False
             if self._head is None:
-                batch = self.outbox[: self.batch_size]
+                batch = outbox[: self.batch_size]
                 self._head = ([point for point, _ in batch], batch[-1][1])
             points, checkpoint = self._head
             if not await self.delivery.write_with_retries(points):
@@ -562,17 +460,16 @@ class Lane:
                     self.refused = len(points)
                     self._give_up(self.delivery.last_error or "refused")
                 else:
-                    self._down()
+                    self.outages.down(self.delivery.last_error)
                 progress.down = True
                 return False
-            if self.down_since is not None:
-                self._up()
+            self.outages.up()
             self._head = None
             self.delivery.delivered += len(points)
             progress.sent += len(points)
-            del self.outbox[: len(points)]
+            del outbox[: len(points)]
             self._advance(checkpoint)
-            if not self.outbox:
+            if not outbox:
                 self._advance_to_safe()
             self._save()
         return True
@@ -593,9 +490,10 @@ class Lane:
         self._dirty = True
 
     def _advance_to_safe(self) -> None:
-        """With nothing unacknowledged, the sampler's safe checkpoint is safe."""
-        if not self.outbox and self.sampler is not None:
-            self._advance(self.sampler.safe)
+        """With nothing unacknowledged, the reader's safe checkpoint is safe."""
+        safe = self.reader.safe()
+        if safe is not None:
+            self._advance(safe)
 
     def _save(self, *, force: bool = False) -> None:
         """Write the cursor file if it moved (after every acknowledged batch: a crash
@@ -609,15 +507,16 @@ class Lane:
     async def _end(self, progress: LaneProgress, *, final: bool) -> None:
         """Close the backend once the run's end is read (or, ``final``, the file ends
         without one: a killed run) and everything before it was acknowledged."""
-        if self.outbox or self.read_to < self._size():
+        reader = self.reader
+        if reader.outbox or reader.read_to < reader.size():
             return
-        record = self.end_record
+        record = reader.end_record
         if record is None:
             if not final:
                 return
             # Killed without a run end (thread durability): the segment ends here.
-            self.outbox += self.sampler.end_segment(self.read_to) if self.sampler else []
-            if self.outbox and not await self._send(progress):
+            reader.end_segment()
+            if reader.outbox and not await self._send(progress):
                 return
             record = {"status": self.killed_status, "summary": {}, "stats": None}
         self._advance_to_safe()
@@ -625,8 +524,6 @@ class Lane:
         status = str(record.get("status"))
         summary = record.get("summary") or {}
         if not summary:
-            from .runfile.read import last_summary, open_run
-
             with contextlib.suppress(OSError, ValueError):
                 summary = last_summary(open_run(self.path))
         stats = record.get("stats")
@@ -637,36 +534,16 @@ class Lane:
             summary=summary,
             stats=RunStats.from_dict(stats) if isinstance(stats, dict) else RunStats(),
         )
-        if self.cursor is not None and self.end_record is not None:
-            self.cursor.offset = max(self.cursor.offset, self.end_at)
+        if self.cursor is not None and reader.end_record is not None:
+            self.cursor.offset = max(self.cursor.offset, reader.end_at)
         await self.close(end)
         progress.ended = self.closed
 
-    def _down(self) -> None:
-        if self.down_since is None:
-            self.down_since = time.time()
-            self.outages.append([self.down_since, None])
-            logger.warning(
-                "steplog: backend %r is unreachable (%s); its lane waits and sends from the "
-                "run file once it answers (nothing is lost, the logging loop is not slowed)",
-                self.name,
-                self.delivery.last_error,
-            )
-
-    def _up(self) -> None:
-        if self.down_since is not None:
-            now = time.time()
-            self.outages[-1][1] = now
-            logger.warning(
-                "steplog: backend %r is back after %.1f s; its lane catches up from the run file",
-                self.name,
-                now - self.down_since,
-            )
-            self.down_since = None
+    # -- outages and refusals ---------------------------------------------------------
 
     def discard(self) -> None:
         """Forget the points not acknowledged (a replay that stops on a dead backend)."""
-        self.outbox = []
+        self.reader.outbox.clear()
         self._head = None
 
     def _give_up(self, reason: str) -> None:
@@ -682,6 +559,11 @@ class Lane:
     # -- reporting --------------------------------------------------------------------
 
     @property
+    def down_since(self) -> float | None:
+        """When the backend stopped answering; ``None`` while it answers."""
+        return self.outages.since
+
+    @property
     def given_up(self) -> str | None:
         return self.cursor.given_up if self.cursor is not None else None
 
@@ -692,11 +574,15 @@ class Lane:
 
     def caught_up(self) -> bool:
         """Whether everything read is acknowledged and nothing is left to read."""
-        try:
-            size = self._size()
-        except OSError:
-            return False
-        return not self.outbox and self.read_to >= size
+        return self.reader.caught_up()
+
+    def reached(self, offset: int) -> bool:
+        """Whether the lane has read up to ``offset`` with nothing unacknowledged."""
+        return self.reader.read_to >= offset and not self.reader.outbox
+
+    def pending(self) -> int:
+        """Points read and not acknowledged yet."""
+        return len(self.reader.outbox)
 
     def stats(self, written: int, shared_drops: int) -> BackendStats:
         """This backend's counts for a run end of the segment that logged ``written``
@@ -704,7 +590,7 @@ class Lane:
         and the lane, the next resume or ``steplog sync`` delivers them) or ``failed``
         (the backend refused the run: :attr:`given_up`), ``caught_up`` earlier
         segments' events this lane delivered."""
-        start = self.segment_start_events
+        start = self.reader.segment_start_events
         total = self.delivered_events
         if start is None:
             delivered, earlier = 0, max(0, total - self.events_at_open)
@@ -712,7 +598,7 @@ class Lane:
             delivered = max(0, total - start)
             earlier = max(0, min(total, start) - self.events_at_open)
         delivered = min(delivered, written)
-        outages = [list(o) for o in self.outages]
+        outages = [list(o) for o in self.outages.spans]
         rest = max(0, written - delivered)
         refused = self.given_up is not None  # the backend refused the run: not retried
         return BackendStats(
@@ -726,16 +612,6 @@ class Lane:
             missing=0 if refused else rest,
             outages=outages,
         )
-
-
-def _whole(data: bytes) -> bool:
-    """Whether ``data`` (a last line without its newline) is a whole record."""
-    if not data.strip():
-        return False
-    try:
-        return isinstance(orjson.loads(data), dict)
-    except orjson.JSONDecodeError:
-        return False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from ._lane import Lane
 from ._threads import run_thread
 from .errors import BackendOpenError, WorkerError
 from .events import BackendStats, RunEnd, RunInfo, RunStats
-from .runfile.read import open_run
+from .runfile.snapshot import open_run
 
 __all__ = ["CLOSE_GRACE_SECONDS", "POLL_SECONDS", "LaneGroups", "LaneHost", "ThreadLanes"]
 
@@ -149,7 +149,7 @@ class LaneHost:
                 await self._pause(self.poll)
         finally:
             if lane.lock is not None and (lane.closed or self.abandoned):
-                lane._save(force=True)
+                lane.save_cursor()
                 lane.lock.release()
             self._done[lane.name].set()
             self._check_flushes()
@@ -192,7 +192,7 @@ class LaneHost:
             return True
         if self._done.get(lane.name) is not None and self._done[lane.name].is_set():
             return True
-        return lane.read_to >= offset and not lane.outbox
+        return lane.reached(offset)
 
     def finish(self) -> None:
         """The run is over: lanes deliver its end (in the loop)."""
@@ -220,7 +220,7 @@ class LaneHost:
                 await lane.close(end, delivered_end=False)
         for lane in self.lanes:
             if lane.lock is not None:
-                lane._save(force=True)
+                lane.save_cursor()
                 lane.lock.release()
         if self._over is not None:
             self._over.set()
@@ -248,7 +248,7 @@ class LaneHost:
 
     def pending(self) -> dict[str, int]:
         """Points each lane has made and not had acknowledged (a rough backlog)."""
-        return {lane.name: len(lane.outbox) for lane in self.lanes if not lane.closed}
+        return {lane.name: lane.pending() for lane in self.lanes if not lane.closed}
 
 
 class ThreadLanes:

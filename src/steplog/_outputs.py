@@ -9,7 +9,7 @@ drained batch to, and what it opens, flushes and closes with the run:
   :class:`steplog.runfile.write.RunFile` —, memory, null): one ``os.write`` or append
   per batch, on the writer thread (:class:`steplog._delivery.DirectRunner`);
 * the in-process async sinks (console, live plot, a local backend of your own): a
-  :class:`steplog._worker.Fanout`, started only when one is attached;
+  :class:`steplog._fanout.Fanout`, started only when one is attached;
 * the remote backends: a lane each, following the run file (:mod:`steplog._lanestart`),
   woken once per batch.
 """
@@ -28,10 +28,10 @@ from ._batch import EventBatch
 from ._buffer import LineBuffer
 from ._delivery import DirectRunner, RetryPolicy
 from ._durability import durability_for, run_file_of
+from ._fanout import Fanout, _wait_until
 from ._lanestart import start_lanes
 from ._monitor import Monitor
 from ._readback import Readback
-from ._worker import Fanout, _wait_until
 from .backends.base import Backend, SyncBackend
 from .backends.jsonl import JsonlBackend
 from .errors import BackendOpenError

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from ._extras import require
-from .runfile.read import RunSnapshot, iter_steps
-from .runfile.schema import RESUME, SYSTEM, is_number
+from .runfile.records import RecordKind, kind_of
+from .runfile.schema import is_number
+from .runfile.snapshot import RunSnapshot, iter_steps
 
 __all__ = [
     "STEP",
@@ -124,10 +125,10 @@ def load_series(
             waiting.append(segment)
 
     def other(record: dict[str, Any]) -> None:
-        kind = record.get("type")
-        if kind == SYSTEM and system_keys:
+        kind = kind_of(record)
+        if kind is RecordKind.SYSTEM and system_keys:
             system(record)
-        elif kind == RESUME:
+        elif kind is RecordKind.RESUME:
             resume(record)
 
     x: Any

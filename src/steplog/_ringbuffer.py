@@ -16,9 +16,10 @@ the writer process died (the file has it; only the other sinks still need it).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._buffer import _BLOCK_POLL_SECONDS, LineBuffer, Row
+from ._buffer import _BLOCK_POLL_SECONDS, _STOP_LOCK_WAIT, LineBuffer, Row, _never, _no_deadline
 from ._options import OverflowPolicy
 
 if TYPE_CHECKING:  # _ring imports POSIX-only modules: loaded only when a ring starts
@@ -133,6 +134,26 @@ class RingBuffer(LineBuffer):
         finally:
             self._ring_lock.release()
 
+    def end(
+        self,
+        *,
+        stopping: Callable[[], bool] = _never,
+        remaining: Callable[[], float | None] = _no_deadline,
+    ) -> None:
+        """Turn producers away (see :meth:`LineBuffer.end`), then wait for one still
+        putting a line into the ring: it holds the ring lock, counts the line
+        (:attr:`ringed`) before it lets go, and the producers after it see ``ended``
+        under the same lock. Bounded by the stop's deadline (``remaining()``): a
+        producer frozen under a signal handler that waits for this very end would hold
+        the lock for good (then at most its event's count is off, in a process about to
+        end)."""
+        super().end(stopping=stopping, remaining=remaining)
+        while not self._ring_lock.acquire(timeout=_STOP_LOCK_WAIT):
+            left = remaining()
+            if left is not None and left <= 0:
+                return
+        self._ring_lock.release()
+
     # -- producer side ----------------------------------------------------------
 
     def put_slow(self, line: bytes) -> None:
@@ -148,6 +169,7 @@ class RingBuffer(LineBuffer):
             self._queue_item(RingPending(line), wait=False)
             return
         try:
+            self._refuse_if_ended()  # (see end)
             ring = self.ring  # once: the writer thread may take the file over meanwhile
             if ring is not None:
                 self._put_ringed_locked(ring, line)

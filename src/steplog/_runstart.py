@@ -26,7 +26,7 @@ from .backends.base import Backend
 from .backends.null import NullBackend
 from .errors import RunFileError
 from .events import Resumed, RunInfo
-from .runfile.read import ResumePoint, resume_point
+from .runfile.header import ResumePoint, resume_point
 from .runfile.resume import latest_own_run, run_to_resume
 
 __all__ = ["ResumeLike", "RunPlan", "elastic_run_id", "latest_run", "plan_run", "ranks"]

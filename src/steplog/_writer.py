@@ -195,7 +195,7 @@ class Writer:
         except BaseException as exc:  # the writer must never die silently
             self._dead = True
             logger.error("steplog: the writer thread died", exc_info=exc)
-            error = WorkerError(f"the steplog worker died: {exc!r}")
+            error = WorkerError(f"the steplog writer thread died: {exc!r}")
             error.__cause__ = exc
             futures: list[concurrent.futures.Future[Any]] = [self._started]
             futures += self._take_flushes(last=True)
@@ -246,9 +246,13 @@ class Writer:
             # before a flush() call is already queued when its request is seen here.
             flushes = self._take_flushes()
             if stop is not None:
-                # The tracker no longer accepts events: drain every one of them (at
-                # least once: the value watchers' last values may wait without lines).
-                self._drain()
+                # The tracker no longer hands the buffer out, but another thread's log()
+                # may hold it still: end it first, so that such a call either counts its
+                # event before the drain below (which takes it), or raises
+                # InactiveRunError — never counted and left behind.
+                buffer.end(stopping=self.requests.stopping, remaining=stop.remaining)
+                self._drain()  # (at least once: the value watchers' last values may
+                # wait without lines)
                 while buffer.count:
                     self._drain()
             else:

@@ -9,7 +9,7 @@ The exception tree::
     │   ├── FlushTimeoutError    flush(timeout=…) did not complete in time (also a TimeoutError)
     │   ├── BackendFailedError   finish() of a Tracker(strict=True) and a backend lost events
     │   ├── PermanentBackendError  raised by a backend: retrying this write cannot help
-    │   └── WorkerError          the background worker died; the run cannot continue
+    │   └── WorkerError          the writer thread died; the run cannot continue
     ├── RunFileError             a file is not a readable run (also a ValueError)
     ├── RunNotFoundError         no run matches what was asked for (also a LookupError)
     ├── MlflowError              a transient failure talking to an MLflow server (retried)
@@ -19,7 +19,7 @@ The exception tree::
                                  on an inactive one
     RunFileWarning (UserWarning) a reader skipped corrupt lines of a run file (scan())
 
-Errors that happen inside the worker (a backend whose ``write`` raises, a value that
+Errors that happen off the caller's thread (a backend whose ``write`` raises, a value that
 cannot be serialised) never reach ``log()``: they go to :mod:`logging` and to the run
 statistics (:class:`steplog.RunStats`). ``finish(timeout=…)`` never raises for time:
 what a backend did not write by then is counted as failed.
@@ -90,7 +90,8 @@ class PermanentBackendError(TrackerError):
 
 
 class WorkerError(TrackerError):
-    """Raised when the background worker has died and can no longer accept work."""
+    """Raised when the run's writer thread has died and can no longer accept work
+    (the name is kept from when the thread was called the worker)."""
 
 
 class RunFileError(SteplogError, ValueError):
@@ -102,7 +103,7 @@ class RunNotFoundError(SteplogError, LookupError):
 
 
 class MlflowError(SteplogError, RuntimeError):
-    """A transient failure talking to an MLflow tracking server (retried by the worker).
+    """A transient failure talking to an MLflow tracking server (retried by its lane).
 
     Attributes:
         retry_after: Seconds the server asked to wait (its ``Retry-After``), or ``None``.

@@ -30,8 +30,8 @@ from ._options import DEFAULT_BATCH_SIZE
 from .backends.base import Backend
 from .errors import BackendOpenError, RunFileError
 from .events import BackendStats, RunEnd, RunInfo, RunStats
-from .runfile.read import RunSnapshot, iter_lines, line_number, open_run, run_config
 from .runfile.schema import run_info_of
+from .runfile.snapshot import RunSnapshot, iter_lines, line_number, open_run, run_config
 
 __all__ = ["replay", "replay_async"]
 
@@ -69,14 +69,9 @@ async def replay_async(
     retry: RetryPolicy | None = None,
 ) -> dict[str, BackendStats]:
     """:func:`replay` for callers already inside an event loop."""
-    from .errors import RunFileError
-
     if not backends:
         raise ValueError("replay needs at least one backend")
-    try:
-        snapshot = open_run(Path(path))
-    except ValueError as exc:  # not a steplog run
-        raise RunFileError(str(exc)) from None
+    snapshot = open_run(Path(path))
     return await _replay(snapshot, backends, batch_size=batch_size, retry=retry, strict=True)
 
 
@@ -147,7 +142,7 @@ async def _replay(
             failed[lane.name] = _events_after(snapshot, lane)
             lane.discard()
             await lane.close(_end(info, "unfinished", {}, None, lane.delivered_events))
-    snapshot.corrupt.update(_line_numbers(snapshot.path, lanes[0].corrupt))
+    snapshot.corrupt.update(_line_numbers(snapshot.path, lanes[0].reader.corrupt))
     return {
         lane.name: BackendStats(
             delivered=lane.delivered_events,

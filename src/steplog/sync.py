@@ -4,7 +4,7 @@ resume where an earlier sync stopped (``steplog sync``).
 The path for clusters whose compute nodes have no network: the run is logged to a JSONL
 file on a shared file system, and a sync on a login node follows the file and sends it
 to MLflow (or any backend :func:`steplog.replay` takes) as it grows. It reads complete
-lines only (the snapshot rule of :mod:`steplog.runfile.read`), closes the remote run
+lines only (the snapshot rule of :mod:`steplog.runfile.snapshot`), closes the remote run
 with the run's status and summary when the run-end record arrives, and with ``follow``
 stops, like ``steplog tail -f``, when the writer process is gone from this host and the
 file has been quiet for a while.
@@ -46,17 +46,9 @@ from .backends.tensorboard import TensorBoardBackend
 from .backends.wandb import WandbBackend
 from .errors import BackendOpenError, RunFileError
 from .events import BackendStats, RunEnd, RunInfo, RunStats
-from .runfile.read import (
-    WRITER_GONE_GRACE,
-    RunSnapshot,
-    WriterState,
-    last_resume,
-    line_number,
-    open_run,
-    run_config,
-    writer_state,
-)
+from .runfile.follow import WRITER_GONE_GRACE, WriterWatch
 from .runfile.schema import run_info_of
+from .runfile.snapshot import RunSnapshot, line_number, open_run, run_config
 
 __all__ = ["SyncResult", "SyncResume", "cursor_path", "resume_mode", "sync", "sync_async"]
 
@@ -223,7 +215,7 @@ async def sync_async(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     interval = positive_seconds("interval", interval)
     run = Path(path)
-    snapshot = _snapshot(run)
+    snapshot = open_run(run)
     info = run_info_of(snapshot.start)
     name = backend_name(backend)
     where = Path(cursor) if cursor is not None else cursor_path(run, backend)
@@ -295,9 +287,7 @@ async def _sync_locked(
     sent = 0
     writer_gone = False
     try:
-        # Since when the file has not grown: a writer killed long ago is given up at once.
-        quiet_since = min(time.time(), os.stat(run).st_mtime)
-        seen = os.stat(run).st_size
+        watch = WriterWatch(run, grace=grace)  # the writer: looked up in the file
         while True:
             progress = await lane.pump(complete=True)
             sent += progress.sent
@@ -306,11 +296,9 @@ async def _sync_locked(
             if not follow:
                 break
             while True:  # until the file grows, the run ends or its writer is gone
-                size = os.stat(run).st_size
-                if size != seen:
-                    seen, quiet_since = size, time.time()
+                if watch.grew():
                     break
-                if _writer_gone(run) and time.time() - quiet_since >= grace:
+                if watch.gone():
                     writer_gone = True
                     break
                 await anyio.sleep(interval)
@@ -346,11 +334,11 @@ async def _sync_locked(
         writer_gone=writer_gone,
         delivery=BackendStats(
             delivered=delivery.delivered,
-            failed=len(lane.outbox) if lane.down_since is not None else lane.refused,
+            failed=lane.pending() if lane.down_since is not None else lane.refused,
             errors=delivery.errors,
             last_error=delivery.last_error,
         ),
-        corrupt=tuple(sorted(line_number(run, at) for at in lane.corrupt)),
+        corrupt=tuple(sorted(line_number(run, at) for at in lane.reader.corrupt)),
     )
 
 
@@ -360,21 +348,3 @@ def _unfinished(info: RunInfo, lane: Lane) -> RunEnd:
     return RunEnd(
         info.run_id, time.time(), "unfinished", {}, RunStats(logged=events, written=events)
     )
-
-
-def _writer_gone(path: Path) -> bool:
-    """Whether the process writing the run is gone from this host: the one that resumed
-    it last, or the one that started it."""
-    try:
-        snapshot = open_run(path)
-    except (OSError, ValueError):
-        return True
-    writer = last_resume(snapshot) or snapshot.start
-    return writer_state(writer) is WriterState.GONE
-
-
-def _snapshot(path: Path) -> RunSnapshot:
-    try:
-        return open_run(path)
-    except ValueError as exc:  # not a steplog run
-        raise RunFileError(str(exc)) from None

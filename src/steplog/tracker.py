@@ -5,7 +5,7 @@ A tracker holds its options (:class:`TrackerOptions`, checked once when it is ma
 and at most one active run (:class:`_Run`: its buffer, its writer and what ending it
 takes). How a run starts — ranks, group, tags, resume — is :mod:`._runstart`'s; the
 process's exit, SIGTERM and fork hooks see the active run, never the tracker
-(:mod:`._process`).
+(:mod:`._hooks`).
 """
 
 from __future__ import annotations
@@ -36,6 +36,14 @@ from ._arrays import snapshot as _snapshot
 from ._buffer import LineBuffer
 from ._delivery import RetryPolicy
 from ._durability import buffer_type
+from ._hooks import (
+    crash_status,
+    install_exit_hook,
+    install_sigterm_handler,
+    register,
+    track_ending,
+    unregister,
+)
 from ._monitor import Monitor, ValueTap
 from ._names import new_run_id
 from ._options import (
@@ -47,14 +55,6 @@ from ._options import (
     DEFAULT_SHUTDOWN_TIMEOUT,
     OverflowLike,
     OverflowPolicy,
-)
-from ._process import (
-    crash_status,
-    install_exit_hook,
-    install_sigterm_handler,
-    track_ending,
-    unwatch,
-    watch,
 )
 from ._progress import wait_future, wait_with_progress, wait_with_progress_async
 from ._redact import DEFAULT_SECRET_KEYS
@@ -93,7 +93,7 @@ _T = TypeVar("_T")
 class _Run:
     """The active run: its buffer and writer, and what ending it takes.
 
-    Registered with the process's hooks (:func:`._process.watch`) from its start until
+    Registered with the process's hooks (:func:`._hooks.register`) from its start until
     its end is asked for: they end it with :meth:`end_abruptly` or drop it with
     :meth:`forget_after_fork`, which go through the tracker that started it (held
     weakly: a tracker dropped with its run active ends the run from its finalizer).
@@ -316,6 +316,7 @@ class _TrackerBase(_OptionAttributes):
         self._host_misses = 0  # host-value misses in a row
         self._lifecycle = threading.RLock()
         self._last_stats: RunStats | None = None
+        self._ended = False  # a run was ended (its stats may still be on their way)
         self._forked = False
         self._orphan_hook: weakref.finalize[Any, Any] | None = None
         #: The id the next run takes instead of a new one (set by integrations whose
@@ -540,10 +541,10 @@ class _TrackerBase(_OptionAttributes):
                 "this process was forked from one with an active run, which stays the "
                 "parent's; call init() to start this process's own run"
             )
-        elif self._last_stats is None:
+        elif self._last_stats is None and not self._ended:
             hint = "call init() (or use 'with tracker.run(config):') first"
         else:
-            hint = "the run was finished; call init() to start a new run"
+            hint = "the run was finished (or is finishing); call init() to start a new run"
         return InactiveRunError(f"{method}() called with no active run: {hint}")
 
     # -- the start of a run -----------------------------------------------------
@@ -625,7 +626,7 @@ class _TrackerBase(_OptionAttributes):
             self.experiment_name,
         )
         self._orphan_hook.atexit = False  # the exit hook ends active runs itself
-        watch(run)
+        register(run)
         install_exit_hook()
         if self.handle_sigterm:
             install_sigterm_handler()
@@ -646,8 +647,9 @@ class _TrackerBase(_OptionAttributes):
                 return None
             self._buffer = None
             self._run = None
+            self._ended = True
             self._detach_orphan_hook()
-            unwatch(run)
+            unregister(run)
         merged = _redact({**self.summary, **(summary or {})}, self.redact)
         return run, run.stop(status, merged, timeout)
 
@@ -1028,7 +1030,7 @@ def _end_orphaned_run(
     asks the writer to stop; exit waits for the run end to be written.
     """
     try:
-        unwatch(run)
+        unregister(run)
         status = cast(RunStatus, crash_status(run.crash))
         print(
             f"steplog: run {run.info.run_id!r} ({experiment}) was dropped without "

@@ -16,9 +16,10 @@ __all__ = ["Backend", "SyncBackend"]
 class Backend(abc.ABC):
     """A destination for the events of a run.
 
-    The worker calls the three methods in order, from its own thread and event loop
-    (asyncio, driven by anyio): ``open`` once when the run starts, ``write`` once per
-    batch with events in the order they were logged, and ``close`` once at the end.
+    steplog calls the three methods in order, from one thread and event loop of its own
+    (asyncio, driven by anyio: a remote backend's lane, or the fan-out of local sinks):
+    ``open`` once when the run starts, ``write`` once per batch with events in the
+    order they were logged, and ``close`` once at the end.
     A backend never sees two calls at once. It may be reused for several runs: each
     run calls ``open`` again after the previous ``close``.
 

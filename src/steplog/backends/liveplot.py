@@ -1,7 +1,7 @@
 """Live loss plot in a Jupyter output cell (``steplog[plot]``; the seed project's
 LiveLossPlotTracker).
 
-The worker redraws the chosen metrics at most ``every`` seconds apart (default 0.5 s:
+The fan-out redraws the chosen metrics at most ``every`` seconds apart (default 0.5 s:
 ≤ 2 redraws a second), rendering with matplotlib's Agg canvas in a worker thread and
 replacing one display output in place; the hot loop never draws. Each curve keeps at most
 ``max_points`` points (older points are thinned by halving), so memory stays flat on long

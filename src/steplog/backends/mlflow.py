@@ -30,7 +30,7 @@ Key names MLflow rejects (characters other than letters, digits, ``_ - . / : `` 
 spaces, or ``..`` path parts) have the offending characters replaced by ``_``.
 Requests respect MLflow's per-request limits (1 000 metrics, 100 params, 100 tags,
 1 000 entities). Connection errors, timeouts, 429 and 5xx answers raise ordinary
-exceptions, which the worker retries with backoff (:class:`steplog.RetryPolicy`);
+exceptions, which its lane retries with backoff (:class:`steplog.RetryPolicy`);
 a batch already partly sent resumes where it stopped. Other 4xx answers raise
 :class:`steplog.PermanentBackendError` with the server's error code and message.
 

@@ -13,7 +13,7 @@ A mean hides spikes: ``extremes=True`` adds each window's ``<key>/min``, ``<key>
 and ``sampled/count`` to its point, and keeps the run's first and last points, so a
 thinned chart still shows every spike and where the run started and ended.
 
-Sampling happens in the worker, per batch; the hot loop never sees it.
+Sampling happens in the backend's lane, per batch; the hot loop never sees it.
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ followed by ``tail -f`` or ``sync -f`` whose writer is gone, a batch ``sync`` co
 send); 2 usage error (also a key the run does not have); 130 interrupted.
 
 Commands that read step records take a snapshot of each run file when they start (see
-``runfile.read``), skip corrupt lines in it with one warning per file on stderr, and leave a
-torn last line out silently.
+``runfile.snapshot``: ``open_run`` raises ``RunFileError`` for a file that is not a run),
+skip corrupt lines in it with one warning per file on stderr, and leave a torn last line
+out silently.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@ its ``RUN``/``--root`` arguments are declared, and reading run files with the wa
 for skipped lines.
 
 Commands that read step records take a snapshot of each run file when they start (see
-``runfile.read``), skip corrupt lines in it with one warning per file on stderr, and leave a
-torn last line out silently.
+``runfile.snapshot``: ``open_run`` raises ``RunFileError`` for a file that is not a run),
+skip corrupt lines in it with one warning per file on stderr, and leave a torn last line
+out silently.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from typing import Any, TypeAlias
 
 from .. import _progress
 from .._extras import require
-from ..errors import RunFileError, RunNotFoundError
+from ..errors import RunNotFoundError
 from ..runfile.find import resolve_run, resolve_runs
-from ..runfile.read import RunSnapshot, open_run, read_header
+from ..runfile.header import read_header
 from ..runfile.schema import flatten, is_number
+from ..runfile.snapshot import open_run
 from ._format import count
 
 __all__ = [
@@ -42,7 +44,6 @@ __all__ = [
     "plot_files",
     "run_path",
     "run_paths",
-    "take_snapshot",
     "warn_corrupt",
 ]
 
@@ -117,14 +118,6 @@ def _root_hint(root: Path) -> Iterator[None]:
         raise RunNotFoundError(f"{exc} (give --root DIR or set $STEPLOG_ROOT)") from None
 
 
-def take_snapshot(path: Path) -> RunSnapshot:
-    """The run file at ``path`` up to the end of its last complete line."""
-    try:
-        return open_run(path)
-    except ValueError as exc:
-        raise RunFileError(str(exc)) from None
-
-
 def warn_corrupt(command: str, path: Path, numbers: set[int]) -> None:
     """One line on stderr for the corrupt lines a command skipped in ``path``."""
     if not numbers:
@@ -182,7 +175,7 @@ def plot_files(
     runs = []
     headers = []
     for index, path in enumerate(paths):
-        snapshot = take_snapshot(path)
+        snapshot = open_run(path)
         header = read_header(snapshot)
         headers.append(header)
         label = (labels[index] if labels else "") or f"{header.experiment}/{header.run_id}"

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import _progress
-from ..runfile.read import RunHeader, metric_stats, read_header
+from ..runfile.header import RunHeader, read_header
 from ..runfile.schema import flatten
+from ..runfile.snapshot import open_run
+from ..runfile.stats import metric_stats
 from ._common import (
     EXIT_OK,
     RUNS_HELP,
@@ -17,7 +19,6 @@ from ._common import (
     add_root_option,
     check_keys,
     run_paths,
-    take_snapshot,
     warn_corrupt,
 )
 from ._format import cell, duration, print_table
@@ -48,7 +49,7 @@ def add_parser(subparsers: Subparsers) -> None:
 def cmd_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Print the runs side by side; returns the exit code."""
     paths = [path for spec in args.runs for path in run_paths(spec, args.root)]
-    snapshots = [take_snapshot(p) for p in paths]
+    snapshots = [open_run(p) for p in paths]
     headers = [read_header(s) for s in snapshots]
     all_stats = []
     configs = []

@@ -13,7 +13,7 @@ from typing import Any
 from .. import _progress
 from .._extras import installed
 from ..backends.jsonl import JsonlBackend
-from ..runfile.read import read_run
+from ..runfile.run import read_run
 from ..tracker import Tracker
 from ._common import DEFAULT_ROOT, EXIT_OK, CommandError, Subparsers, add_command, plot_files
 from ._format import count

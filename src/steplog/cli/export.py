@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _progress
+from ..runfile.snapshot import open_run
 from ._common import (
     EXIT_OK,
     RUN_HELP,
@@ -14,7 +15,6 @@ from ._common import (
     add_command,
     add_root_option,
     run_path,
-    take_snapshot,
     warn_corrupt,
 )
 from ._format import count
@@ -48,7 +48,7 @@ def cmd_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if args.output == "-" and args.format != "csv":
         parser.error("only CSV can go to stdout")
     path = run_path(args.run, args.root)
-    snapshot = take_snapshot(path)
+    snapshot = open_run(path)
     out: Path | None = None  # stdout
     if args.output != "-":
         out = Path(args.output or f"{snapshot.start.get('run_id')}.{args.format}")

@@ -14,8 +14,9 @@ import orjson
 
 from ..runfile.codec import ValueEncoder
 from ..runfile.find import find_runs
-from ..runfile.read import RunHeader, open_run, read_header
+from ..runfile.header import RunHeader, read_header
 from ..runfile.schema import is_number
+from ..runfile.snapshot import open_run
 from ._common import DEFAULT_ROOT, EXIT_OK, CommandError, Subparsers, add_command
 from ._format import cell, clock, duration, print_table
 

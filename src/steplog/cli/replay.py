@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..runfile.read import read_header
+from ..runfile.header import read_header
+from ..runfile.snapshot import open_run
 from . import _backends
 from ._common import (
     EXIT_FAIL,
@@ -14,7 +15,6 @@ from ._common import (
     add_command,
     add_root_option,
     run_path,
-    take_snapshot,
     warn_corrupt,
 )
 
@@ -52,7 +52,7 @@ def cmd_replay(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     paths = [run_path(spec, args.root) for spec in args.runs]
     failed = 0
     for path in paths:
-        snapshot = take_snapshot(path)
+        snapshot = open_run(path)
         header = read_header(snapshot)
         backends = [b.build(args, path) for b in chosen]
         results = _replay_snapshot(snapshot, *backends)

@@ -13,14 +13,10 @@ import orjson
 from .. import _progress
 from ..runfile.codec import ValueEncoder
 from ..runfile.find import GROUP_PREFIX
-from ..runfile.read import (
-    MetricStats,
-    MonitorScan,
-    RunHeader,
-    metric_stats,
-    read_header,
-)
+from ..runfile.header import RunHeader, read_header
 from ..runfile.schema import flatten
+from ..runfile.snapshot import open_run
+from ..runfile.stats import MetricStats, MonitorScan, metric_stats
 from ._common import (
     EXIT_OK,
     RUNS_HELP,
@@ -29,7 +25,6 @@ from ._common import (
     add_root_option,
     run_path,
     run_paths,
-    take_snapshot,
     warn_corrupt,
 )
 from ._format import cell, clock, count, duration, print_table
@@ -59,7 +54,7 @@ def cmd_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.run.startswith(GROUP_PREFIX) and not Path(args.run).exists():
         return _show_group(args.run[len(GROUP_PREFIX) :], run_paths(args.run, args.root), args.json)
     path = run_path(args.run, args.root)
-    snapshot = take_snapshot(path)
+    snapshot = open_run(path)
     header = read_header(snapshot)
     with _progress.bar(snapshot.end - snapshot.body, f"reading {path.name}") as update:
         monitor = MonitorScan()
@@ -293,7 +288,7 @@ def _show_group(name: str, paths: list[Path], as_json: bool) -> int:
     merged: dict[str, MetricStats] = {}
     members = []
     for path in paths:
-        snapshot = take_snapshot(path)
+        snapshot = open_run(path)
         header = read_header(snapshot)
         with _progress.bar(snapshot.end - snapshot.body, f"reading {path.name}") as update:
             scan = metric_stats(snapshot, update, into=merged)

@@ -7,7 +7,9 @@ import argparse
 import math
 import sys
 
-from ..runfile.read import WRITER_GONE_GRACE, read_header
+from ..runfile.follow import WRITER_GONE_GRACE
+from ..runfile.header import read_header
+from ..runfile.snapshot import open_run
 from . import _backends
 from ._common import (
     EXIT_OK,
@@ -17,7 +19,6 @@ from ._common import (
     add_command,
     add_root_option,
     run_path,
-    take_snapshot,
     warn_corrupt,
 )
 
@@ -82,7 +83,7 @@ def cmd_sync(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if not args.interval > 0 or math.isinf(args.interval):
         parser.error(f"--interval must be a positive number of seconds, not {args.interval}")
     path = run_path(args.run, args.root)
-    header = read_header(take_snapshot(path))
+    header = read_header(open_run(path))
     backend = chosen[0].build(args, path)
     label = f"{header.experiment}/{header.run_id}"
     if args.follow:

@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from typing import Any
 
-from ..runfile.read import (
-    WRITER_GONE_GRACE,
-    CorruptLineError,
-    RunSnapshot,
-    WriterState,
-    last_resume,
-    last_steps,
-    line_number,
-    parse_record,
-    read_header,
-    writer_state,
-)
-from ..runfile.schema import RESUME, RUN_END, flat_data, flatten
+from ..runfile.follow import RunFollower
+from ..runfile.header import read_header
+from ..runfile.records import RecordKind, kind_of
+from ..runfile.schema import flat_data, flatten
+from ..runfile.snapshot import RunSnapshot, last_steps, line_number, open_run
 from ._common import (
     EXIT_OK,
     RUN_HELP,
@@ -31,7 +22,6 @@ from ._common import (
     add_root_option,
     check_keys,
     run_path,
-    take_snapshot,
     warn_corrupt,
 )
 from ._format import cell, clock
@@ -70,7 +60,7 @@ def cmd_tail(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if not args.interval > 0 or math.isinf(args.interval):
         parser.error(f"--interval must be a positive number of seconds, not {args.interval}")
     path = run_path(args.run, args.root)
-    snapshot = take_snapshot(path)
+    snapshot = open_run(path)
     header = read_header(snapshot)
     records = last_steps(snapshot, args.lines)
     if args.keys and (records or header.steps):
@@ -103,47 +93,29 @@ def _follow(snapshot: RunSnapshot, printer: _TailPrinter, interval: float) -> in
     """Print the steps appended after the snapshot until the run ends or its writer is
     gone."""
     path = snapshot.path
-    # Who writes the run now: the process that resumed it last, else the one that
-    # started it (a resume met while following takes over).
-    writer = last_resume(snapshot) or snapshot.start
-    with open(path, "rb") as f:
-        f.seek(snapshot.end)
-        offset = snapshot.end  # where `pending` starts in the file
-        pending = b""
-        # Since when the file has not grown: a writer killed long ago is given up at once.
-        quiet_since = min(time.time(), os.fstat(f.fileno()).st_mtime)
-        while True:
-            chunk = f.read()
-            if not chunk:
-                gone = writer_state(writer) is WriterState.GONE
-                if gone and time.time() - quiet_since >= WRITER_GONE_GRACE:
-                    pid, host = writer.get("pid"), writer.get("host")
-                    raise CommandError(
-                        f"the writer of {path} (pid {pid} on {host}) is gone and the run "
-                        "has no run-end record: it stays incomplete"
-                    )
-                time.sleep(interval)
+    follower = RunFollower(snapshot)
+    while True:
+        records = follower.poll()
+        if not records:
+            if follower.watch.gone():
+                writer = follower.writer
+                pid, host = writer.get("pid"), writer.get("host")
+                raise CommandError(
+                    f"the writer of {path} (pid {pid} on {host}) is gone and the run "
+                    "has no run-end record: it stays incomplete"
+                )
+            time.sleep(interval)
+            continue
+        for start, record in records:
+            if record is None:
+                warn_corrupt("tail", path, {line_number(path, start)})
                 continue
-            quiet_since = time.time()
-            lines = (pending + chunk).split(b"\n")
-            pending = lines.pop()  # a line the writer has not finished yet
-            for line in lines:
-                start, offset = offset, offset + len(line) + 1
-                try:
-                    record = parse_record(line)
-                except CorruptLineError:
-                    warn_corrupt("tail", path, {line_number(path, start)})
-                    continue
-                if record is None:
-                    continue
-                kind = record.get("type")
-                if kind == RUN_END:
-                    printer.end(str(record.get("status")))
-                    return EXIT_OK
-                if kind == RESUME:
-                    writer = record
-                if "type" not in record:
-                    printer.step(record)
+            kind = kind_of(record)
+            if kind is RecordKind.RUN_END:
+                printer.end(str(record.get("status")))
+                return EXIT_OK
+            if kind is RecordKind.STEP:
+                printer.step(record)
 
 
 class _TailPrinter:

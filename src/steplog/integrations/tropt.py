@@ -10,7 +10,7 @@ that subclasses ``tropt.tracker.base.BaseTracker``; :class:`SteplogTracker` is o
     result = SomeOptimizer(..., tracker=tracker).optimize(...)
 
 works unchanged, with ``log()`` costing what steplog's costs and the optimizer's values
-(floats, ints, strings, tensors) written by steplog's worker.
+(floats, ints, strings, tensors) written by steplog's writer thread.
 
 How tropt drives a tracker, and what steplog does with it:
 

@@ -1,8 +1,8 @@
 """Run files as columns: the reader behind ``Run.to_pandas()`` / ``to_polars()`` /
 ``to_numpy()`` and :func:`steplog.scan`.
 
-It reads the step records of a :class:`~steplog.runfile.read.RunSnapshot` a block of
-lines at a time (:func:`~steplog.runfile.read.iter_line_blocks`, the parser's snapshot
+It reads the step records of a :class:`~steplog.runfile.snapshot.RunSnapshot` a block of
+lines at a time (:func:`~steplog.runfile.snapshot.iter_line_blocks`, the parser's snapshot
 rules: a torn last line is left out) and keeps only the keys asked for, each in one
 compact typed buffer (``array.array`` of float64, int64 or int8, plus a validity mask
 once a value is missing), never a Python object per value unless the values are
@@ -48,16 +48,10 @@ from .._extras import require
 from ..errors import RunFileError, RunFileWarning, RunNotFoundError
 from .codec import decode
 from .find import find_runs
-from .read import (
-    RunSnapshot,
-    gc_paused,
-    iter_line_blocks,
-    open_run,
-    read_header,
-    run_config,
-    step_records,
-)
+from .header import read_header
+from .records import step_records
 from .schema import SCHEMA_VERSION
+from .snapshot import RunSnapshot, gc_paused, iter_line_blocks, open_run, run_config
 
 if TYPE_CHECKING:
     from ..events import Event
@@ -629,10 +623,7 @@ def scan(
     frame = ColumnFrame(wanted, (*_RUN_COLUMNS, "config"))
     headers: list[dict[str, Any]] = []
     for path in paths:
-        try:
-            snapshot = open_run(path)
-        except ValueError as exc:
-            raise RunFileError(str(exc)) from None
+        snapshot = open_run(path)
         schema = snapshot.start.get("schema")
         if not isinstance(schema, int) or schema > SCHEMA_VERSION:
             raise RunFileError(

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from ..errors import RunNotFoundError
-from .read import read_start
+from .snapshot import read_start
 
 __all__ = ["GROUP_PREFIX", "find_runs", "group_of", "resolve_run", "resolve_runs"]
 

@@ -17,7 +17,7 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["LOCKS", "Holder", "holders", "lock", "locked"]
+__all__ = ["LOCKS", "Holder", "holders", "lock"]
 
 try:
     import fcntl
@@ -38,15 +38,6 @@ def lock(fd: int) -> bool:
     except BlockingIOError:
         return False
     return True
-
-
-def locked(path: Path) -> bool:
-    """Whether a writer holds the run file at ``path`` now."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    try:
-        return not lock(fd)
-    finally:
-        os.close(fd)  # releases the lock, if this took it
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@ own most recent run, unless it finished), a run id, a prefix, ``EXPERIMENT/ID`` 
 path under the JSONL root.
 
 Where a found run is continued (its next step, segment, summary, size) is
-:func:`steplog.runfile.read.resume_point`'s business; this module only picks the file.
+:func:`steplog.runfile.header.resume_point`'s business; this module only picks the file.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ..errors import RunNotFoundError
 from .find import resolve_run
-from .read import open_run, read_header, read_start
+from .header import read_header
+from .snapshot import open_run, read_start
 
 __all__ = ["latest_own_run", "run_to_resume"]
 

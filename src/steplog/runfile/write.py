@@ -20,7 +20,7 @@ from typing import Protocol, TypeVar
 
 from ..errors import RunFileError
 from .lock import holders, lock
-from .read import open_run
+from .snapshot import open_run
 
 __all__ = ["RunFile"]
 
@@ -103,10 +103,7 @@ class RunFile:
         return file
 
     def _cut_torn_tail(self) -> None:
-        try:
-            snapshot = open_run(self.path)
-        except ValueError as exc:
-            raise RunFileError(str(exc)) from None
+        snapshot = open_run(self.path)  # RunFileError: not a run
         if snapshot.torn:
             logger.info(
                 "steplog: resuming %s: cut off the torn last line (%d bytes)",

@@ -1,7 +1,7 @@
 """Process-level hooks: interpreter exit, SIGTERM, uncaught exceptions and fork.
 
-Runs register here (:func:`watch`) while they are active, each as an object that knows
-how to end itself (:class:`Watched`); the hooks end those runs when the process is about
+Runs register here (:func:`register`) while they are active, each as an object that knows
+how to end itself (:class:`Registered`); the hooks end those runs when the process is about
 to go away (``"unfinished"`` at exit, ``"failed"`` after an uncaught exception,
 ``"terminated"`` on SIGTERM) and drop them in a forked child, which inherits the
 parent's memory but not its writer thread. The hooks only call those methods: they
@@ -21,20 +21,20 @@ from types import FrameType
 from typing import Any, Protocol
 
 __all__ = [
-    "Watched",
+    "Registered",
     "crash_status",
     "install_exit_hook",
     "install_sigterm_handler",
+    "register",
     "track_ending",
-    "unwatch",
-    "watch",
+    "unregister",
 ]
 
 logger = logging.getLogger("steplog")
 
 
-class Watched(Protocol):
-    """An active run, as the hooks see it (see :func:`watch`)."""
+class Registered(Protocol):
+    """An active run, as the hooks see it (see :func:`register`)."""
 
     #: The thread that started the run.
     owner: int
@@ -53,7 +53,7 @@ class Watched(Protocol):
 # Active runs, from their start until their end is asked for (then :func:`track_ending`
 # looks after them). Added to and discarded from without a lock: a garbage-collected
 # tracker unregisters its run from whatever thread the collector runs on.
-_watched: set[Watched] = set()
+_registered: set[Registered] = set()
 _lock = threading.Lock()
 _exit_hook_installed = False
 _sigterm_installed = False
@@ -73,19 +73,19 @@ class Ending:
         self.timeout = timeout
 
 
-# Added to and discarded from without a lock, as _watched.
+# Added to and discarded from without a lock, as _registered.
 _ending: set[Ending] = set()
 
 
-def watch(run: Watched) -> None:
+def register(run: Registered) -> None:
     """Look after an active run at exit, on SIGTERM, after fork and when the thread
-    that started it dies of an exception (until :func:`unwatch`)."""
-    _watched.add(run)
+    that started it dies of an exception (until :func:`unregister`)."""
+    _registered.add(run)
 
 
-def unwatch(run: Watched) -> None:
+def unregister(run: Registered) -> None:
     """Stop looking after ``run`` (its end is asked for, or it was dropped)."""
-    _watched.discard(run)
+    _registered.discard(run)
 
 
 def track_ending(writer: Any, future: concurrent.futures.Future[Any], timeout: float) -> None:
@@ -96,7 +96,7 @@ def track_ending(writer: Any, future: concurrent.futures.Future[Any], timeout: f
 
 
 def _end_all(status: str, reason: str) -> None:
-    for run in list(_watched):
+    for run in list(_registered):
         try:
             run.end_abruptly(*_exit_status(run, status, reason))
         except Exception:  # one run's failure must not stop the others
@@ -125,7 +125,7 @@ def _wait_for_endings(hurry: str | None) -> None:
 _crash: type[BaseException] | None = None
 
 
-def _exit_status(run: Watched, status: str, reason: str) -> tuple[str, str]:
+def _exit_status(run: Registered, status: str, reason: str) -> tuple[str, str]:
     """A run left active at exit is "unfinished", unless the program died of an
     uncaught exception: of the main thread (every run), or of the thread that started
     the run. Then it is "failed" ("interrupted" for KeyboardInterrupt)."""
@@ -161,7 +161,7 @@ def _install_excepthooks() -> None:
     def thread_excepthook(args: Any) -> None:
         thread = args.thread
         if thread is not None and args.exc_type is not SystemExit:
-            for run in list(_watched):
+            for run in list(_registered):
                 if run.owner == thread.ident:
                     run.crash = args.exc_type
         previous_thread_hook(args)
@@ -284,9 +284,9 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def _after_fork_in_child() -> None:
     # The child has copies of the parent's runs but not their writer threads: forget
     # them so the child never writes into the parent's files.
-    for run in list(_watched):
+    for run in list(_registered):
         run.forget_after_fork()
-    _watched.clear()
+    _registered.clear()
     for ending in list(_ending):  # runs the parent was finishing: theirs too
         ending.writer.forget_after_fork()
     _ending.clear()

@@ -3,6 +3,7 @@ from their run files."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -11,11 +12,13 @@ import sys
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import steplog
 from steplog import watch
 
-from conftest import run_steplog, wait_until
+from conftest import cpu_tensors_as_device, run_steplog, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -441,3 +444,65 @@ def test_on_alert_may_finish_its_own_run_without_a_warning(runs_root):
     (path,) = runs_root.rglob("*.jsonl")
     run = steplog.read_run(path)
     assert run.status == "finished" and run.summary == {"stopped_at": 10}
+
+
+@pytest.mark.parametrize("path", ["host", "accelerator", "references"])
+def test_values_that_are_no_plain_numbers_are_checked_as_the_file_has_them(
+    runs_root, monkeypatch, path
+):
+    """Value watchers read tensors and numpy values as the run file records them, in
+    logging order with the plain ones: CPU tensors and numpy scalars read on the spot,
+    tensors the writer reads back (the accelerator path, exercised on CPU), and
+    references kept with ``snapshot=False``; arrays (lists in the file) fire nothing."""
+    torch = pytest.importorskip("torch")
+    np = pytest.importorskip("numpy")
+    if path == "accelerator":
+        cpu_tensors_as_device(monkeypatch)
+    tracker, fired = tracker_with(
+        runs_root,
+        [watch.above("loss", 10.0, cooldown=0), watch.nonfinite("grad.norm", cooldown=0)],
+        snapshot=path != "references",
+    )
+    t = torch.tensor
+    values = [1.0, t(20.0), np.float32(3.0), t([50.0, 60.0]), 40.0, np.float64(2.0), t(99.0)]
+    norms = [t(1.0), 2.0, t(float("nan")), 1.0, np.float32("inf"), 1.0, 1.0]
+    for loss, norm in zip(values, norms, strict=True):
+        tracker.log({"loss": loss, "grad": {"norm": norm}})
+    tracker.finish()
+    got = [(a.watcher, a.step) for a in fired]
+    assert got == [("above", 1), ("nonfinite", 2), ("above", 4), ("nonfinite", 4), ("above", 6)]
+    records = steplog.read_run(tracker.backends[0].path).records
+    assert [r.step for r in records] == list(range(7))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    # (whole numbers: every sum is exact, so batch splits cannot change a rounding)
+    values=st.lists(st.integers(1, 1_000).map(float), min_size=1, max_size=120),
+    cuts=st.lists(st.integers(0, 120), max_size=6),
+    window=st.integers(1, 8),
+    factor=st.floats(1.01, 4.0),
+)
+def test_diverging_fires_exactly_as_checked_one_value_at_a_time(values, cuts, window, factor):
+    """However the values are split into batches, ``diverging`` fires at exactly the
+    steps a plain one-value-at-a-time reading of its definition gives (the batch check
+    takes a shortcut for quiet batches; it must never change an outcome)."""
+    w = watch.diverging("x", factor=factor, window=window, cooldown=0)
+    w.reset()
+    steps = list(range(len(values)))
+    fired = []
+    bounds = sorted({0, len(values), *(c for c in cuts if c < len(values))})
+    for start, end in itertools.pairwise(bounds):
+        alerts = w.check_batch(steps[start:end], values[start:end], 0.0, 1.0)
+        fired += [a.step for a in alerts]
+    expected, best, active = [], math.inf, False
+    for j in range(window - 1, len(values)):
+        mean = sum(values[j - window + 1 : j + 1]) / window
+        best = min(best, mean)
+        if best > 0 and mean > factor * best:
+            if not active:
+                expected.append(j)
+            active = True
+        else:
+            active = False
+    assert fired == expected

@@ -8,6 +8,7 @@ the ``limit`` the hot path gets back after a slow step, and how a dropped item c
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -37,42 +38,100 @@ def _no_deadline() -> float | None:
     return None
 
 
+#: Whether ``log()`` may append without the lock: the GIL makes the append region of
+#: the fast path atomic (see :class:`LineBuffer`). A free-threaded build running
+#: without the GIL has no such guarantee: there, every line goes through the lock
+#: (``limit`` stays 0). Decided once, at import: a free-threaded build may turn the GIL
+#: on later (an extension that needs it), never off again, so "locked" stays correct.
+LOCK_FREE: bool = getattr(sys, "_is_gil_enabled", lambda: True)()
+
+#: The longest line ``log()`` appends without the lock. Longer ones (rare: a
+#: 100-key record is ~2.5 KiB) take the locked path; the bound is what lets one count
+#: comparison also keep the byte budget (see :meth:`LineBuffer._reset_limit`).
+FAST_LINE = 16 * 2**10
+
+
 class LineBuffer:
     """Encoded events waiting for the writer, bounded by a count and a byte budget.
 
     ``log()`` appends each event's JSON line (ending in ``\\n``) to :attr:`data`, one
-    growing ``bytearray``, under :attr:`lock`: the line object is freed at once, on the
-    thread that made it, and the writer takes a whole batch as one buffer. (Measured
-    against a list of line objects: that kept every line alive until the writer freed
-    it, from another thread, and cost the loop ~0.6 µs of CPU more per 10-key event.)
-    The few events the writer must finish (:data:`Row`: tensors to read from a device)
-    close the current ``bytearray`` into :attr:`segments` and queue behind it, so the
-    order of ``log()`` calls is kept.
+    growing ``bytearray``: the line object is freed at once, on the thread that made
+    it, and the writer takes a whole batch as one buffer. (Measured against a list of
+    line objects: that kept every line alive until the writer freed it, from another
+    thread, and cost the loop ~0.6 µs of CPU more per 10-key event.) The few events the
+    writer must finish (:data:`Row`: tensors to read from a device) close the current
+    ``bytearray`` into :attr:`segments` and queue behind it, so the order of ``log()``
+    calls is kept.
 
-    The hot path (``Tracker.log``) checks ``count < limit`` and that the line fits
-    ``line_limit`` and ``byte_limit`` under the lock and calls :meth:`put_slow` otherwise. The first
-    comparison covers both rare cases:
+    **The lock-free fast path** (``Tracker.log`` inlines it; :meth:`put` is the same)::
 
-    * waking the writer: while the wake-up is *armed*, ``limit`` is ``wake_at`` (the
-      batch size); the first producer past it disarms it (``limit = capacity``) and
-      wakes the writer once. The writer re-arms it when it takes a batch. So the writer
-      is woken at most once per batch, not once per event;
-    * overflow: once ``count >= capacity`` (or the bytes reach ``byte_budget``) the
-      policy applies;
-    * anything else a subclass must see: ``limit = 0`` sends every ``log()`` through
-      :meth:`put_slow` (a signal handler's late item; the writer process's ring);
-    * the end of the run (:meth:`end`): ``limit`` stays 0, and :meth:`put_slow` turns
-      the event away under the lock.
+        if buffer.count < buffer.limit and size <= buffer.fast_line:
+            buffer.count += 1
+            buffer.data.extend(line)
+            return
+
+    takes no lock. Why that is safe with the GIL (CPython 3.10 to 3.14, default build):
+
+    1. *The region is atomic.* CPython switches threads, and runs Python-level signal
+       handlers, only at its "eval breaker" checks — on a backward jump, at a
+       function's start, and right *after* a call returns — or when C code releases the
+       GIL. From the ``count`` load to the end of ``extend`` there is no backward jump
+       and one call, ``extend`` itself, whose check comes after it has appended; it
+       never releases the GIL (a memcpy into a resized buffer) and runs no Python code
+       (``line`` is ``bytes``). Nothing in the region allocates a container, so the
+       garbage collector (and the finalizers it could run) cannot start inside it. So
+       another thread, or a signal handler that calls ``log()``, runs entirely before
+       the region or entirely after it: the check, the reservation and the append are
+       one step. ``tests/test_hot_path.py`` checks, with a signal timer firing
+       thousands of times inside ``log()``, that no handler ever runs inside it.
+    2. *Lock holders close it first.* Every step under :attr:`lock` that reads or
+       changes :attr:`count`, :attr:`data` or :attr:`segments` first sets ``limit =
+       0`` (so no producer enters the region; by 1., none is inside it) and ends with
+       :meth:`_reset_limit`, which computes the next ``limit``. The writer's :meth:`take`
+       swaps :attr:`data` for a fresh ``bytearray`` and reads and resets :attr:`count`
+       while it is closed: a producer that had loaded the old ``bytearray`` had also
+       appended to it (1.), so nothing is lost, counted twice, or torn; everything the
+       old lock-based reasoning about policies and accounting says still holds, because
+       producers that bypass the lock only run while no lock holder is mid-step.
+    3. *One comparison keeps every limit.* ``limit`` is at most the wake-up threshold
+       (while armed: the producer that reaches it calls :meth:`put_slow`, which wakes
+       the writer) and the capacity, and at most ``count + room // fast_line``, where
+       ``room`` is what is left of the byte budget: each fast append adds at most
+       ``fast_line`` bytes, so the fast path can never exceed the budget either. The
+       first event that does not fit these conservative bounds takes
+       :meth:`put_slow`, which decides exactly as before (overflow policy, wake-up)
+       and reopens with fresh bounds (:meth:`_reset_limit`).
+
+    The end of the run (:meth:`end`) closes the path for good: ``limit`` stays 0, and
+    :meth:`put_slow` turns the event away under the lock (a producer whose region ran
+    before it queued its line before the last take: it is written and counted).
+
+    Subclasses (the writer process's mode, :class:`steplog._ringbuffer.RingBuffer`)
+    extend it through two hooks: :meth:`_reset_limit`, the ``limit`` the hot path gets
+    back after a slow step (0: every ``log()`` takes :meth:`put_slow`), and
+    :meth:`_count_drop`, how a dropped item counts.
+
+    ``count += 1`` and ``data.extend(line)`` are each on one line and re-read the
+    attribute: under a line-level tracer (a debugger's ``sys.settrace``, which can
+    switch threads between lines), no increment or line is lost either; only the limits
+    may then be passed by the few producers that interleave, and a batch's count may be
+    one off from its lines (the total stays exact). An opcode-level tracer
+    (``frame.f_trace_opcodes``) is outside this argument. On a free-threaded build
+    without the GIL, 1. does not hold: :data:`LOCK_FREE` is false and ``limit`` stays
+    0, so every line takes :meth:`put_slow`, under the lock.
 
     Attributes:
-        lock: Guards everything below; producers hold it only to append.
-        data: The newest queued lines.
+        lock: Guards everything below; lock-free producers only run while no holder is
+            mid-step (see above).
+        data: The newest queued lines (swapped for a fresh one by :meth:`take` and when
+            a segment closes; never changed in place except by appends, and by a
+            drop of its first line under the lock).
         segments: Older queued items, oldest first: ``bytearray`` runs of lines and rows.
         count: Events queued.
-        limit: Count at which a producer must call :meth:`put_slow`.
-        byte_limit: Length :attr:`data` may reach before a producer must call it.
-        line_limit: Longest line the hot path queues itself (``max_event_bytes``: the
-            slow path records a longer event as a marker).
+        limit: Count at which a producer must call :meth:`put_slow` (0: always).
+        fast_line: Longest line the lock-free path appends.
+        line_limit: Longest line queued as it is (``max_event_bytes``: the slow path
+            records a longer event as a marker).
         capacity: Maximum number of queued events.
         byte_budget: Maximum bytes of queued lines (a longer single line still fits
             into an empty buffer).
@@ -106,8 +165,7 @@ class LineBuffer:
         self.wake_at = min(wake_at, capacity)
         self.byte_budget = byte_budget
         self.policy = OverflowPolicy(policy)
-        self.limit = self.wake_at
-        self.byte_limit = byte_budget
+        self.fast_line = min(line_limit, FAST_LINE)
         self._segment_bytes = 0  # bytes of lines in segments
         self.dropped = 0
         self.max_depth = 0
@@ -129,6 +187,8 @@ class LineBuffer:
         self._room = threading.Condition(self.lock)
         self._blocked = 0
         self._waiting: set[int] = set()  # threads waiting for room
+        self.limit = 0
+        LineBuffer._reset_limit(self)  # (this class's: a subclass is not set up yet)
 
     def connect(self, wake: Callable[[], None], alive: Callable[[], bool]) -> None:
         """Set how to wake the writer and how to tell whether it still runs (called by
@@ -142,31 +202,31 @@ class LineBuffer:
     def put(self, line: bytes) -> None:
         """Queue one line (what ``Tracker.log`` does inline on its fast path)."""
         size = len(line)
-        with self.lock:
-            if (
-                self.count < self.limit
-                and size <= self.line_limit
-                and len(self.data) + size <= self.byte_limit
-            ):
-                self.data += line
-                self.count += 1
-                return
+        # The lock-free region (see the class docstring): no call before extend().
+        if self.count < self.limit and size <= self.fast_line:
+            self.count += 1
+            self.data.extend(line)
+            return
         self.put_slow(line)
 
     def put_slow(self, line: bytes) -> None:
         """Queue a line the hot path did not: wake the writer, apply the policy."""
         with self.lock:
-            self._refuse_if_ended()
-            if self._nested():
-                self._put_late(bytearray(line))
-                return
-            self._flush_late()
-            if self.count >= self.limit:
-                self._wake_if_armed()
-            if not self._overflow(len(line)):
-                self._refuse_if_ended()  # the wait for room let go of the lock
-                self._append(line)
-            self._flush_late()
+            self.limit = 0  # closed while this step runs (see the class docstring)
+            try:
+                self._refuse_if_ended()
+                if self._nested():
+                    self._put_late(bytearray(line))
+                    return
+                self._flush_late()
+                if self._armed and self.count >= self.wake_at:
+                    self._wake_if_armed()
+                if not self._overflow(len(line)):
+                    self._refuse_if_ended()  # the wait for room let go of the lock
+                    self._append(line)
+                self._flush_late()
+            finally:
+                self._reset_limit()
 
     def put_row(self, row: Row) -> None:
         """Queue an event the writer must encode (see :data:`Row`)."""
@@ -179,20 +239,24 @@ class LineBuffer:
         must not wait; bounded by the signal rate).
         """
         with self.lock:
-            self._refuse_if_ended()
-            self.has_rows = True
-            if self._nested():
-                self._put_late(item)
-                return
-            self._flush_late()
-            if self.count >= self.limit:
-                self._wake_if_armed()
-            if not (wait and self._overflow(0)):
-                self._refuse_if_ended()  # the wait for room let go of the lock
-                self._close_segment()
-                self.segments.append(item)
-                self.count += 1
-            self._flush_late()
+            self.limit = 0
+            try:
+                self._refuse_if_ended()
+                self.has_rows = True
+                if self._nested():
+                    self._put_late(item)
+                    return
+                self._flush_late()
+                if self._armed and self.count >= self.wake_at:
+                    self._wake_if_armed()
+                if not (wait and self._overflow(0)):
+                    self._refuse_if_ended()  # the wait for room let go of the lock
+                    self._close_segment()
+                    self.segments.append(item)
+                    self.count += 1
+                self._flush_late()
+            finally:
+                self._reset_limit()
 
     def _refuse_if_ended(self) -> None:
         """Turn a new event away once the run is ending (lock held; see :meth:`end`)."""
@@ -203,8 +267,10 @@ class LineBuffer:
             )
 
     def _append(self, line: bytes) -> None:
-        self.data += line
+        # Never ``self.data += line``: that stores the attribute again, and would undo
+        # a swap made meanwhile (the lock-free path appends with one call instead).
         self.count += 1
+        self.data.extend(line)
 
     def _nested(self) -> bool:
         """Whether this thread already held the lock: a signal handler's ``log()`` that
@@ -235,30 +301,36 @@ class LineBuffer:
             if type(item) is bytearray:
                 self._segment_bytes += len(item)
         self._late = []
-        self.byte_limit = self.byte_budget - self._segment_bytes
-        self._reset_limit()
 
     def _reset_limit(self) -> None:
-        """Give the hot path its ``limit`` back after a slow step (lock held): the batch
-        size while the wake-up is armed, the capacity once it fired; 0 for good once the
-        run is ending (:meth:`end`)."""
-        if self.ended:
+        """Give the hot path its ``limit`` back after a slow step (lock held): bounds
+        that keep every limit (the class docstring, 3.): at most the batch size while
+        the wake-up is armed, the capacity once it fired, and what the byte budget has
+        room for; 0 for good once the run is ending (:meth:`end`). A step interrupted
+        on this thread (by a signal handler that logs) is still under way: it reopens
+        when it ends."""
+        if self._held() > 1:
+            return
+        if self.ended or self._late or not LOCK_FREE:
             self.limit = 0
-        else:
-            self.limit = self.wake_at if self._armed else self.capacity
+            return
+        fast_line = self.fast_line = min(self.line_limit, FAST_LINE)
+        room = (self.byte_budget - self._segment_bytes - len(self.data)) // fast_line
+        limit = self.wake_at if self._armed else self.capacity
+        self.limit = min(limit, self.count + room)
 
     def _close_segment(self) -> None:
+        """Move the current lines into :attr:`segments` (lock held, fast path closed)."""
+        fresh = bytearray()
         data = self.data
         if data:
+            self.data = fresh
             self.segments.append(data)
             self._segment_bytes += len(data)
-            self.data = bytearray()
-            self.byte_limit = self.byte_budget - self._segment_bytes
 
     def _wake_if_armed(self) -> None:
         if self._armed:
             self._armed = False
-            self._reset_limit()
             self._wake()
 
     def _overflow(self, size: int) -> bool:
@@ -286,6 +358,7 @@ class LineBuffer:
             while self._full(size) and not self.closed:
                 self._wake()
                 self._room.wait(_BLOCK_POLL_SECONDS)
+                self.limit = 0  # the writer reopened it while this thread waited
                 if self.ended:
                     break  # the caller turns the event away (a drop now would not count)
                 if not self._alive():
@@ -314,7 +387,6 @@ class LineBuffer:
                 end = first.index(b"\n") + 1
                 del first[:end]
                 self._segment_bytes -= end
-                self.byte_limit = self.byte_budget - self._segment_bytes
                 if not first:
                     del segments[0]
             else:
@@ -360,27 +432,32 @@ class LineBuffer:
     def rearm(self, *, stopping: Callable[[], bool] = _never) -> None:
         """Re-enable the wake-up (the writer is about to take a batch)."""
         with self.writer_lock(stopping):
+            self.limit = 0
             self._armed = True
-            if self._late:
-                self.limit = 0
-            else:
-                self._reset_limit()
+            self._reset_limit()
 
     def take(self, *, stopping: Callable[[], bool] = _never) -> tuple[list[Any], int]:
         """Remove and return every queued item (``bytearray`` runs and rows) and the count."""
+        fresh = bytearray()
         with self.writer_lock(stopping):
-            count = self.count
-            if count > self.max_depth:
-                self.max_depth = count
-            self._flush_late()
-            self._close_segment()
-            items = self.segments
-            self.segments = []
-            self.count = 0
-            self._segment_bytes = 0
-            self.byte_limit = self.byte_budget
-            if self._blocked:
-                self._room.notify_all()
+            self.limit = 0  # closed: no producer appends until _reset_limit (docstring)
+            try:
+                self._flush_late()
+                items = self.segments
+                self.segments = []
+                data = self.data
+                self.data = fresh
+                count = self.count
+                self.count = 0
+                if data:
+                    items.append(data)
+                if count > self.max_depth:
+                    self.max_depth = count
+                self._segment_bytes = 0
+                if self._blocked:
+                    self._room.notify_all()
+            finally:
+                self._reset_limit()
         return items, count
 
     def end(
@@ -396,8 +473,10 @@ class LineBuffer:
         it still (it read it just before ``finish()``, or it waits for room). From here
         on such a call raises ``InactiveRunError``: ``ended`` is set under the lock, and a
         producer queues an event (or counts a drop) only under the lock with ``ended``
-        unset — so the last take gets every event a producer counted, and the run end's
-        ``logged == written + dropped`` holds. ``limit`` stays 0 (the hot path's check
+        unset, or in the lock-free region, which runs wholly before the ``limit = 0``
+        stored here (its line is then queued for the last take) or fails its check
+        after it — so the last take gets every event a producer counted, and the run
+        end's ``logged == written + dropped`` holds. ``limit`` stays 0 (the hot path's check
         fails, so every ``log()`` reaches :meth:`put_slow`, which raises); a producer
         waiting for room wakes up to it. ``remaining``: how long the stop lets a
         subclass wait for a producer still under way (the stop's deadline).

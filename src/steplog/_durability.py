@@ -328,9 +328,8 @@ class ProcessDurability(DurabilityStrategy):
         limit = min(self.encoder.max_event_bytes, ring.capacity)
         self.encoder.max_event_bytes = self.buffer.line_limit = limit
         self.direct.remove(runner)
-        # Value watchers read the lines too: log() then queues a copy for this thread.
-        watching = self.monitor is not None and bool(self.monitor.needles)
-        self.buffer.attach(ring, others=bool(self.direct) or others or watching)
+        # (Value watchers need no copy of the lines: log() hands them the values.)
+        self.buffer.attach(ring, others=bool(self.direct) or others)
         if self.monitor is not None:
             logger.info(
                 "steplog: durability='process': system and alert records of run %r are "

@@ -2,8 +2,10 @@
 watchers=)``).
 
 The writer creates a :class:`Monitor` only when one of those options is on, so a run
-without them pays nothing. Everything here runs on the writer's side: ``log()`` is
-never touched. Steps per second come from the count of events the writer took; CPU from
+without them pays nothing. Everything here runs on the writer's side, except
+:class:`ValueTap`: with value watchers, ``log()`` hands it each event's watched values
+(one dict lookup per watched key; see docs/watchers.md for why there). Steps per second
+come from the count of events the writer took; CPU from
 ``time.process_time()`` deltas; RSS from ``/proc/self/statm`` (Linux; elsewhere the
 peak RSS of ``resource.getrusage``); GPUs through NVML (``nvidia-ml-py``, the ``gpu``
 extra), when it is installed and a driver answers.
@@ -16,22 +18,32 @@ import contextlib
 import importlib
 import logging
 import math
+import numbers
+import operator
 import os
 import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, overload
 
 import orjson
 
+from ._buffer import LOCK_FREE
 from ._threads import run_thread
 from .runfile.codec import ValueEncoder, decode
 from .runfile.schema import alert_record, system_record
 from .watch import Alert, ClockWatcher, ValueWatcher, Watcher
 
-__all__ = ["AlertCallback", "AlertCallbacks", "GpuSampler", "Monitor", "SystemSampler"]
+__all__ = [
+    "AlertCallback",
+    "AlertCallbacks",
+    "GpuSampler",
+    "Monitor",
+    "SystemSampler",
+    "ValueTap",
+]
 
 logger = logging.getLogger("steplog")
 
@@ -227,6 +239,194 @@ class AlertCallbacks:
                     )
 
 
+#: Types whose values a value watcher ignores (what they encode to is no number).
+_NOT_NUMBERS = frozenset({type(None), str, bool, list, tuple, dict, bytes})
+
+
+#: ``ValueTap.key`` when log() cannot queue on its own: equal to no key of any dict.
+_NO_KEY = object()
+
+
+class _Later:
+    """A watched value still to be read from its event's data once the writer has read
+    the event's tensors back (a device tensor, or a reference kept with
+    ``snapshot=False``): the row's own dict, resolved in place by the writer."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+
+
+_FIRST = operator.itemgetter(0)
+_SECOND = operator.itemgetter(1)
+
+
+class _Steps(Sequence[int]):
+    """The steps of a list of ``(step, value)`` entries, read on demand."""
+
+    __slots__ = ("entries",)
+
+    def __init__(self, entries: list[tuple[int, Any]]) -> None:
+        self.entries = entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[int]: ...
+
+    def __getitem__(self, index: int | slice) -> int | list[int]:
+        if isinstance(index, slice):
+            return [entry[0] for entry in self.entries[index]]
+        return int(self.entries[index][0])
+
+    def __iter__(self) -> Iterator[int]:
+        return map(_FIRST, self.entries)
+
+
+class ValueTap:
+    """``log()``'s side of the value watchers: each event's watched values, queued.
+
+    A value watcher checks one key of every event. ``log()`` has the event's dict at
+    hand, so the value is one dict lookup away there; the writer has only the encoded
+    lines, and decoding them cost +2.5 µs per event (issue #26). So ``log()`` calls
+    :meth:`capture` (``Tracker.log`` does, only for trackers with value watchers: it is
+    a branch that every tracker's ``log()`` takes anyway for slow spells) and queues
+    ``(step, value)`` per watched key; the writer checks each queue a batch at a time
+    (:meth:`Monitor.check_values`). A value that is no plain number when logged
+    (a tensor, a numpy array, another object) is read from what the run file gets, as
+    before: :meth:`line` decodes the event's encoded line, on the slow path that such
+    an event takes anyway; :meth:`row` queues the event's own dict, for the writer to
+    read once it has read the tensors back (in place).
+
+    Each queue is a list that producers append to with one call (``self.values[i]
+    .append(...)`` on one line: atomic with the GIL, like the buffer's append, see
+    ``LineBuffer``) and that the writer swaps for an empty one (:meth:`swap`) *before*
+    it takes a batch: every value it gets was queued before that batch was taken, so a
+    row's value is resolved when it is checked (:meth:`row` queues before the row).
+    Without the GIL (:data:`~steplog._buffer.LOCK_FREE` false), both sides take a lock.
+    """
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        self.keys = list(keys)
+        self.lookups = [(key, "." not in key) for key in self.keys]
+        #: One queue per watched key: ``(step, value)``, value a number or a _Later.
+        self.values: list[list[tuple[int, Any]]] = [[] for _ in self.keys]
+        #: Rows queued so far (the writer looks for _Later values only when it moved).
+        self.rows = 0
+        self.lock = threading.Lock() if not LOCK_FREE else None
+        #: The one watched key, not dotted (the GIL): ``log()`` queues a float under it
+        #: itself, without calling :meth:`capture`. Otherwise a key no dict has.
+        self.key: Any = _NO_KEY
+        #: What ``log()`` gets for :attr:`key` when the event lacks it: None (nothing
+        #: to check) for the one key; for several, anything else (call capture).
+        self.absent: Any = _NO_KEY
+        if self.lock is None and len(self.keys) == 1 and "." not in self.keys[0]:
+            self.key = self.keys[0]
+            self.absent = None
+            self.capture = self._capture_one  # type: ignore[method-assign]
+
+    def capture(self, step: int, data: dict[str, Any]) -> bool:
+        """Queue the watched values of one event; True when one of them must be read
+        from the encoded event instead (:meth:`line` or :meth:`row`; nothing queued)."""
+        values = []
+        for key, flat in self.lookups:
+            value = data.get(key) if flat else _lookup(data, key)
+            kind = type(value)
+            if kind is float or kind is int:
+                values.append(value)
+            elif kind in _NOT_NUMBERS:
+                values.append(None)
+            elif isinstance(value, (int, float)):  # numpy.float64, IntEnum: as encoded
+                values.append(float(value))
+            else:
+                return True
+        with self.lock or contextlib.nullcontext():
+            for index, value in enumerate(values):
+                if value is not None:
+                    self.values[index].append((step, value))
+        return False
+
+    def _capture_one(self, step: int, data: dict[str, Any]) -> bool:
+        # capture() for the common case: one watched key, not dotted, the GIL.
+        value = data.get(self.key)
+        kind = type(value)
+        if kind is float or kind is int:
+            self.values[0].append((step, value))
+        elif kind not in _NOT_NUMBERS:
+            if not isinstance(value, (int, float)):
+                return True
+            self.values[0].append((step, float(value)))
+        return False
+
+    def line(self, step: int, line: bytes) -> None:
+        """Queue the watched values of an event from its encoded line (slow path)."""
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:  # pragma: no cover - log() encoded it
+            return
+        event = record.get("data")
+        if type(event) is not dict:
+            return  # a marker line (unencodable, too large): no values
+        with self.lock or contextlib.nullcontext():
+            for index, (key, flat) in enumerate(self.lookups):
+                value: Any = event.get(key) if flat else _lookup(event, key)
+                if type(value) is dict:  # a tagged value: NaN, ±inf, a big int
+                    value = decode(value)
+                kind = type(value)
+                if kind is float or kind is int:
+                    self.values[index].append((step, value))
+
+    def row(self, step: int, data: dict[str, Any]) -> None:
+        """Queue the watched values of an event the writer reads back (call it before
+        the row is queued: a swap must never hold the value of a row not yet queued)."""
+        later = _Later(data)
+        self.rows += 1
+        with self.lock or contextlib.nullcontext():
+            for index in range(len(self.keys)):
+                self.values[index].append((step, later))
+
+    def swap(self) -> list[list[tuple[int, Any]]]:
+        """Take every queued value, per key (the writer, before it takes a batch)."""
+        fresh: list[list[tuple[int, Any]]] = [[] for _ in self.keys]
+        with self.lock or contextlib.nullcontext():
+            queued = self.values
+            taken = []
+            for index in range(len(fresh)):
+                taken.append(queued[index])
+                queued[index] = fresh[index]  # (a store: no call between it and the load)
+        return taken
+
+    def numbers(
+        self, index: int, entries: list[tuple[int, Any]]
+    ) -> tuple[Sequence[int], list[Any]]:
+        """The steps and numbers of queue ``index``'s ``entries`` (rows read back)."""
+        values = list(map(_SECOND, entries))
+        if not (self.rows and any(type(v) is _Later for v in values)):
+            # Steps are read only when a watcher fires: not listed up front.
+            return _Steps(entries), values
+        key, flat = self.lookups[index]
+        steps: list[int] = []
+        values = []
+        for step, value in entries:
+            if type(value) is _Later:
+                data = value.data
+                value = data.get(key) if flat else _lookup(data, key)
+                if type(value) is dict:
+                    value = decode(value)
+                if type(value) is not float and type(value) is not int:
+                    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                        continue  # no number, or a dropped row (placeholders left)
+                    value = float(value)  # a numpy scalar: a number in the file
+            steps.append(step)
+            values.append(value)
+        return steps, values
+
+
 class Monitor:
     """The writer's periodic work for system metrics and watchers.
 
@@ -258,10 +458,8 @@ class Monitor:
             watcher.reset()
             if isinstance(watcher, ValueWatcher):
                 self.value_watchers.setdefault(watcher.key, []).append(watcher)
-        # A batch without any watched key's name in it is not decoded at all.
-        names = {part for key in self.value_watchers for part in (key, key.rpartition(".")[2])}
-        self.needles = sorted(orjson.dumps(name) + b":" for name in names)
-        self.lookups = [(key, "." not in key, ws) for key, ws in self.value_watchers.items()]
+        #: Where log() queues the watched values (None without value watchers).
+        self.tap = ValueTap(list(self.value_watchers)) if self.value_watchers else None
         self.sampler: SystemSampler | None = None
         self.next_sample = math.inf
         self.alerts = 0
@@ -275,32 +473,26 @@ class Monitor:
 
     # -- called by the writer after each drain ------------------------------------
 
-    def scan(self, data: bytes | bytearray) -> None:
-        """Check the values of the watched keys in a batch of encoded step lines."""
-        if not any(needle in data for needle in self.needles):
+    def check_values(self, taken: Sequence[list[tuple[int, Any]]]) -> None:
+        """Check the values ``log()`` queued (``taken``: :meth:`ValueTap.swap`, called
+        before the batch whose rows have been read back since)."""
+        tap = self.tap
+        if tap is None:
             return
-        records = orjson.loads(b"[" + bytes(data[:-1]).replace(b"\n", b",") + b"]")
-        now, mono = time.time(), time.monotonic()
+        now = mono = 0.0
         fired: list[Alert] = []
-        for key, flat, watchers in self.lookups:
-            steps: list[int] = []
-            values: list[float] = []
-            for record in records:
-                event = record.get("data")
-                if type(event) is not dict:
-                    continue  # a marker line (unencodable, too large)
-                value: Any = event.get(key) if flat else _lookup(event, key)
-                kind = type(value)
-                if kind is dict:  # a tagged value: NaN, ±inf, a big int
-                    value = decode(value)
-                    kind = type(value)
-                if kind is float or kind is int:
-                    steps.append(record["step"])
-                    values.append(value)
-            if values:
-                for watcher in watchers:
-                    fired += watcher.check_batch(steps, values, now, mono)
-        fired.sort(key=lambda alert: alert.step if alert.step is not None else -1)
+        for index, watchers in enumerate(self.value_watchers.values()):
+            if not taken[index]:
+                continue
+            steps, values = tap.numbers(index, taken[index])
+            if not values:
+                continue
+            if not mono:
+                now, mono = time.time(), time.monotonic()
+            for watcher in watchers:
+                fired += watcher.check_batch(steps, values, now, mono)
+        if len(fired) > 1:
+            fired.sort(key=lambda alert: alert.step if alert.step is not None else -1)
         for alert in fired:  # in step order, whichever watcher saw it
             self._fire(alert)
 

@@ -102,7 +102,6 @@ class RingBuffer(LineBuffer):
                 RingCopy(item) if type(item) is bytearray else item for item in self._late
             ]
             self._segment_bytes = 0
-            self.byte_limit = self.byte_budget
             self.ring = None
             self._rows_pending = False
             self.has_rows = True

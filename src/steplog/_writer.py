@@ -251,6 +251,8 @@ class Writer:
                 # event before the drain below (which takes it), or raises
                 # InactiveRunError — never counted and left behind.
                 buffer.end(stopping=self.requests.stopping, remaining=stop.remaining)
+                self._drain()  # (at least once: the value watchers' last values may
+                # wait without lines)
                 while buffer.count:
                     self._drain()
             else:
@@ -297,14 +299,17 @@ class Writer:
             resolve_after(future, needs)
 
     def _drain(self) -> None:
-        """Take everything queued and deliver it as one batch."""
-        items, count = self.buffer.take(stopping=self.requests.stopping)
-        if not count:
-            return
-        data = self.outputs.deliver(items, count)
+        """Take everything queued and deliver it as one batch; then check the values
+        ``log()`` handed the value watchers before the take (their rows are read back
+        by then: see ``ValueTap``)."""
         monitor = self.monitor
-        if data is not None and monitor is not None and monitor.needles:
-            monitor.scan(data)
+        tap = monitor.tap if monitor is not None else None
+        values = tap.swap() if tap is not None else None
+        items, count = self.buffer.take(stopping=self.requests.stopping)
+        if items:  # (not `count`: under a line tracer it may be one off; see LineBuffer)
+            self.outputs.deliver(items, count)
+        if values is not None and monitor is not None:
+            monitor.check_values(values)
 
     def _events_seen(self) -> int:
         """Events logged so far that the writer has seen (taken, or dropped)."""

@@ -44,7 +44,7 @@ from ._hooks import (
     track_ending,
     unregister,
 )
-from ._monitor import Monitor
+from ._monitor import Monitor, ValueTap
 from ._names import new_run_id
 from ._options import (
     DEFAULT_BATCH_SIZE,
@@ -306,6 +306,11 @@ class _TrackerBase(_OptionAttributes):
         self._steps: Iterator[int] = itertools.count()
         self._encoder = ValueEncoder()
         self._slow_calls = 0  # calls left that go straight to the slow path
+        #: Value watchers' queue of values (see ValueTap), or None.
+        self._tap: ValueTap | None = None
+        #: Whether log() takes its rare branch: a slow spell, or a tap to feed. One
+        #: flag, so that a tracker without watchers pays nothing for them.
+        self._detour = False
         self._misses = 0  # fast-path misses in a row
         self._host_calls = 0  # slow calls left that go straight to the snapshot
         self._host_misses = 0  # host-value misses in a row
@@ -357,15 +362,30 @@ class _TrackerBase(_OptionAttributes):
         else:
             step = self._explicit_step(step)
         now = _now()
-        if self._slow_calls:
-            self._slow_calls -= 1
-            self._log_slow(buffer, data, step, now)
-            return
+        if self._detour:
+            tap = self._tap
+            if tap is not None:
+                # One watched key: a float is queued right here, an absent key (None)
+                # skipped; anything else (and several keys: tap.absent) goes to capture.
+                value = data.get(tap.key, tap.absent)
+                if type(value) is float:
+                    tap.values[0].append((step, value))
+                elif value is not None and tap.capture(step, data):
+                    # A watched value that is no plain number: read it from the encoding.
+                    self._log_slow(buffer, data, step, now, tap)
+                    return
+            if self._slow_calls:
+                self._slow_calls -= 1
+                if not self._slow_calls:
+                    self._detour = tap is not None
+                self._log_slow(buffer, data, step, now)
+                return
         # The fast path: orjson's own type dispatch is the check. Strict (no default,
         # no numpy option), so anything it cannot store as itself fails at once and
-        # takes the slow path with the copy and snapshot of arrays and tensors.
+        # takes the slow path with the copy and snapshot of arrays and tensors. (The
+        # option is positional: ~20 ns less than option=, no keyword names to match.)
         try:
-            line = _dumps({"step": step, "time": now, "data": data}, option=_LINE)
+            line = _dumps({"step": step, "time": now, "data": data}, None, _LINE)
         except TypeError:  # orjson.JSONEncodeError included
             self._missed_fast()
             self._log_slow(buffer, data, step, now)
@@ -375,24 +395,15 @@ class _TrackerBase(_OptionAttributes):
         if _find_null(line) is not None:  # NaN and infinities come out as null: tag them
             line = self._encoder.encode_row(step, now, data)
         size = len(line)
-        lock = buffer.lock
-        try:
-            # Acquired inside the try: Ctrl-C is raised as a call returns, and one raised
-            # as acquire() returns must not leave the lock held (finish() would hang).
-            lock.acquire()
-            if (
-                buffer.count < buffer.limit
-                and size <= buffer.line_limit
-                and len(buffer.data) + size <= buffer.byte_limit
-            ):
-                buffer.data += line
-                buffer.count += 1
-                return
-        finally:
-            try:  # noqa: SIM105 (contextlib.suppress costs the hot path ~0.2 µs)
-                lock.release()
-            except RuntimeError:  # acquire() itself was interrupted: nothing to release
-                pass
+        # Lock-free: from here to extend()'s return no other thread and no signal
+        # handler can run (no call before it), and the writer closes this path
+        # (limit = 0) before it swaps the buffer. The argument, and why the three
+        # limits are one comparison: LineBuffer's docstring. Keep this region free of
+        # calls; `buffer.data += line` would store the attribute again after a swap.
+        if buffer.count < buffer.limit and size <= buffer.fast_line:
+            buffer.count += 1
+            buffer.data.extend(line)
+            return
         if size > buffer.line_limit:
             self._put_slow(buffer, line, step, now, data)
         else:  # a wake-up, an overflow, or the writer process's ring
@@ -406,22 +417,36 @@ class _TrackerBase(_OptionAttributes):
         if self._misses >= _MISS_STREAK:
             self._misses = 0
             self._slow_calls = _SLOW_SPELL
+            self._detour = True
 
-    def _log_slow(self, buffer: LineBuffer, data: dict[str, Any], step: int, now: float) -> None:
+    def _log_slow(
+        self,
+        buffer: LineBuffer,
+        data: dict[str, Any],
+        step: int,
+        now: float,
+        tap: ValueTap | None = None,
+    ) -> None:
         """The slow path, never raising into the caller when another thread changes a
-        container of ``data`` while it is read (retried; then a marker is recorded)."""
+        container of ``data`` while it is read (retried; then a marker is recorded).
+        ``tap``: hand it the watched values, from what is queued."""
         for attempt in range(3):
             try:
-                self._log_slow_once(buffer, data, step, now)
+                self._log_slow_once(buffer, data, step, now, tap)
             except RuntimeError as exc:  # "dictionary changed size during iteration"
                 if attempt == 2:
                     line = self._encoder.unencodable(step, now, exc)
-                    self._put_slow(buffer, line, step, now, data)
+                    self._put_slow(buffer, line, step, now, data, tap)
             else:
                 return
 
     def _log_slow_once(
-        self, buffer: LineBuffer, data: dict[str, Any], step: int, now: float
+        self,
+        buffer: LineBuffer,
+        data: dict[str, Any],
+        step: int,
+        now: float,
+        tap: ValueTap | None = None,
     ) -> None:
         """Encode values that need no device read on the spot; snapshot the others."""
         if self._host_calls:
@@ -442,31 +467,43 @@ class _TrackerBase(_OptionAttributes):
                 self._host_misses = 0
                 if _find_null(line) is not None:
                     line = self._encoder.encode_row(step, now, data)
-                self._put_slow(buffer, line, step, now, data)
+                self._put_slow(buffer, line, step, now, data, tap)
                 return
         data = data.copy()
         if buffer.libraries and not buffer.is_plain(map(type, data.values())):
             if not self._options.snapshot:
+                if tap is not None:
+                    tap.row(step, data)  # (before the row: see ValueTap)
                 buffer.put_row((step, now, data))  # references: the writer reads them
                 return
             data = _snapshot(data, max_array_size=self._options.max_array_size)
             if DEFER_KEY in data:
+                if tap is not None:
+                    tap.row(step, data)
                 buffer.put_row((step, now, data))
                 return
         try:
             line = self._encoder.encode_row(step, now, data)
         except Exception as exc:  # pragma: no cover - encode_row has its own fallbacks
             line = self._encoder.unencodable(step, now, exc)
-        self._put_slow(buffer, line, step, now, data)
+        self._put_slow(buffer, line, step, now, data, tap)
 
     def _put_slow(
-        self, buffer: LineBuffer, line: bytes, step: int, now: float, data: Mapping[str, Any]
+        self,
+        buffer: LineBuffer,
+        line: bytes,
+        step: int,
+        now: float,
+        data: Mapping[str, Any],
+        tap: ValueTap | None = None,
     ) -> None:
         if len(line) > self._encoder.max_event_bytes:
             line = self._encoder.too_large(step, now, data, len(line))
             buffer.put_slow(line)
         else:
             buffer.put(line)
+        if tap is not None:
+            tap.line(step, line)
 
     def _explicit_step(self, step: Any) -> int:
         if isinstance(step, bool):
@@ -572,6 +609,9 @@ class _TrackerBase(_OptionAttributes):
         self._run = run
         self._encoder = run.encoder
         self._slow_calls = self._misses = self._host_calls = self._host_misses = 0
+        monitor = run.writer.monitor
+        self._tap = monitor.tap if monitor is not None else None
+        self._detour = self._tap is not None
         self._buffer = run.buffer
         self._forked = False
         # A tracker dropped with its run still active (a train() function that forgot

@@ -1,0 +1,243 @@
+"""The lock-free fast path of ``log()`` (issue #26): nothing lost, duplicated or torn.
+
+``Tracker.log`` appends to the buffer without its lock; ``LineBuffer``'s docstring
+argues why that is safe with the GIL. These tests pin the argument's premise (no
+signal handler, hence no thread switch, runs inside the region), the exact overflow
+semantics against a reference model, and the whole path under threads and re-entrant
+signal handlers, for every overflow policy with a tiny buffer.
+"""
+
+from __future__ import annotations
+
+import dis
+import itertools
+import signal
+import sys
+import threading
+from collections import Counter
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import steplog
+from steplog import _buffer
+from steplog._buffer import LineBuffer
+
+POLICIES = ["block", "drop_oldest", "drop_newest"]
+needs_timer = pytest.mark.skipif(
+    not hasattr(signal, "setitimer"), reason="needs signal.setitimer (POSIX)"
+)
+needs_gil = pytest.mark.skipif(
+    not _buffer.LOCK_FREE, reason="a build without the GIL takes the locked path"
+)
+
+
+def _region(code: object) -> tuple[int, int]:
+    """Offsets of ``log()``'s lock-free region: the call just before it (the last
+    place a handler may run before it) and the first instruction of the ``extend`` call
+    (3.11's ``PRECALL``, which, once specialised, makes the call itself and checks for
+    handlers only after it)."""
+    instructions = list(dis.get_instructions(code))  # type: ignore[arg-type]
+    extend = next(i for i in instructions if i.opname.startswith("LOAD_") and i.argval == "extend")
+    calls = [i.offset for i in instructions if i.opname.startswith(("CALL", "PRECALL"))]
+    start = max(offset for offset in calls if offset < extend.offset)
+    end = min(offset for offset in calls if offset > extend.offset)
+    return start, end
+
+
+@needs_timer
+@needs_gil
+@pytest.mark.skipif(sys.implementation.name != "cpython", reason="CPython's eval loop")
+def test_no_signal_handler_runs_inside_the_lock_free_region():
+    """A signal timer firing thousands of times during log() never runs its handler
+    between the fast path's limit check and its append, and one that runs at the
+    append's call finds the line appended already (the premise of the lock-free
+    argument: CPython runs handlers, and switches threads, at the same points)."""
+    # The writer takes nothing during the loop (no batch, no interval): a line logged
+    # is at the end of buffer.data until the next log().
+    tracker = steplog.Tracker(
+        steplog.NullBackend(), buffer_size=2_000_000, batch_size=2_000_000, flush_interval=1e6
+    )
+    tracker.init()
+    code = steplog.Tracker.log.__code__
+    start, end = _region(code)
+    seen: Counter[int] = Counter()
+    early: list[int] = []  # handlers at the call that found the line not appended yet
+
+    def handler(signum: int, frame: object) -> None:
+        if frame is None or frame.f_code is not code:  # type: ignore[attr-defined]
+            return
+        offset = frame.f_lasti  # type: ignore[attr-defined]
+        seen[offset] += 1
+        if offset >= end:
+            names = frame.f_locals  # type: ignore[attr-defined]
+            if "line" in names and not names["buffer"].data.endswith(names["line"]):
+                early.append(offset)
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, 1e-5, 1e-5)
+    try:
+        for i in range(300_000):
+            tracker.log({"loss": 0.5, "i": i, "s": "abc"})
+            if seen[end] >= 1_000:
+                break
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    tracker.finish()
+    assert sum(seen.values()) > 100, "the timer hardly ever fired inside log()"
+    inside = {offset: n for offset, n in seen.items() if start < offset < end}
+    assert not inside, f"handlers ran inside the region ({start}, {end}): {inside}"
+    assert seen[end] > 0  # right after the append: where they do run
+    assert not early
+
+
+class Model:
+    """The overflow policies as documented, one event at a time (the reference)."""
+
+    def __init__(self, capacity: int, budget: int, policy: str) -> None:
+        self.capacity, self.budget, self.policy = capacity, budget, policy
+        self.lines: list[bytes] = []
+        self.dropped = 0
+
+    def full(self, size: int) -> bool:
+        queued = sum(map(len, self.lines))
+        return len(self.lines) >= self.capacity or (
+            size > 0 and queued > 0 and queued + size > self.budget
+        )
+
+    def put(self, line: bytes) -> None:
+        if self.full(len(line)):
+            if self.policy == "drop_newest":
+                self.dropped += 1
+                return
+            while self.lines and self.full(len(line)):
+                self.lines.pop(0)
+                self.dropped += 1
+        self.lines.append(line)
+
+    def take(self) -> list[bytes]:
+        lines, self.lines = self.lines, []
+        return lines
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    policy=st.sampled_from(["drop_oldest", "drop_newest"]),
+    capacity=st.integers(1, 40),
+    wake_at=st.integers(1, 40),
+    budget=st.integers(1, 3_000),
+    ops=st.lists(st.one_of(st.integers(0, 400), st.sampled_from(["take", "rearm"])), max_size=300),
+)
+def test_fast_path_keeps_the_exact_policy_semantics(policy, capacity, wake_at, budget, ops):
+    """Whatever the sizes, limits and takes, the buffer (fast path included) keeps,
+    drops and counts exactly what the documented policy does, line by line."""
+    wakes = []
+    buffer = LineBuffer(capacity, wake_at=wake_at, policy=policy, byte_budget=budget)
+    buffer.connect(lambda: wakes.append(1), lambda: True)
+    model = Model(capacity, budget, policy)
+    seq = 0
+    for op in ops:
+        if op == "take":
+            items, count = buffer.take()
+            got = b"".join(items).splitlines(keepends=True)
+            assert got == model.take()
+            assert count == len(got)
+        elif op == "rearm":
+            buffer.rearm()
+        else:
+            line = b'{"i":%d,"p":"%s"}\n' % (seq, b"x" * op)
+            seq += 1
+            buffer.put(line)
+            model.put(line)
+            assert buffer.count == len(model.lines)
+            assert buffer.dropped == model.dropped
+    items, count = buffer.take()
+    assert b"".join(items).splitlines(keepends=True) == model.take()
+
+
+def _produce(tracker: steplog.Tracker, name: str, n: int) -> None:
+    for i in range(n):
+        tracker.log({"who": name, "i": i, "pad": "x" * (i % 7)})
+
+
+@needs_timer
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("watched", [False, True], ids=["plain", "watched"])
+def test_threads_and_reentrant_signal_handlers_lose_nothing(tmp_path, policy, watched):
+    """Three threads and a signal handler that logs re-entrantly (on the main thread,
+    inside log() and the writer's takes) share a tiny buffer under each policy: every
+    line in the file is whole and unique, each producer's lines keep their order,
+    ``logged == written + dropped`` and the file has exactly ``written`` events; under
+    ``block`` nothing is dropped."""
+    watchers = [steplog.watch.above("i", 1e12)] if watched else []
+    tracker = steplog.Tracker(
+        steplog.JsonlBackend(tmp_path),
+        buffer_size=8,
+        batch_size=3,
+        buffer_bytes=600,
+        overflow=policy,
+        flush_interval=0.001,
+        watchers=watchers,
+    )
+    tracker.init()
+    handled = itertools.count()  # next() is atomic: handlers may nest
+
+    def handler(signum: int, frame: object) -> None:
+        tracker.log({"who": "signal", "i": next(handled)})
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, 2e-4, 2e-4)
+    n = 4_000
+    threads = [threading.Thread(target=_produce, args=(tracker, f"t{k}", n)) for k in range(3)]
+    try:
+        for thread in threads:
+            thread.start()
+        _produce(tracker, "main", n)
+        for thread in threads:
+            thread.join()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    stats = tracker.finish()
+    signals = next(handled)
+    assert signals > 0
+    logged = 4 * n + signals
+    assert stats.logged == logged
+    assert stats.written + stats.dropped == logged
+    if policy == "block":
+        assert stats.dropped == 0
+    assert tracker.backends[0].path is not None
+    lines = tracker.backends[0].path.read_bytes().splitlines()
+    events = [orjson.loads(line) for line in lines[1:-1]]  # every line parses: none torn
+    steps = [e for e in events if "data" in e and "step" in e]
+    assert len(steps) == stats.written
+    keys = [(e["data"]["who"], e["data"]["i"]) for e in steps]
+    assert len(set(keys)) == len(keys), "a line was written twice"
+    for who in ["main", "t0", "t1", "t2"]:  # (handlers nest: theirs have no order)
+        mine = [i for w, i in keys if w == who]
+        assert mine == sorted(mine), f"{who}'s lines are out of order"
+    if policy == "block":
+        assert sorted(keys) == sorted(
+            [(w, i) for w in ["main", "t0", "t1", "t2"] for i in range(n)]
+            + [("signal", i) for i in range(signals)]
+        )
+
+
+def test_buffer_without_the_gil_takes_the_locked_path(monkeypatch):
+    """Where the GIL is off (free-threaded builds), the lock-free path stays closed:
+    every line goes through the lock, with the same results."""
+    monkeypatch.setattr(_buffer, "LOCK_FREE", False)
+    buffer = LineBuffer(5, wake_at=2, policy="drop_newest")
+    wakes = []
+    buffer.connect(lambda: wakes.append(1), lambda: True)
+    assert buffer.limit == 0
+    for i in range(8):
+        buffer.put(b'{"i":%d}\n' % i)
+        assert buffer.limit == 0
+    items, count = buffer.take()
+    assert count == 5 and buffer.dropped == 3
+    assert b"".join(items).splitlines() == [b'{"i":%d}' % i for i in range(5)]
+    assert len(wakes) == 1  # once per batch, as with the fast path

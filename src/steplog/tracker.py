@@ -405,7 +405,7 @@ class _TrackerBase(_OptionAttributes):
             buffer.data.extend(line)
             return
         if size > buffer.line_limit:
-            self._put_slow(buffer, line, step, now, data)
+            self._queue_line(buffer, line, step, now, data)
         else:  # a wake-up, an overflow, or the writer process's ring
             buffer.put_slow(line)
 
@@ -436,7 +436,7 @@ class _TrackerBase(_OptionAttributes):
             except RuntimeError as exc:  # "dictionary changed size during iteration"
                 if attempt == 2:
                     line = self._encoder.unencodable(step, now, exc)
-                    self._put_slow(buffer, line, step, now, data, tap)
+                    self._queue_line(buffer, line, step, now, data, tap)
             else:
                 return
 
@@ -467,7 +467,7 @@ class _TrackerBase(_OptionAttributes):
                 self._host_misses = 0
                 if _find_null(line) is not None:
                     line = self._encoder.encode_row(step, now, data)
-                self._put_slow(buffer, line, step, now, data, tap)
+                self._queue_line(buffer, line, step, now, data, tap)
                 return
         data = data.copy()
         if buffer.libraries and not buffer.is_plain(map(type, data.values())):
@@ -486,9 +486,9 @@ class _TrackerBase(_OptionAttributes):
             line = self._encoder.encode_row(step, now, data)
         except Exception as exc:  # pragma: no cover - encode_row has its own fallbacks
             line = self._encoder.unencodable(step, now, exc)
-        self._put_slow(buffer, line, step, now, data, tap)
+        self._queue_line(buffer, line, step, now, data, tap)
 
-    def _put_slow(
+    def _queue_line(
         self,
         buffer: LineBuffer,
         line: bytes,
@@ -497,6 +497,8 @@ class _TrackerBase(_OptionAttributes):
         data: Mapping[str, Any],
         tap: ValueTap | None = None,
     ) -> None:
+        """Queue a line ``log()``'s fast path did not: one longer than ``max_event_bytes``
+        becomes the too-large marker; the watchers' tap gets the line's values."""
         if len(line) > self._encoder.max_event_bytes:
             line = self._encoder.too_large(step, now, data, len(line))
             buffer.put_slow(line)

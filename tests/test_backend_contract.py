@@ -256,3 +256,38 @@ def test_a_jsonl_backend_that_says_local_false_is_not_the_run_file(tmp_path):
     assert steplog.read_run(run_file.path).history["x"] == list(range(100))
     copies = list((tmp_path / "mirror").rglob("*.jsonl"))
     assert len(copies) == 1 and steplog.read_run(copies[0]).history["x"] == list(range(100))
+
+
+@pytest.mark.parametrize("answer", [None, -1, 10**9, "3"])
+def test_a_discard_sync_with_a_wrong_answer_costs_that_backend_only(tmp_path, answer, caplog):
+    """A SyncBackend whose discard_sync forgets to return a count (or miscounts) after
+    a failed batch is counted as having stored none of it, with the reason logged: the
+    writer thread, the run file and the run's end are unaffected (before: the writer
+    died on `int += None`, the file stopped and finish() raised WorkerError)."""
+
+    class Broken(steplog.SyncBackend):
+        def open_sync(self, run, encoder):
+            pass
+
+        def write_sync(self, events):
+            raise RuntimeError("down")
+
+        def discard_sync(self):
+            return answer
+
+        def close_sync(self, end):
+            pass
+
+    jsonl = steplog.JsonlBackend(tmp_path)
+    tracker = steplog.Tracker(
+        jsonl, Broken(), batch_size=100, retry=steplog.RetryPolicy(retries=0, breaker_after=1000)
+    )
+    tracker.init()
+    for step in range(2_000):
+        tracker.log({"x": step})
+    stats = tracker.finish()
+    run = steplog.read_run(jsonl.path)
+    assert run.status == "finished" and run.history["x"] == list(range(2_000))
+    broken = stats.backends["broken"]
+    assert broken.delivered == 0 and broken.failed == 2_000
+    assert "discard_sync() must return" in (broken.last_error or "")

@@ -3,6 +3,7 @@ from their run files."""
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import logging
@@ -506,3 +507,27 @@ def test_diverging_fires_exactly_as_checked_one_value_at_a_time(values, cuts, wi
         else:
             active = False
     assert fired == expected
+
+
+@pytest.mark.parametrize(
+    "nest",
+    [
+        collections.OrderedDict,
+        lambda **kw: collections.defaultdict(int, kw),
+        type("Metrics", (dict,), {}),
+    ],
+    ids=["OrderedDict", "defaultdict", "dict subclass"],
+)
+def test_a_dotted_key_reaches_into_dict_subclasses(runs_root, nest):
+    """A watched "train.loss" is found inside a nested dict subclass, which the file
+    stores as an object (before: only inside a plain dict, so no alert fired)."""
+    tracker = steplog.Tracker(
+        steplog.JsonlBackend(runs_root), watchers=[steplog.watch.nonfinite("train.loss")]
+    )
+    with tracker.run():
+        tracker.log({"train": nest(loss=1.0)})
+        tracker.log({"train": nest(loss=math.inf)})
+    (path,) = runs_root.rglob("*.jsonl")
+    run = steplog.read_run(path)
+    assert [e.data["train"]["loss"] for e in run.records] == [1.0, math.inf]
+    assert [(a.watcher, a.step) for a in run.alerts] == [("nonfinite", 1)]

@@ -272,11 +272,24 @@ class DirectRunner(Delivery):
                 self._succeeded()
                 self.delivered += len(batch)
                 return
-        kept = 0
+        answer: object = 0
         try:
-            kept = self.backend.discard_sync()
+            answer = self.backend.discard_sync()
         except Exception as exc:
             self.record_error("discard a failed batch", exc)
+        kept = answer if type(answer) is int else -1
+        if not 0 <= kept <= len(batch):
+            # A discard_sync that forgot its return value (None) or miscounted must
+            # not take the writer thread down: the batch counts as not stored.
+            self.record_error(
+                "discard a failed batch",
+                TypeError(
+                    f"{type(self.backend).__name__}.discard_sync() must return how many "
+                    f"of the batch's {len(batch)} events stay stored (an int from 0 to "
+                    f"{len(batch)}), not {answer!r}"
+                ),
+            )
+            kept = 0
         self.delivered += kept
         self.failed += len(batch) - kept
         self._gave_up()

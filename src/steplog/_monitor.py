@@ -547,7 +547,8 @@ def _lookup(data: dict[str, Any], key: str) -> Any:
         return data[key]
     value: Any = data
     for part in key.split("."):
-        if type(value) is not dict or part not in value:
+        # A dict subclass too (OrderedDict, defaultdict): the file stores it as an object.
+        if not isinstance(value, dict) or part not in value:
             return None
         value = value[part]
     return value

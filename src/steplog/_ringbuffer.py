@@ -27,6 +27,9 @@ if TYPE_CHECKING:  # _ring imports POSIX-only modules: loaded only when a ring s
 
 __all__ = ["RingBuffer", "RingCopy", "RingPending"]
 
+# How many times end() waits _STOP_LOCK_WAIT for a producer still in the ring (~1 s).
+_END_LOCK_TRIES = 4
+
 
 class RingPending(bytes):
     """A line still to be put into the writer process's ring (queued behind a row)."""
@@ -143,16 +146,19 @@ class RingBuffer(LineBuffer):
         """Turn producers away (see :meth:`LineBuffer.end`), then wait for one still
         putting a line into the ring: it holds the ring lock, counts the line
         (:attr:`ringed`) before it lets go, and the producers after it see ``ended``
-        under the same lock. Bounded by the stop's deadline (``remaining()``): a
-        producer frozen under a signal handler that waits for this very end would hold
-        the lock for good (then at most its event's count is off, in a process about to
-        end)."""
+        under the same lock. Bounded as :meth:`~steplog._buffer.LineBuffer.writer_lock`
+        is (and by the stop's deadline, ``remaining()``): a producer frozen under a
+        signal handler that waits for this very end holds the lock for good, so the
+        writer goes on without it after a short wait (then at most that event's count
+        is off, in a process about to end) instead of waiting out the deadline."""
         super().end(stopping=stopping, remaining=remaining)
-        while not self._ring_lock.acquire(timeout=_STOP_LOCK_WAIT):
+        for _ in range(_END_LOCK_TRIES):
+            if self._ring_lock.acquire(timeout=_STOP_LOCK_WAIT):
+                self._ring_lock.release()
+                return
             left = remaining()
             if left is not None and left <= 0:
                 return
-        self._ring_lock.release()
 
     # -- producer side ----------------------------------------------------------
 

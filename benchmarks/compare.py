@@ -326,11 +326,16 @@ class Mlflow(Contender):
     imports = ("mlflow",)
     note = "numeric keys as metrics with step; MLflow has no per-step strings (string dropped)"
 
+    def tracking(self) -> tuple[str, str]:
+        """The tracking URI and the experiment: a local sqlite store."""
+        return f"sqlite:///{self.workdir / 'mlflow.db'}", "bench"
+
     def start(self) -> None:
         import mlflow
 
-        mlflow.set_tracking_uri(f"sqlite:///{self.workdir / 'mlflow.db'}")
-        mlflow.set_experiment("bench")
+        uri, experiment = self.tracking()
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment(experiment)
         mlflow.start_run()
         mlflow.log_params({"bench": True})
         self.mlflow = mlflow
@@ -507,29 +512,14 @@ def _settled(read: Callable[[], list[int]], quiet: float = 2.0, limit: float = 1
     return last
 
 
-class MlflowServerClient(Contender):
+class MlflowServerClient(Mlflow):
+    """MLflow's own client as :class:`Mlflow` logs, into the tracking server."""
+
     label = "MLflow client → server, synchronous=False"
-    tier = "slow"
-    package = "mlflow"
-    imports = ("mlflow",)
     note = "numeric keys as metrics with step (no per-step strings)"
 
-    def start(self) -> None:
-        import mlflow
-
-        mlflow.set_tracking_uri(_mlflow_url())
-        mlflow.set_experiment(f"bench-{self.workdir.name}")
-        mlflow.start_run()
-        mlflow.log_params({"bench": True})
-        self.mlflow = mlflow
-
-    def log(self, data: dict[str, Any]) -> None:
-        metrics = {k: data[k] for k in NUMERIC}
-        metrics["iteration"] = data["iteration"]
-        self.mlflow.log_metrics(metrics, step=data["iteration"], synchronous=False)
-
-    def finish(self) -> None:
-        self.mlflow.end_run()
+    def tracking(self) -> tuple[str, str]:
+        return _mlflow_url(), f"bench-{self.workdir.name}"
 
     @staticmethod
     def kept(workdir: Path) -> list[int]:

@@ -136,6 +136,18 @@ class Lines(steplog.SyncBackend):
         self.threads.add(_thread())
 
 
+class NotingThreads(steplog.MemoryBackend):
+    """A memory backend that notes which threads call its write_sync."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: set[str] = set()
+
+    def write_sync(self, events):
+        self.threads.add(_thread())
+        super().write_sync(events)
+
+
 def _run(*backends, n=100):
     tracker = steplog.Tracker(*backends, experiment_name="declared")
     tracker.init()
@@ -172,14 +184,8 @@ def test_a_memory_backend_whose_write_is_replaced_gets_its_override_called():
             self.threads.add(_thread())
             await super().write(events)
 
-    class CountingSync(steplog.MemoryBackend):
-        def __init__(self):
-            super().__init__()
-            self.threads: set[str] = set()
-
-        def write_sync(self, events):
-            self.threads.add(_thread())
-            super().write_sync(events)
+    class CountingSync(NotingThreads):
+        pass
 
     assert steplog.MemoryBackend.synchronous and CountingSync.synchronous
     assert not Counting.synchronous
@@ -217,17 +223,9 @@ def test_a_sync_backend_that_says_local_false_follows_the_run_file():
     """local = False makes a SyncBackend remote: its lane follows the run file (here in
     a thread of this process), calling the async methods, which call the sync ones."""
 
-    class Remote(steplog.MemoryBackend):
+    class Remote(NotingThreads):
         local = False
         movable = False
-
-        def __init__(self):
-            super().__init__()
-            self.threads: set[str] = set()
-
-        def write_sync(self, events):
-            self.threads.add(_thread())
-            super().write_sync(events)
 
     remote = Remote()
     stats = _run(remote)

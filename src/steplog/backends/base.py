@@ -7,6 +7,7 @@ import abc
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from .._extras import require
 from ..events import Event, RunEnd, RunInfo
 from ..runfile.codec import ValueEncoder
 
@@ -166,3 +167,28 @@ def backend_name(backend: Backend) -> str:
     if name.endswith("Backend") and name != "Backend":
         name = name[: -len("Backend")]
     return name.lower()
+
+
+class PicklesAsConfiguration:
+    """A backend whose pickled copy (the delivery process gets one) is its
+    configuration: not a run's client, nor the SDK module, which the copy imports again.
+
+    ``_sdk``: the attribute holding the SDK module, and ``require()``'s module, extra and
+    feature; ``_run_state``: the attributes of a run, ``None`` in the copy.
+    """
+
+    _sdk: ClassVar[tuple[str, str, str, str]]
+    _run_state: ClassVar[tuple[str, ...]]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for key in (self._sdk[0], *self._run_state):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        attribute, module, extra, feature = self._sdk
+        setattr(self, attribute, require(module, extra, feature))
+        for key in self._run_state:
+            setattr(self, key, None)

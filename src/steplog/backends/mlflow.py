@@ -56,7 +56,7 @@ from .._extras import require
 from ..errors import MlflowError, PermanentBackendError
 from ..events import Event, RunEnd, RunInfo
 from ..runfile.schema import flatten, is_number
-from .base import Backend
+from .base import Backend, PicklesAsConfiguration
 
 if TYPE_CHECKING:
     import httpx
@@ -83,7 +83,7 @@ _BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
 _NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
 
 
-class MlflowBackend(Backend):
+class MlflowBackend(PicklesAsConfiguration, Backend):
     """Log runs to an MLflow tracking server.
 
     Args:
@@ -110,6 +110,9 @@ class MlflowBackend(Backend):
     #: A lane going on from a cursor sends the last step MLflow has again: the summary
     #: is logged at the run's last step, and a point sent twice is stored once.
     resend_last_step = True
+
+    _sdk = ("_httpx", "httpx", "mlflow", "MlflowBackend")
+    _run_state = ("_client", "_partial")
 
     def __init__(
         self,
@@ -156,20 +159,6 @@ class MlflowBackend(Backend):
         self._client: Any = None
         self._last_step = 0
         self._partial: tuple[Sequence[Event], list[dict[str, Any]], int] | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        # The configuration (a delivery process gets the backend pickled), not a run's
-        # client or the SDK module.
-        state = dict(self.__dict__)
-        for key in ("_httpx", "_client", "_partial"):
-            state.pop(key, None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._httpx = require("httpx", "mlflow", "MlflowBackend")
-        self._client = None
-        self._partial = None
 
     def __repr__(self) -> str:
         return f"MlflowBackend({self.tracking_uri!r})"

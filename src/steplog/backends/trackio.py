@@ -17,12 +17,12 @@ import anyio.to_thread
 
 from .._extras import require
 from ..events import Event, RunEnd, RunInfo
-from .base import Backend
+from .base import Backend, PicklesAsConfiguration
 
 __all__ = ["TrackioBackend"]
 
 
-class TrackioBackend(Backend):
+class TrackioBackend(PicklesAsConfiguration, Backend):
     """Log runs to a trackio project.
 
     Args:
@@ -36,6 +36,9 @@ class TrackioBackend(Backend):
     """
 
     name = "trackio"
+
+    _sdk = ("_trackio", "trackio", "trackio", "TrackioBackend")
+    _run_state = ("run", "_batch")
 
     def __init__(
         self,
@@ -54,20 +57,6 @@ class TrackioBackend(Backend):
         self._last_step = 0
         self._batch: Sequence[Event] | None = None  # a batch trackio took part of
         self._done = 0
-
-    def __getstate__(self) -> dict[str, Any]:
-        # The configuration (a delivery process gets the backend pickled), not a run's
-        # client or the SDK module.
-        state = dict(self.__dict__)
-        for key in ("_trackio", "run", "_batch"):
-            state.pop(key, None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._trackio = require("trackio", "trackio", "TrackioBackend")
-        self.run = None
-        self._batch = None
 
     def __repr__(self) -> str:
         return f"TrackioBackend(project={self.project!r})"

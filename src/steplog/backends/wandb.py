@@ -48,7 +48,7 @@ import anyio.to_thread
 from .._extras import require
 from ..events import Event, RunEnd, RunInfo
 from ._wandb_log import log_has_ended
-from .base import Backend
+from .base import Backend, PicklesAsConfiguration
 
 __all__ = ["WandbBackend"]
 
@@ -59,7 +59,7 @@ logger = logging.getLogger("steplog")
 _LOG_CLOSE_TIMEOUT = 30.0
 
 
-class WandbBackend(Backend):
+class WandbBackend(PicklesAsConfiguration, Backend):
     """Log runs to Weights & Biases.
 
     Args:
@@ -75,6 +75,9 @@ class WandbBackend(Backend):
     """
 
     name = "wandb"
+
+    _sdk = ("_wandb", "wandb", "wandb", "WandbBackend")
+    _run_state = ("run",)
 
     def __init__(
         self,
@@ -98,19 +101,6 @@ class WandbBackend(Backend):
         self.run: Any = None
         self.out_of_order = 0
         self._last_step: int | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        # The configuration (a delivery process gets the backend pickled), not a run's
-        # client or the SDK module.
-        state = dict(self.__dict__)
-        for key in ("_wandb", "run"):
-            state.pop(key, None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._wandb = require("wandb", "wandb", "WandbBackend")
-        self.run = None
 
     def __repr__(self) -> str:
         return f"WandbBackend(project={self.project!r}, mode={self.mode!r})"

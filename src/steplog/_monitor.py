@@ -33,7 +33,7 @@ import orjson
 from ._buffer import LOCK_FREE
 from ._threads import run_thread
 from .runfile.codec import ValueEncoder, decode
-from .runfile.schema import alert_record, system_record
+from .runfile.schema import alert_record, lookup, system_record
 from .watch import Alert, ClockWatcher, ValueWatcher, Watcher
 
 __all__ = [
@@ -335,7 +335,7 @@ class ValueTap:
         from the encoded event instead (:meth:`line` or :meth:`row`; nothing queued)."""
         values = []
         for key, flat in self.lookups:
-            value = data.get(key) if flat else _lookup(data, key)
+            value = data.get(key) if flat else lookup(data, key)
             kind = type(value)
             if kind is float or kind is int:
                 values.append(value)
@@ -374,7 +374,7 @@ class ValueTap:
             return  # a marker line (unencodable, too large): no values
         with self.lock or contextlib.nullcontext():
             for index, (key, flat) in enumerate(self.lookups):
-                value: Any = event.get(key) if flat else _lookup(event, key)
+                value: Any = event.get(key) if flat else lookup(event, key)
                 if type(value) is dict:  # a tagged value: NaN, ±inf, a big int
                     value = decode(value)
                 kind = type(value)
@@ -415,7 +415,7 @@ class ValueTap:
         for step, value in entries:
             if type(value) is _Later:
                 data = value.data
-                value = data.get(key) if flat else _lookup(data, key)
+                value = data.get(key) if flat else lookup(data, key)
                 if type(value) is dict:
                     value = decode(value)
                 if type(value) is not float and type(value) is not int:
@@ -539,16 +539,3 @@ class Monitor:
     def callback_errors(self) -> int:
         """Calls of ``on_alert`` that raised."""
         return self.callbacks.errors if self.callbacks is not None else 0
-
-
-def _lookup(data: dict[str, Any], key: str) -> Any:
-    """``data[key]``, or a nested value for a dotted key (``"grad.norm"``)."""
-    if key in data:
-        return data[key]
-    value: Any = data
-    for part in key.split("."):
-        # A dict subclass too (OrderedDict, defaultdict): the file stores it as an object.
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value

@@ -19,7 +19,7 @@ from typing import Any
 
 from ._extras import require
 from .runfile.records import RecordKind, kind_of
-from .runfile.schema import is_number
+from .runfile.schema import is_number, lookup
 from .runfile.snapshot import RunSnapshot, iter_steps
 
 __all__ = [
@@ -135,7 +135,7 @@ def load_series(
     for record in iter_steps(snapshot, progress, others=other):
         data = record["data"]
         if x_key is not None:
-            x = _finite(data.get(x_key) if x_flat else _lookup(data, x_key))
+            x = _finite(data.get(x_key) if x_flat else lookup(data, x_key))
             if waiting and x is not None:
                 resumes.extend((x, segment) for segment in waiting)
                 waiting.clear()
@@ -145,7 +145,7 @@ def load_series(
             x = record["time"] - start
         last_x[0] = x
         for key, flat in lookups:
-            value = data.get(key) if flat else _lookup(data, key)
+            value = data.get(key) if flat else lookup(data, key)
             if value is None:
                 continue
             kind = type(value)
@@ -191,18 +191,6 @@ def _finite(value: Any) -> float | None:
 
 def _values(count: int, kind: str) -> str:
     return f"{count:,} {kind} value{'' if count == 1 else 's'}"
-
-
-def _lookup(data: dict[str, Any], key: str) -> Any:
-    """``data[key]``, or a nested value for a dotted key (``"grad.norm"``)."""
-    if key in data:
-        return data[key]
-    value: Any = data
-    for part in key.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value
 
 
 def smooth(y: Any, window: int) -> Any:

@@ -36,6 +36,7 @@ __all__ = [
     "flatten",
     "is_number",
     "is_step",
+    "lookup",
     "resume_record",
     "run_info_of",
     "start_record",
@@ -188,6 +189,20 @@ def is_step(record: Mapping[str, Any]) -> bool:
 def is_number(value: Any) -> bool:
     """A number, and not a bool (which Python counts as an int)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def lookup(data: dict[str, Any], key: str) -> Any:
+    """``data[key]``, or a nested value for a dotted key (``"grad.norm"``); ``None`` if
+    absent. A dict subclass (``OrderedDict``, ``defaultdict``) is entered too: the file
+    stores it as an object."""
+    if key in data:
+        return data[key]
+    value: Any = data
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
 
 
 def flat_data(data: dict[str, Any]) -> dict[str, Any]:

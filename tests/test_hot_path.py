@@ -35,15 +35,21 @@ needs_gil = pytest.mark.skipif(
 
 
 def _region(code: object) -> tuple[int, int]:
-    """Offsets of ``log()``'s lock-free region: the call just before it (the last
-    place a handler may run before it) and the first instruction of the ``extend`` call
-    (3.11's ``PRECALL``, which, once specialised, makes the call itself and checks for
-    handlers only after it)."""
+    """Offsets of ``log()``'s lock-free region: the load of ``buffer.count`` for the
+    limit check, and the return after the append. The append is an in-place
+    concatenation (``buffer.data += line``: one ``BINARY_OP``, no call), so nothing in
+    between checks for handlers; the next check is in the caller, after ``log()``
+    returns."""
     instructions = list(dis.get_instructions(code))  # type: ignore[arg-type]
-    extend = next(i for i in instructions if i.opname.startswith("LOAD_") and i.argval == "extend")
-    calls = [i.offset for i in instructions if i.opname.startswith(("CALL", "PRECALL"))]
-    start = max(offset for offset in calls if offset < extend.offset)
-    end = min(offset for offset in calls if offset > extend.offset)
+    append = next(i for i in instructions if i.opname == "STORE_ATTR" and i.argval == "data")
+    start = min(
+        i.offset for i in instructions if i.opname.startswith("LOAD_") and i.argval == "count"
+    )
+    end = min(
+        i.offset
+        for i in instructions
+        if i.offset > append.offset and i.opname.startswith("RETURN_")
+    )
     return start, end
 
 
@@ -52,9 +58,10 @@ def _region(code: object) -> tuple[int, int]:
 @pytest.mark.skipif(sys.implementation.name != "cpython", reason="CPython's eval loop")
 def test_no_signal_handler_runs_inside_the_lock_free_region():
     """A signal timer firing thousands of times during log() never runs its handler
-    between the fast path's limit check and its append, and one that runs at the
-    append's call finds the line appended already (the premise of the lock-free
-    argument: CPython runs handlers, and switches threads, at the same points)."""
+    between the fast path's limit check and its return (the premise of the lock-free
+    argument: CPython runs handlers, and switches threads, at the same points), while
+    it does run at log()'s other calls; one that runs as the next log() starts finds
+    the previous line appended."""
     # The writer takes nothing during the loop (no batch, no interval): a line logged
     # is at the end of buffer.data until the next log().
     tracker = steplog.Tracker(
@@ -64,34 +71,33 @@ def test_no_signal_handler_runs_inside_the_lock_free_region():
     code = steplog.Tracker.log.__code__
     start, end = _region(code)
     seen: Counter[int] = Counter()
-    early: list[int] = []  # handlers at the call that found the line not appended yet
+    appended: list[bool] = []  # at the next log()'s start: was the last line appended?
+    last = [b""]  # how the line log() wrote last ends
 
     def handler(signum: int, frame: object) -> None:
         if frame is None or frame.f_code is not code:  # type: ignore[attr-defined]
             return
         offset = frame.f_lasti  # type: ignore[attr-defined]
         seen[offset] += 1
-        if offset >= end:
-            names = frame.f_locals  # type: ignore[attr-defined]
-            if "line" in names and not names["buffer"].data.endswith(names["line"]):
-                early.append(offset)
+        if offset == 0 and last[0]:
+            appended.append(tracker._buffer.data.endswith(last[0]))  # type: ignore[union-attr]
 
     previous = signal.signal(signal.SIGALRM, handler)
     signal.setitimer(signal.ITIMER_REAL, 1e-5, 1e-5)
     try:
         for i in range(300_000):
             tracker.log({"loss": 0.5, "i": i, "s": "abc"})
-            if seen[end] >= 1_000:
+            last[0] = b'"data":{"loss":0.5,"i":%d,"s":"abc"}}\n' % i
+            if len(appended) >= 1_000:
                 break
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     tracker.finish()
     assert sum(seen.values()) > 100, "the timer hardly ever fired inside log()"
-    inside = {offset: n for offset, n in seen.items() if start < offset < end}
-    assert not inside, f"handlers ran inside the region ({start}, {end}): {inside}"
-    assert seen[end] > 0  # right after the append: where they do run
-    assert not early
+    inside = {offset: n for offset, n in seen.items() if start <= offset <= end}
+    assert not inside, f"handlers ran inside the region [{start}, {end}]: {inside}"
+    assert appended and all(appended)
 
 
 class Model:

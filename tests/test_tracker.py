@@ -257,6 +257,23 @@ def test_bad_step_raises_at_the_call(step, error):
     tracker.finish()
 
 
+def test_step_may_be_passed_by_position_like_wandb_log():
+    """log(data, k) is log(data, step=k), as in wandb.log and MLflow's log_metrics (a
+    keyword-only default costs every call a lookup in __kwdefaults__); a bad one
+    raises the same errors."""
+    mem = steplog.MemoryBackend()
+    tracker = make(mem)
+    tracker.init()
+    tracker.log({"a": 0}, 7)
+    tracker.log({"a": 1})
+    with pytest.raises(TypeError, match="step"):
+        tracker.log({"a": 2}, 1.5)
+    with pytest.raises(ValueError, match="step"):
+        tracker.log({"a": 2}, -1)
+    tracker.finish()
+    assert [(e.step, e.data) for e in mem.records] == [(7, {"a": 0}), (8, {"a": 1})]
+
+
 def test_numpy_integer_step_is_accepted():
     """Integer-like steps (numpy.int64) are accepted and stored as int."""
     np = pytest.importorskip("numpy")

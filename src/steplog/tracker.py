@@ -66,7 +66,7 @@ from ._writer import Writer
 from .backends.base import Backend
 from .errors import BackendFailedError, FlushTimeoutError, InactiveRunError, TrackerWarning
 from .events import RUN_STATUSES, RunInfo, RunStats, RunStatus
-from .runfile.codec import ValueEncoder, _find_null
+from .runfile.codec import ValueEncoder, has_null
 from .watch import Alert, Watcher
 
 __all__ = ["DEFAULT_EXPERIMENT_NAME", "AsyncTracker", "Tracker"]
@@ -329,7 +329,7 @@ class _TrackerBase(_OptionAttributes):
 
     # -- the hot path -----------------------------------------------------------
 
-    def log(self, data: Mapping[str, Any], *, step: int | None = None) -> None:
+    def log(self, data: Mapping[str, Any], step: int | None = None) -> None:
         """Record one step's values; returns at once, without I/O.
 
         The values are encoded right away, on the calling thread, into the run file's
@@ -392,17 +392,18 @@ class _TrackerBase(_OptionAttributes):
             return
         if self._misses:
             self._misses = 0
-        if _find_null(line) is not None:  # NaN and infinities come out as null: tag them
+        if line.rpartition(b"null")[1]:  # NaN and infinities come out as null: tag them
             line = self._encoder.encode_row(step, now, data)
         size = len(line)
-        # Lock-free: from here to extend()'s return no other thread and no signal
-        # handler can run (no call before it), and the writer closes this path
+        # Lock-free: from here to the return no other thread and no signal handler
+        # can run (no call, no backward jump: `+=` on a bytearray is one BINARY_OP that
+        # stores back the object it loaded), and the writer closes this path
         # (limit = 0) before it swaps the buffer. The argument, and why the three
         # limits are one comparison: LineBuffer's docstring. Keep this region free of
-        # calls; `buffer.data += line` would store the attribute again after a swap.
+        # calls (tests/test_hot_path.py checks it).
         if buffer.count < buffer.limit and size <= buffer.fast_line:
             buffer.count += 1
-            buffer.data.extend(line)
+            buffer.data += line
             return
         if size > buffer.line_limit:
             self._queue_line(buffer, line, step, now, data)
@@ -465,7 +466,7 @@ class _TrackerBase(_OptionAttributes):
                     self._host_calls = _SLOW_SPELL
             else:
                 self._host_misses = 0
-                if _find_null(line) is not None:
+                if has_null(line):
                     line = self._encoder.encode_row(step, now, data)
                 self._queue_line(buffer, line, step, now, data, tap)
                 return

@@ -25,7 +25,6 @@ import dataclasses
 import logging
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -45,7 +44,17 @@ _NAN = {"$float": "NaN"}
 _POS_INF = {"$float": "Infinity"}
 _NEG_INF = {"$float": "-Infinity"}
 _FLOAT_TAGS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-_find_null = re.compile(rb"null").search
+
+
+def has_null(line: bytes) -> bool:
+    """Whether an orjson line holds a ``null`` (where orjson writes NaN and ±infinity).
+
+    ``rpartition`` is the cheapest scan Python offers for this (measured on 3.11 against
+    a compiled regex's ``search``, ``find``, ``count``, ``in`` and ``partition``: one
+    C call that takes its argument as is, no match object); ``Tracker.log`` inlines
+    the same expression.
+    """
+    return bool(line.rpartition(b"null")[1])
 
 
 class ValueEncoder:
@@ -89,7 +98,7 @@ class ValueEncoder:
             line = self._encode_slow(record)
         else:
             # orjson writes NaN and infinities as null: only such lines pay for the walk.
-            if _find_null(line) is not None:
+            if has_null(line):
                 line = self._encode_slow(record)
         if len(line) > self.max_event_bytes:
             return self.too_large(step, time, data, len(line))

@@ -5,12 +5,14 @@ the loop, so the figure that matters is the net process CPU per event (all threa
 measured as in ``bench_core.py`` section 2: the same 10-key loop, minus the loop without
 logging, median over interleaved repetitions, next to the strongest inline write (and
 the older, naive one). Also ``log()``'s p50 per call with everything on, and each
-variant's extra CPU over "nothing on" (issue #26: a value watcher ≤ +0.3 µs).
+variant's extra CPU over "nothing on" (issue #26: a value watcher ≤ +0.3 µs): the
+median over repetitions of the difference within each repetition (the machine's load
+moves both alike), and its min…max band.
 
 Variants: steplog with nothing on; ``system_metrics=1.0``; the clock watchers
-(``stalled``, ``slower``: counters only); three value watchers on ``loss``, a key every
-event has (every batch is decoded); the same three on a key no event has (each batch is
-searched for the key's name and skipped).
+(``stalled``, ``slower``: counters only); each value watcher alone on ``loss``, a key
+every event has (``log()`` queues its value, the writer checks a batch at a time); the
+three together; the same three on a key no event has.
 
 Run: ``python benchmarks/watchers.py`` (``--quick`` for a smoke run, ``--n``,
 ``--reps``).
@@ -48,6 +50,11 @@ VARIANTS: dict[str, Callable[[], dict[str, Any]]] = {
     "system_metrics=1.0": lambda: {"system_metrics": 1.0},
     "clock watchers (stalled, slower)": lambda: {
         "watchers": [watch.stalled(60.0), watch.slower(0.5)]
+    },
+    "nonfinite('loss') alone": lambda: {"watchers": [watch.nonfinite("loss")]},
+    "above('loss', 1e9) alone": lambda: {"watchers": [watch.above("loss", 1e9)]},
+    "diverging('loss', window=100) alone": lambda: {
+        "watchers": [watch.diverging("loss", factor=2.0, window=100)]
     },
     "3 value watchers on 'loss' (in every event)": lambda: {"watchers": value_watchers("loss")},
     "3 value watchers on an absent key": lambda: {"watchers": value_watchers("absent")},
@@ -91,18 +98,21 @@ def main() -> None:
             p50[name] = per_call_cost(tracker.log, min(n, 100_000))[0]
             tracker.finish()
             clean(root)
-    off = statistics.median(cpu["steplog JSONL, nothing on"])
+    off_samples = cpu["steplog JSONL, nothing on"]
+    off = statistics.median(off_samples)
     inline = statistics.median(cpu[INLINE])
     print(
-        f"\n{'variant':<52} {'CPU µs/event':>13} {'vs off':>8} {'− off µs':>9} "
+        f"\n{'variant':<52} {'CPU µs/event':>13} {'vs off':>8} {'− off µs (band)':>22} "
         f"{'vs inline':>10} {'log() p50 µs':>13}"
     )
     for name, samples in cpu.items():
         median = statistics.median(samples)
+        diffs = [a - b for a, b in zip(samples, off_samples, strict=True)]
+        extra = f"{statistics.median(diffs):+.2f} ({min(diffs):+.2f}…{max(diffs):+.2f})"
         p = f"{p50[name]:.2f}" if name in p50 else "–"
         label = name if len(name) <= 52 else name[:49] + "..."
         print(
-            f"{label:<52} {median:>13.2f} {median / off:>7.2f}x {median - off:>+9.2f} "
+            f"{label:<52} {median:>13.2f} {median / off:>7.2f}x {extra:>22} "
             f"{median / inline:>9.2f}x {p:>13}"
         )
 

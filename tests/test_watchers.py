@@ -531,3 +531,47 @@ def test_a_dotted_key_reaches_into_dict_subclasses(runs_root, nest):
     run = steplog.read_run(path)
     assert [e.data["train"]["loss"] for e in run.records] == [1.0, math.inf]
     assert [(a.watcher, a.step) for a in run.alerts] == [("nonfinite", 1)]
+
+
+_BATCH_VALUES = st.lists(
+    st.one_of(
+        st.sampled_from([0.5, 5.0, 20.0, math.nan, math.inf, -math.inf]),
+        st.floats(-50, 50),
+        st.integers(-30, 30),  # an int in the batch: the per-value path
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=_BATCH_VALUES,
+    cuts=st.lists(st.integers(0, 60), max_size=6),
+    kind=st.sampled_from(["nonfinite", "above", "below"]),
+    cooldown=st.sampled_from([0.0, 1.5, 1e9]),
+)
+def test_a_batch_fires_counts_and_suppresses_as_one_value_at_a_time(values, cuts, kind, cooldown):
+    """The batch check of nonfinite/above/below (outcomes at C speed, episodes run by
+    run) gives the same alerts — steps, values, messages, suppressed counts — and the
+    same hit and fire counts as checking the values one at a time, however the values
+    are split into batches and wherever the cooldown ends."""
+
+    def make() -> watch.Watcher:
+        if kind == "nonfinite":
+            return watch.nonfinite("x", cooldown=cooldown)
+        return getattr(watch, kind)("x", 10.0, cooldown=cooldown)
+
+    batched, single = make(), make()
+    steps = list(range(len(values)))
+    bounds = sorted({0, len(values), *(c for c in cuts if c < len(values))})
+    got, expected = [], []
+    for mono, (start, end) in enumerate(itertools.pairwise(bounds)):
+        alerts = batched.check_batch(steps[start:end], values[start:end], 0.0, float(mono))
+        got += [(a.step, a.value, a.message, a.suppressed) for a in alerts]
+        for step in steps[start:end]:
+            alert = single.check(step, values[step], 0.0, float(mono))
+            if alert is not None:
+                expected.append((alert.step, alert.value, alert.message, alert.suppressed))
+    assert repr(got) == repr(expected)  # (repr: NaN values compare equal)
+    assert (batched.hits, batched.fired) == (single.hits, single.fired)

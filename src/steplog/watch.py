@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import accumulate, repeat
 from typing import Any
 
@@ -181,6 +181,34 @@ class ValueWatcher(Watcher):
             self._active = False
         return []
 
+    def _episodes(
+        self, held: list[bool], mono: float, alert: Callable[[int], Alert]
+    ) -> list[Alert]:
+        """Feed a batch's outcomes, in order, as :meth:`_episode` would one at a time;
+        ``alert(i)`` makes the alert for index ``i`` where one is due (called then, so
+        that it counts the episodes suppressed before it, not after).
+
+        Run by run, not value by value: ``list.index`` finds where each run of equal
+        outcomes ends at C speed, so a condition that holds for a whole batch (a loss
+        that stays NaN, or keeps diverging) costs a few calls, not one per value.
+        """
+        alerts = []
+        i, n = 0, len(held)
+        while i < n:
+            now_held = held[i]
+            try:
+                end = held.index(not now_held, i)
+            except ValueError:
+                end = n
+            if not now_held:
+                self._active = False
+            else:
+                if self._hit(mono):  # the run's first value (counts one hit)
+                    alerts.append(alert(i))
+                self.hits += end - i - 1  # the rest of the run: hits in an episode
+            i = end
+        return alerts
+
     def _check(self, step: int, value: float, now: float, mono: float) -> Alert | None:
         raise NotImplementedError
 
@@ -194,6 +222,14 @@ def _all_finite(values: Sequence[float]) -> bool:
     return bool(total - total == 0)
 
 
+def _floats(values: Sequence[Any]) -> bool:
+    """Whether every value is a float (then outcomes need no per-value conversion)."""
+    return not set(map(type, values)).difference(_FLOAT)
+
+
+_FLOAT = {float}
+
+
 class _NonFinite(ValueWatcher):
     kind = "nonfinite"
 
@@ -202,7 +238,17 @@ class _NonFinite(ValueWatcher):
     ) -> list[Alert]:
         if _all_finite(values):
             return self._quiet(values)
-        return super().check_batch(steps, values, now, mono)
+        if not _floats(values):
+            return super().check_batch(steps, values, now, mono)
+        # x - x is 0.0 for a finite float, NaN otherwise.
+        held = list(map((0.0).__ne__, map(operator.sub, values, values)))
+        return self._episodes(
+            held,
+            mono,
+            lambda i: self._alert(
+                values[i], steps[i], now, f"{self.key} is {values[i]} at step {steps[i]}"
+            ),
+        )
 
     def _check(self, step: int, value: float, now: float, mono: float) -> Alert | None:
         if value - value == 0:  # finite
@@ -232,7 +278,15 @@ class _Above(_Bound):
     ) -> list[Alert]:
         if _all_finite(values) and max(values) <= self.bound:
             return self._quiet(values)
-        return super().check_batch(steps, values, now, mono)
+        if not _floats(values):
+            return super().check_batch(steps, values, now, mono)
+        held = list(map(self.bound.__lt__, values))
+        return self._episodes(held, mono, lambda i: self._above(steps[i], values[i], now))
+
+    def _above(self, step: int, value: float, now: float) -> Alert:
+        return self._alert(
+            value, step, now, f"{self.key} = {value:g} is above {self.bound:g} at step {step}"
+        )
 
     def _check(self, step: int, value: float, now: float, mono: float) -> Alert | None:
         if not value > self.bound:
@@ -240,9 +294,7 @@ class _Above(_Bound):
             return None
         if not self._hit(mono):
             return None
-        return self._alert(
-            value, step, now, f"{self.key} = {value:g} is above {self.bound:g} at step {step}"
-        )
+        return self._above(step, value, now)
 
 
 class _Below(_Bound):
@@ -253,7 +305,15 @@ class _Below(_Bound):
     ) -> list[Alert]:
         if _all_finite(values) and min(values) >= self.bound:
             return self._quiet(values)
-        return super().check_batch(steps, values, now, mono)
+        if not _floats(values):
+            return super().check_batch(steps, values, now, mono)
+        held = list(map(self.bound.__gt__, values))
+        return self._episodes(held, mono, lambda i: self._below(steps[i], values[i], now))
+
+    def _below(self, step: int, value: float, now: float) -> Alert:
+        return self._alert(
+            value, step, now, f"{self.key} = {value:g} is below {self.bound:g} at step {step}"
+        )
 
     def _check(self, step: int, value: float, now: float, mono: float) -> Alert | None:
         if not value < self.bound:
@@ -261,9 +321,7 @@ class _Below(_Bound):
             return None
         if not self._hit(mono):
             return None
-        return self._alert(
-            value, step, now, f"{self.key} = {value:g} is below {self.bound:g} at step {step}"
-        )
+        return self._below(step, value, now)
 
 
 class _Diverging(ValueWatcher):
@@ -302,11 +360,14 @@ class _Diverging(ValueWatcher):
         self._values = series[len(series) - w + 1 :] if w > 1 else []
         if len(series) < w:
             return []
-        # Windowed means ending at each new value, from prefix sums; every step below
-        # runs at C speed (map, accumulate), about 0.1 µs per value (issue #26).
-        prefix = list(accumulate(series, initial=0.0))
-        first = max(w, len(prior) + 1)
-        sums = list(map(operator.sub, prefix[first:], prefix[first - w : len(series) + 1 - w]))
+        # The sums of the windows ending at each new value (prior holds the w - 1 values
+        # before them): the first in full, then each the one before plus the value
+        # that enters minus the one that leaves, at C speed in one pipeline (~40 ns a
+        # value; materialising prefix sums first cost twice that, issue #26). Rounding
+        # accumulates over one batch at most: each batch starts from a fresh sum.
+        sums = list(
+            accumulate(map(operator.sub, series[w:], series[:-w]), initial=math.fsum(series[:w]))
+        )
         factor = self.factor
         best = self._best
         # Division by w is monotonic, so min(sums) / w is exactly the lowest mean (and
@@ -319,23 +380,33 @@ class _Diverging(ValueWatcher):
             self._best = lowest
             return self._quiet(sums)
         means = list(map(operator.truediv, sums, repeat(float(w))))
-        bests = list(accumulate(means, min, initial=best))[1:]
-        self._best = bests[-1]
-        if not any(m > factor * b and b > 0 for m, b in zip(means, bests, strict=True)):
-            return self._quiet(means)
+        if low >= best:
+            # No new lowest mean (a mean rising, or an episode under way): every mean
+            # compares with the same one, no running minimum to build (accumulate's
+            # min() was ~100 ns a value).
+            bests = [best] * len(means)
+            if best > 0:
+                held = list(map((factor * best).__lt__, means))
+            else:
+                held = [False] * len(means)
+        else:
+            bests = list(accumulate(means, min, initial=best))[1:]
+            self._best = bests[-1]
+            # mean > factor x best, where best > 0 (bests only fall: one test of the last).
+            held = list(map(operator.gt, means, map(operator.mul, bests, repeat(factor))))
+            if bests[-1] <= 0:
+                held = [h and b > 0 for h, b in zip(held, bests, strict=True)]
         offset = len(steps) - len(means)
-        alerts = []
-        for index, (mean, best) in enumerate(zip(means, bests, strict=True)):
-            if not (best > 0 and mean > factor * best):
-                self._active = False
-            elif self._hit(mono):
-                step = steps[offset + index]
-                message = (
-                    f"{self.key} is diverging: the mean of its last {w} values, {mean:g}, "
-                    f"is over {factor:g} x its lowest, {best:g} (step {step})"
-                )
-                alerts.append(self._alert(mean, step, now, message))
-        return alerts
+
+        def alert(index: int) -> Alert:
+            mean, best, step = means[index], bests[index], steps[offset + index]
+            message = (
+                f"{self.key} is diverging: the mean of its last {w} values, {mean:g}, "
+                f"is over {factor:g} x its lowest, {best:g} (step {step})"
+            )
+            return self._alert(mean, step, now, message)
+
+        return self._episodes(held, mono, alert)
 
 
 class ClockWatcher(Watcher):

@@ -260,6 +260,12 @@ class _NonFinite(ValueWatcher):
 
 
 class _Bound(ValueWatcher):
+    """above() and below(): the condition is ``_over(value, bound)``; a batch whose
+    ``_extreme`` (max or min) is not over the bound is quiet."""
+
+    _over: Callable[[Any, Any], bool]
+    _extreme: Callable[..., Any]
+
     def __init__(self, key: str, bound: float, *, cooldown: float) -> None:
         super().__init__(key, cooldown=cooldown)
         if isinstance(bound, bool) or not isinstance(bound, (int, float)) or bound != bound:
@@ -269,59 +275,40 @@ class _Bound(ValueWatcher):
     def _describe(self) -> str:
         return f"{self.key!r}, {self.bound!r}"
 
-
-class _Above(_Bound):
-    kind = "above"
-
     def check_batch(
         self, steps: Sequence[int], values: Sequence[float], now: float, mono: float
     ) -> list[Alert]:
-        if _all_finite(values) and max(values) <= self.bound:
+        if _all_finite(values) and not self._over(self._extreme(values), self.bound):
             return self._quiet(values)
         if not _floats(values):
             return super().check_batch(steps, values, now, mono)
-        held = list(map(self.bound.__lt__, values))
-        return self._episodes(held, mono, lambda i: self._above(steps[i], values[i], now))
+        held = list(map(self._over, values, repeat(self.bound)))
+        return self._episodes(held, mono, lambda i: self._fired(steps[i], values[i], now))
 
-    def _above(self, step: int, value: float, now: float) -> Alert:
+    def _fired(self, step: int, value: float, now: float) -> Alert:
         return self._alert(
-            value, step, now, f"{self.key} = {value:g} is above {self.bound:g} at step {step}"
+            value, step, now, f"{self.key} = {value:g} is {self.kind} {self.bound:g} at step {step}"
         )
 
     def _check(self, step: int, value: float, now: float, mono: float) -> Alert | None:
-        if not value > self.bound:
+        if not self._over(value, self.bound):
             self._active = False
             return None
         if not self._hit(mono):
             return None
-        return self._above(step, value, now)
+        return self._fired(step, value, now)
+
+
+class _Above(_Bound):
+    kind = "above"
+    _over = staticmethod(operator.gt)
+    _extreme = staticmethod(max)
 
 
 class _Below(_Bound):
     kind = "below"
-
-    def check_batch(
-        self, steps: Sequence[int], values: Sequence[float], now: float, mono: float
-    ) -> list[Alert]:
-        if _all_finite(values) and min(values) >= self.bound:
-            return self._quiet(values)
-        if not _floats(values):
-            return super().check_batch(steps, values, now, mono)
-        held = list(map(self.bound.__gt__, values))
-        return self._episodes(held, mono, lambda i: self._below(steps[i], values[i], now))
-
-    def _below(self, step: int, value: float, now: float) -> Alert:
-        return self._alert(
-            value, step, now, f"{self.key} = {value:g} is below {self.bound:g} at step {step}"
-        )
-
-    def _check(self, step: int, value: float, now: float, mono: float) -> Alert | None:
-        if not value < self.bound:
-            self._active = False
-            return None
-        if not self._hit(mono):
-            return None
-        return self._below(step, value, now)
+    _over = staticmethod(operator.lt)
+    _extreme = staticmethod(min)
 
 
 class _Diverging(ValueWatcher):

@@ -235,6 +235,20 @@ def test_off_rank_zero_nothing_is_written(tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())
 
 
+def test_experiment_log_takes_the_step_by_position_before_the_run_starts(tmp_path):
+    """``logger.experiment.log(data, k)`` works as ``Tracker.log(data, k)`` does, also
+    as the call that starts the run (a red-team trial found it a TypeError there)."""
+    logger = SteplogLogger(steplog.JsonlBackend(tmp_path))
+    logger.experiment.log({"loss": 1.0}, 10)
+    logger.experiment.log({"loss": 0.5}, 11)
+    logger.finalize("success")
+    (path,) = tmp_path.rglob("*.jsonl")
+    assert [(r.step, r.data) for r in steplog.read_run(path).records] == [
+        (10, {"loss": 1.0}),
+        (11, {"loss": 0.5}),
+    ]
+
+
 # -- the generic contract ---------------------------------------------------------
 # What Lightning's own tests of its loggers (tests/tests_pytorch/loggers/test_all.py and
 # test_logger.py in the Lightning repository) require of every logger, re-expressed for

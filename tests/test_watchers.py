@@ -575,3 +575,72 @@ def test_a_batch_fires_counts_and_suppresses_as_one_value_at_a_time(values, cuts
                 expected.append((alert.step, alert.value, alert.message, alert.suppressed))
     assert repr(got) == repr(expected)  # (repr: NaN values compare equal)
     assert (batched.hits, batched.fired) == (single.hits, single.fired)
+
+
+def test_diverging_fills_its_window_from_batches_smaller_than_it():
+    """A diverging() fed one value at a time, or in batches under half its window,
+    keeps the last window - 1 values (it kept fewer, so no window ever filled and it
+    never fired: found by a red-team trial, present since the watcher's start)."""
+    values = [1.0] * 20 + [100.0] * 40
+    for size in (1, 4, 60):
+        w = watch.diverging("x", factor=2.0, window=10, cooldown=0)
+        w.reset()
+        fired = []
+        for start in range(0, len(values), size):
+            steps = list(range(start, min(start + size, len(values))))
+            fired += [a.step for a in w.check_batch(steps, values[start : start + size], 0, 0)]
+        assert fired == [20], size  # the first window holding a 100.0 (mean 10.9 > 2 x 1)
+
+
+def test_diverging_takes_window_sums_beyond_float_range():
+    """A window whose sum overflows (a loss exploding to huge finite values) is an
+    infinite mean, not an exception (math.fsum raised "intermediate overflow")."""
+    w = watch.diverging("x", factor=2.0, window=2, cooldown=0)
+    w.reset()
+    assert w.check_batch([0, 1], [1.0, 1.0], 0, 0) == []
+    alerts = w.check_batch([2, 3], [1e308, 1e308], 0, 0)
+    assert [a.step for a in alerts] == [2]
+
+
+@pytest.mark.parametrize("kind", ["nonfinite", "above", "below", "diverging"])
+def test_watchers_survive_values_the_writer_cannot_take_as_floats(runs_root, kind):
+    """An int beyond float range under a watched key is ±infinity to the watchers (it
+    ended the writer thread: the run was left incomplete and later events were lost);
+    the run ends normally with every event."""
+    made = {
+        "nonfinite": lambda: watch.nonfinite("loss", cooldown=0),
+        "above": lambda: watch.above("loss", 10.0, cooldown=0),
+        "below": lambda: watch.below("loss", 0.0, cooldown=0),
+        "diverging": lambda: watch.diverging("loss", window=2, cooldown=0),
+    }[kind]
+    tracker, fired = tracker_with(runs_root, [made()])
+    for value in (1.5, 1.0, 2**1100, -(2**1100), 1.0, 0.5):
+        tracker.log({"loss": value})
+        tracker.flush(timeout=10)
+    tracker.finish()
+    run = steplog.read_run(tracker.backends[0].path)
+    assert run.status == "finished"
+    assert [r.step for r in run.records] == list(range(6))
+    if kind in ("above", "below"):  # past the bound, as ±infinity
+        assert fired, kind
+
+
+def test_a_watcher_that_raises_is_logged_and_the_run_goes_on(runs_root, caplog):
+    """A watcher's exception on a batch is a warning (once) and a count, not the end
+    of the writer thread: later events are written and the run ends normally."""
+    watcher = watch.above("loss", 10.0)
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug in a watcher")
+
+    watcher.check_batch = broken  # type: ignore[method-assign]
+    tracker, _ = tracker_with(runs_root, [watcher])
+    with caplog.at_level(logging.WARNING, logger="steplog"):
+        for i in range(5):
+            tracker.log({"loss": float(i)})
+            tracker.flush(timeout=10)
+        tracker.finish()
+    run = steplog.read_run(tracker.backends[0].path)
+    assert run.status == "finished"
+    assert [r.step for r in run.records] == list(range(5))
+    assert sum("the watcher" in r.getMessage() for r in caplog.records) == 1

@@ -463,6 +463,8 @@ class Monitor:
         self.sampler: SystemSampler | None = None
         self.next_sample = math.inf
         self.alerts = 0
+        #: Batches a value watcher raised on (logged once, then counted).
+        self.watcher_errors = 0
         self.records: list[bytes] = []
 
     def start(self) -> None:
@@ -490,7 +492,18 @@ class Monitor:
             if not mono:
                 now, mono = time.time(), time.monotonic()
             for watcher in watchers:
-                fired += watcher.check_batch(steps, values, now, mono)
+                try:
+                    fired += watcher.check_batch(steps, values, now, mono)
+                except Exception:  # a watcher's bug must not end the writer thread
+                    self.watcher_errors += 1
+                    if self.watcher_errors == 1:
+                        logger.warning(
+                            "steplog: the watcher %r raised on a batch of %r; its values"
+                            " are not checked (later errors are only counted)",
+                            watcher,
+                            watcher.key,
+                            exc_info=True,
+                        )
         if len(fired) > 1:
             fired.sort(key=lambda alert: alert.step if alert.step is not None else -1)
         for alert in fired:  # in step order, whichever watcher saw it

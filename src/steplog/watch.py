@@ -161,7 +161,7 @@ class ValueWatcher(Watcher):
         if type(value) is not float:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 return None
-            value = float(value) if abs(value) < 2**1023 else math.copysign(math.inf, value)
+            value = _as_float(value)
         return self._check(step, value, now, mono)
 
     def check_batch(
@@ -211,6 +211,14 @@ class ValueWatcher(Watcher):
 
     def _check(self, step: int, value: float, now: float, mono: float) -> Alert | None:
         raise NotImplementedError
+
+
+def _as_float(value: int | float) -> float:
+    """A number as a float; an int beyond float range as ±infinity (``float()`` raises)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def _all_finite(values: Sequence[float]) -> bool:
@@ -338,23 +346,24 @@ class _Diverging(ValueWatcher):
     def check_batch(
         self, steps: Sequence[int], values: Sequence[float], now: float, mono: float
     ) -> list[Alert]:
+        if not _floats(values):  # ints: as floats (one beyond float range: ±inf)
+            values = list(map(_as_float, values))
         if not _all_finite(values):  # nonfinite() is the watcher for those
             keep = [(s, float(v)) for s, v in zip(steps, values, strict=True) if v - v == 0]
             steps, values = [s for s, _ in keep], [v for _, v in keep]
         w = self.window
         prior = self._values
         series = prior + list(values)
-        self._values = series[len(series) - w + 1 :] if w > 1 else []
+        self._values = series[max(len(series) - w + 1, 0) :] if w > 1 else []
         if len(series) < w:
             return []
         # The sums of the windows ending at each new value (prior holds the w - 1 values
         # before them): the first in full, then each the one before plus the value
         # that enters minus the one that leaves, at C speed in one pipeline (~40 ns a
         # value; materialising prefix sums first cost twice that, issue #26). Rounding
-        # accumulates over one batch at most: each batch starts from a fresh sum.
-        sums = list(
-            accumulate(map(operator.sub, series[w:], series[:-w]), initial=math.fsum(series[:w]))
-        )
+        # accumulates over one batch at most: each batch starts from a fresh sum (sum(),
+        # not math.fsum: a sum beyond float range is inf here, where fsum raises).
+        sums = list(accumulate(map(operator.sub, series[w:], series[:-w]), initial=sum(series[:w])))
         factor = self.factor
         best = self._best
         # Division by w is monotonic, so min(sums) / w is exactly the lowest mean (and

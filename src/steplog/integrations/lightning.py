@@ -116,8 +116,9 @@ class _Experiment:
     def __init__(self, logger: SteplogLogger) -> None:
         self._logger = logger
 
-    def log(self, data: Mapping[str, Any], *, step: int | None = None) -> None:
-        """Start the run if needed, then log as :meth:`steplog.Tracker.log`."""
+    def log(self, data: Mapping[str, Any], step: int | None = None) -> None:
+        """Start the run if needed, then log as :meth:`steplog.Tracker.log` (``step``
+        by position too)."""
         logger = self._logger
         tracker = logger._ensure_started()
         if logger._replayed_step(step):

@@ -230,44 +230,70 @@ def _all_finite(values: Sequence[float]) -> bool:
     return bool(total - total == 0)
 
 
+_FLOAT = {float}
+
+
 def _floats(values: Sequence[Any]) -> bool:
     """Whether every value is a float (then outcomes need no per-value conversion)."""
     return not set(map(type, values)).difference(_FLOAT)
 
 
-_FLOAT = {float}
+class _Condition(ValueWatcher):
+    """A watcher of one condition on each value (nonfinite, above, below).
 
-
-class _NonFinite(ValueWatcher):
-    kind = "nonfinite"
+    A subclass says when a batch is quiet at C speed (:meth:`_quiet_batch`), whether
+    the condition holds for one value (:meth:`_holds`) and for a batch of floats
+    (:meth:`_holds_all`, at C speed), and what its alert says (:meth:`_fired`).
+    """
 
     def check_batch(
         self, steps: Sequence[int], values: Sequence[float], now: float, mono: float
     ) -> list[Alert]:
-        if _all_finite(values):
+        if self._quiet_batch(values):
             return self._quiet(values)
         if not _floats(values):
             return super().check_batch(steps, values, now, mono)
-        # x - x is 0.0 for a finite float, NaN otherwise.
-        held = list(map((0.0).__ne__, map(operator.sub, values, values)))
-        return self._episodes(
-            held,
-            mono,
-            lambda i: self._alert(
-                values[i], steps[i], now, f"{self.key} is {values[i]} at step {steps[i]}"
-            ),
-        )
+        held = self._holds_all(values)
+        return self._episodes(held, mono, lambda i: self._fired(steps[i], values[i], now))
 
     def _check(self, step: int, value: float, now: float, mono: float) -> Alert | None:
-        if value - value == 0:  # finite
+        if not self._holds(value):
             self._active = False
             return None
         if not self._hit(mono):
             return None
+        return self._fired(step, value, now)
+
+    def _quiet_batch(self, values: Sequence[float]) -> bool:
+        raise NotImplementedError
+
+    def _holds(self, value: float) -> bool:
+        raise NotImplementedError
+
+    def _holds_all(self, values: Sequence[float]) -> list[bool]:
+        raise NotImplementedError
+
+    def _fired(self, step: int, value: float, now: float) -> Alert:
+        raise NotImplementedError
+
+
+class _NonFinite(_Condition):
+    kind = "nonfinite"
+
+    def _quiet_batch(self, values: Sequence[float]) -> bool:
+        return _all_finite(values)
+
+    def _holds(self, value: float) -> bool:
+        return value - value != 0  # 0.0 for a finite float, NaN otherwise
+
+    def _holds_all(self, values: Sequence[float]) -> list[bool]:
+        return list(map((0.0).__ne__, map(operator.sub, values, values)))
+
+    def _fired(self, step: int, value: float, now: float) -> Alert:
         return self._alert(value, step, now, f"{self.key} is {value} at step {step}")
 
 
-class _Bound(ValueWatcher):
+class _Bound(_Condition):
     """above() and below(): the condition is ``_over(value, bound)``; a batch whose
     ``_extreme`` (max or min) is not over the bound is quiet."""
 
@@ -283,28 +309,19 @@ class _Bound(ValueWatcher):
     def _describe(self) -> str:
         return f"{self.key!r}, {self.bound!r}"
 
-    def check_batch(
-        self, steps: Sequence[int], values: Sequence[float], now: float, mono: float
-    ) -> list[Alert]:
-        if _all_finite(values) and not self._over(self._extreme(values), self.bound):
-            return self._quiet(values)
-        if not _floats(values):
-            return super().check_batch(steps, values, now, mono)
-        held = list(map(self._over, values, repeat(self.bound)))
-        return self._episodes(held, mono, lambda i: self._fired(steps[i], values[i], now))
+    def _quiet_batch(self, values: Sequence[float]) -> bool:
+        return _all_finite(values) and not self._over(self._extreme(values), self.bound)
+
+    def _holds(self, value: float) -> bool:
+        return self._over(value, self.bound)
+
+    def _holds_all(self, values: Sequence[float]) -> list[bool]:
+        return list(map(self._over, values, repeat(self.bound)))
 
     def _fired(self, step: int, value: float, now: float) -> Alert:
         return self._alert(
             value, step, now, f"{self.key} = {value:g} is {self.kind} {self.bound:g} at step {step}"
         )
-
-    def _check(self, step: int, value: float, now: float, mono: float) -> Alert | None:
-        if not self._over(value, self.bound):
-            self._active = False
-            return None
-        if not self._hit(mono):
-            return None
-        return self._fired(step, value, now)
 
 
 class _Above(_Bound):
@@ -349,7 +366,7 @@ class _Diverging(ValueWatcher):
         if not _floats(values):  # ints: as floats (one beyond float range: ±inf)
             values = list(map(_as_float, values))
         if not _all_finite(values):  # nonfinite() is the watcher for those
-            keep = [(s, float(v)) for s, v in zip(steps, values, strict=True) if v - v == 0]
+            keep = [(s, v) for s, v in zip(steps, values, strict=True) if v - v == 0]
             steps, values = [s for s, _ in keep], [v for _, v in keep]
         w = self.window
         prior = self._values

@@ -433,3 +433,21 @@ class FileRecorder(steplog.Backend):
                 return [json.loads(line) for line in f]
         except FileNotFoundError:
             return []
+
+
+#: Whether ``Tracker.log`` is the compiled fast path (``steplog._speedups``); .ci/run
+#: checks that it was built, so that CI runs both paths.
+COMPILED = not hasattr(steplog.Tracker.log, "__code__")
+
+
+@pytest.fixture(params=["compiled", "python"])
+def log_impl(request, monkeypatch):
+    """Run the test with each of ``log()``'s two implementations: the compiled fast
+    path, and the pure-Python one (``_log_py``: the fallback and the reference)."""
+    from steplog.tracker import _TrackerBase
+
+    if request.param == "python":
+        monkeypatch.setattr(_TrackerBase, "log", _TrackerBase._log_py)
+    elif not COMPILED:
+        pytest.skip("steplog._speedups was not built (no C compiler at install time)")
+    return request.param

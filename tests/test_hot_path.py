@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 import steplog
 from steplog import _buffer
 from steplog._buffer import LineBuffer
+from steplog.tracker import _TrackerBase
 
 POLICIES = ["block", "drop_oldest", "drop_newest"]
 needs_timer = pytest.mark.skipif(
@@ -56,7 +57,7 @@ def _region(code: object) -> tuple[int, int]:
 @needs_timer
 @needs_gil
 @pytest.mark.skipif(sys.implementation.name != "cpython", reason="CPython's eval loop")
-def test_no_signal_handler_runs_inside_the_lock_free_region():
+def test_no_signal_handler_runs_inside_the_lock_free_region(monkeypatch):
     """A signal timer firing thousands of times during log() never runs its handler
     between the fast path's limit check and its return (the premise of the lock-free
     argument: CPython runs handlers, and switches threads, at the same points), while
@@ -68,7 +69,8 @@ def test_no_signal_handler_runs_inside_the_lock_free_region():
         steplog.NullBackend(), buffer_size=2_000_000, batch_size=2_000_000, flush_interval=1e6
     )
     tracker.init()
-    code = steplog.Tracker.log.__code__
+    code = steplog.Tracker._log_py.__code__
+    monkeypatch.setattr(_TrackerBase, "log", _TrackerBase._log_py)
     start, end = _region(code)
     seen: Counter[int] = Counter()
     appended: list[bool] = []  # at the next log()'s start: was the last line appended?
@@ -98,6 +100,44 @@ def test_no_signal_handler_runs_inside_the_lock_free_region():
     inside = {offset: n for offset, n in seen.items() if start <= offset <= end}
     assert not inside, f"handlers ran inside the region [{start}, {end}]: {inside}"
     assert appended and all(appended)
+
+
+@needs_timer
+@needs_gil
+def test_signal_handlers_see_each_line_counted_and_appended_together(log_impl):
+    """Wherever a signal handler runs while log() is called (either implementation:
+    the compiled one runs no handler until it returns), the buffer's count and its lines
+    agree: no handler ever sees a line counted and not appended, or the reverse."""
+    tracker = steplog.Tracker(
+        steplog.NullBackend(), buffer_size=2_000_000, batch_size=2_000_000, flush_interval=1e6
+    )
+    tracker.init()
+    buffer = tracker._buffer
+    assert buffer is not None
+    checked = [0, len(buffer.data), buffer.count]  # handler runs, bytes seen, count seen
+    bad: list[tuple[int, int]] = []
+
+    def handler(signum: int, frame: object) -> None:
+        _, seen_bytes, seen_count = checked
+        data, count = buffer.data, buffer.count
+        lines = data.count(b"\n", seen_bytes)
+        if lines != count - seen_count:
+            bad.append((lines, count - seen_count))
+        checked[:] = [checked[0] + 1, len(data), count]
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, 1e-5, 1e-5)
+    try:
+        for i in range(200_000):
+            tracker.log({"loss": 0.5, "i": i, "s": "abc"})
+            if checked[0] >= 2_000:
+                break
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    tracker.finish()
+    assert checked[0] > 100, "the timer hardly ever fired"
+    assert not bad, f"a handler saw lines and count disagree: {bad[:5]}"
 
 
 class Model:
@@ -172,7 +212,7 @@ def _produce(tracker: steplog.Tracker, name: str, n: int) -> None:
 @needs_timer
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("watched", [False, True], ids=["plain", "watched"])
-def test_threads_and_reentrant_signal_handlers_lose_nothing(tmp_path, policy, watched):
+def test_threads_and_reentrant_signal_handlers_lose_nothing(tmp_path, policy, watched, log_impl):
     """Three threads and a signal handler that logs re-entrantly (on the main thread,
     inside log() and the writer's takes) share a tiny buffer under each policy: every
     line in the file is whole and unique, each producer's lines keep their order,

@@ -14,6 +14,9 @@ import steplog
 
 from conftest import GateBackend, SlowBackend, cpu_tensors_as_device, stall_mid_drain, wait_until
 
+# Every test here runs with both implementations of log(): compiled and pure Python.
+pytestmark = pytest.mark.usefixtures("log_impl")
+
 
 def make(*backends, **kwargs):
     return steplog.Tracker(*(backends or (steplog.MemoryBackend(),)), **kwargs)

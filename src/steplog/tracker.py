@@ -16,6 +16,7 @@ import functools
 import itertools
 import logging
 import operator
+import os
 import re
 import sys
 import threading
@@ -33,7 +34,7 @@ import orjson
 
 from ._arrays import DEFER_KEY, host_reader
 from ._arrays import snapshot as _snapshot
-from ._buffer import LineBuffer
+from ._buffer import LOCK_FREE, LineBuffer
 from ._delivery import RetryPolicy
 from ._durability import buffer_type
 from ._hooks import (
@@ -362,24 +363,8 @@ class _TrackerBase(_OptionAttributes):
         else:
             step = self._explicit_step(step)
         now = _now()
-        if self._detour:
-            tap = self._tap
-            if tap is not None:
-                # One watched key: a float is queued right here, an absent key (None)
-                # skipped; anything else (and several keys: tap.absent) goes to capture.
-                value = data.get(tap.key, tap.absent)
-                if type(value) is float:
-                    tap.values[0].append((step, value))
-                elif value is not None and tap.capture(step, data):
-                    # A watched value that is no plain number: read it from the encoding.
-                    self._log_slow(buffer, data, step, now, tap)
-                    return
-            if self._slow_calls:
-                self._slow_calls -= 1
-                if not self._slow_calls:
-                    self._detour = tap is not None
-                self._log_slow(buffer, data, step, now)
-                return
+        if self._detour and self._took_detour(buffer, data, step, now):
+            return
         # The fast path: orjson's own type dispatch is the check. Strict (no default,
         # no numpy option), so anything it cannot store as itself fails at once and
         # takes the slow path with the copy and snapshot of arrays and tensors. (The
@@ -409,6 +394,30 @@ class _TrackerBase(_OptionAttributes):
             self._queue_line(buffer, line, step, now, data)
         else:  # a wake-up, an overflow, or the writer process's ring
             buffer.put_slow(line)
+
+    def _took_detour(self, buffer: LineBuffer, data: dict[str, Any], step: int, now: float) -> bool:
+        """``log()``'s rare branch: feed the value watchers' tap, or take the slow path
+        during a slow spell. Returns whether the event is queued (else the fast path
+        goes on). The compiled ``log()`` feeds a plain float to the tap itself (the
+        first case below) and calls this for the rest."""
+        tap = self._tap
+        if tap is not None:
+            # One watched key: a float is queued right here, an absent key (None)
+            # skipped; anything else (and several keys: tap.absent) goes to capture.
+            value = data.get(tap.key, tap.absent)
+            if type(value) is float:
+                tap.values[0].append((step, value))
+            elif value is not None and tap.capture(step, data):
+                # A watched value that is no plain number: read it from the encoding.
+                self._log_slow(buffer, data, step, now, tap)
+                return True
+        if self._slow_calls:
+            self._slow_calls -= 1
+            if not self._slow_calls:
+                self._detour = tap is not None
+            self._log_slow(buffer, data, step, now)
+            return True
+        return False
 
     def _missed_fast(self) -> None:
         # Loops that log tensors or numpy values every step would pay for a failed
@@ -697,6 +706,30 @@ class _TrackerBase(_OptionAttributes):
         self._forked = True
         self._run = None
         self._buffer = None
+
+
+def _compiled_log() -> None:
+    """Make ``Tracker.log`` the compiled fast path (``steplog._speedups``), when built.
+
+    The compiled ``log()`` takes the same steps as the Python one, which stays as
+    ``_log_py``: the reference, the fallback it hands every uncommon call to (before
+    any side effect), and ``Tracker.log`` where the extension was not built (no
+    compiler at install time), on a free-threaded build running without the GIL (its
+    lock-free append rests on the GIL), or with ``STEPLOG_PURE_PYTHON=1`` set.
+    """
+    _TrackerBase._log_py = _TrackerBase.log  # type: ignore[attr-defined]
+    if os.environ.get("STEPLOG_PURE_PYTHON") or not LOCK_FREE:
+        return
+    try:
+        from . import _speedups  # type: ignore[attr-defined]
+    except ImportError:
+        return
+    _speedups.setup(_dumps, _LINE, _now, itertools.count)
+    doc = "log($self, /, data, step=None)\n--\n\n" + (_TrackerBase.log.__doc__ or "")
+    _TrackerBase.log = _speedups.bind(_TrackerBase, doc)  # type: ignore[method-assign]
+
+
+_compiled_log()
 
 
 class Tracker(_TrackerBase):

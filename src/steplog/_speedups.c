@@ -1,0 +1,530 @@
+/* steplog._speedups: Tracker.log()'s fast path, compiled (optional).
+ *
+ * The same steps as the pure-Python fast path in steplog/tracker.py
+ * (``_TrackerBase._log_py``), which stays the reference and the fallback: without this
+ * module (no compiler at install time, another interpreter, STEPLOG_PURE_PYTHON=1),
+ * ``Tracker.log`` is that method. Anything but the common case is handed to it before
+ * any side effect: no run, a mapping that is not a dict, the rare branch (``_detour``:
+ * value watchers, a slow spell), a step that is not a plain int. After the step is
+ * taken, the misses (orjson cannot store a value as it is) and the lines that do not
+ * fit go to the same Python methods the pure-Python path calls.
+ *
+ * The lock-free append (LineBuffer's docstring gives the argument) is atomic here for
+ * the plainer reason: from reading ``count`` to the append, this code runs no Python
+ * code and never releases the GIL (attribute reads and writes of plain instance
+ * attributes, a bytearray resize), so no other thread and no signal handler can run
+ * in between.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+typedef struct {
+    PyObject *dumps;       /* orjson.dumps */
+    PyObject *option;      /* orjson.OPT_APPEND_NEWLINE */
+    PyObject *now;         /* time.time */
+    PyObject *count_type;  /* itertools.count */
+} State;
+
+static State state;
+
+/* Interned attribute and key names. */
+static PyObject *s_buffer, *s_steps, *s_detour, *s_misses, *s_encoder, *s_count,
+    *s_limit, *s_fast_line, *s_data, *s_line_limit, *s_step, *s_time, *s_log_py,
+    *s_missed_fast, *s_log_slow, *s_encode_row, *s_queue_line, *s_put_slow,
+    *s_took_detour, *s_slow_calls, *s_tap, *s_key, *s_absent, *s_values;
+
+static PyObject *
+fallback(PyObject *self, PyObject *data, PyObject *step)
+{
+    PyObject *args[3] = {self, data, step};
+    return PyObject_VectorcallMethod(s_log_py, args, 3, NULL);
+}
+
+/* Whether ``b"null"`` occurs in the line: orjson writes NaN and the infinities so. */
+static int
+has_null(const char *s, Py_ssize_t n)
+{
+    const char *end = s + n;
+    while (n >= 4) {
+        const char *at = memchr(s, 'n', (size_t)(n - 3));
+        if (at == NULL) {
+            return 0;
+        }
+        if (at[1] == 'u' && at[2] == 'l' && at[3] == 'l') {
+            return 1;
+        }
+        s = at + 1;
+        n = end - s;
+    }
+    return 0;
+}
+
+/* Read an int attribute as a Py_ssize_t; -1 with an exception set on failure. */
+static int
+get_ssize(PyObject *obj, PyObject *name, Py_ssize_t *out)
+{
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL) {
+        return -1;
+    }
+    *out = PyLong_AsSsize_t(value);
+    Py_DECREF(value);
+    if (*out == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+call_method(PyObject *obj, PyObject *name, PyObject *const *args, size_t nargs)
+{
+    /* args[0] is obj; nargs counts it. */
+    return PyObject_VectorcallMethod(name, (PyObject **)args, nargs, NULL);
+}
+
+/* The queueing after the encoding: the lock-free append, or the slow ways. Steals
+ * ``line``. */
+static PyObject *
+queue(PyObject *self, PyObject *buffer, PyObject *line, PyObject *step, PyObject *now,
+      PyObject *data)
+{
+    Py_ssize_t size = PyBytes_GET_SIZE(line);
+    Py_ssize_t count, limit, fast_line;
+    PyObject *result = NULL;
+
+    /* The lock-free region: no Python code runs and the GIL is held from here to the
+     * append (plain attributes of a LineBuffer; a bytearray resize). */
+    if (get_ssize(buffer, s_count, &count) < 0 || get_ssize(buffer, s_limit, &limit) < 0
+        || get_ssize(buffer, s_fast_line, &fast_line) < 0) {
+        goto done;
+    }
+    if (count < limit && size <= fast_line) {
+        PyObject *bytes = PyObject_GetAttr(buffer, s_data);
+        if (bytes == NULL) {
+            goto done;
+        }
+        if (PyByteArray_CheckExact(bytes)) {
+            Py_ssize_t used = PyByteArray_GET_SIZE(bytes);
+            if (PyByteArray_Resize(bytes, used + size) < 0) {
+                Py_DECREF(bytes);
+                goto done;
+            }
+            memcpy(PyByteArray_AS_STRING(bytes) + used, PyBytes_AS_STRING(line),
+                   (size_t)size);
+            Py_DECREF(bytes);
+            PyObject *next = PyLong_FromSsize_t(count + 1);
+            if (next == NULL || PyObject_SetAttr(buffer, s_count, next) < 0) {
+                /* (cannot happen short of memory; the line is queued, uncounted) */
+                Py_XDECREF(next);
+                goto done;
+            }
+            Py_DECREF(next);
+            result = Py_None;
+            Py_INCREF(result);
+            goto done;
+        }
+        Py_DECREF(bytes);
+    }
+    /* A wake-up, an overflow, the writer process's ring, or a line over the limit. */
+    {
+        Py_ssize_t line_limit;
+        if (get_ssize(buffer, s_line_limit, &line_limit) < 0) {
+            goto done;
+        }
+        if (size > line_limit) {
+            PyObject *args[6] = {self, buffer, line, step, now, data};
+            result = call_method(self, s_queue_line, args, 6);
+        }
+        else {
+            PyObject *args[2] = {buffer, line};
+            result = call_method(buffer, s_put_slow, args, 2);
+        }
+    }
+done:
+    Py_DECREF(line);
+    return result;
+}
+
+/* The first case of _TrackerBase._took_detour: the value watchers' tap watches one key,
+ * no slow spell runs, and the value is a plain float (or the key is absent): queue it for
+ * the watchers (or skip it). 1: done, the fast path goes on; 0: _took_detour decides; -1:
+ * error. */
+static int
+tap_float(PyObject *self, PyObject *data, PyObject *step)
+{
+    PyObject *tap, *key, *absent, *value, *values, *queue, *item;
+    Py_ssize_t slow_calls;
+    int done = 0;
+
+    if (get_ssize(self, s_slow_calls, &slow_calls) < 0) {
+        return -1;
+    }
+    if (slow_calls) {
+        return 0;
+    }
+    tap = PyObject_GetAttr(self, s_tap);
+    if (tap == NULL) {
+        return -1;
+    }
+    if (tap == Py_None) {
+        Py_DECREF(tap);
+        return 0;
+    }
+    key = PyObject_GetAttr(tap, s_key);
+    absent = key == NULL ? NULL : PyObject_GetAttr(tap, s_absent);
+    if (absent == NULL) {
+        Py_XDECREF(key);
+        Py_DECREF(tap);
+        return -1;
+    }
+    value = PyDict_GetItemWithError(data, key);  /* borrowed */
+    if (value == NULL && PyErr_Occurred()) {
+        done = -1;
+    }
+    else if (value == NULL && absent == Py_None) {
+        done = 1;  /* the watched key is absent: nothing to check */
+    }
+    else if (value != NULL && PyFloat_CheckExact(value)) {
+        values = PyObject_GetAttr(tap, s_values);
+        if (values == NULL) {
+            done = -1;
+        }
+        else {
+            queue = PyList_Check(values) && PyList_GET_SIZE(values) > 0
+                        ? PyList_GET_ITEM(values, 0)
+                        : NULL;
+            if (queue != NULL && PyList_Check(queue)) {
+                item = PyTuple_Pack(2, step, value);
+                done = item == NULL || PyList_Append(queue, item) < 0 ? -1 : 1;
+                Py_XDECREF(item);
+            }
+            Py_DECREF(values);
+        }
+    }
+    Py_DECREF(key);
+    Py_DECREF(absent);
+    Py_DECREF(tap);
+    return done;
+}
+
+static PyObject *
+log_impl(PyObject *self, PyObject *data, PyObject *step_arg)
+{
+    PyObject *buffer = NULL, *flag = NULL, *step = NULL, *now = NULL, *record = NULL,
+             *line = NULL, *result = NULL;
+    int detour;
+
+    buffer = PyObject_GetAttr(self, s_buffer);
+    if (buffer == NULL) {
+        return NULL;
+    }
+    if (buffer == Py_None || !PyDict_CheckExact(data)) {
+        Py_DECREF(buffer);
+        return fallback(self, data, step_arg);
+    }
+    flag = PyObject_GetAttr(self, s_detour);
+    if (flag == NULL) {
+        goto done;
+    }
+    detour = PyObject_IsTrue(flag);
+    Py_DECREF(flag);
+    if (detour < 0) {
+        goto done;
+    }
+    if (step_arg == Py_None) {
+        PyObject *steps = PyObject_GetAttr(self, s_steps);
+        if (steps == NULL) {
+            goto done;
+        }
+        step = PyIter_Next(steps);
+        Py_DECREF(steps);
+        if (step == NULL) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_RuntimeError, "steplog: the step counter ended");
+            }
+            goto done;
+        }
+    }
+    else if (PyLong_CheckExact(step_arg)) {
+        /* A plain int (bool is a subclass: not exact) from 0 to PY_SSIZE_T_MAX - 1: as
+         * _explicit_step does; the Python path raises for the others, or counts on
+         * from a huge one. */
+        Py_ssize_t value = PyLong_AsSsize_t(step_arg);
+        PyObject *next, *steps;
+        if (value == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            value = -1;
+        }
+        if (value < 0 || value == PY_SSIZE_T_MAX) {
+            result = fallback(self, data, step_arg);
+            goto done;
+        }
+        next = PyLong_FromSsize_t(value + 1);
+        if (next == NULL) {
+            goto done;
+        }
+        steps = PyObject_CallOneArg(state.count_type, next);
+        Py_DECREF(next);
+        if (steps == NULL || PyObject_SetAttr(self, s_steps, steps) < 0) {
+            Py_XDECREF(steps);
+            goto done;
+        }
+        Py_DECREF(steps);
+        step = Py_NewRef(step_arg);
+    }
+    else {
+        result = fallback(self, data, step_arg);
+        goto done;
+    }
+    now = PyObject_CallNoArgs(state.now);
+    if (now == NULL) {
+        goto done;
+    }
+    if (detour) {
+        int queued = tap_float(self, data, step);
+        if (queued < 0) {
+            goto done;
+        }
+        if (!queued) {
+            /* Not a plain float for the one watched key, or a slow spell. */
+            PyObject *args[5] = {self, buffer, data, step, now};
+            PyObject *took = call_method(self, s_took_detour, args, 5);
+            if (took == NULL) {
+                goto done;
+            }
+            queued = PyObject_IsTrue(took);
+            Py_DECREF(took);
+            if (queued < 0) {
+                goto done;
+            }
+            if (queued) {
+                result = Py_NewRef(Py_None);
+                goto done;
+            }
+        }
+    }
+    record = PyDict_New();
+    if (record == NULL || PyDict_SetItem(record, s_step, step) < 0
+        || PyDict_SetItem(record, s_time, now) < 0 || PyDict_SetItem(record, s_data, data) < 0) {
+        goto done;
+    }
+    {
+        PyObject *args[3] = {record, Py_None, state.option};
+        line = PyObject_Vectorcall(state.dumps, args, 3, NULL);
+    }
+    if (line == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_TypeError)) {  /* orjson.JSONEncodeError too */
+            goto done;
+        }
+        PyErr_Clear();
+        {
+            PyObject *args[1] = {self};
+            PyObject *r = call_method(self, s_missed_fast, args, 1);
+            if (r == NULL) {
+                goto done;
+            }
+            Py_DECREF(r);
+        }
+        {
+            PyObject *args[5] = {self, buffer, data, step, now};
+            result = call_method(self, s_log_slow, args, 5);
+        }
+        goto done;
+    }
+    if (!PyBytes_Check(line)) {
+        PyErr_SetString(PyExc_TypeError, "steplog: orjson.dumps returned no bytes");
+        goto done;
+    }
+    {
+        Py_ssize_t misses;
+        if (get_ssize(self, s_misses, &misses) < 0) {
+            goto done;
+        }
+        if (misses) {
+            PyObject *zero = PyLong_FromLong(0);
+            int failed = zero == NULL || PyObject_SetAttr(self, s_misses, zero) < 0;
+            Py_XDECREF(zero);
+            if (failed) {
+                goto done;
+            }
+        }
+    }
+    if (has_null(PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line))) {
+        /* NaN and infinities come out as null: tag them */
+        PyObject *encoder = PyObject_GetAttr(self, s_encoder);
+        if (encoder == NULL) {
+            goto done;
+        }
+        PyObject *args[4] = {encoder, step, now, data};
+        PyObject *tagged = call_method(encoder, s_encode_row, args, 4);
+        Py_DECREF(encoder);
+        if (tagged == NULL) {
+            goto done;
+        }
+        if (!PyBytes_Check(tagged)) {
+            Py_DECREF(tagged);
+            PyErr_SetString(PyExc_TypeError, "steplog: encode_row returned no bytes");
+            goto done;
+        }
+        Py_SETREF(line, tagged);
+    }
+    result = queue(self, buffer, line, step, now, data);
+    line = NULL;  /* (stolen) */
+done:
+    Py_XDECREF(buffer);
+    Py_XDECREF(step);
+    Py_XDECREF(now);
+    Py_XDECREF(record);
+    Py_XDECREF(line);
+    return result;
+}
+
+/* log(self, data, step=None) */
+static PyObject *
+log_method(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *data = NULL, *step = Py_None;
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+
+    if (nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "log() takes from 2 to 3 positional arguments but %zd were given",
+                     nargs + 1);
+        return NULL;
+    }
+    if (nargs >= 1) {
+        data = args[0];
+    }
+    if (nargs == 2) {
+        step = args[1];
+    }
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+        PyObject *value = args[nargs + i];
+        if (PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, "data") == 0) {
+            if (data != NULL) {
+                PyErr_SetString(PyExc_TypeError, "log() got multiple values for argument 'data'");
+                return NULL;
+            }
+            data = value;
+        }
+        else if (PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, "step") == 0) {
+            if (nargs == 2) {
+                PyErr_SetString(PyExc_TypeError, "log() got multiple values for argument 'step'");
+                return NULL;
+            }
+            step = value;
+        }
+        else {
+            PyErr_Format(PyExc_TypeError, "log() got an unexpected keyword argument '%S'", name);
+            return NULL;
+        }
+    }
+    if (data == NULL) {
+        PyErr_SetString(PyExc_TypeError, "log() missing 1 required positional argument: 'data'");
+        return NULL;
+    }
+    return log_impl(self, data, step);
+}
+
+static PyMethodDef log_def = {
+    "log", (PyCFunction)(void (*)(void))log_method, METH_FASTCALL | METH_KEYWORDS, NULL};
+
+/* bind(cls, doc): Tracker.log for ``cls`` and its subclasses, as a method descriptor
+ * (so that ``tracker.log(...)`` makes no bound-method object). */
+static PyObject *
+bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyType_Check(args[0]) || !PyUnicode_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "bind(cls, doc)");
+        return NULL;
+    }
+    const char *doc = PyUnicode_AsUTF8(args[1]);
+    if (doc == NULL) {
+        return NULL;
+    }
+    /* The docstring lives as long as the process (one per bind; bound once). */
+    char *kept = PyMem_RawMalloc(strlen(doc) + 1);
+    if (kept == NULL) {
+        return PyErr_NoMemory();
+    }
+    strcpy(kept, doc);
+    log_def.ml_doc = kept;
+    return PyDescr_NewMethod((PyTypeObject *)args[0], &log_def);
+}
+
+/* setup(dumps, option, now, count) */
+static PyObject *
+setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "setup(dumps, option, now, count)");
+        return NULL;
+    }
+    Py_XSETREF(state.dumps, Py_NewRef(args[0]));
+    Py_XSETREF(state.option, Py_NewRef(args[1]));
+    Py_XSETREF(state.now, Py_NewRef(args[2]));
+    Py_XSETREF(state.count_type, Py_NewRef(args[3]));
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+has_null_py(PyObject *module, PyObject *line)
+{
+    Py_buffer view;
+    int found;
+    if (PyObject_GetBuffer(line, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    found = has_null((const char *)view.buf, view.len);
+    PyBuffer_Release(&view);
+    return PyBool_FromLong(found);
+}
+
+static PyMethodDef module_methods[] = {
+    {"bind", (PyCFunction)(void (*)(void))bind, METH_FASTCALL, NULL},
+    {"setup", (PyCFunction)(void (*)(void))setup, METH_FASTCALL, NULL},
+    {"has_null", has_null_py, METH_O, "Whether b'null' occurs in a bytes-like object."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "steplog._speedups", "Tracker.log()'s fast path, compiled.", -1,
+    module_methods};
+
+#define INTERN(var, text)                          \
+    do {                                           \
+        var = PyUnicode_InternFromString(text);    \
+        if (var == NULL) {                         \
+            return NULL;                           \
+        }                                          \
+    } while (0)
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    INTERN(s_buffer, "_buffer");
+    INTERN(s_steps, "_steps");
+    INTERN(s_detour, "_detour");
+    INTERN(s_misses, "_misses");
+    INTERN(s_encoder, "_encoder");
+    INTERN(s_count, "count");
+    INTERN(s_limit, "limit");
+    INTERN(s_fast_line, "fast_line");
+    INTERN(s_data, "data");
+    INTERN(s_line_limit, "line_limit");
+    INTERN(s_step, "step");
+    INTERN(s_time, "time");
+    INTERN(s_log_py, "_log_py");
+    INTERN(s_missed_fast, "_missed_fast");
+    INTERN(s_log_slow, "_log_slow");
+    INTERN(s_encode_row, "encode_row");
+    INTERN(s_queue_line, "_queue_line");
+    INTERN(s_put_slow, "put_slow");
+    INTERN(s_took_detour, "_took_detour");
+    INTERN(s_slow_calls, "_slow_calls");
+    INTERN(s_tap, "_tap");
+    INTERN(s_key, "key");
+    INTERN(s_absent, "absent");
+    INTERN(s_values, "values");
+    return PyModule_Create(&module_def);
+}

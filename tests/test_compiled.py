@@ -1,0 +1,184 @@
+"""The compiled ``log()`` (``steplog._speedups``) against the pure-Python one (issue #26).
+
+``Tracker.log`` is the C fast path where the extension was built, and
+``_TrackerBase._log_py`` otherwise; the C code hands every uncommon call to the Python
+methods. These tests drive both with the same calls and require the same events, the
+same errors and the same alerts; and check the fallback when the extension is off.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import steplog
+from steplog import watch
+from steplog.tracker import _TrackerBase
+
+from conftest import COMPILED
+
+needs_compiled = pytest.mark.skipif(
+    not COMPILED, reason="steplog._speedups was not built (no C compiler at install time)"
+)
+
+_values = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(2**70), 2**70),
+    st.text(max_size=6),
+    st.none(),
+    st.booleans(),
+    st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=3),
+    st.sampled_from([np.float32("nan"), np.int64(7), np.arange(3), "null", "a:null"]),
+)
+_records = st.dictionaries(
+    st.sampled_from(["loss", "acc", "lr", "nested.k", "null", "s"]), _values, max_size=5
+)
+_steps = st.one_of(
+    st.none(), st.none(), st.integers(0, 40), st.sampled_from([-1, True, 1.5, "3", 2**70])
+)
+_calls = st.lists(
+    st.tuples(_records, _steps, st.sampled_from(["dict", "dict", "dict", "mapping"])),
+    max_size=40,
+)
+
+
+def _run(calls, impl: str, watchers: list[watch.Watcher]) -> tuple[list, list, list]:
+    """Log ``calls`` with one implementation; return the events, errors and alerts."""
+    log = _TrackerBase._log_py if impl == "python" else _TrackerBase.log
+    memory = steplog.MemoryBackend()
+    alerts: list[str] = []
+    tracker = steplog.Tracker(
+        memory,
+        watchers=watchers,
+        on_alert=(lambda alert: alerts.append(alert.message)) if watchers else None,
+        batch_size=7,
+    )
+    tracker.init()
+    errors = []
+    for data, step, kind in calls:
+        arg = types.MappingProxyType(data) if kind == "mapping" else dict(data)
+        try:
+            if step is None:
+                log(tracker, arg)
+            else:
+                log(tracker, arg, step)
+        except Exception as exc:
+            errors.append((type(exc).__name__, str(exc)))
+    tracker.finish()
+    events = [(e.step, repr(e.data)) for e in memory.records]
+    return events, errors, alerts
+
+
+@needs_compiled
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(calls=_calls, watched=st.sampled_from(["none", "one", "three"]))
+def test_compiled_log_records_what_the_python_one_does(calls, watched):
+    """Any sequence of calls — floats with NaN and infinities, huge ints, strings that
+    contain "null", None, lists, numpy values and arrays, non-dict mappings, explicit,
+    invalid and implicit steps — gives the same events (steps and values), the same
+    errors and, with value watchers, the same alerts from both implementations."""
+
+    def watchers() -> list[watch.Watcher]:
+        if watched == "none":
+            return []
+        if watched == "one":
+            return [watch.nonfinite("loss")]
+        return [watch.nonfinite("loss"), watch.above("acc", 0.5), watch.nonfinite("lr")]
+
+    assert _run(calls, "compiled", watchers()) == _run(calls, "python", watchers())
+
+
+@needs_compiled
+def test_compiled_log_takes_the_slow_spell_like_the_python_one():
+    """A loop that logs values orjson cannot store as they are (numpy arrays) misses
+    the fast path; after a streak of misses both implementations go straight to the
+    slow path for a spell, then try the fast one again: same events either way."""
+    calls = [({"a": np.arange(2) + i, "b": float(i)}, None, "dict") for i in range(30)]
+    calls += [({"b": float(i), "c": math.nan}, None, "dict") for i in range(30)]
+    assert _run(calls, "compiled", []) == _run(calls, "python", [])
+
+
+@needs_compiled
+@pytest.mark.parametrize("watched", ["one", "three"])
+def test_compiled_log_feeds_the_value_watchers(watched):
+    """The compiled path queues a watched plain float for the watchers itself: a loss
+    that turns NaN, and one above a bound, raise the same alerts at the same steps as
+    with the Python path (and they are raised at all)."""
+    losses = [1.0 / (i + 1) for i in range(50)] + [math.nan] * 5 + [2.0] * 5
+    calls = [({"loss": v, "acc": 0.1}, None, "dict") for v in losses]
+    calls += [({"acc": 0.9}, None, "dict"), ({"loss": "text"}, None, "dict")]
+
+    def watchers() -> list[watch.Watcher]:
+        found = [watch.nonfinite("loss")]
+        return found if watched == "one" else [*found, watch.above("loss", 1.5)]
+
+    compiled = _run(calls, "compiled", watchers())
+    assert compiled == _run(calls, "python", watchers())
+    alerts = compiled[2]
+    assert any("loss" in a and "50" in a for a in alerts), alerts
+    if watched == "three":
+        assert len(alerts) == 2, alerts
+
+
+@needs_compiled
+def test_compiled_log_is_a_method_with_the_same_signature_and_docs():
+    """``Tracker.log`` keeps its signature (``step`` by position or keyword) and its
+    docstring, and argument errors read as Python's would."""
+    compiled, python = steplog.Tracker.log, _TrackerBase._log_py
+    assert str(inspect.signature(compiled)) == "(self, /, data, step=None)"
+    assert list(inspect.signature(python).parameters) == ["self", "data", "step"]
+    assert compiled.__doc__ == python.__doc__
+    memory = steplog.MemoryBackend()
+    with steplog.Tracker(memory) as tracker:
+        tracker.log({"a": 1.0}, 5)
+        tracker.log(data={"a": 2.0}, step=6)
+        tracker.log({"a": 3.0}, step=7)
+        for call, message in [
+            (lambda: tracker.log(), "missing 1 required positional argument: 'data'"),
+            (lambda: tracker.log({}, 1, 2), "positional arguments but 4 were given"),
+            (lambda: tracker.log({}, 1, step=2), "multiple values for argument 'step'"),
+            (lambda: tracker.log({}, data={}), "multiple values for argument 'data'"),
+            (lambda: tracker.log({}, stp=1), "unexpected keyword argument 'stp'"),
+        ]:
+            with pytest.raises(TypeError, match=message):
+                call()
+        with pytest.raises(TypeError, match="descriptor 'log'"):
+            steplog.Tracker.log(object(), {})
+    assert [e.step for e in memory.records] == [5, 6, 7]
+
+
+def test_without_the_extension_log_is_the_python_path(tmp_path):
+    """``STEPLOG_PURE_PYTHON=1`` (as where no compiler was there at install time) leaves
+    ``Tracker.log`` the Python method; a run records the same as with the extension."""
+    script = (
+        "import steplog, sys\n"
+        "from steplog.tracker import _TrackerBase\n"
+        "assert steplog.Tracker.log is _TrackerBase._log_py, steplog.Tracker.log\n"
+        "t = steplog.Tracker(steplog.JsonlBackend(sys.argv[1]))\n"
+        "t.init()\n"
+        "for i in range(1000):\n"
+        "    t.log({'loss': 1.0 / (i + 1), 'nan': float('nan') if i % 7 == 0 else 0.0})\n"
+        "print(t.finish().written)\n"
+    )
+    env = {**os.environ, "STEPLOG_PURE_PYTHON": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert out.stdout.strip() == "1000"
+    run = steplog.read_run(next(tmp_path.rglob("*.jsonl")))
+    assert len(run.history["loss"]) == 1000
+    assert sum(math.isnan(v) for v in run.history["nan"]) == 143

@@ -63,7 +63,8 @@ class LineBuffer:
     ``bytearray`` into :attr:`segments` and queue behind it, so the order of ``log()``
     calls is kept.
 
-    **The lock-free fast path** (``Tracker.log`` inlines it; :meth:`put` is the same)::
+    **The lock-free fast path** (``Tracker.log`` inlines it, in Python and in its
+    compiled form, ``steplog._speedups``; :meth:`put` is the same)::
 
         if buffer.count < buffer.limit and size <= buffer.fast_line:
             buffer.count += 1
@@ -87,7 +88,9 @@ class LineBuffer:
        ``log()``, runs entirely before the region or entirely after it: the check, the
        reservation and the append are one step. ``tests/test_hot_path.py`` checks,
        with a signal timer firing thousands of times inside ``log()``, that no handler
-       ever runs inside it (and fails if a call is put there).
+       ever runs inside it (and fails if a call is put there). The compiled ``log()``
+       is atomic for a plainer reason: from reading ``count`` to the append it runs no
+       Python code and never releases the GIL.
     2. *Lock holders close it first.* Every step under :attr:`lock` that reads or
        changes :attr:`count`, :attr:`data` or :attr:`segments` first sets ``limit =
        0`` (so no producer enters the region; by 1., none is inside it) and ends with

@@ -24,6 +24,7 @@ typedef struct {
     PyObject *option;      /* orjson.OPT_APPEND_NEWLINE */
     PyObject *now;         /* time.time */
     PyObject *count_type;  /* itertools.count */
+    PyObject *template;    /* {"step": None, "time": None, "data": None} */
 } State;
 
 static State state;
@@ -60,11 +61,28 @@ has_null(const char *s, Py_ssize_t n)
     return 0;
 }
 
+/* An attribute (new reference), read from the instance's ``__dict__`` when it is there:
+ * a dict lookup costs a fraction of the generic attribute lookup. The attributes read
+ * so are plain instance attributes, set in ``__init__`` (no class of the tracker or the
+ * buffer defines a descriptor of these names: tests/test_compiled.py checks). */
+static PyObject *
+attr(PyObject *obj, PyObject *dict, PyObject *name)
+{
+    PyObject *value = PyDict_GetItemWithError(dict, name);
+    if (value != NULL) {
+        return Py_NewRef(value);
+    }
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    return PyObject_GetAttr(obj, name);
+}
+
 /* Read an int attribute as a Py_ssize_t; -1 with an exception set on failure. */
 static int
-get_ssize(PyObject *obj, PyObject *name, Py_ssize_t *out)
+get_ssize(PyObject *obj, PyObject *dict, PyObject *name, Py_ssize_t *out)
 {
-    PyObject *value = PyObject_GetAttr(obj, name);
+    PyObject *value = attr(obj, dict, name);
     if (value == NULL) {
         return -1;
     }
@@ -74,6 +92,13 @@ get_ssize(PyObject *obj, PyObject *name, Py_ssize_t *out)
         return -1;
     }
     return 0;
+}
+
+/* Set an attribute in the instance's ``__dict__`` (as a plain assignment does). */
+static int
+set_attr(PyObject *dict, PyObject *name, PyObject *value)
+{
+    return PyDict_SetItem(dict, name, value);
 }
 
 static PyObject *
@@ -92,15 +117,21 @@ queue(PyObject *self, PyObject *buffer, PyObject *line, PyObject *step, PyObject
     Py_ssize_t size = PyBytes_GET_SIZE(line);
     Py_ssize_t count, limit, fast_line;
     PyObject *result = NULL;
+    PyObject *bdict = PyObject_GenericGetDict(buffer, NULL);
+
+    if (bdict == NULL) {
+        goto done;
+    }
 
     /* The lock-free region: no Python code runs and the GIL is held from here to the
      * append (plain attributes of a LineBuffer; a bytearray resize). */
-    if (get_ssize(buffer, s_count, &count) < 0 || get_ssize(buffer, s_limit, &limit) < 0
-        || get_ssize(buffer, s_fast_line, &fast_line) < 0) {
+    if (get_ssize(buffer, bdict, s_count, &count) < 0
+        || get_ssize(buffer, bdict, s_limit, &limit) < 0
+        || get_ssize(buffer, bdict, s_fast_line, &fast_line) < 0) {
         goto done;
     }
     if (count < limit && size <= fast_line) {
-        PyObject *bytes = PyObject_GetAttr(buffer, s_data);
+        PyObject *bytes = attr(buffer, bdict, s_data);
         if (bytes == NULL) {
             goto done;
         }
@@ -114,7 +145,7 @@ queue(PyObject *self, PyObject *buffer, PyObject *line, PyObject *step, PyObject
                    (size_t)size);
             Py_DECREF(bytes);
             PyObject *next = PyLong_FromSsize_t(count + 1);
-            if (next == NULL || PyObject_SetAttr(buffer, s_count, next) < 0) {
+            if (next == NULL || set_attr(bdict, s_count, next) < 0) {
                 /* (cannot happen short of memory; the line is queued, uncounted) */
                 Py_XDECREF(next);
                 goto done;
@@ -129,7 +160,7 @@ queue(PyObject *self, PyObject *buffer, PyObject *line, PyObject *step, PyObject
     /* A wake-up, an overflow, the writer process's ring, or a line over the limit. */
     {
         Py_ssize_t line_limit;
-        if (get_ssize(buffer, s_line_limit, &line_limit) < 0) {
+        if (get_ssize(buffer, bdict, s_line_limit, &line_limit) < 0) {
             goto done;
         }
         if (size > line_limit) {
@@ -142,6 +173,7 @@ queue(PyObject *self, PyObject *buffer, PyObject *line, PyObject *step, PyObject
         }
     }
 done:
+    Py_XDECREF(bdict);
     Py_DECREF(line);
     return result;
 }
@@ -151,19 +183,19 @@ done:
  * the watchers (or skip it). 1: done, the fast path goes on; 0: _took_detour decides; -1:
  * error. */
 static int
-tap_float(PyObject *self, PyObject *data, PyObject *step)
+tap_float(PyObject *self, PyObject *sdict, PyObject *data, PyObject *step)
 {
     PyObject *tap, *key, *absent, *value, *values, *queue, *item;
     Py_ssize_t slow_calls;
     int done = 0;
 
-    if (get_ssize(self, s_slow_calls, &slow_calls) < 0) {
+    if (get_ssize(self, sdict, s_slow_calls, &slow_calls) < 0) {
         return -1;
     }
     if (slow_calls) {
         return 0;
     }
-    tap = PyObject_GetAttr(self, s_tap);
+    tap = attr(self, sdict, s_tap);
     if (tap == NULL) {
         return -1;
     }
@@ -211,19 +243,23 @@ tap_float(PyObject *self, PyObject *data, PyObject *step)
 static PyObject *
 log_impl(PyObject *self, PyObject *data, PyObject *step_arg)
 {
-    PyObject *buffer = NULL, *flag = NULL, *step = NULL, *now = NULL, *record = NULL,
-             *line = NULL, *result = NULL;
+    PyObject *sdict, *buffer = NULL, *flag = NULL, *step = NULL, *now = NULL,
+             *record = NULL, *line = NULL, *result = NULL;
     int detour;
 
-    buffer = PyObject_GetAttr(self, s_buffer);
-    if (buffer == NULL) {
+    sdict = PyObject_GenericGetDict(self, NULL);
+    if (sdict == NULL) {
         return NULL;
     }
-    if (buffer == Py_None || !PyDict_CheckExact(data)) {
-        Py_DECREF(buffer);
-        return fallback(self, data, step_arg);
+    buffer = attr(self, sdict, s_buffer);
+    if (buffer == NULL) {
+        goto done;
     }
-    flag = PyObject_GetAttr(self, s_detour);
+    if (buffer == Py_None || !PyDict_CheckExact(data)) {
+        result = fallback(self, data, step_arg);
+        goto done;
+    }
+    flag = attr(self, sdict, s_detour);
     if (flag == NULL) {
         goto done;
     }
@@ -233,7 +269,7 @@ log_impl(PyObject *self, PyObject *data, PyObject *step_arg)
         goto done;
     }
     if (step_arg == Py_None) {
-        PyObject *steps = PyObject_GetAttr(self, s_steps);
+        PyObject *steps = attr(self, sdict, s_steps);
         if (steps == NULL) {
             goto done;
         }
@@ -266,7 +302,7 @@ log_impl(PyObject *self, PyObject *data, PyObject *step_arg)
         }
         steps = PyObject_CallOneArg(state.count_type, next);
         Py_DECREF(next);
-        if (steps == NULL || PyObject_SetAttr(self, s_steps, steps) < 0) {
+        if (steps == NULL || set_attr(sdict, s_steps, steps) < 0) {
             Py_XDECREF(steps);
             goto done;
         }
@@ -282,7 +318,7 @@ log_impl(PyObject *self, PyObject *data, PyObject *step_arg)
         goto done;
     }
     if (detour) {
-        int queued = tap_float(self, data, step);
+        int queued = tap_float(self, sdict, data, step);
         if (queued < 0) {
             goto done;
         }
@@ -304,7 +340,7 @@ log_impl(PyObject *self, PyObject *data, PyObject *step_arg)
             }
         }
     }
-    record = PyDict_New();
+    record = PyDict_Copy(state.template);  /* (a copy of a dict with these keys: presized) */
     if (record == NULL || PyDict_SetItem(record, s_step, step) < 0
         || PyDict_SetItem(record, s_time, now) < 0 || PyDict_SetItem(record, s_data, data) < 0) {
         goto done;
@@ -338,12 +374,12 @@ log_impl(PyObject *self, PyObject *data, PyObject *step_arg)
     }
     {
         Py_ssize_t misses;
-        if (get_ssize(self, s_misses, &misses) < 0) {
+        if (get_ssize(self, sdict, s_misses, &misses) < 0) {
             goto done;
         }
         if (misses) {
             PyObject *zero = PyLong_FromLong(0);
-            int failed = zero == NULL || PyObject_SetAttr(self, s_misses, zero) < 0;
+            int failed = zero == NULL || set_attr(sdict, s_misses, zero) < 0;
             Py_XDECREF(zero);
             if (failed) {
                 goto done;
@@ -352,7 +388,7 @@ log_impl(PyObject *self, PyObject *data, PyObject *step_arg)
     }
     if (has_null(PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line))) {
         /* NaN and infinities come out as null: tag them */
-        PyObject *encoder = PyObject_GetAttr(self, s_encoder);
+        PyObject *encoder = attr(self, sdict, s_encoder);
         if (encoder == NULL) {
             goto done;
         }
@@ -372,6 +408,7 @@ log_impl(PyObject *self, PyObject *data, PyObject *step_arg)
     result = queue(self, buffer, line, step, now, data);
     line = NULL;  /* (stolen) */
 done:
+    Py_DECREF(sdict);
     Py_XDECREF(buffer);
     Py_XDECREF(step);
     Py_XDECREF(now);
@@ -465,6 +502,15 @@ setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_XSETREF(state.option, Py_NewRef(args[1]));
     Py_XSETREF(state.now, Py_NewRef(args[2]));
     Py_XSETREF(state.count_type, Py_NewRef(args[3]));
+    if (state.template == NULL) {
+        state.template = PyDict_New();
+        if (state.template == NULL || PyDict_SetItem(state.template, s_step, Py_None) < 0
+            || PyDict_SetItem(state.template, s_time, Py_None) < 0
+            || PyDict_SetItem(state.template, s_data, Py_None) < 0) {
+            Py_CLEAR(state.template);
+            return NULL;
+        }
+    }
     Py_RETURN_NONE;
 }
 

@@ -16,6 +16,7 @@ import sys
 import types
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -216,3 +217,74 @@ def test_without_the_extension_log_is_the_python_path(tmp_path):
     run = steplog.read_run(next(tmp_path.rglob("*.jsonl")))
     assert len(run.history["loss"]) == 1000
     assert sum(math.isnan(v) for v in run.history["nan"]) == 143
+
+
+@needs_compiled
+def test_an_emptied_bytearray_keeps_its_allocation_for_the_next_batch():
+    """The writer empties the bytearray it has written (when nothing else holds it) and
+    hands it back as the buffer's next one: appends then fill its allocation instead of
+    growing a new one from nothing (bytearray's own resize would shrink it at the first
+    append: its size is below half its allocation)."""
+    from steplog import _speedups
+
+    data = bytearray(b"x" * 100_000)
+    allocated = data.__alloc__()
+    assert _speedups.emptied(data) is True
+    assert data == b"" and data.__alloc__() == allocated
+    for i in range(1_000):
+        _speedups.append(data, b"%05d\n" % i)
+    assert data.__alloc__() == allocated  # no resize: the lines fit
+    assert data.splitlines() == [b"%05d" % i for i in range(1_000)]
+    _speedups.append(data, b"y" * 200_000)  # beyond it: grows as bytearray does
+    assert data.endswith(b"y" * 200_000) and data.__alloc__() > 200_000
+    view = memoryview(data)
+    assert _speedups.emptied(data) is False  # a live view: left as it is
+    with pytest.raises(BufferError):
+        _speedups.append(data, b"z" * 400_000)
+    view.release()
+
+
+class _KeepsBatches(steplog.SyncBackend):
+    """A sink that keeps every batch object it is handed (as a lazy sink might)."""
+
+    def __init__(self) -> None:
+        self.batches: list = []
+
+    def open_sync(self, run, encoder) -> None:
+        pass
+
+    def write_sync(self, events) -> None:
+        self.batches.append(events)
+
+    def close_sync(self, end) -> None:
+        pass
+
+
+@needs_compiled
+def test_the_writer_recycles_a_batch_only_when_nothing_else_holds_it(tmp_path):
+    """The run file's batches are recycled (the buffer's bytearray keeps its allocation
+    from batch to batch); a sink that keeps the batches it was handed keeps them intact:
+    the writer does not recycle a bytearray anyone else still holds."""
+    plain = steplog.Tracker(steplog.JsonlBackend(tmp_path / "plain"), batch_size=64)
+    plain.init()
+    buffer = plain._buffer
+    assert buffer is not None
+    recycled = 0
+    for i in range(20_000):
+        plain.log({"i": i, "loss": 0.5})
+        if i % 500 == 499:
+            plain.flush()
+            recycled += buffer.data.__alloc__() > 1_000 or buffer.spare is not None
+    plain.finish()
+    assert recycled >= 30  # (a take may find a batch still under way: most, not all)
+    run = steplog.read_run(next((tmp_path / "plain").rglob("*.jsonl")))
+    assert run.history["i"] == list(range(20_000))
+
+    keeper = _KeepsBatches()
+    tracker = steplog.Tracker(keeper, steplog.JsonlBackend(tmp_path / "kept"), batch_size=64)
+    tracker.init()
+    for i in range(20_000):
+        tracker.log({"i": i})
+    tracker.finish()
+    kept = [line for batch in keeper.batches for line in bytes(batch.data).splitlines()]
+    assert [orjson.loads(line)["data"]["i"] for line in kept] == list(range(20_000))

@@ -8,6 +8,7 @@ the ``limit`` the hot path gets back after a slow step, and how a dropped item c
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -44,6 +45,26 @@ def _no_deadline() -> float | None:
 #: (``limit`` stays 0). Decided once, at import: a free-threaded build may turn the GIL
 #: on later (an extension that needs it), never off again, so "locked" stays correct.
 LOCK_FREE: bool = getattr(sys, "_is_gil_enabled", lambda: True)()
+
+
+def _extension() -> Any:
+    """The compiled helpers (``steplog._speedups``), or None: not built (no compiler at
+    install time), turned off (``STEPLOG_PURE_PYTHON=1``), or a build without the GIL
+    (the compiled append rests on it, as the lock-free path does)."""
+    if os.environ.get("STEPLOG_PURE_PYTHON") or not LOCK_FREE:
+        return None
+    try:
+        from . import _speedups
+    except ImportError:
+        return None
+    return _speedups
+
+
+#: ``steplog._speedups`` where it is built and used (see :func:`_extension`), else None:
+#: ``Tracker.log`` (``tracker._compiled_log``), the append under the lock here, and the
+#: writer's recycling of a written batch take it from here.
+SPEEDUPS = _extension()
+_append_kept = SPEEDUPS.append if SPEEDUPS is not None else None
 
 #: The longest line ``log()`` appends without the lock. Longer ones (rare: a
 #: 100-key record is ~2.5 KiB) take the locked path; the bound is what lets one count
@@ -135,6 +156,10 @@ class LineBuffer:
         data: The newest queued lines (swapped for a fresh one by :meth:`take` and when
             a segment closes; never changed in place except by appends, and by a
             drop of its first line under the lock).
+        spare: The ``bytearray`` :meth:`take` makes the next :attr:`data`: one the
+            writer has written and emptied with its allocation kept (``Writer._recycle``,
+            compiled extension only), else None (a new one). Appends by the compiled
+            ``log()`` and by :meth:`_append` fill the allocation without reallocating.
         segments: Older queued items, oldest first: ``bytearray`` runs of lines and rows.
         count: Events queued.
         limit: Count at which a producer must call :meth:`put_slow` (0: always).
@@ -168,6 +193,7 @@ class LineBuffer:
         self._late: list[Any] = []
         self.line_limit = line_limit
         self.data = bytearray()
+        self.spare: bytearray | None = None
         self.segments: list[Any] = []
         self.count = 0
         self.capacity = capacity
@@ -278,7 +304,10 @@ class LineBuffer:
     def _append(self, line: bytes) -> None:
         # Under the lock (not a hot path): extend() leaves the attribute alone.
         self.count += 1
-        self.data.extend(line)
+        if _append_kept is not None and type(line) is bytes:
+            _append_kept(self.data, line)  # (keeps a recycled allocation: see spare)
+        else:
+            self.data.extend(line)
 
     def _nested(self) -> bool:
         """Whether this thread already held the lock: a signal handler's ``log()`` that
@@ -446,7 +475,10 @@ class LineBuffer:
 
     def take(self, *, stopping: Callable[[], bool] = _never) -> tuple[list[Any], int]:
         """Remove and return every queued item (``bytearray`` runs and rows) and the count."""
-        fresh = bytearray()
+        fresh = self.spare
+        if fresh is None:
+            fresh = bytearray()
+        self.spare = None
         with self.writer_lock(stopping):
             self.limit = 0  # closed: no producer appends until _reset_limit (docstring)
             try:

@@ -108,6 +108,31 @@ call_method(PyObject *obj, PyObject *name, PyObject *const *args, size_t nargs)
     return PyObject_VectorcallMethod(name, (PyObject **)args, nargs, NULL);
 }
 
+/* Append ``line`` to the bytearray. Into the room its allocation has, as bytearray's own
+ * in-place concatenation does, except that an emptied bytearray (see emptied()) keeps
+ * its allocation: bytearray's resize shrinks one whose size falls below half of it.
+ * When it must grow, bytearray's resize (its growth policy, and its BufferError while a
+ * memoryview of it lives). */
+static int
+append(PyObject *bytes, PyObject *line)
+{
+    PyByteArrayObject *b = (PyByteArrayObject *)bytes;
+    Py_ssize_t size = PyBytes_GET_SIZE(line);
+    Py_ssize_t used = Py_SIZE(b);
+    if (b->ob_exports == 0 && b->ob_bytes != NULL
+        && used + size + 1 <= b->ob_alloc - (b->ob_start - b->ob_bytes)) {
+        memcpy(b->ob_start + used, PyBytes_AS_STRING(line), (size_t)size);
+        Py_SET_SIZE(b, used + size);
+        b->ob_start[used + size] = '\0';
+        return 0;
+    }
+    if (PyByteArray_Resize(bytes, used + size) < 0) {
+        return -1;
+    }
+    memcpy(PyByteArray_AS_STRING(bytes) + used, PyBytes_AS_STRING(line), (size_t)size);
+    return 0;
+}
+
 /* The queueing after the encoding: the lock-free append, or the slow ways. Steals
  * ``line``. */
 static PyObject *
@@ -136,13 +161,10 @@ queue(PyObject *self, PyObject *buffer, PyObject *line, PyObject *step, PyObject
             goto done;
         }
         if (PyByteArray_CheckExact(bytes)) {
-            Py_ssize_t used = PyByteArray_GET_SIZE(bytes);
-            if (PyByteArray_Resize(bytes, used + size) < 0) {
+            if (append(bytes, line) < 0) {
                 Py_DECREF(bytes);
                 goto done;
             }
-            memcpy(PyByteArray_AS_STRING(bytes) + used, PyBytes_AS_STRING(line),
-                   (size_t)size);
             Py_DECREF(bytes);
             PyObject *next = PyLong_FromSsize_t(count + 1);
             if (next == NULL || set_attr(bdict, s_count, next) < 0) {
@@ -527,7 +549,44 @@ has_null_py(PyObject *module, PyObject *line)
     return PyBool_FromLong(found);
 }
 
+/* emptied(b): empty a bytearray nobody else holds, keeping its allocation, for the
+ * buffer's next batch (the writer recycles the one it wrote). Returns whether it did:
+ * not when the bytearray is exported (a memoryview of it lives). */
+static PyObject *
+emptied(PyObject *module, PyObject *obj)
+{
+    PyByteArrayObject *b = (PyByteArrayObject *)obj;
+    if (!PyByteArray_CheckExact(obj)) {
+        PyErr_SetString(PyExc_TypeError, "emptied() takes a bytearray");
+        return NULL;
+    }
+    if (b->ob_exports > 0 || b->ob_bytes == NULL) {
+        Py_RETURN_FALSE;
+    }
+    /* What a "minor downsize" of bytearray's own resize does: the allocation stays. */
+    b->ob_start = b->ob_bytes;
+    Py_SET_SIZE(b, 0);
+    b->ob_bytes[0] = '\0';
+    Py_RETURN_TRUE;
+}
+
+/* append(b, line): append a bytes line to a bytearray as log() does (see append()). */
+static PyObject *
+append_py(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyByteArray_CheckExact(args[0]) || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "append(bytearray, bytes)");
+        return NULL;
+    }
+    if (append(args[0], args[1]) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"append", (PyCFunction)(void (*)(void))append_py, METH_FASTCALL, NULL},
+    {"emptied", emptied, METH_O, NULL},
     {"bind", (PyCFunction)(void (*)(void))bind, METH_FASTCALL, NULL},
     {"setup", (PyCFunction)(void (*)(void))setup, METH_FASTCALL, NULL},
     {"has_null", has_null_py, METH_O, "Whether b'null' occurs in a bytes-like object."},

@@ -22,12 +22,13 @@ import dataclasses
 import logging
 import select
 import socket
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ._buffer import LineBuffer
+from ._buffer import SPEEDUPS, LineBuffer
 from ._delivery import RetryPolicy
 from ._monitor import Monitor
 from ._options import DEFAULT_MAX_ARRAY_SIZE
@@ -43,6 +44,11 @@ from .runfile.codec import ValueEncoder
 __all__ = ["Writer"]
 
 logger = logging.getLogger("steplog")
+# Empties a written batch for reuse (pure Python: every batch gets a new bytearray).
+_emptied = SPEEDUPS.emptied if SPEEDUPS is not None else None
+# The largest batch kept for reuse: a burst's bigger one is freed (a run holds at most
+# this much for the next batches).
+_RECYCLE_BYTES = 8 * 2**20
 
 
 class Writer:
@@ -308,8 +314,30 @@ class Writer:
         items, count = self.buffer.take(stopping=self.requests.stopping)
         if items:  # (not `count`: under a line tracer it may be one off; see LineBuffer)
             self.outputs.deliver(items, count)
+            self._recycle(items)
         if values is not None and monitor is not None:
             monitor.check_values(values)
+
+    def _recycle(self, items: list[Any]) -> None:
+        """Hand the batch's last ``bytearray`` back to the buffer, emptied with its
+        allocation kept (``LineBuffer.spare``), when nothing else holds it any more
+        (an async sink's queue, a backend that kept the batch: then the next batch gets
+        a new one), and when it is at most ``_RECYCLE_BYTES``. The compiled ``log()``
+        appends into the allocation without growing it, so a loop's appends stop
+        reallocating (copying) the batch and touching fresh memory (page faults: the
+        main cause of ``log()``'s slowest calls, see docs/benchmarks.md). Needs the
+        compiled extension."""
+        last = items[-1]
+        del items[:]
+        # References: ``last`` and getrefcount's argument; one more is someone else's.
+        if (
+            _emptied is not None
+            and type(last) is bytearray
+            and len(last) <= _RECYCLE_BYTES
+            and sys.getrefcount(last) == 2
+            and _emptied(last)
+        ):
+            self.buffer.spare = last
 
     def _events_seen(self) -> int:
         """Events logged so far that the writer has seen (taken, or dropped)."""

@@ -16,7 +16,6 @@ import functools
 import itertools
 import logging
 import operator
-import os
 import re
 import sys
 import threading
@@ -34,7 +33,7 @@ import orjson
 
 from ._arrays import DEFER_KEY, host_reader
 from ._arrays import snapshot as _snapshot
-from ._buffer import LOCK_FREE, LineBuffer
+from ._buffer import SPEEDUPS, LineBuffer
 from ._delivery import RetryPolicy
 from ._durability import buffer_type
 from ._hooks import (
@@ -715,18 +714,15 @@ def _compiled_log() -> None:
     ``_log_py``: the reference, the fallback it hands every uncommon call to (before
     any side effect), and ``Tracker.log`` where the extension was not built (no
     compiler at install time), on a free-threaded build running without the GIL (its
-    lock-free append rests on the GIL), or with ``STEPLOG_PURE_PYTHON=1`` set.
+    lock-free append rests on the GIL), or with ``STEPLOG_PURE_PYTHON=1`` set
+    (``_buffer.SPEEDUPS`` decides).
     """
     _TrackerBase._log_py = _TrackerBase.log  # type: ignore[attr-defined]
-    if os.environ.get("STEPLOG_PURE_PYTHON") or not LOCK_FREE:
+    if SPEEDUPS is None:
         return
-    try:
-        from . import _speedups  # type: ignore[attr-defined]
-    except ImportError:
-        return
-    _speedups.setup(_dumps, _LINE, _now, itertools.count)
+    SPEEDUPS.setup(_dumps, _LINE, _now, itertools.count)
     doc = "log($self, /, data, step=None)\n--\n\n" + (_TrackerBase.log.__doc__ or "")
-    _TrackerBase.log = _speedups.bind(_TrackerBase, doc)  # type: ignore[method-assign]
+    _TrackerBase.log = SPEEDUPS.bind(_TrackerBase, doc)  # type: ignore[method-assign]
 
 
 _compiled_log()

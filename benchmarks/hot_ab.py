@@ -8,6 +8,8 @@ buffered file), on the 10-key record of ``bench_core.make_record``:
 
 - process CPU per event (all threads, ``finish()`` included) minus the loop without
   logging, and its ratio to the inline write's;
+- the logging thread's page faults per 1 000 events during that loop (a fault costs a
+  call a few µs: they make most of ``log()``'s slowest calls), next to the inline write's;
 - the logging thread's own CPU per event (``time.thread_time``), net of the same loop;
 - ``log()`` p50 and p99 per call next to the inline write's (timed the same way);
 - sustained events/s into JSONL (``overflow="block"``, nothing lost: checked).
@@ -31,8 +33,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 CHILD = """
-import gc, json, sys, tempfile, time
+import gc, json, resource, sys, tempfile, time
 from pathlib import Path
+# Page faults of the logging thread (Linux; the process's elsewhere).
+_who = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
+def faults():
+    return resource.getrusage(_who).ru_minflt
 sys.path.insert(0, sys.argv[1])
 import bench_core as b
 import steplog
@@ -43,12 +49,16 @@ base = b.cpu_loop(None, n)
 t0 = time.thread_time()
 b.cpu_loop(None, n)
 base_thread = time.thread_time() - t0
+f0 = faults()
 out["inline_cpu"] = (b.inline_cpu(root / "inline.jsonl", n) - base) / n * 1e6
+out["inline_faults"] = (faults() - f0) / n * 1e3
 b.clean(root)
 tracker = b.new_tracker(root)
+f0 = faults()
 p0, m0 = time.process_time(), time.thread_time()
 b.cpu_loop(tracker.log, n)
 m1 = time.thread_time()
+out["faults"] = (faults() - f0) / n * 1e3
 tracker.finish()
 out["cpu"] = (time.process_time() - p0 - base) / n * 1e6
 out["thread_cpu"] = (m1 - m0 - base_thread) / n * 1e6
@@ -68,6 +78,8 @@ FIGURES = [
     ("inline_cpu", "strongest inline write: process CPU per event, net (µs)"),
     ("x_inline", "× the strongest inline write"),
     ("thread_cpu", "logging thread's CPU per event, net (µs)"),
+    ("faults", "logging thread's page faults per 1 000 events"),
+    ("inline_faults", "inline write: page faults per 1 000 events"),
     ("p50", "log() p50 (µs)"),
     ("p99", "log() p99 (µs)"),
     ("inline_p50", "inline write p50 (µs)"),

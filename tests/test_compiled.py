@@ -288,3 +288,94 @@ def test_the_writer_recycles_a_batch_only_when_nothing_else_holds_it(tmp_path):
     tracker.finish()
     kept = [line for batch in keeper.batches for line in bytes(batch.data).splitlines()]
     assert [orjson.loads(line)["data"]["i"] for line in kept] == list(range(20_000))
+
+
+_FINALIZER_SCRIPT = """
+import gc, math, time
+import steplog
+from steplog import watch
+
+alerts = []
+t = steplog.Tracker(steplog.MemoryBackend(), watchers=[watch.nonfinite("loss")],
+                    on_alert=lambda a: alerts.append(a.message), flush_interval=0.01)
+t.init()
+for i in range(5):
+    t.log({"loss": 0.5})
+t.flush()
+
+class Finalizer:
+    def __del__(self):
+        time.sleep(0.3)  # releases the GIL: the writer swaps and checks the queue
+
+gc.disable()
+keep = [(i, -i) for i in range(5000)]  # no free 2-tuples: the next one is a GC allocation
+f = Finalizer(); f.me = f; del f  # cyclic garbage with a finalizer
+gc.set_threshold(1)
+gc.enable()
+t.log({"loss": math.nan})  # the (step, value) tuple's allocation runs the finalizer
+gc.set_threshold(700)
+stats = t.finish()
+print(stats.alerts, alerts)
+"""
+
+
+@pytest.mark.parametrize("impl", ["compiled", "python"])
+def test_a_watched_value_survives_a_finalizer_that_lets_the_writer_run(impl):
+    """Queuing a watched value makes a tuple, which can start the garbage collector;
+    a finalizer that releases the GIL lets the writer swap the queue and check it. The
+    value must still be checked (it was appended to the swapped-out queue, then
+    lost: no alert), and the compiled path must not append into the freed queue (it
+    crashed). Run in a subprocess: a crash must not take the test run with it."""
+    if impl == "compiled" and not COMPILED:
+        pytest.skip("steplog._speedups was not built (no C compiler at install time)")
+    env = {**os.environ, "STEPLOG_PURE_PYTHON": "1" if impl == "python" else ""}
+    out = subprocess.run(
+        [sys.executable, "-c", _FINALIZER_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "1 ['loss is nan at step 5']"
+
+
+@pytest.mark.usefixtures("log_impl")
+def test_a_failed_append_counts_nothing(tmp_path):
+    """With a memoryview of the buffer alive, bytearray refuses to grow (BufferError,
+    raised by log() as Python raises it): such an event is neither counted nor
+    written, so ``logged == written + dropped`` and the file agree."""
+    tracker = steplog.Tracker(steplog.JsonlBackend(tmp_path), flush_interval=1e6)
+    tracker.init()
+    for i in range(10):
+        tracker.log({"i": i})
+    tracker.flush()
+    buffer = tracker._buffer
+    assert buffer is not None
+    view = memoryview(buffer.data)
+    failed = 0
+    for i in range(10, 60):
+        try:
+            tracker.log({"i": i, "pad": "x" * 5_000})
+        except BufferError:
+            failed += 1
+    view.release()
+    tracker.log({"i": 60})
+    stats = tracker.finish()
+    assert failed > 0
+    run = steplog.read_run(next(tmp_path.rglob("*.jsonl")))
+    assert stats.logged == stats.written == len(run.history["i"]) == 61 - failed
+
+
+@pytest.mark.usefixtures("log_impl")
+def test_log_calls_the_clock_the_module_names(monkeypatch):
+    """Both paths call ``steplog.tracker._now`` as it is at the call (a test that
+    freezes the clock by patching it, as freezegun does, freezes events' times)."""
+    memory = steplog.MemoryBackend()
+    tracker = steplog.Tracker(memory)
+    tracker.init()
+    monkeypatch.setattr(steplog.tracker, "_now", lambda: 1234.5)
+    tracker.log({"a": 1.0})
+    monkeypatch.undo()
+    tracker.finish()
+    assert [e.time for e in memory.records] == [1234.5]

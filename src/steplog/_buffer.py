@@ -88,8 +88,8 @@ class LineBuffer:
     compiled form, ``steplog._speedups``; :meth:`put` is the same)::
 
         if buffer.count < buffer.limit and size <= buffer.fast_line:
-            buffer.count += 1
             buffer.data += line
+            buffer.count += 1
             return
 
     takes no lock. Why that is safe with the GIL (CPython 3.10 to 3.14, default build):
@@ -239,8 +239,8 @@ class LineBuffer:
         size = len(line)
         # The lock-free region (see the class docstring): no call in it.
         if self.count < self.limit and size <= self.fast_line:
-            self.count += 1
             self.data += line
+            self.count += 1
             return
         self.put_slow(line)
 
@@ -303,11 +303,13 @@ class LineBuffer:
 
     def _append(self, line: bytes) -> None:
         # Under the lock (not a hot path): extend() leaves the attribute alone.
-        self.count += 1
+        # Append, then count: an append that fails (BufferError: a memoryview of data
+        # lives) leaves nothing counted.
         if _append_kept is not None and type(line) is bytes:
             _append_kept(self.data, line)  # (keeps a recycled allocation: see spare)
         else:
             self.data.extend(line)
+        self.count += 1
 
     def _nested(self) -> bool:
         """Whether this thread already held the lock: a signal handler's ``log()`` that

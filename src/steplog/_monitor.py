@@ -304,8 +304,11 @@ class ValueTap:
     read once it has read the tensors back (in place).
 
     Each queue is a list that producers append to with one call (``self.values[i]
-    .append(...)`` on one line: atomic with the GIL, like the buffer's append, see
-    ``LineBuffer``) and that the writer swaps for an empty one (:meth:`swap`) *before*
+    .append(item)`` on one line: atomic with the GIL, like the buffer's append, see
+    ``LineBuffer``; the ``(step, value)`` tuple is made *before* that line, since
+    making it can start the garbage collector, whose finalizers may let the writer run
+    and swap the queue between its load and the append) and that the writer swaps for
+    an empty one (:meth:`swap`) *before*
     it takes a batch: every value it gets was queued before that batch was taken, so a
     row's value is resolved when it is checked (:meth:`row` queues before the row).
     Without the GIL (:data:`~steplog._buffer.LOCK_FREE` false), both sides take a lock.
@@ -345,10 +348,10 @@ class ValueTap:
                 values.append(float(value))
             else:
                 return True
+        items = [(index, (step, value)) for index, value in enumerate(values) if value is not None]
         with self.lock or contextlib.nullcontext():
-            for index, value in enumerate(values):
-                if value is not None:
-                    self.values[index].append((step, value))
+            for index, item in items:
+                self.values[index].append(item)
         return False
 
     def _capture_one(self, step: int, data: dict[str, Any]) -> bool:
@@ -356,11 +359,13 @@ class ValueTap:
         value = data.get(self.key)
         kind = type(value)
         if kind is float or kind is int:
-            self.values[0].append((step, value))
+            item = (step, value)  # (made before the queue is read: see the class doc)
+            self.values[0].append(item)
         elif kind not in _NOT_NUMBERS:
             if not isinstance(value, (int, float)):
                 return True
-            self.values[0].append((step, float(value)))
+            item = (step, float(value))
+            self.values[0].append(item)
         return False
 
     def line(self, step: int, line: bytes) -> None:
@@ -379,16 +384,17 @@ class ValueTap:
                     value = decode(value)
                 kind = type(value)
                 if kind is float or kind is int:
-                    self.values[index].append((step, value))
+                    item = (step, value)
+                    self.values[index].append(item)
 
     def row(self, step: int, data: dict[str, Any]) -> None:
         """Queue the watched values of an event the writer reads back (call it before
         the row is queued: a swap must never hold the value of a row not yet queued)."""
-        later = _Later(data)
+        item = (step, _Later(data))
         self.rows += 1
         with self.lock or contextlib.nullcontext():
             for index in range(len(self.keys)):
-                self.values[index].append((step, later))
+                self.values[index].append(item)
 
     def swap(self) -> list[list[tuple[int, Any]]]:
         """Take every queued value, per key (the writer, before it takes a batch)."""

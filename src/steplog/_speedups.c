@@ -20,9 +20,11 @@
 #include <string.h>
 
 typedef struct {
-    PyObject *dumps;       /* orjson.dumps */
+    /* steplog.tracker's globals: ``_now`` (time.time) and ``_dumps`` (orjson.dumps) are
+     * looked up there at each call, as the Python path does (a test that patches
+     * ``_now``, e.g. freezegun, patches both paths). */
+    PyObject *globals;
     PyObject *option;      /* orjson.OPT_APPEND_NEWLINE */
-    PyObject *now;         /* time.time */
     PyObject *count_type;  /* itertools.count */
     PyObject *template;    /* {"step": None, "time": None, "data": None} */
 } State;
@@ -33,7 +35,24 @@ static State state;
 static PyObject *s_buffer, *s_steps, *s_detour, *s_misses, *s_encoder, *s_count,
     *s_limit, *s_fast_line, *s_data, *s_line_limit, *s_step, *s_time, *s_log_py,
     *s_missed_fast, *s_log_slow, *s_encode_row, *s_queue_line, *s_put_slow,
-    *s_took_detour, *s_slow_calls, *s_tap, *s_key, *s_absent, *s_values;
+    *s_took_detour, *s_slow_calls, *s_tap, *s_key, *s_absent, *s_values, *s_now, *s_dumps;
+
+/* Call the function steplog.tracker's global ``name`` refers to now. */
+static PyObject *
+call_global(PyObject *name, PyObject *const *args, size_t nargs)
+{
+    PyObject *function = PyDict_GetItemWithError(state.globals, name), *result;
+    if (function == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_Format(PyExc_NameError, "steplog.tracker.%U is not defined", name);
+        }
+        return NULL;
+    }
+    Py_INCREF(function);  /* (the call may rebind the name) */
+    result = PyObject_Vectorcall(function, args, nargs, NULL);
+    Py_DECREF(function);
+    return result;
+}
 
 static PyObject *
 fallback(PyObject *self, PyObject *data, PyObject *step)
@@ -68,7 +87,11 @@ has_null(const char *s, Py_ssize_t n)
 static PyObject *
 attr(PyObject *obj, PyObject *dict, PyObject *name)
 {
-    PyObject *value = PyDict_GetItemWithError(dict, name);
+    PyObject *value;
+    if (dict == NULL) {
+        return PyObject_GetAttr(obj, name);
+    }
+    value = PyDict_GetItemWithError(dict, name);
     if (value != NULL) {
         return Py_NewRef(value);
     }
@@ -207,7 +230,7 @@ done:
 static int
 tap_float(PyObject *self, PyObject *sdict, PyObject *data, PyObject *step)
 {
-    PyObject *tap, *key, *absent, *value, *values, *queue, *item;
+    PyObject *tap, *key, *absent, *value, *values, *queue, *item = NULL;
     Py_ssize_t slow_calls;
     int done = 0;
 
@@ -232,7 +255,7 @@ tap_float(PyObject *self, PyObject *sdict, PyObject *data, PyObject *step)
         Py_DECREF(tap);
         return -1;
     }
-    value = PyDict_GetItemWithError(data, key);  /* borrowed */
+    value = PyDict_GetItemWithError(data, key);  /* borrowed: held at once, below */
     if (value == NULL && PyErr_Occurred()) {
         done = -1;
     }
@@ -240,7 +263,13 @@ tap_float(PyObject *self, PyObject *sdict, PyObject *data, PyObject *step)
         done = 1;  /* the watched key is absent: nothing to check */
     }
     else if (value != NULL && PyFloat_CheckExact(value)) {
-        values = PyObject_GetAttr(tap, s_values);
+        /* The tuple first: making it can start the garbage collector, whose finalizers
+         * may release the GIL and let the writer swap the queue (see ValueTap); from
+         * reading the queue to the append nothing allocates a container. */
+        Py_INCREF(value);
+        item = PyTuple_Pack(2, step, value);
+        Py_DECREF(value);
+        values = item == NULL ? NULL : attr(tap, NULL, s_values);
         if (values == NULL) {
             done = -1;
         }
@@ -249,12 +278,11 @@ tap_float(PyObject *self, PyObject *sdict, PyObject *data, PyObject *step)
                         ? PyList_GET_ITEM(values, 0)
                         : NULL;
             if (queue != NULL && PyList_Check(queue)) {
-                item = PyTuple_Pack(2, step, value);
-                done = item == NULL || PyList_Append(queue, item) < 0 ? -1 : 1;
-                Py_XDECREF(item);
+                done = PyList_Append(queue, item) < 0 ? -1 : 1;
             }
             Py_DECREF(values);
         }
+        Py_XDECREF(item);
     }
     Py_DECREF(key);
     Py_DECREF(absent);
@@ -335,7 +363,7 @@ log_impl(PyObject *self, PyObject *data, PyObject *step_arg)
         result = fallback(self, data, step_arg);
         goto done;
     }
-    now = PyObject_CallNoArgs(state.now);
+    now = call_global(s_now, NULL, 0);
     if (now == NULL) {
         goto done;
     }
@@ -369,7 +397,7 @@ log_impl(PyObject *self, PyObject *data, PyObject *step_arg)
     }
     {
         PyObject *args[3] = {record, Py_None, state.option};
-        line = PyObject_Vectorcall(state.dumps, args, 3, NULL);
+        line = call_global(s_dumps, args, 3);
     }
     if (line == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_TypeError)) {  /* orjson.JSONEncodeError too */
@@ -512,18 +540,17 @@ bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyDescr_NewMethod((PyTypeObject *)args[0], &log_def);
 }
 
-/* setup(dumps, option, now, count) */
+/* setup(globals, option, count) */
 static PyObject *
 setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "setup(dumps, option, now, count)");
+    if (nargs != 3 || !PyDict_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "setup(globals, option, count)");
         return NULL;
     }
-    Py_XSETREF(state.dumps, Py_NewRef(args[0]));
+    Py_XSETREF(state.globals, Py_NewRef(args[0]));
     Py_XSETREF(state.option, Py_NewRef(args[1]));
-    Py_XSETREF(state.now, Py_NewRef(args[2]));
-    Py_XSETREF(state.count_type, Py_NewRef(args[3]));
+    Py_XSETREF(state.count_type, Py_NewRef(args[2]));
     if (state.template == NULL) {
         state.template = PyDict_New();
         if (state.template == NULL || PyDict_SetItem(state.template, s_step, Py_None) < 0
@@ -631,5 +658,7 @@ PyInit__speedups(void)
     INTERN(s_key, "key");
     INTERN(s_absent, "absent");
     INTERN(s_values, "values");
+    INTERN(s_now, "_now");
+    INTERN(s_dumps, "_dumps");
     return PyModule_Create(&module_def);
 }

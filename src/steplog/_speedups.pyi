@@ -1,10 +1,10 @@
 """Types of the optional C extension (``_speedups.c``): ``Tracker.log()``'s fast path."""
 
-from collections.abc import Callable
 from typing import Any
 
-def setup(dumps: Callable[..., bytes], option: int, now: Callable[[], float], count: type) -> None:
-    """Give the extension the functions ``log()`` calls (once, at import)."""
+def setup(globals: dict[str, Any], option: int, count: type) -> None:
+    """Give the extension ``steplog.tracker``'s globals (it calls their ``_now`` and
+    ``_dumps``), orjson's option and ``itertools.count`` (once, at import)."""
 
 def bind(cls: type, doc: str) -> Any:
     """Return ``log`` as a method descriptor of ``cls``, with ``doc`` as its docstring."""

@@ -386,8 +386,8 @@ class _TrackerBase(_OptionAttributes):
         # limits are one comparison: LineBuffer's docstring. Keep this region free of
         # calls (tests/test_hot_path.py checks it).
         if buffer.count < buffer.limit and size <= buffer.fast_line:
-            buffer.count += 1
             buffer.data += line
+            buffer.count += 1
             return
         if size > buffer.line_limit:
             self._queue_line(buffer, line, step, now, data)
@@ -405,7 +405,8 @@ class _TrackerBase(_OptionAttributes):
             # skipped; anything else (and several keys: tap.absent) goes to capture.
             value = data.get(tap.key, tap.absent)
             if type(value) is float:
-                tap.values[0].append((step, value))
+                item = (step, value)  # (made before the queue is read: see ValueTap)
+                tap.values[0].append(item)
             elif value is not None and tap.capture(step, data):
                 # A watched value that is no plain number: read it from the encoding.
                 self._log_slow(buffer, data, step, now, tap)
@@ -720,7 +721,7 @@ def _compiled_log() -> None:
     _TrackerBase._log_py = _TrackerBase.log  # type: ignore[attr-defined]
     if SPEEDUPS is None:
         return
-    SPEEDUPS.setup(_dumps, _LINE, _now, itertools.count)
+    SPEEDUPS.setup(globals(), _LINE, itertools.count)  # (it calls _now and _dumps)
     doc = "log($self, /, data, step=None)\n--\n\n" + (_TrackerBase.log.__doc__ or "")
     _TrackerBase.log = SPEEDUPS.bind(_TrackerBase, doc)  # type: ignore[method-assign]
 

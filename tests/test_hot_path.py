@@ -97,17 +97,29 @@ def test_no_signal_handler_runs_inside_the_lock_free_region(monkeypatch):
         signal.signal(signal.SIGALRM, previous)
     tracker.finish()
     assert sum(seen.values()) > 100, "the timer hardly ever fired inside log()"
-    inside = {offset: n for offset, n in seen.items() if start <= offset <= end}
+    # (Python 3.10 also checks at a conditional jump when it is taken: there the check
+    # failed and log() leaves the region for the locked path, so a handler is harmless.)
+    leaving = {
+        i.offset
+        for i in dis.get_instructions(code)
+        if "JUMP_IF" in i.opname and not start <= i.argval <= end
+    }
+    inside = {
+        offset: n for offset, n in seen.items() if start <= offset <= end and offset not in leaving
+    }
     assert not inside, f"handlers ran inside the region [{start}, {end}]: {inside}"
-    assert appended and all(appended)
+    assert all(appended)
+    if sys.version_info >= (3, 11):  # (3.10 does not check at a function's start)
+        assert appended
 
 
 @needs_timer
 @needs_gil
 def test_signal_handlers_see_each_line_counted_and_appended_together(log_impl):
     """Wherever a signal handler runs while log() is called (either implementation:
-    the compiled one runs no handler until it returns), the buffer's count and its lines
-    agree: no handler ever sees a line counted and not appended, or the reverse."""
+    the compiled one runs no handler until it returns), outside the steps under the
+    buffer's lock, the buffer's count and its lines agree: no handler ever sees a line
+    counted and not appended, or the reverse."""
     tracker = steplog.Tracker(
         steplog.NullBackend(), buffer_size=2_000_000, batch_size=2_000_000, flush_interval=1e6
     )
@@ -117,13 +129,25 @@ def test_signal_handlers_see_each_line_counted_and_appended_together(log_impl):
     checked = [0, len(buffer.data), buffer.count]  # handler runs, bytes seen, count seen
     bad: list[tuple[int, int]] = []
 
+    busy: list[int] = []  # handlers nest (at the checks after this one's calls): skip
+
     def handler(signum: int, frame: object) -> None:
-        _, seen_bytes, seen_count = checked
-        data, count = buffer.data, buffer.count
-        lines = data.count(b"\n", seen_bytes)
-        if lines != count - seen_count:
-            bad.append((lines, count - seen_count))
-        checked[:] = [checked[0] + 1, len(data), count]
+        # Skipped while a step under the buffer's lock is under way (it closed the fast
+        # path: limit 0): such a step (put_slow, every few thousand events here) may be
+        # interrupted between its append and its count, by design (the lock and
+        # LineBuffer._nested make a handler's own log() safe there).
+        if busy or buffer.limit == 0:
+            return
+        busy.append(1)
+        try:
+            _, seen_bytes, seen_count = checked
+            data, count = buffer.data, buffer.count
+            lines = data.count(b"\n", seen_bytes)
+            if lines != count - seen_count:
+                bad.append((lines, count - seen_count))
+            checked[:] = [checked[0] + 1, len(data), count]
+        finally:
+            busy.clear()
 
     previous = signal.signal(signal.SIGALRM, handler)
     signal.setitimer(signal.ITIMER_REAL, 1e-5, 1e-5)

@@ -96,7 +96,9 @@ class LineBuffer:
 
     1. *The region is atomic.* CPython switches threads, and runs Python-level signal
        handlers, only at its "eval breaker" checks — on a backward jump, at a
-       function's start, and right *after* a call returns — or when C code releases the
+       function's start (3.11 on), and right *after* a call returns; 3.10 also checks
+       at a conditional jump that is taken, where the limit check failed and the
+       producer leaves the region for :meth:`put_slow` — or when C code releases the
        GIL. From the ``count`` load to the function's return there is no backward jump
        and no call: the append is an in-place concatenation (``BINARY_OP``, which never
        checks), which never releases the GIL (a memcpy into a resized buffer) and runs

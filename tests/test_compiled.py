@@ -22,7 +22,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import steplog
-import steplog._buffer
 from steplog import watch
 from steplog.tracker import _TrackerBase
 
@@ -156,39 +155,6 @@ def test_compiled_log_is_a_method_with_the_same_signature_and_docs():
         with pytest.raises(TypeError, match="descriptor 'log'"):
             steplog.Tracker.log(object(), {})
     assert [e.step for e in memory.records] == [5, 6, 7]
-
-
-def _subclasses(cls: type) -> list[type]:
-    found = [cls]
-    for sub in cls.__subclasses__():
-        found += _subclasses(sub)
-    return found
-
-
-def test_the_attributes_the_compiled_log_reads_are_plain_instance_attributes():
-    """The compiled log() reads and writes these attributes in the instance's
-    ``__dict__`` (a dict lookup, not the generic attribute lookup): no class of the
-    tracker or of the buffer may make one of them a property or another descriptor."""
-    from steplog._ringbuffer import RingBuffer
-
-    names = {
-        _TrackerBase: [
-            "_buffer",
-            "_steps",
-            "_detour",
-            "_misses",
-            "_encoder",
-            "_slow_calls",
-            "_tap",
-        ],
-        steplog._buffer.LineBuffer: ["count", "limit", "fast_line", "data", "line_limit"],
-    }
-    assert RingBuffer in _subclasses(steplog._buffer.LineBuffer)
-    for base, attributes in names.items():
-        for cls in _subclasses(base):
-            for klass in cls.__mro__:
-                clash = [name for name in attributes if name in vars(klass)]
-                assert not clash, f"{klass.__qualname__} defines {clash} at class level"
 
 
 def test_without_the_extension_log_is_the_python_path(tmp_path):

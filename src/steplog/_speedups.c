@@ -80,32 +80,14 @@ has_null(const char *s, Py_ssize_t n)
     return 0;
 }
 
-/* An attribute (new reference), read from the instance's ``__dict__`` when it is there:
- * a dict lookup costs a fraction of the generic attribute lookup. The attributes read
- * so are plain instance attributes, set in ``__init__`` (no class of the tracker or the
- * buffer defines a descriptor of these names: tests/test_compiled.py checks). */
-static PyObject *
-attr(PyObject *obj, PyObject *dict, PyObject *name)
-{
-    PyObject *value;
-    if (dict == NULL) {
-        return PyObject_GetAttr(obj, name);
-    }
-    value = PyDict_GetItemWithError(dict, name);
-    if (value != NULL) {
-        return Py_NewRef(value);
-    }
-    if (PyErr_Occurred()) {
-        return NULL;
-    }
-    return PyObject_GetAttr(obj, name);
-}
-
-/* Read an int attribute as a Py_ssize_t; -1 with an exception set on failure. */
+/* Read an int attribute as a Py_ssize_t; -1 with an exception set on failure. (The
+ * generic lookup: reading the instance ``__dict__`` directly was cheaper here, but
+ * materialising the dict slowed every Python-level attribute access to the tracker and
+ * the buffer, which the slow paths make by the dozen: +9 % on a loop of tensors.) */
 static int
-get_ssize(PyObject *obj, PyObject *dict, PyObject *name, Py_ssize_t *out)
+get_ssize(PyObject *obj, PyObject *name, Py_ssize_t *out)
 {
-    PyObject *value = attr(obj, dict, name);
+    PyObject *value = PyObject_GetAttr(obj, name);
     if (value == NULL) {
         return -1;
     }
@@ -115,13 +97,6 @@ get_ssize(PyObject *obj, PyObject *dict, PyObject *name, Py_ssize_t *out)
         return -1;
     }
     return 0;
-}
-
-/* Set an attribute in the instance's ``__dict__`` (as a plain assignment does). */
-static int
-set_attr(PyObject *dict, PyObject *name, PyObject *value)
-{
-    return PyDict_SetItem(dict, name, value);
 }
 
 static PyObject *
@@ -165,21 +140,17 @@ queue(PyObject *self, PyObject *buffer, PyObject *line, PyObject *step, PyObject
     Py_ssize_t size = PyBytes_GET_SIZE(line);
     Py_ssize_t count, limit, fast_line;
     PyObject *result = NULL;
-    PyObject *bdict = PyObject_GenericGetDict(buffer, NULL);
 
-    if (bdict == NULL) {
-        goto done;
-    }
 
     /* The lock-free region: no Python code runs and the GIL is held from here to the
      * append (plain attributes of a LineBuffer; a bytearray resize). */
-    if (get_ssize(buffer, bdict, s_count, &count) < 0
-        || get_ssize(buffer, bdict, s_limit, &limit) < 0
-        || get_ssize(buffer, bdict, s_fast_line, &fast_line) < 0) {
+    if (get_ssize(buffer, s_count, &count) < 0
+        || get_ssize(buffer, s_limit, &limit) < 0
+        || get_ssize(buffer, s_fast_line, &fast_line) < 0) {
         goto done;
     }
     if (count < limit && size <= fast_line) {
-        PyObject *bytes = attr(buffer, bdict, s_data);
+        PyObject *bytes = PyObject_GetAttr(buffer, s_data);
         if (bytes == NULL) {
             goto done;
         }
@@ -190,7 +161,7 @@ queue(PyObject *self, PyObject *buffer, PyObject *line, PyObject *step, PyObject
             }
             Py_DECREF(bytes);
             PyObject *next = PyLong_FromSsize_t(count + 1);
-            if (next == NULL || set_attr(bdict, s_count, next) < 0) {
+            if (next == NULL || PyObject_SetAttr(buffer, s_count, next) < 0) {
                 /* (cannot happen short of memory; the line is queued, uncounted) */
                 Py_XDECREF(next);
                 goto done;
@@ -205,7 +176,7 @@ queue(PyObject *self, PyObject *buffer, PyObject *line, PyObject *step, PyObject
     /* A wake-up, an overflow, the writer process's ring, or a line over the limit. */
     {
         Py_ssize_t line_limit;
-        if (get_ssize(buffer, bdict, s_line_limit, &line_limit) < 0) {
+        if (get_ssize(buffer, s_line_limit, &line_limit) < 0) {
             goto done;
         }
         if (size > line_limit) {
@@ -218,7 +189,6 @@ queue(PyObject *self, PyObject *buffer, PyObject *line, PyObject *step, PyObject
         }
     }
 done:
-    Py_XDECREF(bdict);
     Py_DECREF(line);
     return result;
 }
@@ -228,19 +198,19 @@ done:
  * the watchers (or skip it). 1: done, the fast path goes on; 0: _took_detour decides; -1:
  * error. */
 static int
-tap_float(PyObject *self, PyObject *sdict, PyObject *data, PyObject *step)
+tap_float(PyObject *self, PyObject *data, PyObject *step)
 {
     PyObject *tap, *key, *absent, *value, *values, *queue, *item = NULL;
     Py_ssize_t slow_calls;
     int done = 0;
 
-    if (get_ssize(self, sdict, s_slow_calls, &slow_calls) < 0) {
+    if (get_ssize(self, s_slow_calls, &slow_calls) < 0) {
         return -1;
     }
     if (slow_calls) {
         return 0;
     }
-    tap = attr(self, sdict, s_tap);
+    tap = PyObject_GetAttr(self, s_tap);
     if (tap == NULL) {
         return -1;
     }
@@ -269,7 +239,7 @@ tap_float(PyObject *self, PyObject *sdict, PyObject *data, PyObject *step)
         Py_INCREF(value);
         item = PyTuple_Pack(2, step, value);
         Py_DECREF(value);
-        values = item == NULL ? NULL : attr(tap, NULL, s_values);
+        values = item == NULL ? NULL : PyObject_GetAttr(tap, s_values);
         if (values == NULL) {
             done = -1;
         }
@@ -293,15 +263,11 @@ tap_float(PyObject *self, PyObject *sdict, PyObject *data, PyObject *step)
 static PyObject *
 log_impl(PyObject *self, PyObject *data, PyObject *step_arg)
 {
-    PyObject *sdict, *buffer = NULL, *flag = NULL, *step = NULL, *now = NULL,
-             *record = NULL, *line = NULL, *result = NULL;
+    PyObject *buffer = NULL, *flag = NULL, *step = NULL, *now = NULL, *record = NULL,
+             *line = NULL, *result = NULL;
     int detour;
 
-    sdict = PyObject_GenericGetDict(self, NULL);
-    if (sdict == NULL) {
-        return NULL;
-    }
-    buffer = attr(self, sdict, s_buffer);
+    buffer = PyObject_GetAttr(self, s_buffer);
     if (buffer == NULL) {
         goto done;
     }
@@ -309,7 +275,7 @@ log_impl(PyObject *self, PyObject *data, PyObject *step_arg)
         result = fallback(self, data, step_arg);
         goto done;
     }
-    flag = attr(self, sdict, s_detour);
+    flag = PyObject_GetAttr(self, s_detour);
     if (flag == NULL) {
         goto done;
     }
@@ -319,7 +285,7 @@ log_impl(PyObject *self, PyObject *data, PyObject *step_arg)
         goto done;
     }
     if (step_arg == Py_None) {
-        PyObject *steps = attr(self, sdict, s_steps);
+        PyObject *steps = PyObject_GetAttr(self, s_steps);
         if (steps == NULL) {
             goto done;
         }
@@ -352,7 +318,7 @@ log_impl(PyObject *self, PyObject *data, PyObject *step_arg)
         }
         steps = PyObject_CallOneArg(state.count_type, next);
         Py_DECREF(next);
-        if (steps == NULL || set_attr(sdict, s_steps, steps) < 0) {
+        if (steps == NULL || PyObject_SetAttr(self, s_steps, steps) < 0) {
             Py_XDECREF(steps);
             goto done;
         }
@@ -368,7 +334,7 @@ log_impl(PyObject *self, PyObject *data, PyObject *step_arg)
         goto done;
     }
     if (detour) {
-        int queued = tap_float(self, sdict, data, step);
+        int queued = tap_float(self, data, step);
         if (queued < 0) {
             goto done;
         }
@@ -424,12 +390,12 @@ log_impl(PyObject *self, PyObject *data, PyObject *step_arg)
     }
     {
         Py_ssize_t misses;
-        if (get_ssize(self, sdict, s_misses, &misses) < 0) {
+        if (get_ssize(self, s_misses, &misses) < 0) {
             goto done;
         }
         if (misses) {
             PyObject *zero = PyLong_FromLong(0);
-            int failed = zero == NULL || set_attr(sdict, s_misses, zero) < 0;
+            int failed = zero == NULL || PyObject_SetAttr(self, s_misses, zero) < 0;
             Py_XDECREF(zero);
             if (failed) {
                 goto done;
@@ -438,7 +404,7 @@ log_impl(PyObject *self, PyObject *data, PyObject *step_arg)
     }
     if (has_null(PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line))) {
         /* NaN and infinities come out as null: tag them */
-        PyObject *encoder = attr(self, sdict, s_encoder);
+        PyObject *encoder = PyObject_GetAttr(self, s_encoder);
         if (encoder == NULL) {
             goto done;
         }
@@ -458,7 +424,6 @@ log_impl(PyObject *self, PyObject *data, PyObject *step_arg)
     result = queue(self, buffer, line, step, now, data);
     line = NULL;  /* (stolen) */
 done:
-    Py_DECREF(sdict);
     Py_XDECREF(buffer);
     Py_XDECREF(step);
     Py_XDECREF(now);

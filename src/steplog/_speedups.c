@@ -193,6 +193,45 @@ done:
     return result;
 }
 
+/* _TrackerBase._took_detour's slow spell for a tracker without value watchers (a loop
+ * that logs tensors: every call for a while), without its frame: count the spell down
+ * and take the slow path. 2: done (``*result`` set: _log_slow's result, NULL on error);
+ * 0: not this case; -1: error. */
+static int
+spell_without_tap(PyObject *self, PyObject *buffer, PyObject *data, PyObject *step,
+                  PyObject *now, PyObject **result)
+{
+    Py_ssize_t slow_calls;
+    PyObject *tap, *left;
+    int failed;
+
+    if (get_ssize(self, s_slow_calls, &slow_calls) < 0) {
+        return -1;
+    }
+    if (slow_calls <= 0) {
+        return 0;
+    }
+    tap = PyObject_GetAttr(self, s_tap);
+    if (tap == NULL) {
+        return -1;
+    }
+    Py_DECREF(tap);
+    if (tap != Py_None) {
+        return 0;  /* (a tap to feed first: _took_detour) */
+    }
+    left = PyLong_FromSsize_t(slow_calls - 1);
+    failed = left == NULL || PyObject_SetAttr(self, s_slow_calls, left) < 0;
+    Py_XDECREF(left);
+    if (failed || (slow_calls == 1 && PyObject_SetAttr(self, s_detour, Py_False) < 0)) {
+        return -1;
+    }
+    {
+        PyObject *args[5] = {self, buffer, data, step, now};
+        *result = call_method(self, s_log_slow, args, 5);
+    }
+    return 2;
+}
+
 /* The first case of _TrackerBase._took_detour: the value watchers' tap watches one key,
  * no slow spell runs, and the value is a plain float (or the key is absent): queue it for
  * the watchers (or skip it). 1: done, the fast path goes on; 0: _took_detour decides; -1:
@@ -334,9 +373,15 @@ log_impl(PyObject *self, PyObject *data, PyObject *step_arg)
         goto done;
     }
     if (detour) {
-        int queued = tap_float(self, data, step);
+        int queued = spell_without_tap(self, buffer, data, step, now, &result);
+        if (queued == 0) {
+            queued = tap_float(self, data, step);
+        }
         if (queued < 0) {
             goto done;
+        }
+        if (queued == 2) {
+            goto done;  /* (result: what _log_slow returned) */
         }
         if (!queued) {
             /* Not a plain float for the one watched key, or a slow spell. */

@@ -9,12 +9,14 @@ signal handlers, for every overflow policy with a tiny buffer.
 
 from __future__ import annotations
 
+import contextlib
 import dis
 import itertools
 import signal
 import sys
 import threading
 from collections import Counter
+from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -28,11 +30,25 @@ from steplog.tracker import _TrackerBase
 
 POLICIES = ["block", "drop_oldest", "drop_newest"]
 needs_timer = pytest.mark.skipif(
-    not hasattr(signal, "setitimer"), reason="needs signal.setitimer (POSIX)"
+    not hasattr(signal, "setitimer") or not hasattr(signal, "pthread_sigmask"),
+    reason="needs signal.setitimer and signal.pthread_sigmask (POSIX)",
 )
 needs_gil = pytest.mark.skipif(
     not _buffer.LOCK_FREE, reason="a build without the GIL takes the locked path"
 )
+
+
+@contextlib.contextmanager
+def _alarms_to_this_thread_only() -> Iterator[None]:
+    """Threads started inside (the writer, producers) block SIGALRM, so the timer's
+    signals all reach this thread: one delivered late to another thread would be run,
+    after the test restored the previous handler (pytest-timeout's), by that handler —
+    a false "Timeout" failure."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
 
 
 def _region(code: object) -> tuple[int, int]:
@@ -68,7 +84,8 @@ def test_no_signal_handler_runs_inside_the_lock_free_region(monkeypatch):
     tracker = steplog.Tracker(
         steplog.NullBackend(), buffer_size=2_000_000, batch_size=2_000_000, flush_interval=1e6
     )
-    tracker.init()
+    with _alarms_to_this_thread_only():
+        tracker.init()
     code = steplog.Tracker._log_py.__code__
     monkeypatch.setattr(_TrackerBase, "log", _TrackerBase._log_py)
     start, end = _region(code)
@@ -123,7 +140,8 @@ def test_signal_handlers_see_each_line_counted_and_appended_together(log_impl):
     tracker = steplog.Tracker(
         steplog.NullBackend(), buffer_size=2_000_000, batch_size=2_000_000, flush_interval=1e6
     )
-    tracker.init()
+    with _alarms_to_this_thread_only():
+        tracker.init()
     buffer = tracker._buffer
     assert buffer is not None
     checked = [0, len(buffer.data), buffer.count]  # handler runs, bytes seen, count seen
@@ -252,7 +270,8 @@ def test_threads_and_reentrant_signal_handlers_lose_nothing(tmp_path, policy, wa
         flush_interval=0.001,
         watchers=watchers,
     )
-    tracker.init()
+    with _alarms_to_this_thread_only():
+        tracker.init()
     handled = itertools.count()  # next() is atomic: handlers may nest
 
     def handler(signum: int, frame: object) -> None:
@@ -263,8 +282,9 @@ def test_threads_and_reentrant_signal_handlers_lose_nothing(tmp_path, policy, wa
     n = 4_000
     threads = [threading.Thread(target=_produce, args=(tracker, f"t{k}", n)) for k in range(3)]
     try:
-        for thread in threads:
-            thread.start()
+        with _alarms_to_this_thread_only():
+            for thread in threads:
+                thread.start()
         _produce(tracker, "main", n)
         for thread in threads:
             thread.join()

@@ -193,75 +193,37 @@ done:
     return result;
 }
 
-/* _TrackerBase._took_detour's slow spell for a tracker without value watchers (a loop
- * that logs tensors: every call for a while), without its frame: count the spell down
- * and take the slow path. 2: done (``*result`` set: _log_slow's result, NULL on error);
- * 0: not this case; -1: error. */
-static int
-spell_without_tap(PyObject *self, PyObject *buffer, PyObject *data, PyObject *step,
-                  PyObject *now, PyObject **result)
+/* The slow spell of _TrackerBase._took_detour for a tracker without value watchers (a
+ * loop that logs tensors: every call for a while), without its frame: count the spell
+ * down and take the slow path. */
+static PyObject *
+spell_without_tap(PyObject *self, Py_ssize_t slow_calls, PyObject *buffer, PyObject *data,
+                  PyObject *step, PyObject *now)
 {
-    Py_ssize_t slow_calls;
-    PyObject *tap, *left;
-    int failed;
-
-    if (get_ssize(self, s_slow_calls, &slow_calls) < 0) {
-        return -1;
-    }
-    if (slow_calls <= 0) {
-        return 0;
-    }
-    tap = PyObject_GetAttr(self, s_tap);
-    if (tap == NULL) {
-        return -1;
-    }
-    Py_DECREF(tap);
-    if (tap != Py_None) {
-        return 0;  /* (a tap to feed first: _took_detour) */
-    }
-    left = PyLong_FromSsize_t(slow_calls - 1);
-    failed = left == NULL || PyObject_SetAttr(self, s_slow_calls, left) < 0;
+    PyObject *left = PyLong_FromSsize_t(slow_calls - 1);
+    int failed = left == NULL || PyObject_SetAttr(self, s_slow_calls, left) < 0;
     Py_XDECREF(left);
     if (failed || (slow_calls == 1 && PyObject_SetAttr(self, s_detour, Py_False) < 0)) {
-        return -1;
+        return NULL;
     }
-    {
-        PyObject *args[5] = {self, buffer, data, step, now};
-        *result = call_method(self, s_log_slow, args, 5);
-    }
-    return 2;
+    PyObject *args[5] = {self, buffer, data, step, now};
+    return call_method(self, s_log_slow, args, 5);
 }
 
-/* The first case of _TrackerBase._took_detour: the value watchers' tap watches one key,
- * no slow spell runs, and the value is a plain float (or the key is absent): queue it for
- * the watchers (or skip it). 1: done, the fast path goes on; 0: _took_detour decides; -1:
- * error. */
+/* The first case of _TrackerBase._took_detour, with no slow spell under way: the value
+ * watchers' tap watches one key and the value is a plain float (or the key is absent):
+ * queue it for the watchers (or skip it). 1: done, the fast path goes on; 0:
+ * _took_detour decides; -1: error. */
 static int
-tap_float(PyObject *self, PyObject *data, PyObject *step)
+tap_float(PyObject *tap, PyObject *data, PyObject *step)
 {
-    PyObject *tap, *key, *absent, *value, *values, *queue, *item = NULL;
-    Py_ssize_t slow_calls;
+    PyObject *key, *absent, *value, *values, *queue, *item = NULL;
     int done = 0;
 
-    if (get_ssize(self, s_slow_calls, &slow_calls) < 0) {
-        return -1;
-    }
-    if (slow_calls) {
-        return 0;
-    }
-    tap = PyObject_GetAttr(self, s_tap);
-    if (tap == NULL) {
-        return -1;
-    }
-    if (tap == Py_None) {
-        Py_DECREF(tap);
-        return 0;
-    }
     key = PyObject_GetAttr(tap, s_key);
     absent = key == NULL ? NULL : PyObject_GetAttr(tap, s_absent);
     if (absent == NULL) {
         Py_XDECREF(key);
-        Py_DECREF(tap);
         return -1;
     }
     value = PyDict_GetItemWithError(data, key);  /* borrowed: held at once, below */
@@ -295,8 +257,51 @@ tap_float(PyObject *self, PyObject *data, PyObject *step)
     }
     Py_DECREF(key);
     Py_DECREF(absent);
-    Py_DECREF(tap);
     return done;
+}
+
+/* log()'s rare branch (``_detour``): _TrackerBase._took_detour, with its two common cases
+ * here (``_slow_calls`` and ``_tap`` read once for both). 1: the event is queued
+ * (``*result`` set, NULL on error); 0: the fast path goes on; -1: error. */
+static int
+take_detour(PyObject *self, PyObject *buffer, PyObject *data, PyObject *step, PyObject *now,
+            PyObject **result)
+{
+    Py_ssize_t slow_calls;
+    PyObject *tap;
+    int queued = 0;
+
+    if (get_ssize(self, s_slow_calls, &slow_calls) < 0) {
+        return -1;
+    }
+    tap = PyObject_GetAttr(self, s_tap);
+    if (tap == NULL) {
+        return -1;
+    }
+    if (slow_calls > 0 && tap == Py_None) {
+        Py_DECREF(tap);
+        *result = spell_without_tap(self, slow_calls, buffer, data, step, now);
+        return 1;
+    }
+    if (slow_calls == 0 && tap != Py_None) {
+        queued = tap_float(tap, data, step);
+    }
+    Py_DECREF(tap);
+    if (queued != 0) {
+        return queued < 0 ? -1 : 0;  /* (a queued float: the fast path goes on) */
+    }
+    /* Not a plain float for the one watched key, or a spell with a tap to feed. */
+    PyObject *args[5] = {self, buffer, data, step, now};
+    PyObject *took = call_method(self, s_took_detour, args, 5);
+    if (took == NULL) {
+        return -1;
+    }
+    queued = PyObject_IsTrue(took);
+    Py_DECREF(took);
+    if (queued > 0) {
+        *result = Py_NewRef(Py_None);
+    }
+    return queued;
 }
 
 static PyObject *
@@ -373,32 +378,9 @@ log_impl(PyObject *self, PyObject *data, PyObject *step_arg)
         goto done;
     }
     if (detour) {
-        int queued = spell_without_tap(self, buffer, data, step, now, &result);
-        if (queued == 0) {
-            queued = tap_float(self, data, step);
-        }
-        if (queued < 0) {
-            goto done;
-        }
-        if (queued == 2) {
-            goto done;  /* (result: what _log_slow returned) */
-        }
-        if (!queued) {
-            /* Not a plain float for the one watched key, or a slow spell. */
-            PyObject *args[5] = {self, buffer, data, step, now};
-            PyObject *took = call_method(self, s_took_detour, args, 5);
-            if (took == NULL) {
-                goto done;
-            }
-            queued = PyObject_IsTrue(took);
-            Py_DECREF(took);
-            if (queued < 0) {
-                goto done;
-            }
-            if (queued) {
-                result = Py_NewRef(Py_None);
-                goto done;
-            }
+        int queued = take_detour(self, buffer, data, step, now, &result);
+        if (queued != 0) {
+            goto done;  /* (queued: result set; -1: the error is set) */
         }
     }
     record = PyDict_Copy(state.template);  /* (a copy of a dict with these keys: presized) */

@@ -4,10 +4,11 @@
  * (``_TrackerBase._log_py``), which stays the reference and the fallback: without this
  * module (no compiler at install time, another interpreter, STEPLOG_PURE_PYTHON=1),
  * ``Tracker.log`` is that method. Anything but the common case is handed to it before
- * any side effect: no run, a mapping that is not a dict, the rare branch (``_detour``:
- * value watchers, a slow spell), a step that is not a plain int. After the step is
- * taken, the misses (orjson cannot store a value as it is) and the lines that do not
- * fit go to the same Python methods the pure-Python path calls.
+ * any side effect: no run, a mapping that is not a dict, a step that is not a plain int
+ * >= 0. After the step is taken, the rare branch (``_detour``: value watchers, a slow
+ * spell; its two common cases are here), the misses (orjson cannot store a value as it
+ * is) and the lines that do not fit go to the same Python methods the pure-Python path
+ * calls.
  *
  * The lock-free append (LineBuffer's docstring gives the argument) is atomic here for
  * the plainer reason: from reading ``count`` to the append, this code runs no Python
@@ -555,19 +556,6 @@ setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-static PyObject *
-has_null_py(PyObject *module, PyObject *line)
-{
-    Py_buffer view;
-    int found;
-    if (PyObject_GetBuffer(line, &view, PyBUF_SIMPLE) < 0) {
-        return NULL;
-    }
-    found = has_null((const char *)view.buf, view.len);
-    PyBuffer_Release(&view);
-    return PyBool_FromLong(found);
-}
-
 /* emptied(b): empty a bytearray nobody else holds, keeping its allocation, for the
  * buffer's next batch (the writer recycles the one it wrote). Returns whether it did:
  * not when the bytearray is exported (a memoryview of it lives). */
@@ -608,7 +596,6 @@ static PyMethodDef module_methods[] = {
     {"emptied", emptied, METH_O, NULL},
     {"bind", (PyCFunction)(void (*)(void))bind, METH_FASTCALL, NULL},
     {"setup", (PyCFunction)(void (*)(void))setup, METH_FASTCALL, NULL},
-    {"has_null", has_null_py, METH_O, "Whether b'null' occurs in a bytes-like object."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module_def = {

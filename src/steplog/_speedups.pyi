@@ -9,9 +9,6 @@ def setup(globals: dict[str, Any], option: int, count: type) -> None:
 def bind(cls: type, doc: str) -> Any:
     """Return ``log`` as a method descriptor of ``cls``, with ``doc`` as its docstring."""
 
-def has_null(line: bytes | bytearray) -> bool:
-    """Whether ``b"null"`` occurs in ``line``."""
-
 def append(data: bytearray, line: bytes) -> None:
     """Append ``line`` as ``log()`` does (into the allocation ``emptied`` kept)."""
 

@@ -394,6 +394,10 @@ class _TrackerBase(_OptionAttributes):
         else:  # a wake-up, an overflow, or the writer process's ring
             buffer.put_slow(line)
 
+    #: The pure-Python ``log()``: the reference, and the fallback of the compiled one
+    #: (``_compiled_log`` makes ``log`` the compiled method where it is built).
+    _log_py = log
+
     def _took_detour(self, buffer: LineBuffer, data: dict[str, Any], step: int, now: float) -> bool:
         """``log()``'s rare branch: feed the value watchers' tap, or take the slow path
         during a slow spell. Returns whether the event is queued (else the fast path
@@ -718,7 +722,6 @@ def _compiled_log() -> None:
     lock-free append rests on the GIL), or with ``STEPLOG_PURE_PYTHON=1`` set
     (``_buffer.SPEEDUPS`` decides).
     """
-    _TrackerBase._log_py = _TrackerBase.log  # type: ignore[attr-defined]
     if SPEEDUPS is None:
         return
     SPEEDUPS.setup(globals(), _LINE, itertools.count)  # (it calls _now and _dumps)

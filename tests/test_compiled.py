@@ -9,6 +9,7 @@ same errors and the same alerts; and check the fallback when the extension is of
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 import os
 import subprocess
@@ -345,3 +346,99 @@ def test_log_calls_the_clock_the_module_names(monkeypatch):
     monkeypatch.undo()
     tracker.finish()
     assert [e.time for e in memory.records] == [1234.5]
+
+
+@needs_compiled
+def test_setup_and_bind_take_only_classes_with_the_slots_log_reads():
+    """The compiled ``log()`` reads the tracker's and the buffer's hot attributes at
+    their slots' offsets, which ``setup`` takes from the classes' ``__slots__``: a class
+    without those slots is refused, and a refused ``setup`` changes nothing."""
+    from steplog import tracker as module
+    from steplog._buffer import SPEEDUPS, LineBuffer
+
+    class Plain:
+        pass
+
+    args = (vars(module), module._LINE, itertools.count)
+    with pytest.raises(TypeError, match="declares no slot '_buffer'"):
+        SPEEDUPS.setup(*args, Plain, LineBuffer)
+    with pytest.raises(TypeError, match="declares no slot 'count'"):
+        SPEEDUPS.setup(*args, _TrackerBase, Plain)
+    with pytest.raises(TypeError, match="not the tracker class"):
+        SPEEDUPS.bind(Plain, "")
+    memory = steplog.MemoryBackend()
+    tracker = steplog.Tracker(memory)
+    tracker.init()
+    tracker.log({"a": 1.0})
+    tracker.log({"a": 2.0}, step=7)
+    tracker.finish()
+    assert [(e.step, e.data) for e in memory.records] == [
+        (
+            0,
+            {"a": 1.0},
+        ),
+        (7, {"a": 2.0}),
+    ]
+
+
+class _Subclassed(steplog.Tracker):
+    """A user's subclass with attributes of its own, some set before the base's."""
+
+    def __init__(self, *args, **kwargs):
+        self.before = "set before Tracker.__init__"
+        super().__init__(*args, **kwargs)
+        self.after = [1, 2]
+
+
+@pytest.mark.usefixtures("log_impl")
+def test_a_subclass_with_its_own_attributes_logs_as_the_base_does():
+    memory = steplog.MemoryBackend()
+    tracker = _Subclassed(memory)
+    tracker.init()
+    for i in range(5):
+        tracker.log({"i": i, "x": i / 2})
+    tracker.log({"i": 5}, step=20)
+    tracker.log({"i": 6})
+    tracker.finish()
+    assert tracker.before and tracker.after == [1, 2]
+    assert [(e.step, e.data["i"]) for e in memory.records] == [
+        (0, 0),
+        (1, 1),
+        (2, 2),
+        (3, 3),
+        (4, 4),
+        (20, 5),
+        (21, 6),
+    ]
+
+
+@pytest.mark.usefixtures("log_impl")
+@pytest.mark.parametrize(
+    ("owner", "name"),
+    [
+        ("tracker", "_detour"),
+        ("tracker", "_steps"),
+        ("tracker", "_misses"),
+        ("buffer", "count"),
+        ("buffer", "limit"),
+        ("buffer", "fast_line"),
+        ("buffer", "data"),
+    ],
+)
+def test_an_emptied_slot_raises_attribute_error_on_both_paths(owner, name):
+    """A hot attribute deleted (nothing in steplog does it) is an AttributeError on
+    either path, never a read of an empty slot."""
+    tracker = steplog.Tracker(steplog.MemoryBackend())
+    tracker.init()
+    tracker.log({"a": 1.0})
+    buffer = tracker._buffer
+    target = tracker if owner == "tracker" else buffer
+    with buffer.lock:  # (the writer leaves the buffer alone meanwhile)
+        kept = getattr(target, name)
+        delattr(target, name)
+        try:
+            with pytest.raises(AttributeError, match=name):
+                tracker.log({"a": 2.0})
+        finally:
+            setattr(target, name, kept)
+    tracker.finish()

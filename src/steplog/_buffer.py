@@ -177,6 +177,42 @@ class LineBuffer:
         closed: Overflows no longer wait (:meth:`end`, or :meth:`close`).
     """
 
+    # Slots: fixed offsets, which the compiled ``log()`` reads directly (its hot
+    # attributes: count, limit, fast_line, data), and CPython's fastest attribute access
+    # on every version (3.13's instance dicts lose their inline values beside slots).
+    __slots__ = (
+        "__weakref__",
+        "_alive",
+        "_armed",
+        "_blocked",
+        "_held",
+        "_late",
+        "_room",
+        "_segment_bytes",
+        "_waiting",
+        "_wake",
+        "_writer",
+        "byte_budget",
+        "capacity",
+        "closed",
+        "count",
+        "data",
+        "dropped",
+        "ended",
+        "fast_line",
+        "has_rows",
+        "is_plain",
+        "libraries",
+        "limit",
+        "line_limit",
+        "lock",
+        "max_depth",
+        "policy",
+        "segments",
+        "spare",
+        "wake_at",
+    )
+
     def __init__(
         self,
         capacity: int,

@@ -57,6 +57,17 @@ class RingBuffer(LineBuffer):
             themselves are stored).
     """
 
+    __slots__ = (
+        "_in_ring_put",
+        "_ring_lock",
+        "_rows_pending",
+        "_since_wake",
+        "others",
+        "others_dropped",
+        "ring",
+        "ringed",
+    )
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.ring: ProcessWriter | None = None

@@ -18,6 +18,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h> /* T_OBJECT_EX, READONLY (3.12 on: also Py_T_OBJECT_EX) */
 #include <string.h>
 
 typedef struct {
@@ -28,6 +29,13 @@ typedef struct {
     PyObject *option;      /* orjson.OPT_APPEND_NEWLINE */
     PyObject *count_type;  /* itertools.count */
     PyObject *template;    /* {"step": None, "time": None, "data": None} */
+    PyObject *zero;        /* 0 */
+    /* The classes whose ``__slots__`` hold what log() reads, and those slots' offsets
+     * in their instances (read at setup from the member descriptors: the classes'
+     * ``__slots__`` stay the one definition). */
+    PyTypeObject *tracker_type, *buffer_type;
+    Py_ssize_t at_buffer, at_detour, at_steps, at_misses, at_slow_calls, at_tap;
+    Py_ssize_t at_count, at_limit, at_fast_line, at_data, at_line_limit;
 } State;
 
 static State state;
@@ -81,19 +89,39 @@ has_null(const char *s, Py_ssize_t n)
     return 0;
 }
 
-/* Read an int attribute as a Py_ssize_t; -1 with an exception set on failure. (The
- * generic lookup: reading the instance ``__dict__`` directly was cheaper here, but
- * materialising the dict slowed every Python-level attribute access to the tracker and
- * the buffer, which the slow paths make by the dozen: +9 % on a loop of tensors.) */
-static int
-get_ssize(PyObject *obj, PyObject *name, Py_ssize_t *out)
+/* The slot at ``offset`` of ``obj`` (an instance of the class it was read from):
+ * borrowed, or NULL with AttributeError set when it is empty (never assigned). */
+static PyObject *
+slot(PyObject *obj, Py_ssize_t offset, PyObject *name)
 {
-    PyObject *value = PyObject_GetAttr(obj, name);
+    PyObject *value = *(PyObject **)((char *)obj + offset);
+    if (value == NULL) {
+        PyErr_Format(PyExc_AttributeError, "'%.100s' object has no attribute '%U'",
+                     Py_TYPE(obj)->tp_name, name);
+    }
+    return value;
+}
+
+/* Store a new reference into the slot (what the slot's descriptor does; the old value,
+ * an int, an iterator or a bool, runs no Python code when it is freed). Steals it. */
+static void
+set_slot(PyObject *obj, Py_ssize_t offset, PyObject *value)
+{
+    PyObject **at = (PyObject **)((char *)obj + offset);
+    PyObject *old = *at;
+    *at = value;
+    Py_XDECREF(old);
+}
+
+/* Read an int slot as a Py_ssize_t; -1 with an exception set on failure. */
+static int
+get_ssize(PyObject *obj, Py_ssize_t offset, PyObject *name, Py_ssize_t *out)
+{
+    PyObject *value = slot(obj, offset, name);
     if (value == NULL) {
         return -1;
     }
     *out = PyLong_AsSsize_t(value);
-    Py_DECREF(value);
     if (*out == -1 && PyErr_Occurred()) {
         return -1;
     }
@@ -144,40 +172,33 @@ queue(PyObject *self, PyObject *buffer, PyObject *line, PyObject *step, PyObject
 
 
     /* The lock-free region: no Python code runs and the GIL is held from here to the
-     * append (plain attributes of a LineBuffer; a bytearray resize). */
-    if (get_ssize(buffer, s_count, &count) < 0
-        || get_ssize(buffer, s_limit, &limit) < 0
-        || get_ssize(buffer, s_fast_line, &fast_line) < 0) {
+     * append (slots of a LineBuffer; a bytearray resize). */
+    if (get_ssize(buffer, state.at_count, s_count, &count) < 0
+        || get_ssize(buffer, state.at_limit, s_limit, &limit) < 0
+        || get_ssize(buffer, state.at_fast_line, s_fast_line, &fast_line) < 0) {
         goto done;
     }
     if (count < limit && size <= fast_line) {
-        PyObject *bytes = PyObject_GetAttr(buffer, s_data);
+        PyObject *bytes = slot(buffer, state.at_data, s_data);
         if (bytes == NULL) {
             goto done;
         }
         if (PyByteArray_CheckExact(bytes)) {
-            if (append(bytes, line) < 0) {
-                Py_DECREF(bytes);
-                goto done;
-            }
-            Py_DECREF(bytes);
+            /* Append, then count (a failed append, BufferError, counts nothing). */
             PyObject *next = PyLong_FromSsize_t(count + 1);
-            if (next == NULL || PyObject_SetAttr(buffer, s_count, next) < 0) {
-                /* (cannot happen short of memory; the line is queued, uncounted) */
+            if (next == NULL || append(bytes, line) < 0) {
                 Py_XDECREF(next);
                 goto done;
             }
-            Py_DECREF(next);
-            result = Py_None;
-            Py_INCREF(result);
+            set_slot(buffer, state.at_count, next);
+            result = Py_NewRef(Py_None);
             goto done;
         }
-        Py_DECREF(bytes);
     }
     /* A wake-up, an overflow, the writer process's ring, or a line over the limit. */
     {
         Py_ssize_t line_limit;
-        if (get_ssize(buffer, s_line_limit, &line_limit) < 0) {
+        if (get_ssize(buffer, state.at_line_limit, s_line_limit, &line_limit) < 0) {
             goto done;
         }
         if (size > line_limit) {
@@ -202,10 +223,12 @@ spell_without_tap(PyObject *self, Py_ssize_t slow_calls, PyObject *buffer, PyObj
                   PyObject *step, PyObject *now)
 {
     PyObject *left = PyLong_FromSsize_t(slow_calls - 1);
-    int failed = left == NULL || PyObject_SetAttr(self, s_slow_calls, left) < 0;
-    Py_XDECREF(left);
-    if (failed || (slow_calls == 1 && PyObject_SetAttr(self, s_detour, Py_False) < 0)) {
+    if (left == NULL) {
         return NULL;
+    }
+    set_slot(self, state.at_slow_calls, left);
+    if (slow_calls == 1) {
+        set_slot(self, state.at_detour, Py_NewRef(Py_False));
     }
     PyObject *args[5] = {self, buffer, data, step, now};
     return call_method(self, s_log_slow, args, 5);
@@ -272,13 +295,14 @@ take_detour(PyObject *self, PyObject *buffer, PyObject *data, PyObject *step, Py
     PyObject *tap;
     int queued = 0;
 
-    if (get_ssize(self, s_slow_calls, &slow_calls) < 0) {
+    if (get_ssize(self, state.at_slow_calls, s_slow_calls, &slow_calls) < 0) {
         return -1;
     }
-    tap = PyObject_GetAttr(self, s_tap);
+    tap = slot(self, state.at_tap, s_tap);
     if (tap == NULL) {
         return -1;
     }
+    Py_INCREF(tap);
     if (slow_calls > 0 && tap == Py_None) {
         Py_DECREF(tap);
         *result = spell_without_tap(self, slow_calls, buffer, data, step, now);
@@ -312,28 +336,29 @@ log_impl(PyObject *self, PyObject *data, PyObject *step_arg)
              *line = NULL, *result = NULL;
     int detour;
 
-    buffer = PyObject_GetAttr(self, s_buffer);
-    if (buffer == NULL) {
-        goto done;
-    }
-    if (buffer == Py_None || !PyDict_CheckExact(data)) {
+    buffer = *(PyObject **)((char *)self + state.at_buffer);
+    if (buffer == NULL || buffer == Py_None || !PyDict_CheckExact(data)
+        || !PyObject_TypeCheck(buffer, state.buffer_type)) {
+        /* (no run, no plain dict, or a tracker not set up: Python's errors) */
+        buffer = NULL;
         result = fallback(self, data, step_arg);
         goto done;
     }
-    flag = PyObject_GetAttr(self, s_detour);
+    Py_INCREF(buffer);  /* (held: a patched clock may run code that ends the run) */
+    flag = slot(self, state.at_detour, s_detour);
     if (flag == NULL) {
         goto done;
     }
-    detour = PyObject_IsTrue(flag);
-    Py_DECREF(flag);
+    detour = flag == Py_False ? 0 : flag == Py_True ? 1 : PyObject_IsTrue(flag);
     if (detour < 0) {
         goto done;
     }
     if (step_arg == Py_None) {
-        PyObject *steps = PyObject_GetAttr(self, s_steps);
+        PyObject *steps = slot(self, state.at_steps, s_steps);
         if (steps == NULL) {
             goto done;
         }
+        Py_INCREF(steps);
         step = PyIter_Next(steps);
         Py_DECREF(steps);
         if (step == NULL) {
@@ -363,11 +388,10 @@ log_impl(PyObject *self, PyObject *data, PyObject *step_arg)
         }
         steps = PyObject_CallOneArg(state.count_type, next);
         Py_DECREF(next);
-        if (steps == NULL || PyObject_SetAttr(self, s_steps, steps) < 0) {
-            Py_XDECREF(steps);
+        if (steps == NULL) {
             goto done;
         }
-        Py_DECREF(steps);
+        set_slot(self, state.at_steps, steps);
         step = Py_NewRef(step_arg);
     }
     else {
@@ -417,16 +441,17 @@ log_impl(PyObject *self, PyObject *data, PyObject *step_arg)
         goto done;
     }
     {
-        Py_ssize_t misses;
-        if (get_ssize(self, s_misses, &misses) < 0) {
+        PyObject *misses = slot(self, state.at_misses, s_misses);
+        if (misses == NULL) {
             goto done;
         }
-        if (misses) {
-            PyObject *zero = PyLong_FromLong(0);
-            int failed = zero == NULL || PyObject_SetAttr(self, s_misses, zero) < 0;
-            Py_XDECREF(zero);
-            if (failed) {
+        if (misses != state.zero) {  /* (0 is one object: CPython caches small ints) */
+            int some = PyObject_IsTrue(misses);
+            if (some < 0) {
                 goto done;
+            }
+            if (some) {
+                set_slot(self, state.at_misses, Py_NewRef(state.zero));
             }
         }
     }
@@ -510,13 +535,19 @@ log_method(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw
 static PyMethodDef log_def = {
     "log", (PyCFunction)(void (*)(void))log_method, METH_FASTCALL | METH_KEYWORDS, NULL};
 
-/* bind(cls, doc): Tracker.log for ``cls`` and its subclasses, as a method descriptor
- * (so that ``tracker.log(...)`` makes no bound-method object). */
+/* bind(cls, doc): Tracker.log for ``cls`` (setup's tracker class or a subclass) and its
+ * subclasses, as a method descriptor (so that ``tracker.log(...)`` makes no bound-method
+ * object; it also checks that ``self`` is an instance, whose slots log() reads). */
 static PyObject *
 bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2 || !PyType_Check(args[0]) || !PyUnicode_Check(args[1])) {
         PyErr_SetString(PyExc_TypeError, "bind(cls, doc)");
+        return NULL;
+    }
+    if (state.tracker_type == NULL
+        || !PyType_IsSubtype((PyTypeObject *)args[0], state.tracker_type)) {
+        PyErr_SetString(PyExc_TypeError, "bind(): not the tracker class given to setup()");
         return NULL;
     }
     const char *doc = PyUnicode_AsUTF8(args[1]);
@@ -533,17 +564,74 @@ bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyDescr_NewMethod((PyTypeObject *)args[0], &log_def);
 }
 
-/* setup(globals, option, count) */
+/* The offset of the object slot ``name`` that ``cls`` declares in its ``__slots__``;
+ * -1 with an exception set if it declares none. */
+static Py_ssize_t
+slot_offset(PyTypeObject *cls, PyObject *name)
+{
+    PyObject *found = PyDict_GetItemWithError(cls->tp_dict, name);
+    if (found == NULL || !Py_IS_TYPE(found, &PyMemberDescr_Type)) {
+        if (!PyErr_Occurred()) {
+            PyErr_Format(PyExc_TypeError, "setup(): %.100s declares no slot %R", cls->tp_name,
+                         name);
+        }
+        return -1;
+    }
+    PyMemberDef *member = ((PyMemberDescrObject *)found)->d_member;
+    if (member->type != T_OBJECT_EX || (member->flags & READONLY)) {
+        PyErr_Format(PyExc_TypeError, "setup(): %.100s.%U is not a plain slot", cls->tp_name,
+                     name);
+        return -1;
+    }
+    return member->offset;
+}
+
+/* setup(globals, option, count, tracker_class, buffer_class) */
 static PyObject *
 setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3 || !PyDict_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "setup(globals, option, count)");
+    if (nargs != 5 || !PyDict_Check(args[0]) || !PyType_Check(args[3])
+        || !PyType_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "setup(globals, option, count, tracker_class, buffer_class)");
         return NULL;
     }
+    PyTypeObject *tracker = (PyTypeObject *)args[3], *buffer = (PyTypeObject *)args[4];
+    struct {
+        Py_ssize_t *at;
+        PyTypeObject *cls;
+        PyObject *name;
+    } slots[] = {
+        {&state.at_buffer, tracker, s_buffer},
+        {&state.at_detour, tracker, s_detour},
+        {&state.at_steps, tracker, s_steps},
+        {&state.at_misses, tracker, s_misses},
+        {&state.at_slow_calls, tracker, s_slow_calls},
+        {&state.at_tap, tracker, s_tap},
+        {&state.at_count, buffer, s_count},
+        {&state.at_limit, buffer, s_limit},
+        {&state.at_fast_line, buffer, s_fast_line},
+        {&state.at_data, buffer, s_data},
+        {&state.at_line_limit, buffer, s_line_limit},
+    };
+    enum { N_SLOTS = sizeof(slots) / sizeof(slots[0]) };
+    Py_ssize_t found[N_SLOTS];
+    for (size_t i = 0; i < N_SLOTS; i++) {  /* (all found before any is changed) */
+        if ((found[i] = slot_offset(slots[i].cls, slots[i].name)) < 0) {
+            return NULL;
+        }
+    }
+    for (size_t i = 0; i < N_SLOTS; i++) {
+        *slots[i].at = found[i];
+    }
+    Py_XSETREF(state.tracker_type, (PyTypeObject *)Py_NewRef(args[3]));
+    Py_XSETREF(state.buffer_type, (PyTypeObject *)Py_NewRef(args[4]));
     Py_XSETREF(state.globals, Py_NewRef(args[0]));
     Py_XSETREF(state.option, Py_NewRef(args[1]));
     Py_XSETREF(state.count_type, Py_NewRef(args[2]));
+    if (state.zero == NULL && (state.zero = PyLong_FromLong(0)) == NULL) {
+        return NULL;
+    }
     if (state.template == NULL) {
         state.template = PyDict_New();
         if (state.template == NULL || PyDict_SetItem(state.template, s_step, Py_None) < 0

@@ -12,9 +12,13 @@
  *
  * The lock-free append (LineBuffer's docstring gives the argument) is atomic here for
  * the plainer reason: from reading ``count`` to the append, this code runs no Python
- * code and never releases the GIL (attribute reads and writes of plain instance
- * attributes, a bytearray resize), so no other thread and no signal handler can run
- * in between.
+ * code and never releases the GIL (reads and writes of the buffer's slots, a bytearray
+ * resize), so no other thread and no signal handler can run in between.
+ *
+ * The tracker's and the buffer's hot attributes are read and written at their slots'
+ * offsets (``_TrackerBase.__slots__``, ``LineBuffer.__slots__``: setup() reads the
+ * offsets from the member descriptors), not by the generic attribute lookup, which
+ * cost ~1 700 of the call's ~9 800 instructions.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

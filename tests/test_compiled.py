@@ -442,3 +442,84 @@ def test_an_emptied_slot_raises_attribute_error_on_both_paths(owner, name):
         finally:
             setattr(target, name, kept)
     tracker.finish()
+
+
+class _HidesSlot:
+    """Ways a subclass can put something of its own under a tracker's slot name."""
+
+    @staticmethod
+    def make(name: str, how: str) -> type:
+        if how == "slot":
+            return type("Slotted", (steplog.Tracker,), {"__slots__": (name,)})
+        if how == "mixin":  # a base before the tracker in the MRO, with a class default
+            default = {"_buffer": None, "_detour": False, "_tap": None}.get(name, 0)
+            mixin = type("Defaults", (), {name: default})
+            return type("Mixed", (mixin, steplog.Tracker), {})
+        storage = "_own" + name
+
+        def get(self):
+            return self.__dict__.get(storage)
+
+        def put(self, value):
+            self.__dict__[storage] = value
+
+        return type("Prop", (steplog.Tracker,), {name: property(get, put)})
+
+
+@needs_compiled
+@pytest.mark.parametrize("how", ["slot", "mixin", "property"])
+@pytest.mark.parametrize("name", ["_buffer", "_detour", "_steps", "_misses", "_slow_calls", "_tap"])
+def test_a_subclass_that_hides_a_slot_logs_with_the_python_method(name, how):
+    """The compiled log() reads the base's slots at their offsets and would not see
+    what a subclass put under their names: such a class's log is the Python method,
+    and the compiled method called on its instances hands the call to it too."""
+    cls = _HidesSlot.make(name, how)
+    assert cls.log is _TrackerBase._log_py
+    memory = steplog.MemoryBackend()
+    tracker = cls(memory, watchers=[watch.nonfinite("loss")])
+    tracker.init()
+    tracker.log({"loss": 1.0})
+    _TrackerBase.log(tracker, {"loss": 2.0})  # (the compiled method, called explicitly)
+    tracker.log({"loss": math.nan}, 10)
+    tracker.log({"loss": 4.0, "v": np.float32(1)})
+    stats = tracker.finish()
+    assert [(e.step, e.data["loss"]) for e in memory.records][:2] == [(0, 1.0), (1, 2.0)]
+    assert [e.step for e in memory.records] == [0, 1, 10, 11]
+    assert stats.logged == stats.written == 4 and stats.alerts == 1
+
+
+@needs_compiled
+def test_setup_refuses_classes_whose_slots_lie_elsewhere():
+    """A later setup() (a reload makes new classes) must find the slots where the bound
+    log() reads them; another layout is refused and logging goes on unharmed."""
+    from steplog import tracker as module
+    from steplog._buffer import SPEEDUPS, LineBuffer
+
+    names = ("_buffer", "_detour", "_steps", "_misses", "_slow_calls", "_tap")
+    wide = type("Wide", (), {"__slots__": tuple(f"pad{i}" for i in range(50)) + names})
+    memory = steplog.MemoryBackend()
+    tracker = steplog.Tracker(memory)
+    tracker.init()
+    with pytest.raises(TypeError, match="moved"):
+        SPEEDUPS.setup(vars(module), module._LINE, itertools.count, wide, LineBuffer)
+    tracker.log({"a": 1.0})
+    tracker.finish()
+    assert [e.data for e in memory.records] == [{"a": 1.0}]
+
+
+@pytest.mark.usefixtures("log_impl")
+def test_a_step_counter_that_is_no_iterator_is_a_type_error():
+    tracker = steplog.Tracker(steplog.MemoryBackend())
+    tracker.init()
+    tracker._steps = [1, 2]  # type: ignore[assignment]
+    with pytest.raises(TypeError, match="'list' object is not an iterator"):
+        tracker.log({"a": 1.0})
+    tracker.finish()
+
+
+def test_a_line_buffer_subclass_may_not_hide_its_slots():
+    from steplog._buffer import LineBuffer
+
+    with pytest.raises(TypeError, match="must not hide LineBuffer's slots"):
+        type("Bad", (LineBuffer,), {"count": property(lambda self: 0)})
+    type("Fine", (LineBuffer,), {"__slots__": ("extra",)})

@@ -8,6 +8,7 @@ the ``limit`` the hot path gets back after a slow step, and how a dropped item c
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import sys
 import threading
@@ -17,7 +18,7 @@ from typing import Any
 from ._options import OverflowPolicy
 from .errors import InactiveRunError
 
-__all__ = ["LineBuffer", "Row"]
+__all__ = ["LineBuffer", "Row", "shadows_slots"]
 
 
 #: An event ``log()`` could not encode on the spot (tensors to read from a device, or
@@ -65,6 +66,16 @@ def _extension() -> Any:
 #: writer's recycling of a written batch take it from here.
 SPEEDUPS = _extension()
 _append_kept = SPEEDUPS.append if SPEEDUPS is not None else None
+
+def shadows_slots(cls: type, base: type) -> bool:
+    """Whether ``cls`` finds anything but ``base``'s own slot under one of its names (a
+    slot of its own, a class attribute, a property): the compiled ``log()``, which reads
+    ``base``'s slots at their offsets, would not see it."""
+    return any(
+        inspect.getattr_static(cls, name, None) is not base.__dict__[name]
+        for name in base.__slots__  # type: ignore[attr-defined]
+    )
+
 
 #: The longest line ``log()`` appends without the lock. Longer ones (rare: a
 #: 100-key record is ~2.5 KiB) take the locked path; the bound is what lets one count
@@ -212,6 +223,11 @@ class LineBuffer:
         "spare",
         "wake_at",
     )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if shadows_slots(cls, LineBuffer):  # (the compiled log() reads them at offsets)
+            raise TypeError(f"{cls.__name__} must not hide LineBuffer's slots")
 
     def __init__(
         self,

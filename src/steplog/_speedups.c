@@ -38,6 +38,8 @@ typedef struct {
      * in their instances (read at setup from the member descriptors: the classes'
      * ``__slots__`` stay the one definition). */
     PyTypeObject *tracker_type, *buffer_type;
+    PyObject *method;          /* the method descriptor bind() made */
+    PyTypeObject *plain_type;  /* the last type of ``self`` whose log is that method */
     Py_ssize_t at_buffer, at_detour, at_steps, at_misses, at_slow_calls, at_tap;
     Py_ssize_t at_count, at_limit, at_fast_line, at_data, at_line_limit;
 } State;
@@ -48,7 +50,8 @@ static State state;
 static PyObject *s_buffer, *s_steps, *s_detour, *s_misses, *s_encoder, *s_count,
     *s_limit, *s_fast_line, *s_data, *s_line_limit, *s_step, *s_time, *s_log_py,
     *s_missed_fast, *s_log_slow, *s_encode_row, *s_queue_line, *s_put_slow,
-    *s_took_detour, *s_slow_calls, *s_tap, *s_key, *s_absent, *s_values, *s_now, *s_dumps;
+    *s_took_detour, *s_slow_calls, *s_tap, *s_key, *s_absent, *s_values, *s_now, *s_dumps,
+    *s_log;
 
 /* Call the function steplog.tracker's global ``name`` refers to now. */
 static PyObject *
@@ -94,14 +97,19 @@ has_null(const char *s, Py_ssize_t n)
 }
 
 /* The slot at ``offset`` of ``obj`` (an instance of the class it was read from):
- * borrowed, or NULL with AttributeError set when it is empty (never assigned). */
+ * borrowed, or NULL with an exception set when it is empty (never assigned, or
+ * deleted): the AttributeError Python's own lookup raises. */
 static PyObject *
 slot(PyObject *obj, Py_ssize_t offset, PyObject *name)
 {
     PyObject *value = *(PyObject **)((char *)obj + offset);
     if (value == NULL) {
-        PyErr_Format(PyExc_AttributeError, "'%.100s' object has no attribute '%U'",
-                     Py_TYPE(obj)->tp_name, name);
+        PyObject *found = PyObject_GetAttr(obj, name);  /* (raises the error) */
+        if (found != NULL) {  /* (a __getattr__ answered for the empty slot) */
+            Py_DECREF(found);
+            PyErr_Format(PyExc_AttributeError, "'%.100s' object has no attribute '%U'",
+                         Py_TYPE(obj)->tp_name, name);
+        }
     }
     return value;
 }
@@ -333,13 +341,39 @@ take_detour(PyObject *self, PyObject *buffer, PyObject *data, PyObject *step, Py
     return queued;
 }
 
+/* Whether ``type(self).log`` is this method: a class that hides one of the tracker's
+ * slots logs with the Python method (_TrackerBase.__init_subclass__ makes it its
+ * ``log``), and so does a call of this method on its instances. Checked once per type
+ * in a row. 1: yes, 0: no, -1: error. */
+static int
+plain_type(PyTypeObject *type)
+{
+    if (type == state.plain_type) {
+        return 1;
+    }
+    PyObject *found = PyObject_GetAttr((PyObject *)type, s_log);
+    if (found == NULL) {
+        return -1;
+    }
+    int plain = found == state.method;
+    Py_DECREF(found);
+    if (plain) {
+        Py_XSETREF(state.plain_type, (PyTypeObject *)Py_NewRef(type));
+    }
+    return plain;
+}
+
 static PyObject *
 log_impl(PyObject *self, PyObject *data, PyObject *step_arg)
 {
     PyObject *buffer = NULL, *flag = NULL, *step = NULL, *now = NULL, *record = NULL,
              *line = NULL, *result = NULL;
-    int detour;
+    int detour, plain;
 
+    plain = plain_type(Py_TYPE(self));
+    if (plain <= 0) {
+        return plain < 0 ? NULL : fallback(self, data, step_arg);
+    }
     buffer = *(PyObject **)((char *)self + state.at_buffer);
     if (buffer == NULL || buffer == Py_None || !PyDict_CheckExact(data)
         || !PyObject_TypeCheck(buffer, state.buffer_type)) {
@@ -360,6 +394,11 @@ log_impl(PyObject *self, PyObject *data, PyObject *step_arg)
     if (step_arg == Py_None) {
         PyObject *steps = slot(self, state.at_steps, s_steps);
         if (steps == NULL) {
+            goto done;
+        }
+        if (!PyIter_Check(steps)) {  /* (as next() raises) */
+            PyErr_Format(PyExc_TypeError, "'%.200s' object is not an iterator",
+                         Py_TYPE(steps)->tp_name);
             goto done;
         }
         Py_INCREF(steps);
@@ -565,7 +604,12 @@ bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     strcpy(kept, doc);
     log_def.ml_doc = kept;
-    return PyDescr_NewMethod((PyTypeObject *)args[0], &log_def);
+    PyObject *method = PyDescr_NewMethod((PyTypeObject *)args[0], &log_def);
+    if (method != NULL) {
+        Py_XSETREF(state.method, Py_NewRef(method));
+        Py_CLEAR(state.plain_type);
+    }
+    return method;
 }
 
 /* The offset of the object slot ``name`` that ``cls`` declares in its ``__slots__``;
@@ -582,7 +626,8 @@ slot_offset(PyTypeObject *cls, PyObject *name)
         return -1;
     }
     PyMemberDef *member = ((PyMemberDescrObject *)found)->d_member;
-    if (member->type != T_OBJECT_EX || (member->flags & READONLY)) {
+    if (member->type != T_OBJECT_EX || (member->flags & READONLY) || member->offset < 0
+        || member->offset + (Py_ssize_t)sizeof(PyObject *) > cls->tp_basicsize) {
         PyErr_Format(PyExc_TypeError, "setup(): %.100s.%U is not a plain slot", cls->tp_name,
                      name);
         return -1;
@@ -622,6 +667,14 @@ setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t found[N_SLOTS];
     for (size_t i = 0; i < N_SLOTS; i++) {  /* (all found before any is changed) */
         if ((found[i] = slot_offset(slots[i].cls, slots[i].name)) < 0) {
+            return NULL;
+        }
+    }
+    /* Once log() is bound, its instances' layout is fixed: a later setup() (a reload
+     * of steplog.tracker makes new classes) must find the slots where they were. */
+    for (size_t i = 0; state.tracker_type != NULL && i < N_SLOTS; i++) {
+        if (found[i] != *slots[i].at) {
+            PyErr_Format(PyExc_TypeError, "setup(): %R moved (another layout)", slots[i].name);
             return NULL;
         }
     }
@@ -731,5 +784,6 @@ PyInit__speedups(void)
     INTERN(s_values, "values");
     INTERN(s_now, "_now");
     INTERN(s_dumps, "_dumps");
+    INTERN(s_log, "log");
     return PyModule_Create(&module_def);
 }

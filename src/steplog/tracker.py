@@ -33,7 +33,7 @@ import orjson
 
 from ._arrays import DEFER_KEY, host_reader
 from ._arrays import snapshot as _snapshot
-from ._buffer import SPEEDUPS, LineBuffer
+from ._buffer import SPEEDUPS, LineBuffer, shadows_slots
 from ._delivery import RetryPolicy
 from ._durability import buffer_type
 from ._hooks import (
@@ -425,6 +425,15 @@ class _TrackerBase(_OptionAttributes):
     #: The pure-Python ``log()``: the reference, and the fallback of the compiled one
     #: (``_compiled_log`` makes ``log`` the compiled method where it is built).
     _log_py = log
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # The compiled log() reads this class's slots at their offsets; a subclass (or a
+        # base before this class in its MRO) that puts anything else under one of their
+        # names — a slot of its own, a class attribute, a property — would not be seen
+        # there: such a class logs with the Python method, which looks names up.
+        if shadows_slots(cls, _TrackerBase):
+            cls.log = _TrackerBase._log_py  # type: ignore[method-assign]
 
     def _took_detour(self, buffer: LineBuffer, data: dict[str, Any], step: int, now: float) -> bool:
         """``log()``'s rare branch: feed the value watchers' tap, or take the slow path

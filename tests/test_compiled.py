@@ -350,20 +350,24 @@ def test_log_calls_the_clock_the_module_names(monkeypatch):
 
 @needs_compiled
 def test_setup_and_bind_take_only_classes_with_the_slots_log_reads():
-    """The compiled ``log()`` reads the tracker's and the buffer's hot attributes at
-    their slots' offsets, which ``setup`` takes from the classes' ``__slots__``: a class
-    without those slots is refused, and a refused ``setup`` changes nothing."""
+    """The compiled ``log()`` reads the tracker's, the buffer's and the value tap's hot
+    attributes at their slots' offsets, which ``setup`` takes from the classes'
+    ``__slots__``: a class without those slots is refused, and a refused ``setup``
+    changes nothing."""
     from steplog import tracker as module
     from steplog._buffer import SPEEDUPS, LineBuffer
+    from steplog._monitor import ValueTap
 
     class Plain:
         pass
 
     args = (vars(module), module._LINE, itertools.count)
     with pytest.raises(TypeError, match="declares no slot '_buffer'"):
-        SPEEDUPS.setup(*args, Plain, LineBuffer)
+        SPEEDUPS.setup(*args, Plain, LineBuffer, ValueTap)
     with pytest.raises(TypeError, match="declares no slot 'count'"):
-        SPEEDUPS.setup(*args, _TrackerBase, Plain)
+        SPEEDUPS.setup(*args, _TrackerBase, Plain, ValueTap)
+    with pytest.raises(TypeError, match="declares no slot 'key'"):
+        SPEEDUPS.setup(*args, _TrackerBase, LineBuffer, Plain)
     with pytest.raises(TypeError, match="not the tracker class"):
         SPEEDUPS.bind(Plain, "")
     memory = steplog.MemoryBackend()
@@ -494,6 +498,7 @@ def test_setup_refuses_classes_whose_slots_lie_elsewhere():
     log() reads them; another layout is refused and logging goes on unharmed."""
     from steplog import tracker as module
     from steplog._buffer import SPEEDUPS, LineBuffer
+    from steplog._monitor import ValueTap
 
     names = ("_buffer", "_detour", "_steps", "_misses", "_slow_calls", "_tap")
     wide = type("Wide", (), {"__slots__": tuple(f"pad{i}" for i in range(50)) + names})
@@ -501,7 +506,7 @@ def test_setup_refuses_classes_whose_slots_lie_elsewhere():
     tracker = steplog.Tracker(memory)
     tracker.init()
     with pytest.raises(TypeError, match="moved"):
-        SPEEDUPS.setup(vars(module), module._LINE, itertools.count, wide, LineBuffer)
+        SPEEDUPS.setup(vars(module), module._LINE, itertools.count, wide, LineBuffer, ValueTap)
     tracker.log({"a": 1.0})
     tracker.finish()
     assert [e.data for e in memory.records] == [{"a": 1.0}]
@@ -517,9 +522,31 @@ def test_a_step_counter_that_is_no_iterator_is_a_type_error():
     tracker.finish()
 
 
-def test_a_line_buffer_subclass_may_not_hide_its_slots():
+def test_the_buffer_and_the_tap_may_not_have_subclasses_that_hide_their_slots():
     from steplog._buffer import LineBuffer
+    from steplog._monitor import ValueTap
 
     with pytest.raises(TypeError, match="must not hide LineBuffer's slots"):
         type("Bad", (LineBuffer,), {"count": property(lambda self: 0)})
     type("Fine", (LineBuffer,), {"__slots__": ("extra",)})
+    with pytest.raises(TypeError, match="must not hide ValueTap's slots"):
+        type("Bad", (ValueTap,), {"values": []})
+
+
+@pytest.mark.usefixtures("log_impl")
+@pytest.mark.parametrize("name", ["key", "absent", "values"])
+def test_an_emptied_tap_slot_raises_attribute_error_on_both_paths(name):
+    tracker = steplog.Tracker(steplog.MemoryBackend(), watchers=[watch.nonfinite("loss")])
+    tracker.init()
+    tracker.log({"loss": 1.0})
+    tap = tracker._tap
+    kept = getattr(tap, name)
+    delattr(tap, name)
+    try:
+        with pytest.raises(AttributeError, match=name):
+            tracker.log({"loss": 2.0})
+    finally:
+        setattr(tap, name, kept)
+    tracker.log({"loss": math.nan})
+    stats = tracker.finish()
+    assert stats.alerts == 1

@@ -67,6 +67,7 @@ def _extension() -> Any:
 SPEEDUPS = _extension()
 _append_kept = SPEEDUPS.append if SPEEDUPS is not None else None
 
+
 def shadows_slots(cls: type, base: type) -> bool:
     """Whether ``cls`` finds anything but ``base``'s own slot under one of its names (a
     slot of its own, a class attribute, a property): the compiled ``log()``, which reads

@@ -30,7 +30,7 @@ from typing import Any, overload
 
 import orjson
 
-from ._buffer import LOCK_FREE
+from ._buffer import LOCK_FREE, shadows_slots
 from ._threads import run_thread
 from .runfile.codec import ValueEncoder, decode
 from .runfile.schema import alert_record, lookup, system_record
@@ -294,7 +294,7 @@ class ValueTap:
     A value watcher checks one key of every event. ``log()`` has the event's dict at
     hand, so the value is one dict lookup away there; the writer has only the encoded
     lines, and decoding them cost +2.5 µs per event (issue #26). So ``log()`` calls
-    :meth:`capture` (``Tracker.log`` does, only for trackers with value watchers: it is
+    :attr:`capture` (``Tracker.log`` does, only for trackers with value watchers: it is
     a branch that every tracker's ``log()`` takes anyway for slow spells) and queues
     ``(step, value)`` per watched key; the writer checks each queue a batch at a time
     (:meth:`Monitor.check_values`). A value that is no plain number when logged
@@ -314,7 +314,19 @@ class ValueTap:
     Without the GIL (:data:`~steplog._buffer.LOCK_FREE` false), both sides take a lock.
     """
 
+    # Slots: the compiled ``log()`` reads key, absent and values at their offsets (as
+    # the tracker's: see _TrackerBase).
+    __slots__ = ("absent", "capture", "key", "keys", "lock", "lookups", "rows", "values")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if shadows_slots(cls, ValueTap):
+            raise TypeError(f"{cls.__name__} must not hide ValueTap's slots")
+
     def __init__(self, keys: Sequence[str]) -> None:
+        #: Queue the watched values of one event; True when one of them must be read
+        #: from the encoded event instead (:meth:`line` or :meth:`row`; nothing queued).
+        self.capture: Callable[[int, dict[str, Any]], bool] = self._capture_many
         self.keys = list(keys)
         self.lookups = [(key, "." not in key) for key in self.keys]
         #: One queue per watched key: ``(step, value)``, value a number or a _Later.
@@ -323,7 +335,7 @@ class ValueTap:
         self.rows = 0
         self.lock = threading.Lock() if not LOCK_FREE else None
         #: The one watched key, not dotted (the GIL): ``log()`` queues a float under it
-        #: itself, without calling :meth:`capture`. Otherwise a key no dict has.
+        #: itself, without calling :attr:`capture`. Otherwise a key no dict has.
         self.key: Any = _NO_KEY
         #: What ``log()`` gets for :attr:`key` when the event lacks it: None (nothing
         #: to check) for the one key; for several, anything else (call capture).
@@ -331,11 +343,10 @@ class ValueTap:
         if self.lock is None and len(self.keys) == 1 and "." not in self.keys[0]:
             self.key = self.keys[0]
             self.absent = None
-            self.capture = self._capture_one  # type: ignore[method-assign]
+            self.capture = self._capture_one
 
-    def capture(self, step: int, data: dict[str, Any]) -> bool:
-        """Queue the watched values of one event; True when one of them must be read
-        from the encoded event instead (:meth:`line` or :meth:`row`; nothing queued)."""
+    def _capture_many(self, step: int, data: dict[str, Any]) -> bool:
+        # capture() for several keys, dotted keys, or a build without the GIL.
         values = []
         for key, flat in self.lookups:
             value = data.get(key) if flat else lookup(data, key)

@@ -37,11 +37,12 @@ typedef struct {
     /* The classes whose ``__slots__`` hold what log() reads, and those slots' offsets
      * in their instances (read at setup from the member descriptors: the classes'
      * ``__slots__`` stay the one definition). */
-    PyTypeObject *tracker_type, *buffer_type;
+    PyTypeObject *tracker_type, *buffer_type, *tap_type;
     PyObject *method;          /* the method descriptor bind() made */
     PyTypeObject *plain_type;  /* the last type of ``self`` whose log is that method */
     Py_ssize_t at_buffer, at_detour, at_steps, at_misses, at_slow_calls, at_tap;
     Py_ssize_t at_count, at_limit, at_fast_line, at_data, at_line_limit;
+    Py_ssize_t at_key, at_absent, at_values;
 } State;
 
 static State state;
@@ -256,12 +257,16 @@ tap_float(PyObject *tap, PyObject *data, PyObject *step)
     PyObject *key, *absent, *value, *values, *queue, *item = NULL;
     int done = 0;
 
-    key = PyObject_GetAttr(tap, s_key);
-    absent = key == NULL ? NULL : PyObject_GetAttr(tap, s_absent);
+    if (!PyObject_TypeCheck(tap, state.tap_type)) {
+        return 0;  /* (_took_detour decides) */
+    }
+    key = slot(tap, state.at_key, s_key);
+    absent = key == NULL ? NULL : slot(tap, state.at_absent, s_absent);
     if (absent == NULL) {
-        Py_XDECREF(key);
         return -1;
     }
+    Py_INCREF(key);
+    Py_INCREF(absent);
     value = PyDict_GetItemWithError(data, key);  /* borrowed: held at once, below */
     if (value == NULL && PyErr_Occurred()) {
         done = -1;
@@ -276,7 +281,7 @@ tap_float(PyObject *tap, PyObject *data, PyObject *step)
         Py_INCREF(value);
         item = PyTuple_Pack(2, step, value);
         Py_DECREF(value);
-        values = item == NULL ? NULL : PyObject_GetAttr(tap, s_values);
+        values = item == NULL ? NULL : slot(tap, state.at_values, s_values);
         if (values == NULL) {
             done = -1;
         }
@@ -287,7 +292,6 @@ tap_float(PyObject *tap, PyObject *data, PyObject *step)
             if (queue != NULL && PyList_Check(queue)) {
                 done = PyList_Append(queue, item) < 0 ? -1 : 1;
             }
-            Py_DECREF(values);
         }
         Py_XDECREF(item);
     }
@@ -635,17 +639,18 @@ slot_offset(PyTypeObject *cls, PyObject *name)
     return member->offset;
 }
 
-/* setup(globals, option, count, tracker_class, buffer_class) */
+/* setup(globals, option, count, tracker_class, buffer_class, tap_class) */
 static PyObject *
 setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 5 || !PyDict_Check(args[0]) || !PyType_Check(args[3])
-        || !PyType_Check(args[4])) {
+    if (nargs != 6 || !PyDict_Check(args[0]) || !PyType_Check(args[3])
+        || !PyType_Check(args[4]) || !PyType_Check(args[5])) {
         PyErr_SetString(PyExc_TypeError,
-                        "setup(globals, option, count, tracker_class, buffer_class)");
+                        "setup(globals, option, count, tracker_class, buffer_class, tap_class)");
         return NULL;
     }
-    PyTypeObject *tracker = (PyTypeObject *)args[3], *buffer = (PyTypeObject *)args[4];
+    PyTypeObject *tracker = (PyTypeObject *)args[3], *buffer = (PyTypeObject *)args[4],
+                 *tap = (PyTypeObject *)args[5];
     struct {
         Py_ssize_t *at;
         PyTypeObject *cls;
@@ -662,6 +667,9 @@ setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         {&state.at_fast_line, buffer, s_fast_line},
         {&state.at_data, buffer, s_data},
         {&state.at_line_limit, buffer, s_line_limit},
+        {&state.at_key, tap, s_key},
+        {&state.at_absent, tap, s_absent},
+        {&state.at_values, tap, s_values},
     };
     enum { N_SLOTS = sizeof(slots) / sizeof(slots[0]) };
     Py_ssize_t found[N_SLOTS];
@@ -683,6 +691,7 @@ setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     Py_XSETREF(state.tracker_type, (PyTypeObject *)Py_NewRef(args[3]));
     Py_XSETREF(state.buffer_type, (PyTypeObject *)Py_NewRef(args[4]));
+    Py_XSETREF(state.tap_type, (PyTypeObject *)Py_NewRef(args[5]));
     Py_XSETREF(state.globals, Py_NewRef(args[0]));
     Py_XSETREF(state.option, Py_NewRef(args[1]));
     Py_XSETREF(state.count_type, Py_NewRef(args[2]));

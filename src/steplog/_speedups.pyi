@@ -3,11 +3,16 @@
 from typing import Any
 
 def setup(
-    globals: dict[str, Any], option: int, count: type, tracker_class: type, buffer_class: type
+    globals: dict[str, Any],
+    option: int,
+    count: type,
+    tracker_class: type,
+    buffer_class: type,
+    tap_class: type,
 ) -> None:
     """Give the extension ``steplog.tracker``'s globals (it calls their ``_now`` and
-    ``_dumps``), orjson's option, ``itertools.count``, and the tracker and buffer
-    classes, whose ``__slots__`` ``log()`` reads (once, at import)."""
+    ``_dumps``), orjson's option, ``itertools.count``, and the tracker, buffer and value
+    tap classes, whose ``__slots__`` ``log()`` reads (once, at import)."""
 
 def bind(cls: type, doc: str) -> Any:
     """Return ``log`` as a method descriptor of ``cls``, with ``doc`` as its docstring."""

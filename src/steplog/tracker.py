@@ -761,8 +761,8 @@ def _compiled_log() -> None:
     """
     if SPEEDUPS is None:
         return
-    # (It calls _now and _dumps; it reads the two classes' slots.)
-    SPEEDUPS.setup(globals(), _LINE, itertools.count, _TrackerBase, LineBuffer)
+    # (It calls _now and _dumps; it reads the three classes' slots.)
+    SPEEDUPS.setup(globals(), _LINE, itertools.count, _TrackerBase, LineBuffer, ValueTap)
     doc = "log($self, /, data, step=None)\n--\n\n" + (_TrackerBase.log.__doc__ or "")
     _TrackerBase.log = SPEEDUPS.bind(_TrackerBase, doc)  # type: ignore[method-assign]
 

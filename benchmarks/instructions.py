@@ -54,6 +54,10 @@ elif workload == "tensors":
     make = b.pooled_record(pools)
 elif workload == "nonfinite watcher":
     options = {"watchers": [watch.nonfinite("loss")]}
+elif workload == "above watcher":
+    options = {"watchers": [watch.above("loss", 1e9)]}
+elif workload == "diverging watcher":
+    options = {"watchers": [watch.diverging("loss", factor=2.0, window=100)]}
 elif workload == "3 value watchers":
     options = {"watchers": [watch.nonfinite("loss"), watch.above("loss", 1e9),
                             watch.diverging("loss", factor=2.0, window=100)]}
@@ -73,6 +77,8 @@ b.clean(root)
 WORKLOADS = [
     "10 keys",
     "nonfinite watcher",
+    "above watcher",
+    "diverging watcher",
     "3 value watchers",
     "30 keys",
     "100 keys",
@@ -83,6 +89,8 @@ PLAIN = {"10 keys", "30 keys", "100 keys"}  # the inline write takes these as th
 LABELS = {
     "10 keys": "10 keys (bench_core.make_record), JSONL",
     "nonfinite watcher": "10 keys + watch.nonfinite('loss')",
+    "above watcher": "10 keys + watch.above('loss', 1e9)",
+    "diverging watcher": "10 keys + watch.diverging('loss', window=100) (a rising loss)",
     "3 value watchers": "10 keys + nonfinite, above, diverging on 'loss' (a rising loss)",
     "30 keys": "30 keys",
     "100 keys": "100 keys",

@@ -550,3 +550,38 @@ def test_an_emptied_tap_slot_raises_attribute_error_on_both_paths(name):
     tracker.log({"loss": math.nan})
     stats = tracker.finish()
     assert stats.alerts == 1
+
+
+def _spying(bases: tuple[type, ...], namespace: dict) -> type:
+    """A tracker class with a log() of its own (calling the base's) and a spy on the
+    Python method the compiled one hands calls to."""
+
+    def log(self, data, step=None):
+        self.own_calls += 1
+        return super(cls, self).log(data, step)
+
+    def _log_py(self, data, step=None):
+        self.python_calls += 1
+        return _TrackerBase._log_py(self, data, step)
+
+    cls = type("Spying", bases, {"log": log, "_log_py": _log_py, **namespace})
+    return cls
+
+
+@needs_compiled
+@pytest.mark.parametrize("hides", [False, True])
+def test_a_subclass_with_a_log_of_its_own_keeps_it(hides):
+    """A subclass's own log() stays its log; calling the base's from it takes the
+    compiled path unless the class hides a slot (then the Python one)."""
+    cls = _spying((steplog.Tracker,), {"__slots__": ("_misses",)} if hides else {})
+    assert cls.log is cls.__dict__["log"]
+    memory = steplog.MemoryBackend()
+    tracker = cls(memory)
+    tracker.own_calls = tracker.python_calls = 0
+    tracker.init()
+    for i in range(5):
+        tracker.log({"i": i})
+    tracker.finish()
+    assert [e.data["i"] for e in memory.records] == [0, 1, 2, 3, 4]
+    assert tracker.own_calls == 5
+    assert tracker.python_calls == (5 if hides else 0)

@@ -38,8 +38,7 @@ typedef struct {
      * in their instances (read at setup from the member descriptors: the classes'
      * ``__slots__`` stay the one definition). */
     PyTypeObject *tracker_type, *buffer_type, *tap_type;
-    PyObject *method;          /* the method descriptor bind() made */
-    PyTypeObject *plain_type;  /* the last type of ``self`` whose log is that method */
+    PyTypeObject *plain_type;  /* the last type of ``self`` that hides no slot */
     Py_ssize_t at_buffer, at_detour, at_steps, at_misses, at_slow_calls, at_tap;
     Py_ssize_t at_count, at_limit, at_fast_line, at_data, at_line_limit;
     Py_ssize_t at_key, at_absent, at_values;
@@ -52,7 +51,7 @@ static PyObject *s_buffer, *s_steps, *s_detour, *s_misses, *s_encoder, *s_count,
     *s_limit, *s_fast_line, *s_data, *s_line_limit, *s_step, *s_time, *s_log_py,
     *s_missed_fast, *s_log_slow, *s_encode_row, *s_queue_line, *s_put_slow,
     *s_took_detour, *s_slow_calls, *s_tap, *s_key, *s_absent, *s_values, *s_now, *s_dumps,
-    *s_log;
+    *s_hides_slots;
 
 /* Call the function steplog.tracker's global ``name`` refers to now. */
 static PyObject *
@@ -345,26 +344,26 @@ take_detour(PyObject *self, PyObject *buffer, PyObject *data, PyObject *step, Py
     return queued;
 }
 
-/* Whether ``type(self).log`` is this method: a class that hides one of the tracker's
- * slots logs with the Python method (_TrackerBase.__init_subclass__ makes it its
- * ``log``), and so does a call of this method on its instances. Checked once per type
- * in a row. 1: yes, 0: no, -1: error. */
+/* Whether ``self``'s class leaves the tracker's slots alone: one that hides one of them
+ * (``_steplog_hides_slots``, set by _TrackerBase.__init_subclass__) logs with the
+ * Python method, which looks names up. Checked once per type in a row. 1: yes, 0: no,
+ * -1: error. */
 static int
 plain_type(PyTypeObject *type)
 {
     if (type == state.plain_type) {
         return 1;
     }
-    PyObject *found = PyObject_GetAttr((PyObject *)type, s_log);
+    PyObject *found = PyObject_GetAttr((PyObject *)type, s_hides_slots);
     if (found == NULL) {
         return -1;
     }
-    int plain = found == state.method;
+    int hides = PyObject_IsTrue(found);
     Py_DECREF(found);
-    if (plain) {
+    if (hides == 0) {
         Py_XSETREF(state.plain_type, (PyTypeObject *)Py_NewRef(type));
     }
-    return plain;
+    return hides < 0 ? -1 : !hides;
 }
 
 static PyObject *
@@ -608,12 +607,8 @@ bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     strcpy(kept, doc);
     log_def.ml_doc = kept;
-    PyObject *method = PyDescr_NewMethod((PyTypeObject *)args[0], &log_def);
-    if (method != NULL) {
-        Py_XSETREF(state.method, Py_NewRef(method));
-        Py_CLEAR(state.plain_type);
-    }
-    return method;
+    Py_CLEAR(state.plain_type);
+    return PyDescr_NewMethod((PyTypeObject *)args[0], &log_def);
 }
 
 /* The offset of the object slot ``name`` that ``cls`` declares in its ``__slots__``;
@@ -793,6 +788,6 @@ PyInit__speedups(void)
     INTERN(s_values, "values");
     INTERN(s_now, "_now");
     INTERN(s_dumps, "_dumps");
-    INTERN(s_log, "log");
+    INTERN(s_hides_slots, "_steplog_hides_slots");
     return PyModule_Create(&module_def);
 }

@@ -426,13 +426,19 @@ class _TrackerBase(_OptionAttributes):
     #: (``_compiled_log`` makes ``log`` the compiled method where it is built).
     _log_py = log
 
+    #: Whether the class hides one of these slots (the compiled ``log()`` reads it).
+    _steplog_hides_slots = False
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         # The compiled log() reads this class's slots at their offsets; a subclass (or a
         # base before this class in its MRO) that puts anything else under one of their
         # names — a slot of its own, a class attribute, a property — would not be seen
-        # there: such a class logs with the Python method, which looks names up.
-        if shadows_slots(cls, _TrackerBase):
+        # there: the compiled method hands calls on its instances to the Python one,
+        # which looks names up (and such a class's log is the Python method, unless the
+        # class defines a log of its own).
+        cls._steplog_hides_slots = shadows_slots(cls, _TrackerBase)
+        if cls._steplog_hides_slots and "log" not in cls.__dict__:
             cls.log = _TrackerBase._log_py  # type: ignore[method-assign]
 
     def _took_detour(self, buffer: LineBuffer, data: dict[str, Any], step: int, now: float) -> bool:

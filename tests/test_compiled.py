@@ -473,12 +473,12 @@ class _HidesSlot:
 @needs_compiled
 @pytest.mark.parametrize("how", ["slot", "mixin", "property"])
 @pytest.mark.parametrize("name", ["_buffer", "_detour", "_steps", "_misses", "_slow_calls", "_tap"])
-def test_a_subclass_that_hides_a_slot_logs_with_the_python_method(name, how):
+def test_a_subclass_that_hides_a_slot_logs_through_the_python_method(name, how):
     """The compiled log() reads the base's slots at their offsets and would not see
-    what a subclass put under their names: such a class's log is the Python method,
-    and the compiled method called on its instances hands the call to it too."""
+    what a subclass put under their names: it hands calls on such a class's instances
+    to the Python method, which looks names up."""
     cls = _HidesSlot.make(name, how)
-    assert cls.log is _TrackerBase._log_py
+    assert cls._steplog_hides_slots and not steplog.Tracker._steplog_hides_slots
     memory = steplog.MemoryBackend()
     tracker = cls(memory, watchers=[watch.nonfinite("loss")])
     tracker.init()
@@ -585,3 +585,31 @@ def test_a_subclass_with_a_log_of_its_own_keeps_it(hides):
     assert [e.data["i"] for e in memory.records] == [0, 1, 2, 3, 4]
     assert tracker.own_calls == 5
     assert tracker.python_calls == (5 if hides else 0)
+
+
+def test_a_subclass_that_hides_a_slot_keeps_the_log_it_inherits():
+    """Hiding a slot changes which implementation of the base's log() runs, never
+    which log() the class has: a parent's own log() still runs."""
+
+    class Parent(steplog.Tracker):
+        __slots__ = ("_misses",)
+
+        def log(self, data, step=None):
+            self.seen = getattr(self, "seen", 0) + 1
+            return super().log(data, step)
+
+    class Child(Parent):
+        pass
+
+    class Hides(Child):
+        __slots__ = ("_detour",)
+
+    for cls in (Parent, Child, Hides):
+        memory = steplog.MemoryBackend()
+        tracker = cls(memory)
+        tracker.init()
+        tracker.log({"x": 1})
+        tracker.log({"x": 2}, 7)
+        tracker.finish()
+        assert tracker.seen == 2
+        assert [(e.step, e.data) for e in memory.records] == [(0, {"x": 1}), (7, {"x": 2})]

@@ -345,25 +345,24 @@ take_detour(PyObject *self, PyObject *buffer, PyObject *data, PyObject *step, Py
 }
 
 /* Whether ``self``'s class leaves the tracker's slots alone: one that hides one of them
- * (``_steplog_hides_slots``, set by _TrackerBase.__init_subclass__) logs with the
- * Python method, which looks names up. Checked once per type in a row. 1: yes, 0: no,
- * -1: error. */
+ * (``_steplog_hides_slots`` is not False: _TrackerBase.__init_subclass__ sets it) logs
+ * with the Python method, which looks names up. Checked once per type in a row (the
+ * flag is set when the class is made). 1: yes, 0: no, -1: error. */
 static int
 plain_type(PyTypeObject *type)
 {
     if (type == state.plain_type) {
         return 1;
     }
+    Py_INCREF(type);  /* (the lookup may run code that frees the class) */
     PyObject *found = PyObject_GetAttr((PyObject *)type, s_hides_slots);
-    if (found == NULL) {
-        return -1;
-    }
-    int hides = PyObject_IsTrue(found);
-    Py_DECREF(found);
-    if (hides == 0) {
+    int plain = found == Py_False;
+    Py_XDECREF(found);
+    if (plain) {
         Py_XSETREF(state.plain_type, (PyTypeObject *)Py_NewRef(type));
     }
-    return hides < 0 ? -1 : !hides;
+    Py_DECREF(type);
+    return found == NULL ? -1 : plain;
 }
 
 static PyObject *

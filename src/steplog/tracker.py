@@ -435,11 +435,9 @@ class _TrackerBase(_OptionAttributes):
         # base before this class in its MRO) that puts anything else under one of their
         # names — a slot of its own, a class attribute, a property — would not be seen
         # there: the compiled method hands calls on its instances to the Python one,
-        # which looks names up (and such a class's log is the Python method, unless the
-        # class defines a log of its own).
+        # which looks names up. (Decided when the class is made: a class attribute
+        # added to a tracker class later under one of these names is not seen.)
         cls._steplog_hides_slots = shadows_slots(cls, _TrackerBase)
-        if cls._steplog_hides_slots and "log" not in cls.__dict__:
-            cls.log = _TrackerBase._log_py  # type: ignore[method-assign]
 
     def _took_detour(self, buffer: LineBuffer, data: dict[str, Any], step: int, now: float) -> bool:
         """``log()``'s rare branch: feed the value watchers' tap, or take the slow path

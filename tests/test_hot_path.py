@@ -15,8 +15,10 @@ import itertools
 import signal
 import sys
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import orjson
 import pytest
@@ -49,6 +51,43 @@ def _alarms_to_this_thread_only() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
+
+
+@contextlib.contextmanager
+def _alarm_every(interval: float, handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """Run ``handler`` on SIGALRM every ``interval`` seconds inside the block.
+
+    On the way out no SIGALRM of this timer may reach the handler restored after it
+    (pytest-timeout's, whose run is a false "Timeout" failure). A signal can still be
+    on its way when the timer stops: pending in the kernel for a thread not yet
+    scheduled (one started by an earlier test, e.g. tqdm's monitor, does not block
+    it), or received, with its Python handler run later in this thread, at a check
+    that 3.12 on makes at a function's start rather than after every C call. So a
+    handler that does nothing takes over for a while (10 ms, time for the kernel to
+    deliver what is pending), the check at the start of
+    :func:`_run_received_signals` runs it for what was received, and only then is the
+    previous handler put back. (Not SIG_IGN: CPython reports a signal received while a
+    Python handler was set and run after SIG_IGN replaced it as an unraisable error,
+    a failure under ``-W error``.)
+    """
+    previous = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, interval, interval)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, _late_alarm)
+        time.sleep(0.01)
+        _run_received_signals()
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _late_alarm(signum: int, frame: Any) -> None:
+    """A SIGALRM of a timer already stopped: nothing to do."""
+
+
+def _run_received_signals() -> None:
+    """Nothing: calling it runs the handlers of signals already received."""
 
 
 def _region(code: object) -> tuple[int, int]:
@@ -101,17 +140,12 @@ def test_no_signal_handler_runs_inside_the_lock_free_region(monkeypatch):
         if offset == 0 and last[0]:
             appended.append(tracker._buffer.data.endswith(last[0]))  # type: ignore[union-attr]
 
-    previous = signal.signal(signal.SIGALRM, handler)
-    signal.setitimer(signal.ITIMER_REAL, 1e-5, 1e-5)
-    try:
+    with _alarm_every(1e-5, handler):
         for i in range(300_000):
             tracker.log({"loss": 0.5, "i": i, "s": "abc"})
             last[0] = b'"data":{"loss":0.5,"i":%d,"s":"abc"}}\n' % i
             if len(appended) >= 1_000:
                 break
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
     tracker.finish()
     assert sum(seen.values()) > 100, "the timer hardly ever fired inside log()"
     # (Python 3.10 also checks at a conditional jump when it is taken: there the check
@@ -167,16 +201,11 @@ def test_signal_handlers_see_each_line_counted_and_appended_together(log_impl):
         finally:
             busy.clear()
 
-    previous = signal.signal(signal.SIGALRM, handler)
-    signal.setitimer(signal.ITIMER_REAL, 1e-5, 1e-5)
-    try:
+    with _alarm_every(1e-5, handler):
         for i in range(200_000):
             tracker.log({"loss": 0.5, "i": i, "s": "abc"})
             if checked[0] >= 2_000:
                 break
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
     tracker.finish()
     assert checked[0] > 100, "the timer hardly ever fired"
     assert not bad, f"a handler saw lines and count disagree: {bad[:5]}"
@@ -277,20 +306,15 @@ def test_threads_and_reentrant_signal_handlers_lose_nothing(tmp_path, policy, wa
     def handler(signum: int, frame: object) -> None:
         tracker.log({"who": "signal", "i": next(handled)})
 
-    previous = signal.signal(signal.SIGALRM, handler)
-    signal.setitimer(signal.ITIMER_REAL, 2e-4, 2e-4)
     n = 4_000
     threads = [threading.Thread(target=_produce, args=(tracker, f"t{k}", n)) for k in range(3)]
-    try:
+    with _alarm_every(2e-4, handler):
         with _alarms_to_this_thread_only():
             for thread in threads:
                 thread.start()
         _produce(tracker, "main", n)
         for thread in threads:
             thread.join()
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
     stats = tracker.finish()
     signals = next(handled)
     assert signals > 0

@@ -436,16 +436,21 @@ def test_an_emptied_slot_raises_attribute_error_on_both_paths(owner, name):
     tracker.init()
     tracker.log({"a": 1.0})
     buffer = tracker._buffer
-    target = tracker if owner == "tracker" else buffer
     with buffer.lock:  # (the writer leaves the buffer alone meanwhile)
-        kept = getattr(target, name)
-        delattr(target, name)
-        try:
-            with pytest.raises(AttributeError, match=name):
-                tracker.log({"a": 2.0})
-        finally:
-            setattr(target, name, kept)
+        _log_without(tracker, tracker if owner == "tracker" else buffer, name, {"a": 2.0})
     tracker.finish()
+
+
+def _log_without(tracker: steplog.Tracker, target: object, name: str, data: dict) -> None:
+    """log() with ``target``'s attribute ``name`` deleted raises AttributeError (it is
+    put back after)."""
+    kept = getattr(target, name)
+    delattr(target, name)
+    try:
+        with pytest.raises(AttributeError, match=name):
+            tracker.log(data)
+    finally:
+        setattr(target, name, kept)
 
 
 class _HidesSlot:
@@ -539,14 +544,7 @@ def test_an_emptied_tap_slot_raises_attribute_error_on_both_paths(name):
     tracker = steplog.Tracker(steplog.MemoryBackend(), watchers=[watch.nonfinite("loss")])
     tracker.init()
     tracker.log({"loss": 1.0})
-    tap = tracker._tap
-    kept = getattr(tap, name)
-    delattr(tap, name)
-    try:
-        with pytest.raises(AttributeError, match=name):
-            tracker.log({"loss": 2.0})
-    finally:
-        setattr(tap, name, kept)
+    _log_without(tracker, tracker._tap, name, {"loss": 2.0})
     tracker.log({"loss": math.nan})
     stats = tracker.finish()
     assert stats.alerts == 1

@@ -18,7 +18,7 @@ from typing import Any
 from ._options import OverflowPolicy
 from .errors import InactiveRunError
 
-__all__ = ["LineBuffer", "Row", "shadows_slots"]
+__all__ = ["LineBuffer", "Row", "refuse_hidden_slots", "shadows_slots"]
 
 
 #: An event ``log()`` could not encode on the spot (tensors to read from a device, or
@@ -76,6 +76,13 @@ def shadows_slots(cls: type, base: type) -> bool:
         inspect.getattr_static(cls, name, None) is not base.__dict__[name]
         for name in base.__slots__  # type: ignore[attr-defined]
     )
+
+
+def refuse_hidden_slots(cls: type, base: type) -> None:
+    """Refuse a subclass ``cls`` of ``base`` that hides one of ``base``'s slots (for
+    the classes whose slots the compiled ``log()`` reads, and that no user subclasses)."""
+    if shadows_slots(cls, base):
+        raise TypeError(f"{cls.__name__} must not hide {base.__name__}'s slots")
 
 
 #: The longest line ``log()`` appends without the lock. Longer ones (rare: a
@@ -227,8 +234,7 @@ class LineBuffer:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if shadows_slots(cls, LineBuffer):  # (the compiled log() reads them at offsets)
-            raise TypeError(f"{cls.__name__} must not hide LineBuffer's slots")
+        refuse_hidden_slots(cls, LineBuffer)
 
     def __init__(
         self,

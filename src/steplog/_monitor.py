@@ -30,7 +30,7 @@ from typing import Any, overload
 
 import orjson
 
-from ._buffer import LOCK_FREE, shadows_slots
+from ._buffer import LOCK_FREE, refuse_hidden_slots
 from ._threads import run_thread
 from .runfile.codec import ValueEncoder, decode
 from .runfile.schema import alert_record, lookup, system_record
@@ -320,8 +320,7 @@ class ValueTap:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if shadows_slots(cls, ValueTap):
-            raise TypeError(f"{cls.__name__} must not hide ValueTap's slots")
+        refuse_hidden_slots(cls, ValueTap)
 
     def __init__(self, keys: Sequence[str]) -> None:
         #: Queue the watched values of one event; True when one of them must be read

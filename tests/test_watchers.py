@@ -11,6 +11,7 @@ import logging
 import math
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -648,3 +649,63 @@ def test_a_watcher_that_raises_is_logged_and_the_run_goes_on(runs_root, caplog):
     assert run.status == "finished"
     assert [r.step for r in run.records] == list(range(5))
     assert sum("the watcher" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("keys", [["loss"], ["loss", "acc", "nested.x"]])
+def test_values_logged_from_many_threads_reach_the_watchers_each_once_with_its_step(
+    runs_root, log_impl, keys
+):
+    """Threads log watched floats (and numpy floats, and rows read back) at once, with
+    thread switches forced every microsecond, while the writer swaps the queues after
+    every small batch: every watcher gets each logged value exactly once, beside the
+    step it was logged at, in each thread's order (the queue holds steps and values side
+    by side; a swap between a step and its value would misalign them)."""
+    np = pytest.importorskip("numpy")
+    seen: dict[str, list[tuple[int, float]]] = {key: [] for key in keys}
+    watchers = []
+    for key in keys:
+        watcher = watch.above(key, 0.0)
+        check_batch = watcher.check_batch
+
+        def spy(steps, values, now, mono, check_batch=check_batch, key=key):
+            seen[key].extend(zip(steps, values, strict=True))
+            return check_batch(steps, values, now, mono)
+
+        watcher.check_batch = spy
+        watchers.append(watcher)
+    tracker, _ = tracker_with(runs_root, watchers, batch_size=16, overflow="block")
+    per_thread, threads = 4_000, 4
+
+    def work(thread: int) -> None:
+        for i in range(per_thread):
+            value = thread * 1e6 + i + 0.5  # a float no step equals
+            if i % 97 == 0:
+                value = np.float64(value)  # not a plain float: through capture()
+            data = {"loss": value, "acc": value, "nested": {"x": value}, "thread": thread}
+            if i % 89 == 0:
+                data["t"] = np.arange(2)  # a value the fast path cannot encode
+            tracker.log(data)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    finally:
+        sys.setswitchinterval(interval)
+    stats = tracker.finish()
+    assert stats.logged == stats.written == per_thread * threads
+    run = steplog.read_run(tracker.backends[0].path)
+    steps_of = {event.data["loss"]: event.step for event in run.records}  # as the file has it
+    for key in keys:
+        pairs = seen[key]
+        assert all(type(s) is int and type(v) is float for s, v in pairs), key
+        assert sorted(v for _, v in pairs) == sorted(steps_of), key  # each value once
+        assert all(steps_of[v] == s for s, v in pairs), key  # beside its own step
+        for thread in range(threads):
+            mine = [v for _, v in pairs if int(v // 1e6) == thread]
+            assert mine == sorted(mine), (key, thread)
+    assert all(w.hits == per_thread * threads for w in watchers)

@@ -19,7 +19,6 @@ import importlib
 import logging
 import math
 import numbers
-import operator
 import os
 import queue
 import sys
@@ -258,20 +257,16 @@ class _Later:
         self.data = data
 
 
-_FIRST = operator.itemgetter(0)
-_SECOND = operator.itemgetter(1)
-
-
 class _Steps(Sequence[int]):
-    """The steps of a list of ``(step, value)`` entries, read on demand."""
+    """The steps of a queue's flat ``step, value`` pairs, read on demand."""
 
-    __slots__ = ("entries",)
+    __slots__ = ("pairs",)
 
-    def __init__(self, entries: list[tuple[int, Any]]) -> None:
-        self.entries = entries
+    def __init__(self, pairs: list[Any]) -> None:
+        self.pairs = pairs
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.pairs) // 2
 
     @overload
     def __getitem__(self, index: int) -> int: ...
@@ -281,11 +276,15 @@ class _Steps(Sequence[int]):
 
     def __getitem__(self, index: int | slice) -> int | list[int]:
         if isinstance(index, slice):
-            return [entry[0] for entry in self.entries[index]]
-        return int(self.entries[index][0])
+            return self.pairs[::2][index]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("step index out of range")
+        return int(self.pairs[2 * index])
 
     def __iter__(self) -> Iterator[int]:
-        return map(_FIRST, self.entries)
+        return iter(self.pairs[::2])
 
 
 class ValueTap:
@@ -303,14 +302,19 @@ class ValueTap:
     an event takes anyway; :meth:`row` queues the event's own dict, for the writer to
     read once it has read the tensors back (in place).
 
-    Each queue is a list that producers append to with one call (``self.values[i]
-    .append(item)`` on one line: atomic with the GIL, like the buffer's append, see
-    ``LineBuffer``; the ``(step, value)`` tuple is made *before* that line, since
-    making it can start the garbage collector, whose finalizers may let the writer run
-    and swap the queue between its load and the append) and that the writer swaps for
-    an empty one (:meth:`swap`) *before*
-    it takes a batch: every value it gets was queued before that batch was taken, so a
-    row's value is resolved when it is checked (:meth:`row` queues before the row).
+    Each queue is one flat list of pairs, a step and its value side by side (``[step,
+    value, step, value, ...]``): a ``(step, value)`` tuple per value, made by ``log()``
+    and freed by the writer, was a third of a watcher's cost (issue #26). Producers add
+    a pair with one call that the GIL makes atomic, like the buffer's append (see
+    ``LineBuffer``): ``self.values[i].extend(pair)`` on one line, the pair made *before*
+    that line, since making it can start the garbage collector, whose finalizers may
+    let the writer run and swap the queue between its load and the call; the compiled
+    ``log()`` appends the step and then the value, with nothing between the queue's
+    load and the two appends that allocates an object or runs Python code, so no swap
+    comes between them either. The writer swaps each queue for an empty one
+    (:meth:`swap`) *before* it takes a batch: every value it gets was queued before
+    that batch was taken, so a row's value is resolved when it is checked (:meth:`row`
+    queues before the row).
     Without the GIL (:data:`~steplog._buffer.LOCK_FREE` false), both sides take a lock.
     """
 
@@ -328,8 +332,9 @@ class ValueTap:
         self.capture: Callable[[int, dict[str, Any]], bool] = self._capture_many
         self.keys = list(keys)
         self.lookups = [(key, "." not in key) for key in self.keys]
-        #: One queue per watched key: ``(step, value)``, value a number or a _Later.
-        self.values: list[list[tuple[int, Any]]] = [[] for _ in self.keys]
+        #: One queue per watched key: ``step, value`` pairs, flat; a value is a
+        #: number or a _Later.
+        self.values: list[list[Any]] = [[] for _ in self.keys]
         #: Rows queued so far (the writer looks for _Later values only when it moved).
         self.rows = 0
         self.lock = threading.Lock() if not LOCK_FREE else None
@@ -358,10 +363,10 @@ class ValueTap:
                 values.append(float(value))
             else:
                 return True
-        items = [(index, (step, value)) for index, value in enumerate(values) if value is not None]
+        pairs = [(index, (step, value)) for index, value in enumerate(values) if value is not None]
         with self.lock or contextlib.nullcontext():
-            for index, item in items:
-                self.values[index].append(item)
+            for index, pair in pairs:
+                self.values[index].extend(pair)
         return False
 
     def _capture_one(self, step: int, data: dict[str, Any]) -> bool:
@@ -369,13 +374,13 @@ class ValueTap:
         value = data.get(self.key)
         kind = type(value)
         if kind is float or kind is int:
-            item = (step, value)  # (made before the queue is read: see the class doc)
-            self.values[0].append(item)
+            pair = (step, value)  # (made before the queue is read: see the class doc)
+            self.values[0].extend(pair)
         elif kind not in _NOT_NUMBERS:
             if not isinstance(value, (int, float)):
                 return True
-            item = (step, float(value))
-            self.values[0].append(item)
+            pair = (step, float(value))
+            self.values[0].extend(pair)
         return False
 
     def line(self, step: int, line: bytes) -> None:
@@ -394,21 +399,21 @@ class ValueTap:
                     value = decode(value)
                 kind = type(value)
                 if kind is float or kind is int:
-                    item = (step, value)
-                    self.values[index].append(item)
+                    pair = (step, value)
+                    self.values[index].extend(pair)
 
     def row(self, step: int, data: dict[str, Any]) -> None:
         """Queue the watched values of an event the writer reads back (call it before
         the row is queued: a swap must never hold the value of a row not yet queued)."""
-        item = (step, _Later(data))
+        pair = (step, _Later(data))
         self.rows += 1
         with self.lock or contextlib.nullcontext():
             for index in range(len(self.keys)):
-                self.values[index].append(item)
+                self.values[index].extend(pair)
 
-    def swap(self) -> list[list[tuple[int, Any]]]:
-        """Take every queued value, per key (the writer, before it takes a batch)."""
-        fresh: list[list[tuple[int, Any]]] = [[] for _ in self.keys]
+    def swap(self) -> list[list[Any]]:
+        """Take every queued pair, per key (the writer, before it takes a batch)."""
+        fresh: list[list[Any]] = [[] for _ in self.keys]
         with self.lock or contextlib.nullcontext():
             queued = self.values
             taken = []
@@ -417,18 +422,16 @@ class ValueTap:
                 queued[index] = fresh[index]  # (a store: no call between it and the load)
         return taken
 
-    def numbers(
-        self, index: int, entries: list[tuple[int, Any]]
-    ) -> tuple[Sequence[int], list[Any]]:
-        """The steps and numbers of queue ``index``'s ``entries`` (rows read back)."""
-        values = list(map(_SECOND, entries))
+    def numbers(self, index: int, pairs: list[Any]) -> tuple[Sequence[int], list[Any]]:
+        """The steps and numbers of queue ``index``'s ``pairs`` (rows read back)."""
+        values = pairs[1::2]
         if not (self.rows and any(type(v) is _Later for v in values)):
             # Steps are read only when a watcher fires: not listed up front.
-            return _Steps(entries), values
+            return _Steps(pairs), values
         key, flat = self.lookups[index]
         steps: list[int] = []
         values = []
-        for step, value in entries:
+        for step, value in zip(pairs[::2], pairs[1::2], strict=True):
             if type(value) is _Later:
                 data = value.data
                 value = data.get(key) if flat else lookup(data, key)

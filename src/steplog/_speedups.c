@@ -253,7 +253,7 @@ spell_without_tap(PyObject *self, Py_ssize_t slow_calls, PyObject *buffer, PyObj
 static int
 tap_float(PyObject *tap, PyObject *data, PyObject *step)
 {
-    PyObject *key, *absent, *value, *values, *queue, *item = NULL;
+    PyObject *key, *absent, *value, *values, *queue;
     int done = 0;
 
     if (!PyObject_TypeCheck(tap, state.tap_type)) {
@@ -274,13 +274,12 @@ tap_float(PyObject *tap, PyObject *data, PyObject *step)
         done = 1;  /* the watched key is absent: nothing to check */
     }
     else if (value != NULL && PyFloat_CheckExact(value)) {
-        /* The tuple first: making it can start the garbage collector, whose finalizers
-         * may release the GIL and let the writer swap the queue (see ValueTap); from
-         * reading the queue to the append nothing allocates a container. */
+        /* The step and the value side by side, no tuple (see ValueTap): from reading
+         * the queue to the second append nothing allocates an object or runs Python
+         * code (PyList_Append only grows the list's array), so the writer cannot swap
+         * the queue between the two appends. */
         Py_INCREF(value);
-        item = PyTuple_Pack(2, step, value);
-        Py_DECREF(value);
-        values = item == NULL ? NULL : slot(tap, state.at_values, s_values);
+        values = slot(tap, state.at_values, s_values);
         if (values == NULL) {
             done = -1;
         }
@@ -288,11 +287,23 @@ tap_float(PyObject *tap, PyObject *data, PyObject *step)
             queue = PyList_Check(values) && PyList_GET_SIZE(values) > 0
                         ? PyList_GET_ITEM(values, 0)
                         : NULL;
-            if (queue != NULL && PyList_Check(queue)) {
-                done = PyList_Append(queue, item) < 0 ? -1 : 1;
+            if (queue != NULL && PyList_CheckExact(queue)) {
+                Py_ssize_t size = PyList_GET_SIZE(queue);
+                done = 1;
+                if (PyList_Append(queue, step) < 0) {
+                    done = -1;
+                }
+                else if (PyList_Append(queue, value) < 0) {
+                    /* (no half pair left: the step goes too) */
+                    PyObject *type, *error, *traceback;
+                    PyErr_Fetch(&type, &error, &traceback);
+                    PyList_SetSlice(queue, size, size + 1, NULL);
+                    PyErr_Restore(type, error, traceback);
+                    done = -1;
+                }
             }
         }
-        Py_XDECREF(item);
+        Py_DECREF(value);
     }
     Py_DECREF(key);
     Py_DECREF(absent);

@@ -450,8 +450,8 @@ class _TrackerBase(_OptionAttributes):
             # skipped; anything else (and several keys: tap.absent) goes to capture.
             value = data.get(tap.key, tap.absent)
             if type(value) is float:
-                item = (step, value)  # (made before the queue is read: see ValueTap)
-                tap.values[0].append(item)
+                pair = (step, value)  # (made before the queue is read: see ValueTap)
+                tap.values[0].extend(pair)
             elif value is not None and tap.capture(step, data):
                 # A watched value that is no plain number: read it from the encoding.
                 self._log_slow(buffer, data, step, now, tap)

@@ -19,7 +19,7 @@ import types
 import numpy as np
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import steplog
@@ -611,3 +611,122 @@ def test_a_subclass_that_hides_a_slot_keeps_the_log_it_inherits():
         tracker.finish()
         assert tracker.seen == 2
         assert [(e.step, e.data) for e in memory.records] == [(0, {"x": 1}), (7, {"x": 2})]
+
+
+# -- the value watchers' compiled batch checks ------------------------------------------
+
+_numbers = st.lists(
+    st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.floats(-1e3, 1e3),
+        st.sampled_from([1e308, -1e308, 0.0, -0.0, 5e-324, 0.1, 0.2, 0.3]),
+        st.integers(-(2**70), 2**70),
+        st.booleans(),
+    ),
+    max_size=40,
+)
+
+
+def _finite_floats(values) -> bool:
+    return all(type(v) is float and math.isfinite(v) for v in values)
+
+
+@needs_compiled
+@settings(max_examples=300, deadline=None)
+@given(values=_numbers)
+@example(values=[0.0, -0.0])
+@example(values=[-0.0, 1.0, 0.0])
+def test_finite_range_is_min_and_max_of_a_list_of_finite_floats(values):
+    """finite_range() gives exactly Python's (min, max) — the same one of 0.0 and -0.0
+    among ties — where every value is a finite float, and None otherwise."""
+    from steplog._buffer import SPEEDUPS
+
+    got = SPEEDUPS.finite_range(values)
+    if values and _finite_floats(values):
+        assert repr(got) == repr((min(values), max(values)))
+    else:
+        assert got is None
+
+
+@needs_compiled
+@settings(max_examples=300, deadline=None)
+@given(values=_numbers, window=st.integers(1, 8))
+def test_window_range_is_the_range_of_the_window_sums_python_computes(values, window):
+    """window_range() gives exactly (min, max) of the window sums that diverging()'s
+    Python code lists — the same additions in the same order, so the same roundings —
+    where every value is a finite float and every sum finite, and None otherwise."""
+    from steplog._buffer import SPEEDUPS
+    from steplog.watch import _window_sums
+
+    if len(values) < window:
+        with pytest.raises(ValueError, match="window of 1 to len"):
+            SPEEDUPS.window_range(values, window, 0.0)
+        return
+    try:
+        first = sum(values[:window])
+    except OverflowError:
+        return  # (the watcher does not call it then)
+    got = SPEEDUPS.window_range(values, window, first)
+    sums = _window_sums(values, window) if _finite_floats(values) else []
+    if sums and _finite_floats(sums):
+        assert repr(got) == repr((min(sums), max(sums)))
+    else:
+        assert got is None
+
+
+_watched = st.lists(
+    st.one_of(
+        st.floats(0.5, 50.0),  # a loss: most values
+        st.floats(0.5, 50.0),
+        st.floats(-5.0, 5.0),
+        st.sampled_from([math.nan, math.inf, 1e308, 1e30, 3]),
+    ),
+    min_size=1,
+    max_size=80,
+)
+
+
+@needs_compiled
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    values=_watched,
+    cuts=st.lists(st.integers(0, 80), max_size=8),
+    kind=st.sampled_from(["diverging", "above", "below"]),
+    window=st.integers(1, 12),
+    factor=st.sampled_from([1.5, 2.0, 3.0]),
+)
+def test_watchers_with_compiled_batch_checks_fire_as_the_python_ones(
+    values, cuts, kind, window, factor
+):
+    """diverging(), above() and below() fed the same batches fire the same alerts
+    (steps, values, messages), count the same hits and keep the same state with the
+    compiled batch checks as with the pure-Python ones — values with decimals that
+    round, NaN, infinities, sums beyond float range, ints, a lowest mean <= 0."""
+
+    def make() -> watch.Watcher:
+        if kind == "diverging":
+            return watch.diverging("x", factor=factor, window=window, cooldown=0)
+        return getattr(watch, kind)("x", 10.0, cooldown=0)
+
+    def feed() -> tuple:
+        watcher = make()
+        got = []
+        for start, end in itertools.pairwise(bounds):
+            alerts = watcher.check_batch(steps[start:end], values[start:end], 0.0, 1.0)
+            got += [(a.step, a.value, a.message) for a in alerts]
+        state = vars(watcher)
+        return (
+            repr(got),
+            watcher.hits,
+            watcher.fired,
+            repr(state.get("_best")),
+            repr(state.get("_values")),
+        )
+
+    steps = list(range(len(values)))
+    bounds = sorted({0, len(values), *(c for c in cuts if c < len(values))})
+    compiled = feed()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(watch, "_COMPILED", None)
+        python = feed()
+    assert python == compiled

@@ -23,6 +23,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h> /* T_OBJECT_EX, READONLY (3.12 on: also Py_T_OBJECT_EX) */
+#include <math.h>   /* isfinite */
 #include <string.h>
 
 typedef struct {
@@ -750,11 +751,116 @@ append_py(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* The value watchers' batch checks (steplog/watch.py) over a list of floats, without a
+ * float object per value: each is the exact outcome of the Python expressions named,
+ * or None where an item is not a finite float (the watcher then takes its Python
+ * path, which converts ints and drops NaN and infinities). */
+
+/* The float at ``items[i]`` if it is a plain finite float: 1, else 0. */
+static inline int
+finite_float(PyObject *item, double *value)
+{
+    if (!PyFloat_CheckExact(item)) {
+        return 0;
+    }
+    *value = PyFloat_AS_DOUBLE(item);
+    return isfinite(*value);
+}
+
+/* finite_range(values): ``(min(values), max(values))`` when ``values`` is a non-empty
+ * list of finite floats, else None (above() and below(): a quiet batch). */
+static PyObject *
+finite_range(PyObject *module, PyObject *values)
+{
+    double low, high, value;
+    Py_ssize_t n, i;
+
+    if (!PyList_CheckExact(values)) {
+        PyErr_SetString(PyExc_TypeError, "finite_range(list)");
+        return NULL;
+    }
+    n = PyList_GET_SIZE(values);
+    if (n == 0 || !finite_float(PyList_GET_ITEM(values, 0), &low)) {
+        Py_RETURN_NONE;
+    }
+    high = low;
+    for (i = 1; i < n; i++) {
+        if (!finite_float(PyList_GET_ITEM(values, i), &value)) {
+            Py_RETURN_NONE;
+        }
+        if (value < low) {
+            low = value;
+        }
+        if (value > high) {
+            high = value;
+        }
+    }
+    return Py_BuildValue("(dd)", low, high);
+}
+
+/* window_range(series, window, first): ``(min(sums), max(sums))`` of the sums of the
+ * windows of ``window`` values in ``series`` (a list), where ``first`` is the first
+ * window's sum (Python's ``sum()`` of it, passed in) and ``sums`` the list
+ * ``accumulate(map(sub, series[window:], series[:-window]), initial=first)`` — the
+ * same additions in the same order, on doubles (IEEE: the same roundings). None when
+ * an item is not a finite float or a sum is not finite (diverging()). */
+static PyObject *
+window_range(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *series;
+    Py_ssize_t window, n, i;
+    double sum, low, high, entering, leaving;
+
+    if (nargs != 3 || !PyList_CheckExact(args[0]) || !PyLong_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "window_range(list, int, float)");
+        return NULL;
+    }
+    series = args[0];
+    window = PyLong_AsSsize_t(args[1]);
+    if (window == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    n = PyList_GET_SIZE(series);
+    if (window < 1 || window > n) {
+        PyErr_SetString(PyExc_ValueError, "window_range: a window of 1 to len(series)");
+        return NULL;
+    }
+    if (!finite_float(args[2], &sum)) {
+        Py_RETURN_NONE;
+    }
+    for (i = 0; i < window; i++) {
+        if (!finite_float(PyList_GET_ITEM(series, i), &leaving)) {
+            Py_RETURN_NONE;
+        }
+    }
+    low = high = sum;
+    for (i = window; i < n; i++) {
+        /* (a list's items may change only under the GIL, which this loop holds) */
+        if (!finite_float(PyList_GET_ITEM(series, i), &entering)) {
+            Py_RETURN_NONE;
+        }
+        leaving = PyFloat_AS_DOUBLE(PyList_GET_ITEM(series, i - window));
+        sum = sum + (entering - leaving);
+        if (!isfinite(sum)) {
+            Py_RETURN_NONE;
+        }
+        if (sum < low) {
+            low = sum;
+        }
+        if (sum > high) {
+            high = sum;
+        }
+    }
+    return Py_BuildValue("(dd)", low, high);
+}
+
 static PyMethodDef module_methods[] = {
     {"append", (PyCFunction)(void (*)(void))append_py, METH_FASTCALL, NULL},
     {"emptied", emptied, METH_O, NULL},
     {"bind", (PyCFunction)(void (*)(void))bind, METH_FASTCALL, NULL},
     {"setup", (PyCFunction)(void (*)(void))setup, METH_FASTCALL, NULL},
+    {"finite_range", finite_range, METH_O, NULL},
+    {"window_range", (PyCFunction)(void (*)(void))window_range, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module_def = {

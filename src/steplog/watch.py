@@ -39,6 +39,7 @@ from collections.abc import Callable, Sequence
 from itertools import accumulate, repeat
 from typing import Any
 
+from ._buffer import SPEEDUPS
 from ._options import positive_int, positive_seconds
 
 __all__ = [
@@ -232,6 +233,44 @@ def _all_finite(values: Sequence[float]) -> bool:
 
 _FLOAT = {float}
 
+#: The compiled batch checks (``steplog._speedups``: ``finite_range``, ``window_range``),
+#: or None; each gives the exact outcome of the Python code it stands for, or None where
+#: a value is not a finite float (then the Python code decides).
+_COMPILED = SPEEDUPS
+
+
+def _finite_range(values: Sequence[Any]) -> tuple[float, float] | None:
+    """``(min(values), max(values))`` when every value is a finite float (compiled: one
+    pass, no float object per value), else None."""
+    if _COMPILED is None or type(values) is not list:
+        return None
+    return _COMPILED.finite_range(values)  # type: ignore[no-any-return]
+
+
+def _window_range(series: list[Any], window: int) -> tuple[float, float] | None:
+    """The lowest and highest of :func:`_window_sums` when every value is a finite float
+    and every sum finite (compiled: one pass, no float object per value), else None."""
+    if _COMPILED is None:
+        return None
+    try:
+        first = sum(series[:window])
+    except OverflowError:  # ints beyond float range mixed with floats
+        return None
+    return _COMPILED.window_range(series, window, first)  # type: ignore[no-any-return]
+
+
+def _window_sums(series: list[float], window: int) -> list[float]:
+    """The sums of the windows of ``window`` values in ``series``, in order.
+
+    The first in full, then each the one before plus the value that enters minus the
+    one that leaves, at C speed in one pipeline (~40 ns a value; materialising prefix
+    sums first cost twice that, issue #26). Rounding accumulates over one batch at
+    most: each batch starts from a fresh sum (sum(), not math.fsum: a sum beyond float
+    range is inf here, where fsum raises).
+    """
+    steps = map(operator.sub, series[window:], series[:-window])
+    return list(accumulate(steps, initial=sum(series[:window])))
+
 
 def _floats(values: Sequence[Any]) -> bool:
     """Whether every value is a float (then outcomes need no per-value conversion)."""
@@ -299,6 +338,7 @@ class _Bound(_Condition):
 
     _over: Callable[[Any, Any], bool]
     _extreme: Callable[..., Any]
+    _end: int  # the extreme's place in (min, max)
 
     def __init__(self, key: str, bound: float, *, cooldown: float) -> None:
         super().__init__(key, cooldown=cooldown)
@@ -310,6 +350,9 @@ class _Bound(_Condition):
         return f"{self.key!r}, {self.bound!r}"
 
     def _quiet_batch(self, values: Sequence[float]) -> bool:
+        extremes = _finite_range(values)
+        if extremes is not None:
+            return not self._over(extremes[self._end], self.bound)
         return _all_finite(values) and not self._over(self._extreme(values), self.bound)
 
     def _holds(self, value: float) -> bool:
@@ -328,12 +371,14 @@ class _Above(_Bound):
     kind = "above"
     _over = staticmethod(operator.gt)
     _extreme = staticmethod(max)
+    _end = 1
 
 
 class _Below(_Bound):
     kind = "below"
     _over = staticmethod(operator.lt)
     _extreme = staticmethod(min)
+    _end = 0
 
 
 class _Diverging(ValueWatcher):
@@ -363,63 +408,86 @@ class _Diverging(ValueWatcher):
     def check_batch(
         self, steps: Sequence[int], values: Sequence[float], now: float, mono: float
     ) -> list[Alert]:
-        if not _floats(values):  # ints: as floats (one beyond float range: ±inf)
-            values = list(map(_as_float, values))
-        if not _all_finite(values):  # nonfinite() is the watcher for those
-            keep = [(s, v) for s, v in zip(steps, values, strict=True) if v - v == 0]
-            steps, values = [s for s, _ in keep], [v for _, v in keep]
         w = self.window
         prior = self._values
-        series = prior + list(values)
+        series = prior + (values if type(values) is list else list(values))
+        # The lowest and highest window sums, compiled, where every value is a finite
+        # float (the common case); else the values as floats, finite ones only, and
+        # their window sums listed here.
+        extremes = _window_range(series, w) if len(series) >= w else None
+        if extremes is None:
+            if not _floats(values):  # ints: as floats (one beyond float range: ±inf)
+                values = list(map(_as_float, values))
+            if not _all_finite(values):  # nonfinite() is the watcher for those
+                keep = [(s, v) for s, v in zip(steps, values, strict=True) if v - v == 0]
+                steps, values = [s for s, _ in keep], [v for _, v in keep]
+            series = prior + list(values)
         self._values = series[max(len(series) - w + 1, 0) :] if w > 1 else []
         if len(series) < w:
             return []
-        # The sums of the windows ending at each new value (prior holds the w - 1 values
-        # before them): the first in full, then each the one before plus the value
-        # that enters minus the one that leaves, at C speed in one pipeline (~40 ns a
-        # value; materialising prefix sums first cost twice that, issue #26). Rounding
-        # accumulates over one batch at most: each batch starts from a fresh sum (sum(),
-        # not math.fsum: a sum beyond float range is inf here, where fsum raises).
-        sums = list(accumulate(map(operator.sub, series[w:], series[:-w]), initial=sum(series[:w])))
+        sums: list[float] | None = None
+        if extremes is None:
+            sums = _window_sums(series, w)
+            extremes = min(sums), max(sums)
         factor = self.factor
         best = self._best
-        # Division by w is monotonic, so min(sums) / w is exactly the lowest mean (and
-        # max likewise): the common, quiet case needs no list of means.
-        low = min(sums) / w
+        # Division by w is monotonic, so min(sums) / w is exactly the lowest mean and
+        # max(sums) / w the highest: the common cases compare those two and build no
+        # list of means (a float object per value: most of this watcher's cost on a
+        # diverging loss, issue #26).
+        low, high = extremes[0] / w, extremes[1] / w
         lowest = best if best < low else low
-        if lowest > 0 and max(sums) / w <= factor * lowest:
+        if lowest > 0 and high <= factor * lowest:
             # No mean exceeds factor x even the lowest mean: quiet, and the running
             # minimum is the lowest.
             self._best = lowest
-            return self._quiet(sums)
-        means = list(map(operator.truediv, sums, repeat(float(w))))
+            return self._quiet(series)  # (series holds a window at least)
+        count = len(series) - w + 1  # (the number of sums)
+        offset = len(steps) - count
         if low >= best:
             # No new lowest mean (a mean rising, or an episode under way): every mean
-            # compares with the same one, no running minimum to build (accumulate's
-            # min() was ~100 ns a value).
-            bests = [best] * len(means)
-            if best > 0:
-                held = list(map((factor * best).__lt__, means))
+            # compares with the same threshold, no running minimum to build
+            # (accumulate's min() was ~100 ns a value).
+            if best <= 0:
+                return self._quiet(series)  # (a lowest mean <= 0 never diverges)
+            threshold = factor * best
+            if low > threshold and high < math.inf:
+                # Every mean is over it: the batch is one run of the condition. (A
+                # sum can be NaN only after an infinite one, and then high or low is
+                # infinite: such a batch takes the next line, value by value.)
+                held = [True] * count
             else:
-                held = [False] * len(means)
+                sums = sums if sums is not None else _window_sums(series, w)
+                held = list(map(threshold.__lt__, map(operator.truediv, sums, repeat(float(w)))))
+
+            def alert(index: int) -> Alert:
+                # (the sums are listed only for an alert, when the compiled range said
+                # every mean is over the threshold)
+                nonlocal sums
+                sums = sums if sums is not None else _window_sums(series, w)
+                return self._diverged(sums[index] / w, best, steps[offset + index], now)
+
         else:
+            sums = sums if sums is not None else _window_sums(series, w)
+            means = list(map(operator.truediv, sums, repeat(float(w))))
             bests = list(accumulate(means, min, initial=best))[1:]
             self._best = bests[-1]
             # mean > factor x best, where best > 0 (bests only fall: one test of the last).
             held = list(map(operator.gt, means, map(operator.mul, bests, repeat(factor))))
             if bests[-1] <= 0:
                 held = [h and b > 0 for h, b in zip(held, bests, strict=True)]
-        offset = len(steps) - len(means)
 
-        def alert(index: int) -> Alert:
-            mean, best, step = means[index], bests[index], steps[offset + index]
-            message = (
-                f"{self.key} is diverging: the mean of its last {w} values, {mean:g}, "
-                f"is over {factor:g} x its lowest, {best:g} (step {step})"
-            )
-            return self._alert(mean, step, now, message)
+            def alert(index: int) -> Alert:
+                return self._diverged(means[index], bests[index], steps[offset + index], now)
 
         return self._episodes(held, mono, alert)
+
+    def _diverged(self, mean: float, best: float, step: int, now: float) -> Alert:
+        message = (
+            f"{self.key} is diverging: the mean of its last {self.window} values, {mean:g}, "
+            f"is over {self.factor:g} x its lowest, {best:g} (step {step})"
+        )
+        return self._alert(mean, step, now, message)
 
 
 class ClockWatcher(Watcher):

@@ -649,29 +649,41 @@ def test_finite_range_is_min_and_max_of_a_list_of_finite_floats(values):
 
 
 @needs_compiled
-@settings(max_examples=300, deadline=None)
-@given(values=_numbers, window=st.integers(1, 8))
-def test_window_range_is_the_range_of_the_window_sums_python_computes(values, window):
-    """window_range() gives exactly (min, max) of the window sums that diverging()'s
-    Python code lists — the same additions in the same order, so the same roundings —
-    where every value is a finite float and every sum finite, and None otherwise."""
+@settings(max_examples=500, deadline=None)
+@given(
+    values=_numbers,
+    window=st.integers(1, 8),
+    best=st.one_of(st.just(math.inf), st.floats(-10.0, 1e3)),
+    factor=st.sampled_from([1.01, 1.5, 2.0, 3.0]),
+)
+def test_diverging_outcomes_are_what_the_python_code_decides(values, window, best, factor):
+    """The compiled diverging() gives exactly what a plain reading of the watcher's
+    Python code gives — the window sums of ``_window_sums`` (the same additions in the
+    same order, so the same roundings), each mean, the lowest mean so far, whether the
+    mean is over factor x that (> 0) — or None where a value is not a finite float or
+    a sum not finite."""
     from steplog._buffer import SPEEDUPS
     from steplog.watch import _window_sums
 
     if len(values) < window:
         with pytest.raises(ValueError, match="window of 1 to len"):
-            SPEEDUPS.window_range(values, window, 0.0)
+            SPEEDUPS.diverging(values, window, 0.0, best, factor)
         return
     try:
         first = sum(values[:window])
     except OverflowError:
         return  # (the watcher does not call it then)
-    got = SPEEDUPS.window_range(values, window, first)
+    got = SPEEDUPS.diverging(values, window, first, best, factor)
     sums = _window_sums(values, window) if _finite_floats(values) else []
-    if sums and _finite_floats(sums):
-        assert repr(got) == repr((min(sums), max(sums)))
-    else:
+    if not (sums and _finite_floats(sums)):
         assert got is None
+        return
+    held = []
+    for total in sums:
+        mean = total / window
+        best = min(best, mean)
+        held.append(best > 0 and mean > best * factor)
+    assert repr(got) == repr((held if any(held) else None, best))
 
 
 _watched = st.lists(

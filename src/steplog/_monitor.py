@@ -295,7 +295,7 @@ class ValueTap:
     lines, and decoding them cost +2.5 µs per event (issue #26). So ``log()`` calls
     :attr:`capture` (``Tracker.log`` does, only for trackers with value watchers: it is
     a branch that every tracker's ``log()`` takes anyway for slow spells) and queues
-    ``(step, value)`` per watched key; the writer checks each queue a batch at a time
+    the step and the value per watched key; the writer checks each queue a batch at a time
     (:meth:`Monitor.check_values`). A value that is no plain number when logged
     (a tensor, a numpy array, another object) is read from what the run file gets, as
     before: :meth:`line` decodes the event's encoded line, on the slow path that such

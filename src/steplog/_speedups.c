@@ -19,6 +19,9 @@
  * at their slots' offsets (``_TrackerBase.__slots__``, ``LineBuffer.__slots__``,
  * ``ValueTap.__slots__``: setup() reads the offsets from the member descriptors), not by
  * the generic attribute lookup, which cost ~1 700 of the call's ~9 800 instructions.
+ *
+ * Also the value watchers' batch checks (finite_range, diverging: steplog/watch.py, whose
+ * Python code stays the reference and decides every batch they return None for).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -756,7 +759,7 @@ append_py(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  * or None where an item is not a finite float (the watcher then takes its Python
  * path, which converts ints and drops NaN and infinities). */
 
-/* The float at ``items[i]`` if it is a plain finite float: 1, else 0. */
+/* Whether ``item`` is a plain finite float (1, its value in ``*value``) or not (0). */
 static inline int
 finite_float(PyObject *item, double *value)
 {
@@ -798,21 +801,27 @@ finite_range(PyObject *module, PyObject *values)
     return Py_BuildValue("(dd)", low, high);
 }
 
-/* window_range(series, window, first): ``(min(sums), max(sums))`` of the sums of the
- * windows of ``window`` values in ``series`` (a list), where ``first`` is the first
- * window's sum (Python's ``sum()`` of it, passed in) and ``sums`` the list
- * ``accumulate(map(sub, series[window:], series[:-window]), initial=first)`` — the
- * same additions in the same order, on doubles (IEEE: the same roundings). None when
- * an item is not a finite float or a sum is not finite (diverging()). */
+/* diverging(series, window, first, best, factor): diverging()'s outcome for each window
+ * of ``window`` values in ``series`` (a list), as its Python code decides it: the
+ * window sums (``first`` is the first window's, Python's ``sum()`` of it, passed in;
+ * each next one the one before plus the value that enters minus the one that leaves,
+ * the same additions in the same order as ``_window_sums``), each mean the sum divided
+ * by the window, the lowest mean so far (from ``best``), and whether the mean is over
+ * ``factor`` x that lowest one, where it is > 0 — on doubles (IEEE: the same roundings,
+ * the same comparisons). Returns ``(held, lowest)``: ``held`` a list of bools, one per
+ * window, or None when no window's mean is over (a quiet batch: no list), and the
+ * lowest mean after the batch. None where an item is not a finite float or a sum is
+ * not finite. */
 static PyObject *
-window_range(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+diverging(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *series;
-    Py_ssize_t window, n, i;
-    double sum, low, high, entering, leaving;
+    PyObject *series, *held = NULL;
+    Py_ssize_t window, n, count, i, k;
+    double sum, best, factor, width, mean, entering, leaving;
 
-    if (nargs != 3 || !PyList_CheckExact(args[0]) || !PyLong_CheckExact(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "window_range(list, int, float)");
+    if (nargs != 5 || !PyList_CheckExact(args[0]) || !PyLong_CheckExact(args[1])
+        || !PyFloat_CheckExact(args[3]) || !PyFloat_CheckExact(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "diverging(list, int, float, float, float)");
         return NULL;
     }
     series = args[0];
@@ -822,9 +831,11 @@ window_range(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     n = PyList_GET_SIZE(series);
     if (window < 1 || window > n) {
-        PyErr_SetString(PyExc_ValueError, "window_range: a window of 1 to len(series)");
+        PyErr_SetString(PyExc_ValueError, "diverging: a window of 1 to len(series)");
         return NULL;
     }
+    best = PyFloat_AS_DOUBLE(args[3]);
+    factor = PyFloat_AS_DOUBLE(args[4]);
     if (!finite_float(args[2], &sum)) {
         Py_RETURN_NONE;
     }
@@ -833,25 +844,41 @@ window_range(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             Py_RETURN_NONE;
         }
     }
-    low = high = sum;
-    for (i = window; i < n; i++) {
+    width = (double)window;
+    count = n - window + 1;
+    for (k = 0; k < count; k++) {
         /* (a list's items may change only under the GIL, which this loop holds) */
-        if (!finite_float(PyList_GET_ITEM(series, i), &entering)) {
-            Py_RETURN_NONE;
+        if (k > 0) {
+            if (!finite_float(PyList_GET_ITEM(series, window + k - 1), &entering)) {
+                Py_XDECREF(held);
+                Py_RETURN_NONE;
+            }
+            leaving = PyFloat_AS_DOUBLE(PyList_GET_ITEM(series, k - 1));
+            sum = sum + (entering - leaving);
+            if (!isfinite(sum)) {
+                Py_XDECREF(held);
+                Py_RETURN_NONE;
+            }
         }
-        leaving = PyFloat_AS_DOUBLE(PyList_GET_ITEM(series, i - window));
-        sum = sum + (entering - leaving);
-        if (!isfinite(sum)) {
-            Py_RETURN_NONE;
+        mean = sum / width;
+        if (mean < best) {
+            best = mean;
         }
-        if (sum < low) {
-            low = sum;
+        int over = best > 0 && mean > best * factor;
+        if (over && held == NULL) {
+            held = PyList_New(count);
+            if (held == NULL) {
+                return NULL;
+            }
+            for (i = 0; i < k; i++) {
+                PyList_SET_ITEM(held, i, Py_NewRef(Py_False));
+            }
         }
-        if (sum > high) {
-            high = sum;
+        if (held != NULL) {
+            PyList_SET_ITEM(held, k, Py_NewRef(over ? Py_True : Py_False));
         }
     }
-    return Py_BuildValue("(dd)", low, high);
+    return Py_BuildValue("(Nd)", held != NULL ? held : Py_NewRef(Py_None), best);
 }
 
 static PyMethodDef module_methods[] = {
@@ -860,11 +887,12 @@ static PyMethodDef module_methods[] = {
     {"bind", (PyCFunction)(void (*)(void))bind, METH_FASTCALL, NULL},
     {"setup", (PyCFunction)(void (*)(void))setup, METH_FASTCALL, NULL},
     {"finite_range", finite_range, METH_O, NULL},
-    {"window_range", (PyCFunction)(void (*)(void))window_range, METH_FASTCALL, NULL},
+    {"diverging", (PyCFunction)(void (*)(void))diverging, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, "steplog._speedups", "Tracker.log()'s fast path, compiled.", -1,
+    PyModuleDef_HEAD_INIT, "steplog._speedups",
+    "Tracker.log()'s fast path and the value watchers' batch checks, compiled.", -1,
     module_methods};
 
 #define INTERN(var, text)                          \

@@ -233,9 +233,9 @@ def _all_finite(values: Sequence[float]) -> bool:
 
 _FLOAT = {float}
 
-#: The compiled batch checks (``steplog._speedups``: ``finite_range``, ``window_range``),
-#: or None; each gives the exact outcome of the Python code it stands for, or None where
-#: a value is not a finite float (then the Python code decides).
+#: The compiled batch checks (``steplog._speedups``: ``finite_range``, ``diverging``), or
+#: None; each gives the exact outcome of the Python code it stands for, or None where a
+#: value is not a finite float (then the Python code decides).
 _COMPILED = SPEEDUPS
 
 
@@ -247,16 +247,20 @@ def _finite_range(values: Sequence[Any]) -> tuple[float, float] | None:
     return _COMPILED.finite_range(values)  # type: ignore[no-any-return]
 
 
-def _window_range(series: list[Any], window: int) -> tuple[float, float] | None:
-    """The lowest and highest of :func:`_window_sums` when every value is a finite float
-    and every sum finite (compiled: one pass, no float object per value), else None."""
+def _diverging_outcomes(
+    series: list[Any], window: int, best: float, factor: float
+) -> tuple[list[bool] | None, float] | None:
+    """diverging()'s outcome for each window of ``series`` — whether its mean is over
+    ``factor`` x the lowest mean so far (> 0) — or None where no mean is, and the
+    lowest mean after them, when every value is a finite float and every sum finite
+    (compiled: one pass, no float object per value); else None."""
     if _COMPILED is None:
         return None
     try:
         first = sum(series[:window])
     except OverflowError:  # ints beyond float range mixed with floats
         return None
-    return _COMPILED.window_range(series, window, first)  # type: ignore[no-any-return]
+    return _COMPILED.diverging(series, window, first, best, factor)  # type: ignore[no-any-return]
 
 
 def _window_sums(series: list[float], window: int) -> list[float]:
@@ -411,11 +415,13 @@ class _Diverging(ValueWatcher):
         w = self.window
         prior = self._values
         series = prior + (values if type(values) is list else list(values))
-        # The lowest and highest window sums, compiled, where every value is a finite
-        # float (the common case); else the values as floats, finite ones only, and
-        # their window sums listed here.
-        extremes = _window_range(series, w) if len(series) >= w else None
-        if extremes is None:
+        # Every window's outcome, compiled, where every value is a finite float (the
+        # common case); else the values as floats, finite ones only, and the code
+        # below decides.
+        outcomes = None
+        if len(series) >= w:
+            outcomes = _diverging_outcomes(series, w, self._best, self.factor)
+        if outcomes is None:
             if not _floats(values):  # ints: as floats (one beyond float range: ±inf)
                 values = list(map(_as_float, values))
             if not _all_finite(values):  # nonfinite() is the watcher for those
@@ -425,50 +431,53 @@ class _Diverging(ValueWatcher):
         self._values = series[max(len(series) - w + 1, 0) :] if w > 1 else []
         if len(series) < w:
             return []
-        sums: list[float] | None = None
-        if extremes is None:
-            sums = _window_sums(series, w)
-            extremes = min(sums), max(sums)
+        offset = len(steps) - (len(series) - w + 1)  # (the first window's step)
+        if outcomes is not None:
+            held, lowest = outcomes
+            best, self._best = self._best, lowest
+            if held is None:
+                return self._quiet(series)
+
+            def alert(index: int) -> Alert:
+                # (means and lowest means listed only for an alert's message)
+                means = [total / w for total in _window_sums(series, w)[: index + 1]]
+                least = list(accumulate(means, min, initial=best))[-1]
+                return self._diverged(means[index], least, steps[offset + index], now)
+
+            return self._episodes(held, mono, alert)
+        sums = _window_sums(series, w)
         factor = self.factor
         best = self._best
         # Division by w is monotonic, so min(sums) / w is exactly the lowest mean and
         # max(sums) / w the highest: the common cases compare those two and build no
         # list of means (a float object per value: most of this watcher's cost on a
         # diverging loss, issue #26).
-        low, high = extremes[0] / w, extremes[1] / w
+        low, high = min(sums) / w, max(sums) / w
         lowest = best if best < low else low
         if lowest > 0 and high <= factor * lowest:
             # No mean exceeds factor x even the lowest mean: quiet, and the running
             # minimum is the lowest.
             self._best = lowest
-            return self._quiet(series)  # (series holds a window at least)
-        count = len(series) - w + 1  # (the number of sums)
-        offset = len(steps) - count
+            return self._quiet(sums)
         if low >= best:
             # No new lowest mean (a mean rising, or an episode under way): every mean
             # compares with the same threshold, no running minimum to build
             # (accumulate's min() was ~100 ns a value).
             if best <= 0:
-                return self._quiet(series)  # (a lowest mean <= 0 never diverges)
+                return self._quiet(sums)  # (a lowest mean <= 0 never diverges)
             threshold = factor * best
             if low > threshold and high < math.inf:
                 # Every mean is over it: the batch is one run of the condition. (A
                 # sum can be NaN only after an infinite one, and then high or low is
                 # infinite: such a batch takes the next line, value by value.)
-                held = [True] * count
+                held = [True] * len(sums)
             else:
-                sums = sums if sums is not None else _window_sums(series, w)
                 held = list(map(threshold.__lt__, map(operator.truediv, sums, repeat(float(w)))))
 
             def alert(index: int) -> Alert:
-                # (the sums are listed only for an alert, when the compiled range said
-                # every mean is over the threshold)
-                nonlocal sums
-                sums = sums if sums is not None else _window_sums(series, w)
                 return self._diverged(sums[index] / w, best, steps[offset + index], now)
 
         else:
-            sums = sums if sums is not None else _window_sums(series, w)
             means = list(map(operator.truediv, sums, repeat(float(w))))
             bests = list(accumulate(means, min, initial=best))[1:]
             self._best = bests[-1]

@@ -439,8 +439,9 @@ class _Diverging(ValueWatcher):
                 return self._quiet(series)
 
             def alert(index: int) -> Alert:
-                # (means and lowest means listed only for an alert's message)
-                means = [total / w for total in _window_sums(series, w)[: index + 1]]
+                # (means and lowest means listed only for an alert's message, and only
+                # up to its window)
+                means = [total / w for total in _window_sums(series[: index + w], w)]
                 least = list(accumulate(means, min, initial=best))[-1]
                 return self._diverged(means[index], least, steps[offset + index], now)
 

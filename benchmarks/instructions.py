@@ -6,7 +6,17 @@ with ``valgrind --tool=callgrind`` for the whole logging process (all its thread
 ``durability="process"`` writer *process* is not traced) over a loop of ``--small``
 and of ``--large`` events (``bench_core.cpu_loop``, ``finish()`` included,
 ``PYTHONHASHSEED=0``, one OpenBLAS thread), and reports the difference per event, so
-that start-up and shutdown cancel out. Rows:
+that start-up and shutdown cancel out.
+
+The value watchers' rows need ``--one-batch``: the tracker's writer then wakes only at
+``finish()`` and takes every event in one batch. Without it the writer runs when it
+gets the GIL, whose hand-over waits out a switch interval of wall-clock time; under
+valgrind (~50× slower) that made batches of a few events, how few depending on the
+machine's load, and a watcher's per-batch work (``diverging`` sums its first window
+afresh in each batch), which a real run spreads over thousands of events (~5 800 a
+batch measured at full speed), moved its count by up to ~2 500 instructions per event
+between runs of the same code. One batch counts the per-event work alone, the same in
+every run; compare watcher rows with a "10 keys" row counted the same way. Rows:
 
 - ``harness``: the loop building its records, no logging;
 - ``inline``: the strongest inline write (``bench_core.inline_cpu``), where the workload
@@ -22,6 +32,8 @@ Run::
 
     python benchmarks/instructions.py /path/to/before/src src
     python benchmarks/instructions.py src --workloads "10 keys" "100 keys"
+    python benchmarks/instructions.py before/src src --one-batch --workloads "10 keys" \
+        "nonfinite watcher" "above watcher" "diverging watcher" "3 value watchers"
 
 Needs valgrind (``apt install valgrind``); about 20 s per count.
 """
@@ -46,6 +58,8 @@ from steplog import watch
 workload, mode, n = sys.argv[2], sys.argv[3], int(sys.argv[4])
 root = Path(tempfile.mkdtemp())
 make, options = b.make_record, {}
+if sys.argv[5] == "one batch":  # the writer wakes only at finish()
+    options = {"batch_size": 65_536, "flush_interval": 3600.0}
 if workload.endswith(" keys") and workload != "10 keys":
     make = b.sized_record(int(workload.split()[0]))
 elif workload == "tensors":
@@ -53,16 +67,16 @@ elif workload == "tensors":
     pools = [[torch.tensor(k + j / 1024) for j in range(1024)] for k in range(4)]
     make = b.pooled_record(pools)
 elif workload == "nonfinite watcher":
-    options = {"watchers": [watch.nonfinite("loss")]}
+    options["watchers"] = [watch.nonfinite("loss")]
 elif workload == "above watcher":
-    options = {"watchers": [watch.above("loss", 1e9)]}
+    options["watchers"] = [watch.above("loss", 1e9)]
 elif workload == "diverging watcher":
-    options = {"watchers": [watch.diverging("loss", factor=2.0, window=100)]}
+    options["watchers"] = [watch.diverging("loss", factor=2.0, window=100)]
 elif workload == "3 value watchers":
-    options = {"watchers": [watch.nonfinite("loss"), watch.above("loss", 1e9),
-                            watch.diverging("loss", factor=2.0, window=100)]}
+    options["watchers"] = [watch.nonfinite("loss"), watch.above("loss", 1e9),
+                           watch.diverging("loss", factor=2.0, window=100)]
 elif workload == "process durability":
-    options = {"durability": "process"}
+    options["durability"] = "process"
 if mode == "harness":
     b.cpu_loop(None, n, make)
 elif mode == "inline":
@@ -99,7 +113,7 @@ LABELS = {
 }
 
 
-def count(workload: str, mode: str, n: int, src: str | None) -> int:
+def count(workload: str, mode: str, n: int, src: str | None, one_batch: bool = False) -> int:
     """Instructions the whole process executed (valgrind's "Collected")."""
     env = {**os.environ, "PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1"}
     if src is not None:
@@ -116,6 +130,7 @@ def count(workload: str, mode: str, n: int, src: str | None) -> int:
             workload,
             mode,
             str(n),
+            "one batch" if one_batch else "",
         ],
         env=env,
         capture_output=True,
@@ -128,8 +143,11 @@ def count(workload: str, mode: str, n: int, src: str | None) -> int:
     return int(found.group(1))
 
 
-def per_event(workload: str, mode: str, small: int, large: int, src: str | None) -> float:
-    return (count(workload, mode, large, src) - count(workload, mode, small, src)) / (large - small)
+def per_event(
+    workload: str, mode: str, small: int, large: int, src: str | None, one_batch: bool = False
+) -> float:
+    counts = [count(workload, mode, n, src, one_batch) for n in (large, small)]
+    return (counts[0] - counts[1]) / (large - small)
 
 
 def main() -> None:
@@ -138,10 +156,16 @@ def main() -> None:
     parser.add_argument("--workloads", nargs="+", default=WORKLOADS, choices=WORKLOADS)
     parser.add_argument("--small", type=int, default=2_000)
     parser.add_argument("--large", type=int, default=12_000)
+    parser.add_argument(
+        "--one-batch",
+        action="store_true",
+        help="the writer takes every event at finish(), in one batch (for the watchers: see"
+        " the docstring)",
+    )
     args = parser.parse_args()
     print(
         f"instructions per event (valgrind callgrind, {args.large:,} − {args.small:,} events)"
-        f" · Python {sys.version.split()[0]}"
+        f" · Python {sys.version.split()[0]}" + (" · one batch" if args.one_batch else "")
     )
     names = [str(src) for src in args.checkouts]
     print(
@@ -157,7 +181,7 @@ def main() -> None:
             inline = per_event(workload, "inline", args.small, args.large, args.checkouts[0])
         cells = [f"{harness:,.0f}", "–" if inline is None else f"{inline - harness:,.0f}"]
         for src in args.checkouts:
-            total = per_event(workload, "steplog", args.small, args.large, src)
+            total = per_event(workload, "steplog", args.small, args.large, src, args.one_batch)
             net = total - harness
             ratio = "" if inline is None else f", {net / (inline - harness):.2f}×"
             cells.append(f"{net:,.0f}{ratio}")

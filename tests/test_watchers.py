@@ -709,3 +709,24 @@ def test_values_logged_from_many_threads_reach_the_watchers_each_once_with_its_s
             mine = [v for _, v in pairs if int(v // 1e6) == thread]
             assert mine == sorted(mine), (key, thread)
     assert all(w.hits == per_thread * threads for w in watchers)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_window_given_as_an_int_subclass_counts_as_its_value(runs_root, compiled, monkeypatch):
+    """diverging(window=...) given an IntEnum member (an int subclass) fires as with the
+    plain int (the compiled check raised TypeError on every batch: the watcher never
+    fired; a red-team trial)."""
+    import enum
+
+    class Config(enum.IntEnum):
+        WINDOW = 5
+
+    if not compiled:
+        monkeypatch.setattr(watch, "_COMPILED", None)
+    watcher = watch.diverging("loss", factor=2.0, window=Config.WINDOW)
+    assert type(watcher.window) is int and watcher.window == 5
+    tracker, fired = tracker_with(runs_root, [watcher])
+    for i in range(20):
+        tracker.log({"loss": 1.0 if i < 10 else 10.0})
+    stats = tracker.finish()
+    assert [a.step for a in fired] == [10] and stats.alerts == 1

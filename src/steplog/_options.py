@@ -64,10 +64,11 @@ def overflow_policy(value: Any) -> OverflowPolicy:
 
 
 def positive_int(name: str, value: Any) -> int:
-    """``value`` if it is an int >= 1 (not a bool), else a ValueError naming ``name``."""
+    """``value`` as a plain int if it is an int >= 1 (not a bool; an ``IntEnum`` member or
+    another int subclass is its value), else a ValueError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    return int(value)
 
 
 def positive_seconds(name: str, value: Any) -> float:

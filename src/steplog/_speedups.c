@@ -819,7 +819,7 @@ diverging(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t window, n, count, i, k;
     double sum, best, factor, width, mean, entering, leaving;
 
-    if (nargs != 5 || !PyList_CheckExact(args[0]) || !PyLong_CheckExact(args[1])
+    if (nargs != 5 || !PyList_CheckExact(args[0]) || !PyLong_Check(args[1])
         || !PyFloat_CheckExact(args[3]) || !PyFloat_CheckExact(args[4])) {
         PyErr_SetString(PyExc_TypeError, "diverging(list, int, float, float, float)");
         return NULL;

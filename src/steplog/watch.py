@@ -438,12 +438,21 @@ class _Diverging(ValueWatcher):
             if held is None:
                 return self._quiet(series)
 
+            count = len(series) - w + 1
+            known: list[list[float]] = [[], []]  # means and lowest means, windows 0, 1, ...
+
             def alert(index: int) -> Alert:
-                # (means and lowest means listed only for an alert's message, and only
-                # up to its window)
-                means = [total / w for total in _window_sums(series[: index + w], w)]
-                least = list(accumulate(means, min, initial=best))[-1]
-                return self._diverged(means[index], least, steps[offset + index], now)
+                # The means and lowest means are listed only for an alert's message, up
+                # to its window; a later alert beyond them lists twice as many (with
+                # cooldown=0 a batch may start an episode at every other value: listing
+                # up to each alert's window afresh was quadratic in the batch).
+                means, lows = known
+                if index >= len(means):
+                    upto = min(max(index + 1, 2 * len(means)), count)
+                    means = [total / w for total in _window_sums(series[: upto + w - 1], w)]
+                    lows = list(accumulate(means, min, initial=best))[1:]
+                    known[:] = [means, lows]
+                return self._diverged(means[index], lows[index], steps[offset + index], now)
 
             return self._episodes(held, mono, alert)
         sums = _window_sums(series, w)

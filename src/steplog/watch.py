@@ -416,8 +416,8 @@ class _Diverging(ValueWatcher):
         prior = self._values
         series = prior + (values if type(values) is list else list(values))
         # Every window's outcome, compiled, where every value is a finite float (the
-        # common case); else the values as floats, finite ones only, and the code
-        # below decides.
+        # common case); else the values as floats, finite ones only, and
+        # _python_outcomes decides.
         outcomes = None
         if len(series) >= w:
             outcomes = _diverging_outcomes(series, w, self._best, self.factor)
@@ -431,37 +431,54 @@ class _Diverging(ValueWatcher):
         self._values = series[max(len(series) - w + 1, 0) :] if w > 1 else []
         if len(series) < w:
             return []
-        offset = len(steps) - (len(series) - w + 1)  # (the first window's step)
+        offset = len(steps) - (len(series) - w + 1)  # (the first window's last step)
         if outcomes is not None:
-            held, lowest = outcomes
-            best, self._best = self._best, lowest
-            if held is None:
-                return self._quiet(series)
+            return self._compiled_outcomes(series, steps, offset, outcomes, now, mono)
+        return self._python_outcomes(series, steps, offset, now, mono)
 
-            count = len(series) - w + 1
-            known: list[list[float]] = [[], []]  # means and lowest means, windows 0, 1, ...
+    def _compiled_outcomes(
+        self,
+        series: list[float],
+        steps: Sequence[int],
+        offset: int,
+        outcomes: tuple[list[bool] | None, float],
+        now: float,
+        mono: float,
+    ) -> list[Alert]:
+        """The alerts of a batch whose outcomes :func:`_diverging_outcomes` gave."""
+        w = self.window
+        held, lowest = outcomes
+        best, self._best = self._best, lowest
+        if held is None:
+            return self._quiet(series)
+        known: list[list[float]] = [[], []]  # means and lowest means, windows 0, 1, ...
 
-            def alert(index: int) -> Alert:
-                # The means and lowest means are listed only for an alert's message, up
-                # to its window; a later alert beyond them lists twice as many (with
-                # cooldown=0 a batch may start an episode at every other value: listing
-                # up to each alert's window afresh was quadratic in the batch).
-                means, lows = known
-                if index >= len(means):
-                    upto = min(max(index + 1, 2 * len(means)), count)
-                    means = [total / w for total in _window_sums(series[: upto + w - 1], w)]
-                    lows = list(accumulate(means, min, initial=best))[1:]
-                    known[:] = [means, lows]
-                return self._diverged(means[index], lows[index], steps[offset + index], now)
+        def alert(index: int) -> Alert:
+            # The means and lowest means are listed only for an alert's message, up to
+            # its window; a later alert beyond them lists twice as many (with
+            # cooldown=0 a batch may start an episode at every other value: listing up
+            # to each alert's window afresh was quadratic in the batch).
+            means, lows = known
+            if index >= len(means):
+                upto = min(max(index + 1, 2 * len(means)), len(held))
+                means = [total / w for total in _window_sums(series[: upto + w - 1], w)]
+                lows = list(accumulate(means, min, initial=best))[1:]
+                known[:] = [means, lows]
+            return self._diverged(means[index], lows[index], steps[offset + index], now)
 
-            return self._episodes(held, mono, alert)
+        return self._episodes(held, mono, alert)
+
+    def _python_outcomes(
+        self, series: list[float], steps: Sequence[int], offset: int, now: float, mono: float
+    ) -> list[Alert]:
+        """The alerts of a batch of finite floats, decided in Python (the reference)."""
+        w = self.window
         sums = _window_sums(series, w)
         factor = self.factor
         best = self._best
         # Division by w is monotonic, so min(sums) / w is exactly the lowest mean and
         # max(sums) / w the highest: the common cases compare those two and build no
-        # list of means (a float object per value: most of this watcher's cost on a
-        # diverging loss, issue #26).
+        # list of means (a float object per value).
         low, high = min(sums) / w, max(sums) / w
         lowest = best if best < low else low
         if lowest > 0 and high <= factor * lowest:

@@ -424,14 +424,14 @@ class ValueTap:
 
     def numbers(self, index: int, pairs: list[Any]) -> tuple[Sequence[int], list[Any]]:
         """The steps and numbers of queue ``index``'s ``pairs`` (rows read back)."""
-        values = pairs[1::2]
-        if not (self.rows and any(type(v) is _Later for v in values)):
+        queued = pairs[1::2]
+        if not (self.rows and any(type(v) is _Later for v in queued)):
             # Steps are read only when a watcher fires: not listed up front.
-            return _Steps(pairs), values
+            return _Steps(pairs), queued
         key, flat = self.lookups[index]
         steps: list[int] = []
-        values = []
-        for step, value in zip(pairs[::2], pairs[1::2], strict=True):
+        values: list[Any] = []
+        for step, value in zip(pairs[::2], queued, strict=True):
             if type(value) is _Later:
                 data = value.data
                 value = data.get(key) if flat else lookup(data, key)
